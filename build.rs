@@ -1,0 +1,51 @@
+//! Builds the lalrpop parser from `grammar/diag.lalrpop` into `$OUT_DIR/diag.rs`, and embeds the
+//! stdlib: every `.diag` file under `stdlib/` becomes an entry of `$OUT_DIR/stdlib_files.rs`, so
+//! the binary carries its standard library and works from any directory.
+
+use std::{env, fs, path::Path};
+
+fn main() {
+    let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    lalrpop::Configuration::new()
+        .set_in_dir("grammar")
+        .set_out_dir(&out)
+        .emit_rerun_directives(true)
+        .process()
+        .expect("the lalrpop grammar in grammar/ must build");
+
+    let mut files = Vec::new();
+    collect(Path::new("stdlib"), &mut files);
+    files.sort();
+    let mut table = String::from("&[\n");
+    for f in &files {
+        let rel = f
+            .strip_prefix("stdlib")
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let abs = fs::canonicalize(f).unwrap();
+        table.push_str(&format!(
+            "    ({rel:?}, include_str!({:?})),\n",
+            abs.to_string_lossy()
+        ));
+    }
+    table.push_str("]\n");
+    fs::write(Path::new(&out).join("stdlib_files.rs"), table).unwrap();
+    println!("cargo:rerun-if-changed=stdlib");
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            println!("cargo:rerun-if-changed={}", p.display());
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "diag") {
+            println!("cargo:rerun-if-changed={}", p.display());
+            out.push(p);
+        }
+    }
+}

@@ -1,0 +1,813 @@
+//! The checker: from parsed modules to a typed [`Program`], with every error reported.
+//!
+//! Phases, in order:
+//! 1. [`load`]: parse the root file and, transitively, every module it `use`s (next to the file
+//!    first, then the embedded stdlib).
+//! 2. Axes: collect every `axis` declaration (axes are global by name), solve their sizes to
+//!    symbolic normal forms ([`crate::ir::size::Size`]), and reject cycles and conflicts.
+//! 3. Signatures: every diagram's hyperparameters and boundary types.
+//! 4. Bodies ([`body`]): elaborate each diagram into IR, typing every wire on the way.
+//! 5. Whole program: calls that recurse.
+//!
+//! The checker never panics on user input and never stops at the first error: a failed
+//! sub-expression becomes a poisoned value that silences the errors it would cause downstream.
+
+mod body;
+mod prims;
+
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::ir::size::Size;
+use crate::ir::{AxisId, AxisInfo, AxisTable, Callee, HyperArg, HyperType, Op, Program, WireType};
+use crate::source::{FileId, SourceMap, Span};
+use crate::syntax::{self, ast};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Reports at most this many diagnostics per compilation; the rest are counted.
+pub const MAX_DIAGNOSTICS: usize = 200;
+
+/// The result of checking: the program (complete only when there are no diagnostics) and the
+/// diagnostics, in a stable order.
+pub struct Checked {
+    pub program: Program,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Diagnostics found beyond [`MAX_DIAGNOSTICS`].
+    pub suppressed: usize,
+}
+
+impl Checked {
+    pub fn is_ok(&self) -> bool {
+        self.diagnostics.is_empty()
+    }
+}
+
+/// A parsed file and where its `use`s resolve.
+struct Loaded {
+    file: FileId,
+    module: ast::Module,
+}
+
+/// Checks the file `root` (already in `sources`) together with every module it uses.
+pub fn check_file(sources: &mut SourceMap, root: FileId) -> Checked {
+    check_with(sources, root, &[])
+}
+
+/// Like [`check_file`], with extra modules loaded as if the root `use`d them (the training
+/// driver adds the chosen mechanism this way).
+pub fn check_with(sources: &mut SourceMap, root: FileId, extra_uses: &[&str]) -> Checked {
+    let mut diags = Vec::new();
+    let loaded = load(sources, root, extra_uses, &mut diags);
+    let mut cx = Ctx {
+        diags,
+        axes: AxisTable::default(),
+        sigs: Vec::new(),
+        sig_by_name: HashMap::new(),
+    };
+    let modules: Vec<&ast::Module> = loaded.iter().map(|l| &l.module).collect();
+    cx.collect_axes(&modules);
+    cx.collect_signatures(&modules);
+    let mut program = Program {
+        axes: AxisTable::default(),
+        diagrams: Vec::new(),
+    };
+    for i in 0..cx.sigs.len() {
+        if let Some(d) = body::elaborate(&mut cx, i) {
+            program.diagrams.push(d);
+        }
+    }
+    cx.check_recursion(&program);
+    program.axes = cx.axes.clone();
+    let mut diagnostics = cx.diags;
+    // Stable order: by file, then position, then code.
+    diagnostics.sort_by(|a, b| {
+        let ka = a.anchor().map(|s| (s.file, s.start, s.end));
+        let kb = b.anchor().map(|s| (s.file, s.start, s.end));
+        ka.cmp(&kb).then(a.code.cmp(&b.code))
+    });
+    diagnostics.dedup();
+    let suppressed = diagnostics.len().saturating_sub(MAX_DIAGNOSTICS);
+    diagnostics.truncate(MAX_DIAGNOSTICS);
+    Checked {
+        program,
+        diagnostics,
+        suppressed,
+    }
+}
+
+/// Where a file lives, for resolving the `use`s inside it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Origin {
+    Disk(PathBuf),
+    Stdlib,
+    Memory,
+}
+
+fn origin_of(name: &str) -> Origin {
+    if name.starts_with("<stdlib>/") {
+        Origin::Stdlib
+    } else if name.starts_with('<') {
+        Origin::Memory
+    } else {
+        Origin::Disk(PathBuf::from(name))
+    }
+}
+
+/// Parses `root` and every module reachable through `use`, each once.
+fn load(
+    sources: &mut SourceMap,
+    root: FileId,
+    extra: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Loaded> {
+    let mut loaded: Vec<Loaded> = Vec::new();
+    let mut seen: HashMap<String, FileId> = HashMap::new();
+    let mut queue = vec![root];
+    let mut first = true;
+    while let Some(file) = queue.pop() {
+        let text = sources.get(file).text.clone();
+        let (module, parse_diags) = syntax::parse(file, &text);
+        diags.extend(parse_diags);
+        let origin = origin_of(&sources.get(file).name);
+        let mut uses: Vec<(String, Option<Span>)> = Vec::new();
+        for item in &module.items {
+            if let ast::Item::Use(u) = item {
+                uses.push((u.dotted(), Some(u.span)));
+            }
+        }
+        if first {
+            uses.extend(extra.iter().map(|e| (e.to_string(), None)));
+            first = false;
+        }
+        for (dotted, span) in uses {
+            if dotted == "prelude" {
+                continue;
+            }
+            match resolve_module(sources, &origin, &dotted, &mut seen) {
+                Some((id, true)) => queue.push(id),
+                Some((_, false)) => {}
+                None => {
+                    let mut d =
+                        Diagnostic::new(Code::UnknownModule, format!("no module `{dotted}`"));
+                    if let Some(span) = span {
+                        d = d.primary(span, "not found next to this file or in the stdlib");
+                    }
+                    let names: Vec<String> = crate::stdlib::module_names().collect();
+                    diags.push(did_you_mean(d, &dotted, names.iter().map(String::as_str)));
+                }
+            }
+        }
+        loaded.push(Loaded { file, module });
+    }
+    loaded.sort_by_key(|l| l.file);
+    loaded
+}
+
+/// Finds module `dotted` for a file of `origin`: next to the file on disk, then in the stdlib.
+/// Returns the file and whether it is new.
+fn resolve_module(
+    sources: &mut SourceMap,
+    origin: &Origin,
+    dotted: &str,
+    seen: &mut HashMap<String, FileId>,
+) -> Option<(FileId, bool)> {
+    let rel = format!("{}.diag", dotted.replace('.', "/"));
+    if let Origin::Disk(path) = origin {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let candidate = dir.join(&rel);
+        if candidate.is_file() {
+            let key = std::fs::canonicalize(&candidate).unwrap_or(candidate.clone());
+            let key = key.to_string_lossy().to_string();
+            if let Some(id) = seen.get(&key) {
+                return Some((*id, false));
+            }
+            let bytes = std::fs::read(&candidate).ok()?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let id = sources.add(candidate.to_string_lossy().to_string(), text);
+            seen.insert(key, id);
+            return Some((id, true));
+        }
+    }
+    let (path, text) = crate::stdlib::module(dotted)?;
+    let key = format!("<stdlib>/{path}");
+    if let Some(id) = seen.get(&key) {
+        return Some((*id, false));
+    }
+    let id = sources.add(key.clone(), text);
+    seen.insert(key, id);
+    Some((id, true))
+}
+
+/// A diagram's checked signature.
+pub(crate) struct Sig<'m> {
+    pub name: String,
+    pub def: &'m ast::DiagramDef,
+    pub hypers: Vec<HyperSig>,
+    pub params: Vec<(String, Option<WireType>, Span)>,
+    pub outputs: Vec<(Option<WireType>, Span)>,
+}
+
+pub(crate) struct HyperSig {
+    pub name: String,
+    pub ty: Option<HyperType>,
+    pub default: Option<HyperArg>,
+    pub span: Span,
+    /// Spans of the signature's types, for diagram-valued hyperparameters.
+    pub sig_span: Span,
+}
+
+pub(crate) struct Ctx<'m> {
+    pub diags: Vec<Diagnostic>,
+    pub axes: AxisTable,
+    pub sigs: Vec<Sig<'m>>,
+    pub sig_by_name: HashMap<String, usize>,
+}
+
+impl<'m> Ctx<'m> {
+    pub fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Whether "did you mean" should still be computed (it scans candidates; on hostile input
+    /// with thousands of errors that would be quadratic).
+    pub fn suggest(&self) -> bool {
+        self.diags.len() < 64
+    }
+
+    fn collect_axes(&mut self, modules: &[&'m ast::Module]) {
+        // Every declaration, by name, in file order.
+        let mut decls: Vec<&ast::AxisDecl> = Vec::new();
+        for m in modules {
+            for item in &m.items {
+                if let ast::Item::Axis(ds) = item {
+                    decls.extend(ds.iter());
+                }
+            }
+        }
+        let mut by_name: HashMap<&str, Vec<&ast::AxisDecl>> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for d in &decls {
+            let e = by_name.entry(d.name.text.as_str()).or_default();
+            if e.is_empty() {
+                order.push(d.name.text.as_str());
+            }
+            e.push(d);
+        }
+        // The defining declaration of each axis: the first with a size, else the first.
+        let defining: HashMap<&str, &ast::AxisDecl> = order
+            .iter()
+            .map(|n| {
+                let ds = &by_name[n];
+                (
+                    *n,
+                    ds.iter()
+                        .find(|d| d.size.is_some())
+                        .copied()
+                        .unwrap_or(ds[0]),
+                )
+            })
+            .collect();
+        // Sizes refer to other axes: resolve in dependency order (Kahn's algorithm, linear in the
+        // number of declarations); what is never ready is part of a cycle.
+        let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut waiting: HashMap<&str, usize> = HashMap::new();
+        let mut dependants: HashMap<&str, Vec<&str>> = HashMap::new();
+        for n in &order {
+            let mut refs = Vec::new();
+            if let Some(s) = &defining[n].size {
+                size_refs(s, &mut refs);
+            }
+            refs.retain(|r| defining.contains_key(r));
+            refs.sort_unstable();
+            refs.dedup();
+            waiting.insert(n, refs.len());
+            for r in &refs {
+                dependants.entry(r).or_default().push(n);
+            }
+            deps.insert(n, refs);
+        }
+        let mut ready: Vec<&str> = order
+            .iter()
+            .copied()
+            .filter(|n| waiting[n] == 0)
+            .rev()
+            .collect();
+        let mut done: HashMap<&str, Size> = HashMap::new();
+        while let Some(n) = ready.pop() {
+            let size = match &defining[n].size {
+                None => Size::var(n),
+                Some(s) => self.eval_size(s, &done),
+            };
+            done.insert(n, size);
+            for m in dependants.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+                let w = waiting.get_mut(m).expect("every axis has a count");
+                *w -= 1;
+                if *w == 0 {
+                    ready.push(m);
+                }
+            }
+        }
+        for n in &order {
+            if done.contains_key(n) {
+                continue;
+            }
+            let d = defining[n];
+            self.error(
+                Diagnostic::new(
+                    Code::BadAxisSize,
+                    format!("the size of axis `{n}` is defined in terms of itself"),
+                )
+                .primary(
+                    d.span,
+                    "this definition depends on itself through other axes",
+                )
+                .help("give one of the axes in the cycle its own size"),
+            );
+            done.insert(n, Size::var(n));
+        }
+        for n in &order {
+            let d = defining[n];
+            let size = done[n].clone();
+            if size.is_concrete() && size.as_constant().is_none_or(|c| c == 0) {
+                self.error(
+                    Diagnostic::new(
+                        Code::BadAxisSize,
+                        format!("axis `{n}` has size {size}, not a positive whole number"),
+                    )
+                    .primary(d.span, format!("this gives `{n}` the size {size}"))
+                    .help("sizes are positive whole numbers: check the divisions"),
+                );
+            }
+            // Conflicting declarations: two that both give a size, and disagree.
+            let ds = &by_name[n];
+            for other in ds
+                .iter()
+                .filter(|o| o.size.is_some() && !std::ptr::eq(**o, d))
+            {
+                let other_size = self.eval_size(other.size.as_ref().expect("filtered"), &done);
+                if other_size != size {
+                    self.error(
+                        Diagnostic::new(Code::Duplicate, format!("axis `{n}` is declared with two different sizes"))
+                            .primary(other.span, "declared here with one size")
+                            .secondary(d.span, "and here with another")
+                            .help("axes are global by name: give every declaration the same size, or declare it without one"),
+                    );
+                }
+            }
+            self.axes.insert(AxisInfo {
+                name: n.to_string(),
+                size,
+                span: Some(d.name.span),
+            });
+        }
+    }
+
+    /// Evaluates a size expression; unknown axes are reported (E0103).
+    fn eval_size(&mut self, s: &ast::SizeExpr, done: &HashMap<&str, Size>) -> Size {
+        let mut acc = self.size_atom(&s.first, done);
+        for (op, atom) in &s.rest {
+            let v = self.size_atom(atom, done);
+            acc = match op {
+                ast::MulOp::Mul => acc.mul(&v),
+                ast::MulOp::Div => acc.div(&v),
+            };
+        }
+        acc
+    }
+
+    fn size_atom(&mut self, a: &ast::SizeAtom, done: &HashMap<&str, Size>) -> Size {
+        match a {
+            ast::SizeAtom::Num(n, span) => {
+                if *n == 0 || *n == u64::MAX {
+                    self.error(
+                        Diagnostic::new(Code::BadAxisSize, "sizes are positive whole numbers")
+                            .primary(*span, "not a usable size"),
+                    );
+                    return Size::constant(1);
+                }
+                Size::constant(*n)
+            }
+            ast::SizeAtom::Paren(e) => self.eval_size(e, done),
+            ast::SizeAtom::Axis(name) => {
+                if let Some(s) = done.get(name.text.as_str()) {
+                    return s.clone();
+                }
+                if let Some(id) = self.axes.lookup(&name.text) {
+                    return self.axes.size(id).clone();
+                }
+                let d = Diagnostic::new(Code::UnknownAxis, format!("no axis `{}`", name.text))
+                    .primary(name.span, "not declared");
+                let d = did_you_mean(d, &name.text, done.keys().copied());
+                self.error(d.help_if_none(format!("declare it: `axis {}`", name.text)));
+                Size::var(&name.text)
+            }
+        }
+    }
+
+    /// Resolves a written type. Unknown axes (E0103) and repeated axes (E0206) are reported.
+    pub fn resolve_type(&mut self, t: &ast::TypeExpr) -> Option<WireType> {
+        let mut axes: Vec<AxisId> = Vec::new();
+        let mut ok = true;
+        for n in &t.axes {
+            match self.axis(n) {
+                Some(a) if axes.contains(&a) => {
+                    self.error(
+                        Diagnostic::new(Code::AxisPresent, format!("axis `{}` appears twice in this type", n.text))
+                            .primary(n.span, "repeated here")
+                            .help("a wire has each axis at most once; rename one copy (`src` for the key side)"),
+                    );
+                    ok = false;
+                }
+                Some(a) => axes.push(a),
+                None => ok = false,
+            }
+        }
+        let index_of = match &t.of {
+            None => None,
+            Some(v) => match self.axis(v) {
+                Some(a) => Some(a),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
+        ok.then_some(WireType { axes, index_of })
+    }
+
+    /// Looks up an axis by name, reporting E0103 with a suggestion.
+    pub fn axis(&mut self, n: &ast::Name) -> Option<AxisId> {
+        if let Some(a) = self.axes.lookup(&n.text) {
+            return Some(a);
+        }
+        let d = Diagnostic::new(Code::UnknownAxis, format!("no axis `{}`", n.text))
+            .primary(n.span, "not declared");
+        let d = if self.suggest() {
+            did_you_mean(d, &n.text, self.axes.names())
+        } else {
+            d
+        };
+        let d = d.help_if_none(format!(
+            "declare it at the top of the file: `axis {}`",
+            n.text
+        ));
+        self.error(d);
+        None
+    }
+
+    fn collect_signatures(&mut self, modules: &[&'m ast::Module]) {
+        for m in modules {
+            for item in &m.items {
+                let ast::Item::Diagram(def) = item else {
+                    continue;
+                };
+                let name = def.name.text.clone();
+                if prims::is_primitive(&name) {
+                    self.error(
+                        Diagnostic::new(Code::Duplicate, format!("`{name}` is a primitive box"))
+                            .primary(def.name.span, "this diagram would hide the primitive")
+                            .help("choose another name"),
+                    );
+                    continue;
+                }
+                if let Some(&prev) = self.sig_by_name.get(&name) {
+                    let prev_span = self.sigs[prev].def.name.span;
+                    self.error(
+                        Diagnostic::new(
+                            Code::Duplicate,
+                            format!("diagram `{name}` is defined twice"),
+                        )
+                        .primary(def.name.span, "defined again here")
+                        .secondary(prev_span, "first defined here")
+                        .help("diagrams of all used modules share one namespace: rename one"),
+                    );
+                    continue;
+                }
+                let sig = self.signature(def);
+                self.sig_by_name.insert(name, self.sigs.len());
+                self.sigs.push(sig);
+            }
+        }
+        // Defaults of diagram-valued hyperparameters name diagrams: check them now that all
+        // signatures are known.
+        for i in 0..self.sigs.len() {
+            for h in 0..self.sigs[i].hypers.len() {
+                let decl = &self.sigs[i].def.hypers[h];
+                if let (Some(HyperType::Diagram { .. }), Some(ast::Value::Name(n))) =
+                    (&self.sigs[i].hypers[h].ty, &decl.default)
+                {
+                    let expected = self.sigs[i].hypers[h].ty.clone().unwrap();
+                    if self
+                        .check_diagram_value(n, &expected, decl.span, &[])
+                        .is_none()
+                    {
+                        self.sigs[i].hypers[h].default = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn signature(&mut self, def: &'m ast::DiagramDef) -> Sig<'m> {
+        let mut hypers = Vec::new();
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        for h in &def.hypers {
+            if let Some(prev) = seen.insert(&h.name.text, h.name.span) {
+                self.error(
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("hyperparameter `{}` is declared twice", h.name.text),
+                    )
+                    .primary(h.name.span, "declared again here")
+                    .secondary(prev, "first declared here"),
+                );
+            }
+            let (ty, sig_span) = match &h.kind {
+                ast::HyperKind::Int(s) => (Some(HyperType::Int), *s),
+                ast::HyperKind::Float(s) => (Some(HyperType::Float), *s),
+                ast::HyperKind::Diagram(sig) => {
+                    let ins: Vec<Option<WireType>> =
+                        sig.inputs.iter().map(|t| self.resolve_type(t)).collect();
+                    let outs: Vec<Option<WireType>> =
+                        sig.outputs.iter().map(|t| self.resolve_type(t)).collect();
+                    let ty = (ins.iter().all(Option::is_some) && outs.iter().all(Option::is_some))
+                        .then(|| HyperType::Diagram {
+                            inputs: ins.into_iter().flatten().collect(),
+                            outputs: outs.into_iter().flatten().collect(),
+                        });
+                    (ty, sig.span)
+                }
+            };
+            let default = match (&ty, &h.default) {
+                (_, None) | (None, _) => None,
+                (Some(HyperType::Diagram { .. }), Some(ast::Value::Name(n))) => {
+                    // Checked against the named diagram's signature once all are known.
+                    Some(HyperArg::Diagram(Callee::Diagram(n.text.clone())))
+                }
+                (Some(t), Some(v)) => self.literal_hyper(v, t),
+            };
+            hypers.push(HyperSig {
+                name: h.name.text.clone(),
+                ty,
+                default,
+                span: h.name.span,
+                sig_span,
+            });
+        }
+        let mut params = Vec::new();
+        for p in &def.params {
+            if let Some(prev) = seen.insert(&p.name.text, p.name.span) {
+                self.error(
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("`{}` is declared twice", p.name.text),
+                    )
+                    .primary(p.name.span, "declared again here")
+                    .secondary(prev, "first declared here"),
+                );
+            }
+            let ty = self.resolve_type(&p.ty);
+            params.push((p.name.text.clone(), ty, p.ty.span));
+        }
+        let outputs = def
+            .outputs
+            .iter()
+            .map(|t| (self.resolve_type(t), t.span))
+            .collect();
+        Sig {
+            name: def.name.text.clone(),
+            def,
+            hypers,
+            params,
+            outputs,
+        }
+    }
+
+    /// A literal default for an int or float hyperparameter.
+    fn literal_hyper(&mut self, v: &ast::Value, t: &HyperType) -> Option<HyperArg> {
+        match (v, t) {
+            (ast::Value::Num(x, _), HyperType::Int) if x.fract() == 0.0 && *x >= 0.0 => {
+                Some(HyperArg::Num(crate::ir::Const::Num(*x)))
+            }
+            (ast::Value::Num(x, _), HyperType::Float) => {
+                Some(HyperArg::Num(crate::ir::Const::Num(*x)))
+            }
+            _ => {
+                let want = crate::ir::print::hyper_type(t, &self.axes);
+                self.error(
+                    Diagnostic::new(
+                        Code::HyperMismatch,
+                        format!("this default is not a valid `{want}`"),
+                    )
+                    .primary(
+                        v.span(),
+                        format!(
+                            "expected {}",
+                            if *t == HyperType::Int {
+                                "a whole number"
+                            } else {
+                                "a number"
+                            }
+                        ),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks that `n` names a diagram (or a diagram-valued hyperparameter among `hypers`) with
+    /// the boundary `expected` requires; reports E0101/E0102/E0501 otherwise.
+    pub fn check_diagram_value(
+        &mut self,
+        n: &ast::Name,
+        expected: &HyperType,
+        expected_span: Span,
+        hypers: &[HyperSig],
+    ) -> Option<Callee> {
+        let HyperType::Diagram { inputs, outputs } = expected else {
+            return None;
+        };
+        let (callee, got_in, got_out): (Callee, Vec<Option<WireType>>, Vec<Option<WireType>>) =
+            if let Some(h) = hypers.iter().find(|h| h.name == n.text) {
+                match &h.ty {
+                    Some(HyperType::Diagram { inputs, outputs }) => (
+                        Callee::Hyper(n.text.clone()),
+                        inputs.iter().cloned().map(Some).collect(),
+                        outputs.iter().cloned().map(Some).collect(),
+                    ),
+                    Some(_) => {
+                        self.error(
+                            Diagnostic::new(
+                                Code::HyperMismatch,
+                                format!("`{}` is a number, not a diagram", n.text),
+                            )
+                            .primary(n.span, "a number hyperparameter")
+                            .secondary(expected_span, "a diagram is expected here"),
+                        );
+                        return None;
+                    }
+                    None => return None,
+                }
+            } else if let Some(&i) = self.sig_by_name.get(&n.text) {
+                let s = &self.sigs[i];
+                (
+                    Callee::Diagram(n.text.clone()),
+                    s.params.iter().map(|p| p.1.clone()).collect(),
+                    s.outputs.iter().map(|o| o.0.clone()).collect(),
+                )
+            } else {
+                let d = Diagnostic::new(Code::UnknownBox, format!("no diagram `{}`", n.text))
+                    .primary(n.span, "not defined");
+                let names: Vec<String> = self.sig_by_name.keys().cloned().collect();
+                let d = did_you_mean(d, &n.text, names.iter().map(String::as_str));
+                self.error(d.help_if_none("`use` the module that defines it"));
+                return None;
+            };
+        if got_in.iter().chain(&got_out).any(Option::is_none) {
+            return None; // already reported where its types are written
+        }
+        let got_in: Vec<WireType> = got_in.into_iter().flatten().collect();
+        let got_out: Vec<WireType> = got_out.into_iter().flatten().collect();
+        if &got_in != inputs || &got_out != outputs {
+            let show = |i: &[WireType], o: &[WireType], axes: &AxisTable| {
+                crate::ir::print::hyper_type(
+                    &HyperType::Diagram {
+                        inputs: i.to_vec(),
+                        outputs: o.to_vec(),
+                    },
+                    axes,
+                )
+            };
+            let got = show(&got_in, &got_out, &self.axes);
+            let want = show(inputs, outputs, &self.axes);
+            self.error(
+                Diagnostic::new(
+                    Code::HyperMismatch,
+                    format!(
+                        "`{}` has the boundary {got}, but {want} is required",
+                        n.text
+                    ),
+                )
+                .primary(n.span, format!("this is {got}"))
+                .secondary(expected_span, format!("requires {want}")),
+            );
+            return None;
+        }
+        Some(callee)
+    }
+
+    /// Reports calls that recurse (directly or through other diagrams): a diagram must be a
+    /// finite graph.
+    fn check_recursion(&mut self, program: &Program) {
+        let index: HashMap<&str, usize> = program
+            .diagrams
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.as_str(), i))
+            .collect();
+        // Edges with the call's span.
+        let edges: Vec<Vec<(usize, Span)>> = program
+            .diagrams
+            .iter()
+            .map(|d| {
+                d.boxes
+                    .iter()
+                    .filter_map(|b| match &b.op {
+                        Op::Call {
+                            callee: Callee::Diagram(n),
+                            ..
+                        } => index.get(n.as_str()).map(|&j| (j, b.span)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        // Iterative DFS with colours; a grey target closes a cycle.
+        let n = edges.len();
+        let mut colour = vec![0u8; n];
+        let mut reported = vec![false; n];
+        for start in 0..n {
+            if colour[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            colour[start] = 1;
+            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+                if *next < edges[v].len() {
+                    let (w, span) = edges[v][*next];
+                    *next += 1;
+                    if colour[w] == 1 {
+                        // The cycle is the stack from w to v.
+                        let pos = stack.iter().position(|(x, _)| *x == w).unwrap_or(0);
+                        let members: Vec<usize> = stack[pos..].iter().map(|(x, _)| *x).collect();
+                        if !members.iter().any(|m| reported[*m]) {
+                            let names: Vec<&str> = members
+                                .iter()
+                                .map(|m| program.diagrams[*m].name.as_str())
+                                .collect();
+                            let mut d = Diagnostic::new(
+                                Code::Recursive,
+                                format!(
+                                    "diagram `{}` calls itself{}",
+                                    program.diagrams[w].name,
+                                    if names.len() > 1 {
+                                        format!(" through {}", names.join(" -> "))
+                                    } else {
+                                        String::new()
+                                    }
+                                ),
+                            )
+                            .primary(span, "this call closes the loop")
+                            .help("a diagram is a finite graph; use `repeat` to stack layers");
+                            for m in &members {
+                                reported[*m] = true;
+                                if *m != v {
+                                    d = d.secondary(
+                                        program.diagrams[*m].span,
+                                        format!(
+                                            "`{}` is part of the loop",
+                                            program.diagrams[*m].name
+                                        ),
+                                    );
+                                }
+                            }
+                            self.error(d);
+                        }
+                    } else if colour[w] == 0 {
+                        colour[w] = 1;
+                        stack.push((w, 0));
+                    }
+                } else {
+                    colour[v] = 2;
+                    stack.pop();
+                }
+            }
+        }
+    }
+}
+
+fn size_refs<'a>(s: &'a ast::SizeExpr, out: &mut Vec<&'a str>) {
+    let atom = |a: &'a ast::SizeAtom, out: &mut Vec<&'a str>| match a {
+        ast::SizeAtom::Num(..) => {}
+        ast::SizeAtom::Axis(n) => out.push(&n.text),
+        ast::SizeAtom::Paren(e) => size_refs(e, out),
+    };
+    atom(&s.first, out);
+    for (_, a) in &s.rest {
+        atom(a, out);
+    }
+}
+
+trait HelpIfNone {
+    fn help_if_none(self, help: impl Into<String>) -> Self;
+}
+
+impl HelpIfNone for Diagnostic {
+    fn help_if_none(self, help: impl Into<String>) -> Diagnostic {
+        if self.help.is_none() {
+            self.help(help)
+        } else {
+            self
+        }
+    }
+}

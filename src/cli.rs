@@ -1,0 +1,309 @@
+//! The command line: a thin layer over the library (clap for parsing).
+//!
+//! Exit codes: 0 success, 1 diagnostics were reported, 2 usage or I/O error.
+
+use crate::diagnostic::{ALL_CODES, Code};
+use crate::driver::{self, Outcome};
+use crate::ir::{lower, print};
+use crate::report;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "diagc",
+    version,
+    about = "A compiler for string diagrams of attention mechanisms and Transformer language models",
+    long_about = "diagc reads .diag files (boxes, wires, SIMD regions and reshapes, after \"On the Anatomy of \
+                  Attention\"), checks their shapes, and compiles them.\n\nExit codes: 0 success, 1 diagnostics \
+                  reported, 2 usage or I/O error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Reports with source excerpts, for people.
+    Human,
+    /// One JSON object per line, for tools.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The typed IR with SIMD regions visible.
+    Ir,
+    /// The IR after lowering SIMD regions (every inner box lifted by its region's axis).
+    IrLowered,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .diag files (and the modules they use); report every error found.
+    Check {
+        /// Files to check; a directory means every .diag file under it. Each file is checked
+        /// on its own, with the modules it `use`s.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+    },
+    /// Explain an error code (`diagc explain E0204`), or list them all (`--list`).
+    Explain {
+        /// The code, such as E0204.
+        #[arg(required_unless_present = "list")]
+        code: Option<String>,
+        /// List every code with its title.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Check a file and print its compiled form.
+    Compile {
+        file: PathBuf,
+        /// Only this diagram (default: every diagram defined in FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        /// What to print.
+        #[arg(long, value_enum)]
+        emit: Emit,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+    },
+}
+
+/// Runs the CLI on a thread with a large stack (deep but bounded recursion over user input
+/// must not depend on the platform's main-thread stack) and returns the exit code.
+pub fn main() -> i32 {
+    let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(run);
+    match worker.map(|h| h.join()) {
+        Ok(Ok(code)) => code,
+        _ => {
+            eprintln!("diagc: internal error (this is a bug; please report it with the input)");
+            101
+        }
+    }
+}
+
+fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Check {
+            files,
+            format,
+            color,
+        } => check(&files, format, color),
+        Command::Explain { code, list } => explain(code.as_deref(), list),
+        Command::Compile {
+            file,
+            diagram,
+            emit,
+            output,
+            format,
+            color,
+        } => compile(
+            &file,
+            diagram.as_deref(),
+            emit,
+            output.as_deref(),
+            format,
+            color,
+        ),
+    }
+}
+
+fn use_color(c: ColorChoice) -> bool {
+    match c {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
+    }
+}
+
+/// Prints an outcome's diagnostics; returns whether there were any.
+fn print_diagnostics(o: &Outcome, format: Format, color: ColorChoice) -> bool {
+    let color = use_color(color);
+    let mut err = std::io::stderr().lock();
+    for d in &o.checked.diagnostics {
+        let _ = match format {
+            Format::Human => write!(err, "{}", report::render(d, &o.sources, color)),
+            Format::Json => writeln!(err, "{}", report::to_json(d, &o.sources)),
+        };
+    }
+    if o.checked.suppressed > 0 && matches!(format, Format::Human) {
+        let _ = writeln!(err, "... and {} more errors", o.checked.suppressed);
+    }
+    !o.checked.diagnostics.is_empty()
+}
+
+/// Expands directories into the .diag files under them, sorted.
+fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut found = Vec::new();
+            walk(f, &mut found).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "diag") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn check(files: &[PathBuf], format: Format, color: ColorChoice) -> i32 {
+    let files = match expand(files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    let mut any_errors = false;
+    let mut io_error = false;
+    let mut total = 0;
+    for f in &files {
+        match driver::check_path(f) {
+            Ok(o) => {
+                total += o.checked.diagnostics.len() + o.checked.suppressed;
+                any_errors |= print_diagnostics(&o, format, color);
+            }
+            Err(e) => {
+                eprintln!("diagc: {e}");
+                io_error = true;
+            }
+        }
+    }
+    if matches!(format, Format::Human) {
+        if any_errors {
+            eprintln!("{total} error(s) in {} file(s) checked", files.len());
+        } else if !io_error {
+            eprintln!("{} file(s) checked, no errors", files.len());
+        }
+    }
+    if io_error {
+        2
+    } else if any_errors {
+        1
+    } else {
+        0
+    }
+}
+
+fn explain(code: Option<&str>, list: bool) -> i32 {
+    if list {
+        for c in ALL_CODES {
+            println!("{}", c.title());
+        }
+        return 0;
+    }
+    let code = code.unwrap_or_default();
+    match Code::parse(code) {
+        Some(c) => {
+            print!("{}", c.explanation());
+            0
+        }
+        None => {
+            eprintln!("diagc: no error code `{code}`; `diagc explain --list` lists them");
+            2
+        }
+    }
+}
+
+fn compile(
+    file: &Path,
+    diagram: Option<&str>,
+    emit: Emit,
+    output: Option<&Path>,
+    format: Format,
+    color: ColorChoice,
+) -> i32 {
+    let o = match driver::check_path(file) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    if print_diagnostics(&o, format, color) {
+        return 1;
+    }
+    let program = &o.checked.program;
+    let root = crate::source::FileId(0);
+    let selected: Vec<&crate::ir::Diagram> = match diagram {
+        Some(name) => match program.diagram(name) {
+            Some(d) => vec![d],
+            None => {
+                let names: Vec<&str> = program.diagrams.iter().map(|d| d.name.as_str()).collect();
+                eprintln!(
+                    "diagc: no diagram `{name}` in {}; there are: {}",
+                    file.display(),
+                    names.join(", ")
+                );
+                return 2;
+            }
+        },
+        None => program
+            .diagrams
+            .iter()
+            .filter(|d| d.span.file == root)
+            .collect(),
+    };
+    let mut text = String::new();
+    for (i, d) in selected.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        match emit {
+            Emit::Ir => text.push_str(&print::diagram(d, &program.axes)),
+            Emit::IrLowered => text.push_str(&print::diagram(&lower::lower_simd(d), &program.axes)),
+        }
+    }
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("diagc: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+        None => print!("{text}"),
+    }
+    0
+}

@@ -1,0 +1,589 @@
+//! The typed intermediate representation: diagrams as graphs of boxes and wires.
+//!
+//! Invariants (the checker establishes them; later phases rely on them):
+//! - Every wire has exactly one source (a diagram input or one output of one box) and exactly one
+//!   consumer (one input of one box, or one diagram output). Using a value twice is an explicit
+//!   [`Op::Copy`]; dropping one is an explicit [`Op::Discard`]. This is the cartesian structure of
+//!   the paper's string diagrams, and it makes rewriting local.
+//! - Every wire has a [`WireType`]: a set of named axes (a layout order is kept for printing and
+//!   execution, but equality is set equality), or an index wire into an axis.
+//! - Boxes are stored in a topological order: a box's inputs come from earlier boxes or inputs.
+//! - Regions ([`Region`]) stay visible: a SIMD region over axis `a` or a repeat block. Wires
+//!   inside a SIMD region over `a` never carry `a`; they enter through [`Op::Zip`] (the outer wire
+//!   carries `a`) or [`Op::Broadcast`] (it does not) and leave through [`Op::Collect`].
+//!   [`lower::lower_simd`] removes SIMD regions by lifting every inner box by the region's axis.
+//! - Named axes make lifting trivial: an op applies to the axes it names and runs over every
+//!   other axis of its inputs lane-wise, and binary ops align their inputs by axis name.
+
+pub mod lower;
+pub mod print;
+pub mod size;
+
+use crate::source::Span;
+use size::Size;
+use std::collections::HashMap;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AxisId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WireId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoxId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub u32);
+
+/// A named axis and its (possibly symbolic) size.
+#[derive(Clone, Debug)]
+pub struct AxisInfo {
+    pub name: String,
+    pub size: Size,
+    /// Where it was declared (the first declaration that gave a size, else the first one).
+    pub span: Option<Span>,
+}
+
+/// All axes of a program. Axes are global by name: every module that declares `dm` means the
+/// same axis.
+#[derive(Clone, Debug, Default)]
+pub struct AxisTable {
+    pub axes: Vec<AxisInfo>,
+    by_name: HashMap<String, AxisId>,
+}
+
+impl AxisTable {
+    pub fn get(&self, id: AxisId) -> &AxisInfo {
+        &self.axes[id.0 as usize]
+    }
+
+    pub fn name(&self, id: AxisId) -> &str {
+        &self.axes[id.0 as usize].name
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<AxisId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn insert(&mut self, info: AxisInfo) -> AxisId {
+        let id = AxisId(self.axes.len() as u32);
+        self.by_name.insert(info.name.clone(), id);
+        self.axes.push(info);
+        id
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.axes.iter().map(|a| a.name.as_str())
+    }
+
+    pub fn size(&self, id: AxisId) -> &Size {
+        &self.axes[id.0 as usize].size
+    }
+
+    /// The product of the sizes of some axes.
+    pub fn product(&self, ids: &[AxisId]) -> Size {
+        ids.iter()
+            .fold(Size::constant(1), |acc, a| acc.mul(self.size(*a)))
+    }
+}
+
+/// What a wire carries: f32 values over a set of named axes, or integer indices into an axis.
+#[derive(Clone, Debug)]
+pub struct WireType {
+    /// The axes, in layout order. Two types are equal when their axis sets are.
+    pub axes: Vec<AxisId>,
+    /// `Some(v)`: every element is an index into axis `v` (`[tok] of vocab`).
+    pub index_of: Option<AxisId>,
+}
+
+impl PartialEq for WireType {
+    fn eq(&self, other: &WireType) -> bool {
+        self.index_of == other.index_of
+            && self.axes.len() == other.axes.len()
+            && self.axes.iter().all(|a| other.axes.contains(a))
+    }
+}
+
+impl WireType {
+    pub fn values(axes: Vec<AxisId>) -> WireType {
+        WireType {
+            axes,
+            index_of: None,
+        }
+    }
+
+    pub fn has(&self, a: AxisId) -> bool {
+        self.axes.contains(&a)
+    }
+
+    pub fn without(&self, a: AxisId) -> WireType {
+        WireType {
+            axes: self.axes.iter().copied().filter(|x| *x != a).collect(),
+            index_of: self.index_of,
+        }
+    }
+
+    /// The same type with `a` added in front (lifting by a SIMD axis puts the lane axis first).
+    pub fn with_front(&self, a: AxisId) -> WireType {
+        let mut axes = vec![a];
+        axes.extend(self.axes.iter().copied().filter(|x| *x != a));
+        WireType {
+            axes,
+            index_of: self.index_of,
+        }
+    }
+
+    pub fn display<'a>(&'a self, axes: &'a AxisTable) -> TypeDisplay<'a> {
+        TypeDisplay { ty: self, axes }
+    }
+}
+
+pub struct TypeDisplay<'a> {
+    ty: &'a WireType,
+    axes: &'a AxisTable,
+}
+
+impl fmt::Display for TypeDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, a) in self.ty.axes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(self.axes.name(*a))?;
+        }
+        f.write_str("]")?;
+        if let Some(v) = self.ty.index_of {
+            write!(f, " of {}", self.axes.name(v))?;
+        }
+        Ok(())
+    }
+}
+
+/// A number known when the model is built: literals, axis sizes, hyperparameters, and
+/// arithmetic on them (`1 / sqrt(dk)`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Const {
+    Num(f64),
+    Size(AxisId),
+    Hyper(String),
+    Neg(Box<Const>),
+    Sqrt(Box<Const>),
+    Bin(crate::syntax::ast::BinOp, Box<Const>, Box<Const>),
+}
+
+impl Const {
+    pub fn display<'a>(&'a self, axes: &'a AxisTable) -> ConstDisplay<'a> {
+        ConstDisplay { c: self, axes }
+    }
+
+    /// Evaluates with the given hyperparameter and axis-size values.
+    pub fn eval(
+        &self,
+        hyper: &dyn Fn(&str) -> Option<f64>,
+        size: &dyn Fn(AxisId) -> Option<f64>,
+    ) -> Option<f64> {
+        use crate::syntax::ast::BinOp::*;
+        Some(match self {
+            Const::Num(x) => *x,
+            Const::Size(a) => size(*a)?,
+            Const::Hyper(h) => hyper(h)?,
+            Const::Neg(c) => -c.eval(hyper, size)?,
+            Const::Sqrt(c) => c.eval(hyper, size)?.sqrt(),
+            Const::Bin(op, a, b) => {
+                let (a, b) = (a.eval(hyper, size)?, b.eval(hyper, size)?);
+                match op {
+                    Add => a + b,
+                    Sub => a - b,
+                    Mul => a * b,
+                    Div => a / b,
+                }
+            }
+        })
+    }
+}
+
+pub struct ConstDisplay<'a> {
+    c: &'a Const,
+    axes: &'a AxisTable,
+}
+
+impl fmt::Display for ConstDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.c {
+            Const::Num(x) => write!(f, "{x}"),
+            Const::Size(a) => write!(f, "{}", self.axes.name(*a)),
+            Const::Hyper(h) => write!(f, "{h}"),
+            Const::Neg(c) => write!(f, "-{}", c.display(self.axes)),
+            Const::Sqrt(c) => write!(f, "sqrt({})", c.display(self.axes)),
+            Const::Bin(op, a, b) => {
+                write!(
+                    f,
+                    "({} {} {})",
+                    a.display(self.axes),
+                    op.symbol(),
+                    b.display(self.axes)
+                )
+            }
+        }
+    }
+}
+
+/// Elementwise functions of one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    Relu,
+    Gelu,
+    Tanh,
+    Exp,
+    Log,
+    Sqrt,
+    /// `elu(x) + 1`, the feature map of linear attention.
+    Elu1,
+    Sigmoid,
+    /// `1 / x`.
+    Recip,
+}
+
+impl Func {
+    pub const ALL: &[(&'static str, Func)] = &[
+        ("relu", Func::Relu),
+        ("gelu", Func::Gelu),
+        ("tanh", Func::Tanh),
+        ("exp", Func::Exp),
+        ("log", Func::Log),
+        ("sqrt", Func::Sqrt),
+        ("elu1", Func::Elu1),
+        ("sigmoid", Func::Sigmoid),
+        ("recip", Func::Recip),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Func::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// Where a composite call goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Callee {
+    /// A diagram of the program, by name.
+    Diagram(String),
+    /// A diagram-valued hyperparameter of the enclosing diagram (`mech` in the LM).
+    Hyper(String),
+}
+
+/// A hyperparameter value passed to a call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HyperArg {
+    Num(Const),
+    Diagram(Callee),
+}
+
+/// What a box does. Grouped as the issue and the paper group them; see [`Op::kind`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    // Structural: wiring only, no arithmetic.
+    /// Copies its input to `n` outputs (a fork in the picture).
+    Copy(usize),
+    /// Deletes its input (a cap in the picture).
+    Discard,
+    /// SIMD region entry for a wire that carries the region's axis: lane `i` sees slice `i`.
+    Zip(AxisId),
+    /// SIMD region entry for a wire without the axis: every lane sees the whole wire.
+    Broadcast(AxisId),
+    /// SIMD region exit: the lanes' values stacked along the axis.
+    Collect(AxisId),
+    /// Repeat region entry for the carried wire (first iteration: the initial value).
+    LoopIn,
+    /// Repeat region entry for a wire from outside, the same in every iteration.
+    Capture,
+    /// Repeat region exit: the carried wire after the last iteration.
+    LoopOut,
+    Rename {
+        from: AxisId,
+        to: AxisId,
+    },
+    Split {
+        from: AxisId,
+        into: Vec<AxisId>,
+    },
+    Merge {
+        from: Vec<AxisId>,
+        into: AxisId,
+    },
+    /// Explicit broadcast along a new axis.
+    Expand(AxisId),
+
+    // Primitive: fixed arithmetic.
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Scale(Const),
+    Shift(Const),
+    Dot(AxisId),
+    Outer,
+    Sum(AxisId),
+    Softmax(AxisId),
+    Normalise(AxisId),
+    Map(Func),
+    /// Masks scores where the second axis' position exceeds the first's (to -inf).
+    Causal {
+        query: AxisId,
+        key: AxisId,
+    },
+    Cumsum(AxisId),
+    Dropout(Const),
+    PosEnc {
+        pos: AxisId,
+        feature: AxisId,
+    },
+
+    // Learned: carry parameters (see [`BoxNode::params`]).
+    Linear {
+        from: Vec<AxisId>,
+        to: Vec<AxisId>,
+        bias: bool,
+    },
+    Learner {
+        from: Vec<AxisId>,
+        to: Vec<AxisId>,
+        width: Const,
+    },
+    Param(Vec<AxisId>),
+    LayerNorm(Vec<AxisId>),
+    Embed {
+        vocab: AxisId,
+        to: Vec<AxisId>,
+    },
+
+    // Composite.
+    Call {
+        callee: Callee,
+        hypers: Vec<(String, HyperArg)>,
+    },
+}
+
+/// The four kinds of box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoxKind {
+    Structural,
+    Primitive,
+    Learned,
+    Composite,
+}
+
+impl Op {
+    pub fn kind(&self) -> BoxKind {
+        use Op::*;
+        match self {
+            Copy(_)
+            | Discard
+            | Zip(_)
+            | Broadcast(_)
+            | Collect(_)
+            | LoopIn
+            | Capture
+            | LoopOut
+            | Rename { .. }
+            | Split { .. }
+            | Merge { .. }
+            | Expand(_) => BoxKind::Structural,
+            Add
+            | Sub
+            | Mul
+            | Div
+            | Scale(_)
+            | Shift(_)
+            | Dot(_)
+            | Outer
+            | Sum(_)
+            | Softmax(_)
+            | Normalise(_)
+            | Map(_)
+            | Causal { .. }
+            | Cumsum(_)
+            | Dropout(_)
+            | PosEnc { .. } => BoxKind::Primitive,
+            Linear { .. } | Learner { .. } | Param(_) | LayerNorm(_) | Embed { .. } => {
+                BoxKind::Learned
+            }
+            Call { .. } => BoxKind::Composite,
+        }
+    }
+}
+
+/// One dimension of a parameter tensor: an axis, or a width given as a number.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dim {
+    Axis(AxisId),
+    Extent(Const),
+}
+
+/// A learned tensor owned by a box.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// Its role in the box: `weight`, `bias`, `gain`, `table`, `w1`...
+    pub role: String,
+    pub dims: Vec<Dim>,
+    /// The SIMD axes it is per-lane over (empty: shared by every lane of enclosing regions).
+    pub per_lane: Vec<AxisId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BoxNode {
+    pub op: Op,
+    pub inputs: Vec<WireId>,
+    pub outputs: Vec<WireId>,
+    pub params: Vec<ParamSpec>,
+    pub region: Option<RegionId>,
+    pub span: Span,
+}
+
+/// Where a wire comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireSource {
+    Input(usize),
+    Box(BoxId, usize),
+}
+
+/// Where a wire goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireSink {
+    Box(BoxId, usize),
+    Output(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Wire {
+    pub ty: WireType,
+    /// The source-level name, when the wire was bound to one.
+    pub name: Option<String>,
+    pub source: WireSource,
+    pub sink: Option<WireSink>,
+    pub region: Option<RegionId>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegionKind {
+    Simd(AxisId),
+    Repeat(Const),
+}
+
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub kind: RegionKind,
+    pub parent: Option<RegionId>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HyperType {
+    Int,
+    Float,
+    Diagram {
+        inputs: Vec<WireType>,
+        outputs: Vec<WireType>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    pub name: String,
+    pub ty: HyperType,
+    pub default: Option<HyperArg>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Diagram {
+    pub name: String,
+    pub hypers: Vec<Hyper>,
+    pub input_names: Vec<String>,
+    pub inputs: Vec<WireId>,
+    pub outputs: Vec<WireId>,
+    pub wires: Vec<Wire>,
+    pub boxes: Vec<BoxNode>,
+    pub regions: Vec<Region>,
+    pub span: Span,
+}
+
+impl Diagram {
+    pub fn wire(&self, w: WireId) -> &Wire {
+        &self.wires[w.0 as usize]
+    }
+
+    pub fn node(&self, b: BoxId) -> &BoxNode {
+        &self.boxes[b.0 as usize]
+    }
+
+    pub fn region(&self, r: RegionId) -> &Region {
+        &self.regions[r.0 as usize]
+    }
+
+    /// The regions enclosing `r`, outermost first, `r` included.
+    pub fn region_chain(&self, r: Option<RegionId>) -> Vec<RegionId> {
+        let mut chain = Vec::new();
+        let mut cur = r;
+        while let Some(id) = cur {
+            chain.push(id);
+            cur = self.region(id).parent;
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// Checks the structural invariants listed in the module docs; returns what is broken.
+    /// Used by tests and after every transformation.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, w) in self.wires.iter().enumerate() {
+            match w.source {
+                WireSource::Input(k) if self.inputs.get(k) != Some(&WireId(i as u32)) => {
+                    return Err(format!("wire %{i} claims input {k}"));
+                }
+                WireSource::Box(b, k)
+                    if self.boxes[b.0 as usize].outputs.get(k) != Some(&WireId(i as u32)) =>
+                {
+                    return Err(format!("wire %{i} claims output {k} of box {}", b.0));
+                }
+                _ => {}
+            }
+            match w.sink {
+                None => return Err(format!("wire %{i} has no consumer")),
+                Some(WireSink::Box(b, k))
+                    if self.boxes[b.0 as usize].inputs.get(k) != Some(&WireId(i as u32)) =>
+                {
+                    return Err(format!("wire %{i} claims input {k} of box {}", b.0));
+                }
+                Some(WireSink::Output(k)) if self.outputs.get(k) != Some(&WireId(i as u32)) => {
+                    return Err(format!("wire %{i} claims output {k}"));
+                }
+                _ => {}
+            }
+        }
+        for (bi, b) in self.boxes.iter().enumerate() {
+            for w in &b.inputs {
+                if let WireSource::Box(src, _) = self.wire(*w).source
+                    && src.0 as usize >= bi
+                {
+                    return Err(format!("box {bi} reads wire %{} from a later box", w.0));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A checked program: its axes and its diagrams, in definition order.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub axes: AxisTable,
+    pub diagrams: Vec<Diagram>,
+}
+
+impl Program {
+    pub fn diagram(&self, name: &str) -> Option<&Diagram> {
+        self.diagrams.iter().find(|d| d.name == name)
+    }
+}

@@ -1,0 +1,254 @@
+//! The stable text form of the IR (`diagc compile --emit ir`).
+//!
+//! One line per box: `%out: type = op[args](%in, ...)`, with the box's parameters after `;`.
+//! Regions print as nested blocks headed `simd AXIS` or `repeat COUNT`, at the place of their
+//! first box. Spans are not printed, so the text only changes when the diagram does.
+
+use super::*;
+use std::fmt::Write;
+
+pub fn program(p: &Program) -> String {
+    let mut out = String::new();
+    out.push_str("axes\n");
+    for a in &p.axes.axes {
+        let _ = writeln!(out, "  {} = {}", a.name, a.size);
+    }
+    for d in &p.diagrams {
+        out.push('\n');
+        out.push_str(&diagram(d, &p.axes));
+    }
+    out
+}
+
+pub fn diagram(d: &Diagram, axes: &AxisTable) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "diagram {}", d.name);
+    if !d.hypers.is_empty() {
+        out.push('[');
+        for (i, h) in d.hypers.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{}: {}", h.name, hyper_type(&h.ty, axes));
+            if let Some(v) = &h.default {
+                let _ = write!(out, " = {}", hyper_arg(v, axes));
+            }
+        }
+        out.push(']');
+    }
+    out.push('(');
+    for (i, (n, w)) in d.input_names.iter().zip(&d.inputs).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{n}: {}", d.wire(*w).ty.display(axes));
+    }
+    out.push_str(") -> ");
+    out.push_str(&types(d.outputs.iter().map(|w| &d.wire(*w).ty), axes));
+    out.push('\n');
+    for (i, w) in d.inputs.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  %{}: {} = input {}",
+            w.0,
+            d.wire(*w).ty.display(axes),
+            d.input_names[i]
+        );
+    }
+    let mut printer = Printer {
+        d,
+        axes,
+        out,
+        printed_regions: vec![false; d.regions.len()],
+    };
+    printer.block(None, 1);
+    let mut out = printer.out;
+    let outs: Vec<String> = d.outputs.iter().map(|w| format!("%{}", w.0)).collect();
+    let _ = writeln!(out, "  output {}", outs.join(", "));
+    out
+}
+
+fn types<'a>(tys: impl Iterator<Item = &'a WireType>, axes: &AxisTable) -> String {
+    let v: Vec<String> = tys.map(|t| t.display(axes).to_string()).collect();
+    if v.len() == 1 {
+        v[0].clone()
+    } else {
+        format!("({})", v.join(", "))
+    }
+}
+
+pub fn hyper_type(t: &HyperType, axes: &AxisTable) -> String {
+    match t {
+        HyperType::Int => "int".into(),
+        HyperType::Float => "float".into(),
+        HyperType::Diagram { inputs, outputs } => {
+            let ins: Vec<String> = inputs.iter().map(|t| t.display(axes).to_string()).collect();
+            format!("({}) -> {}", ins.join(", "), types(outputs.iter(), axes))
+        }
+    }
+}
+
+pub fn hyper_arg(v: &HyperArg, axes: &AxisTable) -> String {
+    match v {
+        HyperArg::Num(c) => c.display(axes).to_string(),
+        HyperArg::Diagram(Callee::Diagram(n)) | HyperArg::Diagram(Callee::Hyper(n)) => n.clone(),
+    }
+}
+
+struct Printer<'a> {
+    d: &'a Diagram,
+    axes: &'a AxisTable,
+    out: String,
+    printed_regions: Vec<bool>,
+}
+
+impl Printer<'_> {
+    /// Prints the boxes directly in `region`, and each child region where its first box falls.
+    fn block(&mut self, region: Option<RegionId>, depth: usize) {
+        for (i, b) in self.d.boxes.iter().enumerate() {
+            if b.region == region {
+                self.node(BoxId(i as u32), depth);
+                continue;
+            }
+            // The child of `region` on the way to this box's region, if any.
+            let chain = self.d.region_chain(b.region);
+            let pos = match region {
+                None => Some(0),
+                Some(r) => chain.iter().position(|x| *x == r).map(|p| p + 1),
+            };
+            if let Some(child) = pos.and_then(|p| chain.get(p)).copied()
+                && !self.printed_regions[child.0 as usize]
+            {
+                self.printed_regions[child.0 as usize] = true;
+                let indent = "  ".repeat(depth);
+                let head = match &self.d.region(child).kind {
+                    RegionKind::Simd(a) => format!("simd {}", self.axes.name(*a)),
+                    RegionKind::Repeat(c) => format!("repeat {}", c.display(self.axes)),
+                };
+                let _ = writeln!(self.out, "{indent}{head} {{");
+                self.block(Some(child), depth + 1);
+                let _ = writeln!(self.out, "{indent}}}");
+            }
+        }
+    }
+
+    fn node(&mut self, id: BoxId, depth: usize) {
+        let b = self.d.node(id);
+        let indent = "  ".repeat(depth);
+        let outs: Vec<String> = b
+            .outputs
+            .iter()
+            .map(|w| format!("%{}: {}", w.0, self.d.wire(*w).ty.display(self.axes)))
+            .collect();
+        let ins: Vec<String> = b.inputs.iter().map(|w| format!("%{}", w.0)).collect();
+        let lhs = if outs.is_empty() {
+            String::new()
+        } else {
+            format!("{} = ", outs.join(", "))
+        };
+        let _ = write!(
+            self.out,
+            "{indent}{lhs}{}({})",
+            op_text(&b.op, self.axes),
+            ins.join(", ")
+        );
+        if !b.params.is_empty() {
+            let ps: Vec<String> = b.params.iter().map(|p| param_text(p, self.axes)).collect();
+            let _ = write!(self.out, "  ; {}", ps.join(", "));
+        }
+        self.out.push('\n');
+    }
+}
+
+fn list(ids: &[AxisId], axes: &AxisTable) -> String {
+    if ids.is_empty() {
+        return "[]".into();
+    }
+    ids.iter()
+        .map(|a| axes.name(*a))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn param_text(p: &ParamSpec, axes: &AxisTable) -> String {
+    let dims: Vec<String> = p
+        .dims
+        .iter()
+        .map(|d| match d {
+            Dim::Axis(a) => axes.name(*a).to_string(),
+            Dim::Extent(c) => c.display(axes).to_string(),
+        })
+        .collect();
+    let mut s = format!("{}: [{}]", p.role, dims.join(", "));
+    if !p.per_lane.is_empty() {
+        let _ = write!(s, " per {}", list(&p.per_lane, axes));
+    }
+    s
+}
+
+/// The op as the source language writes it (`linear[dm -> head, dk]`).
+pub fn op_text(op: &Op, axes: &AxisTable) -> String {
+    let n = |a: &AxisId| axes.name(*a).to_string();
+    match op {
+        Op::Copy(k) => format!("copy[{k}]"),
+        Op::Discard => "discard".into(),
+        Op::Zip(a) => format!("zip[{}]", n(a)),
+        Op::Broadcast(a) => format!("broadcast_in[{}]", n(a)),
+        Op::Collect(a) => format!("collect[{}]", n(a)),
+        Op::LoopIn => "loop_in".into(),
+        Op::Capture => "capture".into(),
+        Op::LoopOut => "loop_out".into(),
+        Op::Rename { from, to } => format!("rename[{} -> {}]", n(from), n(to)),
+        Op::Split { from, into } => format!("split[{} -> {}]", n(from), list(into, axes)),
+        Op::Merge { from, into } => format!("merge[{} -> {}]", list(from, axes), n(into)),
+        Op::Expand(a) => format!("broadcast[{}]", n(a)),
+        Op::Add => "add".into(),
+        Op::Sub => "sub".into(),
+        Op::Mul => "mul".into(),
+        Op::Div => "div".into(),
+        Op::Scale(c) => format!("scale[{}]", c.display(axes)),
+        Op::Shift(c) => format!("shift[{}]", c.display(axes)),
+        Op::Dot(a) => format!("dot[{}]", n(a)),
+        Op::Outer => "outer".into(),
+        Op::Sum(a) => format!("sum[{}]", n(a)),
+        Op::Softmax(a) => format!("softmax[{}]", n(a)),
+        Op::Normalise(a) => format!("normalise[{}]", n(a)),
+        Op::Map(f) => f.name().into(),
+        Op::Causal { query, key } => format!("causal[{}, {}]", n(query), n(key)),
+        Op::Cumsum(a) => format!("cumsum[{}]", n(a)),
+        Op::Dropout(c) => format!("dropout[{}]", c.display(axes)),
+        Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
+        Op::Linear { from, to, bias } => format!(
+            "linear[{} -> {}{}]",
+            list(from, axes),
+            list(to, axes),
+            if *bias { "" } else { ", bias = false" }
+        ),
+        Op::Learner { from, to, width } => {
+            format!(
+                "learner[{} -> {}, width = {}]",
+                list(from, axes),
+                list(to, axes),
+                width.display(axes)
+            )
+        }
+        Op::Param(ids) => format!("param[{}]", list(ids, axes)),
+        Op::LayerNorm(ids) => format!("layernorm[{}]", list(ids, axes)),
+        Op::Embed { vocab, to } => format!("embed[{} -> {}]", n(vocab), list(to, axes)),
+        Op::Call { callee, hypers } => {
+            let name = match callee {
+                Callee::Diagram(d) => d.clone(),
+                Callee::Hyper(h) => format!("{h} (hyperparameter)"),
+            };
+            if hypers.is_empty() {
+                format!("call {name}")
+            } else {
+                let hs: Vec<String> = hypers
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", hyper_arg(v, axes)))
+                    .collect();
+                format!("call {name}[{}]", hs.join(", "))
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! diagc: a compiler for string diagrams of attention mechanisms and the Transformer language
+//! models built around them (the formalism of "On the Anatomy of Attention", arXiv 2407.02423).
+//!
+//! The modules are the pipeline, in order; each depends only on the ones above it.
+
+pub mod check;
+pub mod cli;
+pub mod diagnostic;
+pub mod driver;
+pub mod ir;
+pub mod report;
+pub mod source;
+pub mod stdlib;
+pub mod syntax;
