@@ -1,0 +1,148 @@
+//! The command line contract: exit codes, output formats, and `--help` on every command.
+
+use std::process::{Command, Output};
+
+fn diagc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_of_the_stdlib_is_clean() {
+    let o = diagc(&["check", "stdlib"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("no errors"));
+}
+
+#[test]
+fn check_of_an_ill_typed_file_exits_1_and_points_at_the_wires() {
+    let dir = std::env::temp_dir().join(format!("diagc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.diag");
+    std::fs::write(
+        &f,
+        "axis tok, dk\naxis dv = dk\ndiagram f(q: [tok, dk], v: [tok, dv]) -> [tok] {\n    dot[dk](q, v)\n}\n",
+    )
+    .unwrap();
+    let o = diagc(&["check", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("E0204"), "{err}");
+    assert!(
+        err.contains("dot[dk](q, v)"),
+        "the report shows the source line: {err}"
+    );
+    assert!(
+        err.contains("rename[dv -> dk]"),
+        "the report suggests the fix: {err}"
+    );
+
+    let o = diagc(&["check", "--format", "json", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = text(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(v["code"], "E0204");
+    let texts: Vec<&str> = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"v") && texts.contains(&"dk"), "{texts:?}");
+}
+
+#[test]
+fn io_and_usage_errors_exit_2() {
+    assert_eq!(
+        diagc(&["check", "no/such/file.diag"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(diagc(&["check"]).status.code(), Some(2));
+    assert_eq!(diagc(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(diagc(&["explain", "E9999"]).status.code(), Some(2));
+    assert_eq!(
+        diagc(&[
+            "compile",
+            "stdlib/attention/m1.diag",
+            "--diagram",
+            "nope",
+            "--emit",
+            "ir"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn explain_prints_the_long_explanation() {
+    let o = diagc(&["explain", "e0204"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).starts_with("E0204"));
+    let list = diagc(&["explain", "--list"]);
+    assert_eq!(
+        text(&list.stdout).lines().count(),
+        diagc::diagnostic::ALL_CODES.len()
+    );
+}
+
+#[test]
+fn compile_emits_the_ir_of_a_diagram() {
+    let o = diagc(&[
+        "compile",
+        "stdlib/attention/m1.diag",
+        "--diagram",
+        "m1",
+        "--emit",
+        "ir",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let ir = text(&o.stdout);
+    assert!(
+        ir.starts_with("diagram m1(x: [tok, dm]) -> [tok, dm]"),
+        "{ir}"
+    );
+    assert!(ir.contains("simd head {"), "{ir}");
+    assert!(ir.contains("softmax[src]"), "{ir}");
+    let lowered = text(
+        &diagc(&[
+            "compile",
+            "stdlib/attention/m1.diag",
+            "--emit",
+            "ir-lowered",
+        ])
+        .stdout,
+    );
+    assert!(!lowered.contains("simd head"), "{lowered}");
+    assert!(
+        lowered.contains("[head, tok, src] = softmax[src]"),
+        "{lowered}"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["explain", "--help"],
+        vec!["compile", "--help"],
+    ] {
+        let o = diagc(&cmd);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(text(&o.stdout).contains("Usage"), "{cmd:?}");
+    }
+}

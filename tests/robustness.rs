@@ -1,0 +1,258 @@
+//! No input may panic or hang the front end: mutations of every stdlib file, random token
+//! soup, and hostile shapes (deep nesting, huge files, a million wires). Each case must end with
+//! diagnostics or a clean check, never a panic, within a bounded time.
+
+use diagc::driver;
+use proptest::prelude::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (xorshift), so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const TOKENS: &[&str] = &[
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ";",
+    ":",
+    ".",
+    "=",
+    "->",
+    "+",
+    "-",
+    "*",
+    "/",
+    "axis ",
+    "use ",
+    "diagram ",
+    "simd ",
+    "repeat ",
+    "discard ",
+    " of ",
+    "int",
+    "float",
+    "x",
+    "tok",
+    "dm",
+    "head",
+    "src",
+    "dk",
+    "1",
+    "0.5",
+    "1e-6",
+    "\n",
+    " ",
+    "q",
+    "softmax[src]",
+    "dot[dk]",
+    "linear[dm -> dm]",
+    "é",
+    "\u{0}",
+    "//",
+    "@",
+    "$",
+    "#",
+];
+
+/// Checks text and fails the test on a panic; returns how long it took.
+fn survive(name: &str, text: &str) -> Duration {
+    let start = Instant::now();
+    let r = std::panic::catch_unwind(|| driver::check_text(name, text));
+    if r.is_err() {
+        let dump = std::env::temp_dir().join("diagc-panic.diag");
+        let _ = std::fs::write(&dump, text);
+        panic!(
+            "the checker panicked on {name}; input saved to {}",
+            dump.display()
+        );
+    }
+    start.elapsed()
+}
+
+fn stdlib_texts() -> Vec<(String, String)> {
+    diagc::stdlib::FILES
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect()
+}
+
+fn mutate(rng: &mut Rng, text: &str) -> String {
+    let mut s: Vec<u8> = text.as_bytes().to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let n = s.len().max(1);
+        match rng.below(6) {
+            0 => {
+                // Delete a range.
+                let a = rng.below(n);
+                let b = (a + 1 + rng.below(40)).min(s.len());
+                if a < b {
+                    s.drain(a..b);
+                }
+            }
+            1 => {
+                // Duplicate a range somewhere else.
+                let a = rng.below(n);
+                let b = (a + 1 + rng.below(80)).min(s.len());
+                let chunk: Vec<u8> = s.get(a..b).unwrap_or(&[]).to_vec();
+                let at = rng.below(s.len() + 1);
+                s.splice(at..at, chunk);
+            }
+            2 | 3 => {
+                // Insert a token.
+                let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
+                let at = rng.below(s.len() + 1);
+                s.splice(at..at, t.iter().copied());
+            }
+            4 => {
+                // Replace a byte with a random one (may break UTF-8; made lossy below).
+                if !s.is_empty() {
+                    let at = rng.below(s.len());
+                    s[at] = (rng.next() & 0xff) as u8;
+                }
+            }
+            _ => {
+                // Truncate.
+                let at = rng.below(n);
+                s.truncate(at);
+            }
+        }
+    }
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+#[test]
+fn mutations_of_the_stdlib_never_panic() {
+    let texts = stdlib_texts();
+    assert!(!texts.is_empty());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let budget = Duration::from_secs(20);
+    let start = Instant::now();
+    let mut cases = 0;
+    while start.elapsed() < budget && cases < 4000 {
+        let (name, text) = &texts[rng.below(texts.len())];
+        let m = mutate(&mut rng, text);
+        let took = survive(name, &m);
+        assert!(
+            took < Duration::from_secs(5),
+            "checking a mutation of {name} took {took:?}"
+        );
+        cases += 1;
+    }
+    assert!(cases >= 200, "only {cases} mutations ran in {budget:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #[test]
+    fn token_soup_never_panics(picks in proptest::collection::vec(0usize..TOKENS.len(), 0..200)) {
+        let text: String = picks.iter().map(|i| TOKENS[*i]).collect();
+        survive("<soup>", &text);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        survive("<text>", &text);
+    }
+}
+
+#[test]
+fn ten_thousand_nested_brackets_are_an_error_not_a_crash() {
+    for (open, close) in [("(", ")"), ("[", "]"), ("{", "}")] {
+        let text = format!(
+            "diagram f(x: [a]) -> [a] {{ y = {}x{} }}",
+            open.repeat(10_000),
+            close.repeat(10_000)
+        );
+        let o = driver::check_text("<deep>", &text);
+        assert!(
+            o.checked
+                .diagnostics
+                .iter()
+                .any(|d| d.code.as_str() == "E0003"),
+            "no E0003 for {open}"
+        );
+    }
+}
+
+#[test]
+fn long_operator_chains_do_not_overflow_the_stack() {
+    // Chains are flat in the syntax tree, so depth does not grow with their length.
+    let terms = vec!["x"; 100_000].join(" + ");
+    let text = format!("axis a\ndiagram f(x: [a]) -> [a] {{\n    {terms}\n}}\n");
+    let o = driver::check_text("<chain>", &text);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let minus = format!(
+        "axis a\ndiagram f(x: [a]) -> [a] {{\n    y = {}x\n    y\n}}\n",
+        "- ".repeat(100_000)
+    );
+    let o = driver::check_text("<minus>", &minus);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+}
+
+#[test]
+fn a_million_wires_check_in_bounded_time() {
+    let n = 1_000_000;
+    let mut text = String::with_capacity(n * 24);
+    text.push_str("axis a\ndiagram chain(x0: [a]) -> [a] {\n");
+    for i in 1..=n {
+        text.push_str(&format!("    x{i} = relu(x{})\n", i - 1));
+    }
+    text.push_str(&format!("    x{n}\n}}\n"));
+    let start = Instant::now();
+    let o = driver::check_text("<million>", &text);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    assert_eq!(o.checked.program.diagrams[0].boxes.len(), n);
+    // Generous: this is a hang detector, not a benchmark (see benches/ for speed).
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_ten_megabyte_file_of_garbage_gives_bounded_diagnostics() {
+    let mut rng = Rng(12345);
+    let mut text = String::with_capacity(10 << 20);
+    while text.len() < 10 << 20 {
+        text.push_str(TOKENS[rng.below(TOKENS.len())]);
+    }
+    let start = Instant::now();
+    let o = driver::check_text("<garbage>", &text);
+    assert!(!o.checked.diagnostics.is_empty());
+    assert!(o.checked.diagnostics.len() <= diagc::check::MAX_DIAGNOSTICS);
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn binary_files_are_reported_not_read() {
+    let dir = std::env::temp_dir().join(format!("diagc-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("binary.diag");
+    std::fs::write(&f, [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0x00, 0x01, 0x80]).unwrap();
+    let o = driver::check_path(&f).unwrap();
+    assert_eq!(o.checked.diagnostics.len(), 1);
+    assert_eq!(o.checked.diagnostics[0].code.as_str(), "E0004");
+    assert!(driver::check_path(Path::new("/nonexistent/file.diag")).is_err());
+}
