@@ -606,6 +606,19 @@ impl Body<'_, '_> {
         Val::Error
     }
 
+    /// Marks the wires of a value as referenced (see [`Body::referenced`]).
+    pub fn touch(&mut self, v: &Val) {
+        match v {
+            Val::Wire(w) => self.referenced[w.0 as usize] = true,
+            Val::Tuple(ws) => {
+                for w in ws {
+                    self.referenced[w.0 as usize] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The wires of a value that must be one or more wires (a block result, a region result).
     pub fn values(&mut self, v: &Val, span: Span) -> Option<Vec<WireId>> {
         match v {

@@ -249,6 +249,8 @@ impl Body<'_, '_> {
 
     pub fn binop(&mut self, op: BinOp, l: Val, r: Val, ls: Span, rs: Span, op_span: Span) -> Val {
         let whole = ls.to(rs);
+        self.touch(&l);
+        self.touch(&r);
         match (l, r) {
             (Val::Error, _) | (_, Val::Error) => Val::Error,
             (Val::Const(a), Val::Const(b)) => Val::Const(Const::Bin(op, Box::new(a), Box::new(b))),
@@ -399,7 +401,8 @@ impl Body<'_, '_> {
             let hypers = self.call_hypers(i, index, span);
             let Some(hypers) = hypers else {
                 for a in args {
-                    self.expr(a);
+                    let v = self.expr(a);
+                    self.touch(&v);
                 }
                 return Val::Error;
             };
@@ -447,6 +450,9 @@ impl Body<'_, '_> {
         span: Span,
     ) -> Val {
         let vals: Vec<(Val, Span)> = args.iter().map(|a| (self.expr(a), a.span())).collect();
+        for (v, _) in &vals {
+            self.touch(v);
+        }
         let name = match &callee {
             Callee::Diagram(n) | Callee::Hyper(n) => n.clone(),
         };
@@ -985,6 +991,9 @@ impl Body<'_, '_> {
     ) -> Option<Val> {
         let name = callee.text.as_str();
         let vals: Vec<(Val, Span)> = args.iter().map(|a| (self.expr(a), a.span())).collect();
+        for (v, _) in &vals {
+            self.touch(v);
+        }
         let ix_span = index.map_or(callee.span, |i| i.span);
         let wire_count = match name {
             "posenc" | "param" => Some(0),

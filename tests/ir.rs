@@ -1,0 +1,111 @@
+//! The IR's invariants hold for every stdlib diagram, before and after SIMD lowering.
+
+use diagc::driver;
+use diagc::ir::{BoxKind, Op, RegionKind, WireSink, lower::lower_simd, print};
+
+fn stdlib_programs() -> Vec<(String, driver::Outcome)> {
+    diagc::stdlib::FILES
+        .iter()
+        .map(|(p, t)| {
+            let o = driver::check_text(&format!("<stdlib>/{p}"), t);
+            assert!(o.checked.is_ok(), "{p}: {:?}", o.checked.diagnostics.first());
+            (p.to_string(), o)
+        })
+        .collect()
+}
+
+#[test]
+fn every_stdlib_diagram_is_a_valid_graph_before_and_after_lowering() {
+    for (p, o) in stdlib_programs() {
+        for d in &o.checked.program.diagrams {
+            d.validate().unwrap_or_else(|e| panic!("{p}/{}: {e}", d.name));
+            let l = lower_simd(d);
+            l.validate().unwrap_or_else(|e| panic!("{p}/{} lowered: {e}", d.name));
+            assert!(
+                l.regions.iter().all(|r| matches!(r.kind, RegionKind::Repeat(_))),
+                "{p}/{}: a SIMD region survived lowering",
+                d.name
+            );
+            assert!(
+                !l.boxes.iter().any(|b| matches!(b.op, Op::Zip(_) | Op::Collect(_) | Op::Broadcast(_))),
+                "{p}/{}: region ports survived lowering",
+                d.name
+            );
+            // Same boundary types.
+            for (a, b) in d.inputs.iter().zip(&l.inputs) {
+                assert_eq!(d.wire(*a).ty, l.wire(*b).ty);
+            }
+            for (a, b) in d.outputs.iter().zip(&l.outputs) {
+                assert_eq!(d.wire(*a).ty, l.wire(*b).ty);
+            }
+        }
+    }
+}
+
+#[test]
+fn copies_are_explicit_and_each_wire_has_one_consumer() {
+    let (_, o) = stdlib_programs().into_iter().find(|(p, _)| p == "attention/m1.diag").unwrap();
+    let d = o.checked.program.diagram("m1").unwrap();
+    // x feeds three projections: one copy box with three outputs.
+    let copies: Vec<_> = d.boxes.iter().filter(|b| matches!(b.op, Op::Copy(3))).collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].inputs, vec![d.inputs[0]]);
+    for w in &d.wires {
+        assert!(w.sink.is_some());
+    }
+    assert!(matches!(d.wire(d.outputs[0]).sink, Some(WireSink::Output(0))));
+}
+
+#[test]
+fn lowering_lifts_inner_wires_by_the_region_axis() {
+    let (_, o) = stdlib_programs().into_iter().find(|(p, _)| p == "attention/m1.diag").unwrap();
+    let axes = &o.checked.program.axes;
+    let d = o.checked.program.diagram("m1").unwrap();
+    let head = axes.lookup("head").unwrap();
+    let softmax = |d: &diagc::ir::Diagram| {
+        let b = d.boxes.iter().find(|b| matches!(b.op, Op::Softmax(_))).unwrap();
+        d.wire(b.outputs[0]).ty.clone()
+    };
+    assert!(!softmax(d).has(head), "inside the region the scores are one head's");
+    assert!(softmax(&lower_simd(d)).has(head), "lowered, the scores carry every head");
+    // The learned boxes of M1: four linear maps, shared (no lane axes).
+    let learned: Vec<_> = d.boxes.iter().filter(|b| b.op.kind() == BoxKind::Learned).collect();
+    assert_eq!(learned.len(), 4);
+    assert!(learned.iter().all(|b| b.params.iter().all(|p| p.per_lane.is_empty())));
+}
+
+#[test]
+fn per_lane_parameters_carry_the_lane_axis_after_lowering() {
+    let src = "axis tok, head, dk\n\
+               diagram f(x: [tok, head, dk]) -> [tok, head, dk] {\n\
+                   simd head {\n\
+                       w = param[head, dk]()\n\
+                       s = param[dk]()\n\
+                       x * broadcast[tok](w) + broadcast[tok](s)\n\
+                   }\n\
+               }\n";
+    let o = driver::check_text("<per-lane>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics);
+    let axes = &o.checked.program.axes;
+    let head = axes.lookup("head").unwrap();
+    let d = o.checked.program.diagram("f").unwrap();
+    let params: Vec<_> = d.boxes.iter().filter(|b| matches!(b.op, Op::Param(_))).collect();
+    assert_eq!(params[0].params[0].per_lane, vec![head], "param[head, dk] inside simd head is per-lane");
+    assert!(params[1].params[0].per_lane.is_empty(), "param[dk] inside simd head is shared");
+    let l = lower_simd(d);
+    l.validate().unwrap();
+    // The shared parameter is broadcast along head after lowering; the per-lane one is not.
+    let expands = l.boxes.iter().filter(|b| matches!(b.op, Op::Expand(a) if a == head)).count();
+    assert_eq!(expands, 1, "{}", print::diagram(&l, axes));
+}
+
+#[test]
+fn printing_is_deterministic() {
+    for (_, o) in stdlib_programs() {
+        let a = print::program(&o.checked.program);
+        let b = print::program(&diagc::driver::check_text("<again>", &String::new()).checked.program);
+        assert_ne!(a, b);
+        let again: Vec<String> = (0..3).map(|_| print::program(&o.checked.program)).collect();
+        assert!(again.iter().all(|x| *x == a));
+    }
+}
