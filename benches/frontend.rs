@@ -17,11 +17,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
     f(); // warm up
-    median((0..runs).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed()
-    }).collect())
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
 }
 
 /// A realistic file: `copies` renamed copies of M1 and M0 sharing one set of axes.
@@ -30,9 +34,14 @@ fn generated(lines_wanted: usize) -> String {
     let m0 = include_str!("../stdlib/attention/m0.diag");
     let body = |src: &str, name: &str, k: usize| -> String {
         let start = src.find("diagram").expect("a diagram");
-        src[start..].replacen(&format!("diagram {name}("), &format!("diagram {name}_{k}("), 1)
+        src[start..].replacen(
+            &format!("diagram {name}("),
+            &format!("diagram {name}_{k}("),
+            1,
+        )
     };
-    let mut text = String::from("axis tok, dm, head\naxis dk = dm / head\naxis src = tok\naxis dv = dk\n");
+    let mut text =
+        String::from("axis tok, dm, head\naxis dk = dm / head\naxis src = tok\naxis dv = dk\n");
     let mut k = 0;
     while text.lines().count() < lines_wanted {
         text.push_str(&body(m1, "m1", k));
@@ -45,7 +54,10 @@ fn generated(lines_wanted: usize) -> String {
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = env!("CARGO_BIN_EXE_diagc");
-    let stdlib: Vec<std::path::PathBuf> = diagc::stdlib::FILES.iter().map(|(p, _)| root.join("stdlib").join(p)).collect();
+    let stdlib: Vec<std::path::PathBuf> = diagc::stdlib::FILES
+        .iter()
+        .map(|(p, _)| root.join("stdlib").join(p))
+        .collect();
 
     let lib_stdlib = time(30, || {
         for f in &stdlib {
@@ -54,7 +66,11 @@ fn main() {
         }
     });
     let cli_stdlib = time(20, || {
-        let s = Command::new(exe).args(["check", "stdlib"]).current_dir(root).output().unwrap();
+        let s = Command::new(exe)
+            .args(["check", "stdlib"])
+            .current_dir(root)
+            .output()
+            .unwrap();
         assert!(s.status.success());
     });
 
@@ -71,14 +87,34 @@ fn main() {
         assert!(problems.is_empty() && !toks.is_empty());
     });
     let cli_big = time(10, || {
-        let s = Command::new(exe).args(["check", file.to_str().unwrap()]).output().unwrap();
+        let s = Command::new(exe)
+            .args(["check", file.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(s.status.success());
     });
 
     println!("diagc front-end benchmark (medians; release build)");
-    println!("  stdlib ({} files), library:        {:>8.2} ms   (target < 50 ms)", stdlib.len(), lib_stdlib.as_secs_f64() * 1e3);
-    println!("  stdlib, `diagc check stdlib`:      {:>8.2} ms   (process start included)", cli_stdlib.as_secs_f64() * 1e3);
-    println!("  {lines}-line file, library:        {:>8.2} ms   (target < 200 ms)", lib_big.as_secs_f64() * 1e3);
-    println!("  {lines}-line file, `diagc check`:  {:>8.2} ms", cli_big.as_secs_f64() * 1e3);
-    println!("  {lines}-line file, lexer alone:    {:>8.2} ms   (check / lex = {:.1}x)", lex_big.as_secs_f64() * 1e3, lib_big.as_secs_f64() / lex_big.as_secs_f64());
+    println!(
+        "  stdlib ({} files), library:        {:>8.2} ms   (target < 50 ms)",
+        stdlib.len(),
+        lib_stdlib.as_secs_f64() * 1e3
+    );
+    println!(
+        "  stdlib, `diagc check stdlib`:      {:>8.2} ms   (process start included)",
+        cli_stdlib.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {lines}-line file, library:        {:>8.2} ms   (target < 200 ms)",
+        lib_big.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {lines}-line file, `diagc check`:  {:>8.2} ms",
+        cli_big.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {lines}-line file, lexer alone:    {:>8.2} ms   (check / lex = {:.1}x)",
+        lex_big.as_secs_f64() * 1e3,
+        lib_big.as_secs_f64() / lex_big.as_secs_f64()
+    );
 }

@@ -8,7 +8,11 @@ fn stdlib_programs() -> Vec<(String, driver::Outcome)> {
         .iter()
         .map(|(p, t)| {
             let o = driver::check_text(&format!("<stdlib>/{p}"), t);
-            assert!(o.checked.is_ok(), "{p}: {:?}", o.checked.diagnostics.first());
+            assert!(
+                o.checked.is_ok(),
+                "{p}: {:?}",
+                o.checked.diagnostics.first()
+            );
             (p.to_string(), o)
         })
         .collect()
@@ -18,16 +22,22 @@ fn stdlib_programs() -> Vec<(String, driver::Outcome)> {
 fn every_stdlib_diagram_is_a_valid_graph_before_and_after_lowering() {
     for (p, o) in stdlib_programs() {
         for d in &o.checked.program.diagrams {
-            d.validate().unwrap_or_else(|e| panic!("{p}/{}: {e}", d.name));
+            d.validate()
+                .unwrap_or_else(|e| panic!("{p}/{}: {e}", d.name));
             let l = lower_simd(d);
-            l.validate().unwrap_or_else(|e| panic!("{p}/{} lowered: {e}", d.name));
+            l.validate()
+                .unwrap_or_else(|e| panic!("{p}/{} lowered: {e}", d.name));
             assert!(
-                l.regions.iter().all(|r| matches!(r.kind, RegionKind::Repeat(_))),
+                l.regions
+                    .iter()
+                    .all(|r| matches!(r.kind, RegionKind::Repeat(_))),
                 "{p}/{}: a SIMD region survived lowering",
                 d.name
             );
             assert!(
-                !l.boxes.iter().any(|b| matches!(b.op, Op::Zip(_) | Op::Collect(_) | Op::Broadcast(_))),
+                !l.boxes
+                    .iter()
+                    .any(|b| matches!(b.op, Op::Zip(_) | Op::Collect(_) | Op::Broadcast(_))),
                 "{p}/{}: region ports survived lowering",
                 d.name
             );
@@ -44,34 +54,65 @@ fn every_stdlib_diagram_is_a_valid_graph_before_and_after_lowering() {
 
 #[test]
 fn copies_are_explicit_and_each_wire_has_one_consumer() {
-    let (_, o) = stdlib_programs().into_iter().find(|(p, _)| p == "attention/m1.diag").unwrap();
+    let (_, o) = stdlib_programs()
+        .into_iter()
+        .find(|(p, _)| p == "attention/m1.diag")
+        .unwrap();
     let d = o.checked.program.diagram("m1").unwrap();
     // x feeds three projections: one copy box with three outputs.
-    let copies: Vec<_> = d.boxes.iter().filter(|b| matches!(b.op, Op::Copy(3))).collect();
+    let copies: Vec<_> = d
+        .boxes
+        .iter()
+        .filter(|b| matches!(b.op, Op::Copy(3)))
+        .collect();
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0].inputs, vec![d.inputs[0]]);
     for w in &d.wires {
         assert!(w.sink.is_some());
     }
-    assert!(matches!(d.wire(d.outputs[0]).sink, Some(WireSink::Output(0))));
+    assert!(matches!(
+        d.wire(d.outputs[0]).sink,
+        Some(WireSink::Output(0))
+    ));
 }
 
 #[test]
 fn lowering_lifts_inner_wires_by_the_region_axis() {
-    let (_, o) = stdlib_programs().into_iter().find(|(p, _)| p == "attention/m1.diag").unwrap();
+    let (_, o) = stdlib_programs()
+        .into_iter()
+        .find(|(p, _)| p == "attention/m1.diag")
+        .unwrap();
     let axes = &o.checked.program.axes;
     let d = o.checked.program.diagram("m1").unwrap();
     let head = axes.lookup("head").unwrap();
     let softmax = |d: &diagc::ir::Diagram| {
-        let b = d.boxes.iter().find(|b| matches!(b.op, Op::Softmax(_))).unwrap();
+        let b = d
+            .boxes
+            .iter()
+            .find(|b| matches!(b.op, Op::Softmax(_)))
+            .unwrap();
         d.wire(b.outputs[0]).ty.clone()
     };
-    assert!(!softmax(d).has(head), "inside the region the scores are one head's");
-    assert!(softmax(&lower_simd(d)).has(head), "lowered, the scores carry every head");
+    assert!(
+        !softmax(d).has(head),
+        "inside the region the scores are one head's"
+    );
+    assert!(
+        softmax(&lower_simd(d)).has(head),
+        "lowered, the scores carry every head"
+    );
     // The learned boxes of M1: four linear maps, shared (no lane axes).
-    let learned: Vec<_> = d.boxes.iter().filter(|b| b.op.kind() == BoxKind::Learned).collect();
+    let learned: Vec<_> = d
+        .boxes
+        .iter()
+        .filter(|b| b.op.kind() == BoxKind::Learned)
+        .collect();
     assert_eq!(learned.len(), 4);
-    assert!(learned.iter().all(|b| b.params.iter().all(|p| p.per_lane.is_empty())));
+    assert!(
+        learned
+            .iter()
+            .all(|b| b.params.iter().all(|p| p.per_lane.is_empty()))
+    );
 }
 
 #[test]
@@ -89,13 +130,28 @@ fn per_lane_parameters_carry_the_lane_axis_after_lowering() {
     let axes = &o.checked.program.axes;
     let head = axes.lookup("head").unwrap();
     let d = o.checked.program.diagram("f").unwrap();
-    let params: Vec<_> = d.boxes.iter().filter(|b| matches!(b.op, Op::Param(_))).collect();
-    assert_eq!(params[0].params[0].per_lane, vec![head], "param[head, dk] inside simd head is per-lane");
-    assert!(params[1].params[0].per_lane.is_empty(), "param[dk] inside simd head is shared");
+    let params: Vec<_> = d
+        .boxes
+        .iter()
+        .filter(|b| matches!(b.op, Op::Param(_)))
+        .collect();
+    assert_eq!(
+        params[0].params[0].per_lane,
+        vec![head],
+        "param[head, dk] inside simd head is per-lane"
+    );
+    assert!(
+        params[1].params[0].per_lane.is_empty(),
+        "param[dk] inside simd head is shared"
+    );
     let l = lower_simd(d);
     l.validate().unwrap();
     // The shared parameter is broadcast along head after lowering; the per-lane one is not.
-    let expands = l.boxes.iter().filter(|b| matches!(b.op, Op::Expand(a) if a == head)).count();
+    let expands = l
+        .boxes
+        .iter()
+        .filter(|b| matches!(b.op, Op::Expand(a) if a == head))
+        .count();
     assert_eq!(expands, 1, "{}", print::diagram(&l, axes));
 }
 
@@ -103,7 +159,7 @@ fn per_lane_parameters_carry_the_lane_axis_after_lowering() {
 fn printing_is_deterministic() {
     for (_, o) in stdlib_programs() {
         let a = print::program(&o.checked.program);
-        let b = print::program(&diagc::driver::check_text("<again>", &String::new()).checked.program);
+        let b = print::program(&diagc::driver::check_text("<again>", "").checked.program);
         assert_ne!(a, b);
         let again: Vec<String> = (0..3).map(|_| print::program(&o.checked.program)).collect();
         assert!(again.iter().all(|x| *x == a));

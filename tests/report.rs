@@ -13,10 +13,16 @@ fn labels_land_on_the_right_characters_after_non_ascii_text() {
     let text = report::render(d, &o.sources, false);
     // The underline starts under `nope`: find the source line and the caret line below it.
     let lines: Vec<&str> = text.lines().collect();
-    let i = lines.iter().position(|l| l.contains("sum[nope](x)")).expect("the source line is shown");
+    let i = lines
+        .iter()
+        .position(|l| l.contains("sum[nope](x)"))
+        .expect("the source line is shown");
     let col = |s: &str, pat: &str| s.find(pat).map(|b| s[..b].chars().count());
     let start = col(lines[i], "nope").unwrap();
-    let marker = lines[i + 1].chars().position(|c| c != ' ' && c != '│' && c != '·').unwrap();
+    let marker = lines[i + 1]
+        .chars()
+        .position(|c| c != ' ' && c != '│' && c != '·')
+        .unwrap();
     assert_eq!(marker, start, "{text}");
     let json = report::to_json(d, &o.sources);
     assert_eq!(json["labels"][0]["line"], 4);

@@ -682,10 +682,7 @@ impl Body<'_, '_> {
                 );
                 None
             }
-            ast::Value::Name(n) => match self.lookup_const(n) {
-                Some(c) => Some(c),
-                None => None,
-            },
+            ast::Value::Name(n) => self.lookup_const(n),
         }
     }
 
@@ -1105,7 +1102,7 @@ impl Body<'_, '_> {
                 let w = self.float_arg(v, vs)?;
                 let okq = self.need_axis(w, vs, q, idx.lhs[0].span());
                 let okk = self.need_axis(w, vs, k, idx.lhs[1].span());
-                if !(okq && okk) || !self.same_size(q, k, ix_span, "`causal`") {
+                if !(okq && okk && self.same_size(q, k, ix_span, "`causal`")) {
                     return None;
                 }
                 if q == k {

@@ -132,7 +132,7 @@ pub enum Stmt {
     Bind {
         names: Vec<Name>,
         ty: Option<TypeExpr>,
-        expr: Expr,
+        expr: Box<Expr>,
         span: Span,
     },
     /// `discard x, y`: deletes wires explicitly.
