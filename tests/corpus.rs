@@ -116,7 +116,9 @@ fn run_dir(dir: &str, must_fail: bool) -> usize {
             problems.push(format!("{name}: a file in {dir} needs `// expect:` lines"));
             continue;
         }
-        let o = driver::check_path(f).unwrap();
+        // Relative to the package root (the tests' working directory), so reports and
+        // snapshots do not depend on where the checkout is.
+        let o = driver::check_path(f.strip_prefix(root).unwrap()).unwrap();
         problems.extend(compare(&name, &o, &expects));
         if !expects.is_empty() {
             let mut settings = insta::Settings::clone_current();

@@ -58,6 +58,9 @@ pub(super) struct Body<'c, 'm> {
     pub region: Option<RegionId>,
     /// Names bound in nested blocks, for E0303.
     inner_names: HashMap<String, Span>,
+    /// A block of this diagram lost statements to a syntax error: dangling wires are not
+    /// reported (their users may be in the lost part).
+    syntax_recovered: bool,
 }
 
 /// Elaborates diagram `i` of the context. Returns `None` when its signature is unusable.
@@ -113,6 +116,7 @@ pub(super) fn elaborate(cx: &mut Ctx, i: usize) -> Option<Diagram> {
         }],
         region: None,
         inner_names: HashMap::new(),
+        syntax_recovered: false,
     };
     let mut complete = true;
     for (k, (pname, ty, _)) in params.iter().enumerate() {
@@ -361,6 +365,10 @@ impl Body<'_, '_> {
         for i in order {
             self.stmt(&block.stmts[i]);
         }
+        if block.recovered {
+            self.syntax_recovered = true;
+            return Val::Error;
+        }
         match &block.result {
             Some(e) => self.expr(e),
             None => Val::Nothing(block.span),
@@ -459,6 +467,15 @@ impl Body<'_, '_> {
                     ));
                 }
             }
+            // Their inputs are not dangling: the statements that use them were skipped.
+            let mut refs = Vec::new();
+            let mut inner = HashMap::new();
+            for (i, st) in block.stmts.iter().enumerate() {
+                if let (true, ast::Stmt::Bind { expr, .. }) = (left[i], st) {
+                    free_names(expr, &mut refs, &mut inner);
+                }
+            }
+            self.touch_names(&refs);
             // Poison every name of the left-over statements.
             for (name, &i) in owner {
                 if left[i] {
@@ -557,6 +574,8 @@ impl Body<'_, '_> {
 
     /// Checks `o: [..] = e`. A missing SIMD axis on a region's result is E0302.
     fn ascribe(&mut self, t: &ast::TypeExpr, w: WireId, expr: &ast::Expr) -> Val {
+        // On failure the wire is still the user's: not dangling.
+        self.referenced[w.0 as usize] = true;
         let Some(want) = self.cx.resolve_type(t) else {
             return Val::Error;
         };
@@ -604,6 +623,31 @@ impl Body<'_, '_> {
             .secondary(t.span, format!("written {wt}")),
         );
         Val::Error
+    }
+
+    /// Marks the wires that skipped code refers to as referenced, so that skipping a statement
+    /// (part of a cycle) or a block (in a region that failed) does not also report its inputs
+    /// as dangling.
+    fn touch_names(&mut self, names: &[&str]) {
+        for n in names {
+            let found = self
+                .scopes
+                .iter()
+                .rev()
+                .find_map(|s| s.names.get(*n))
+                .map(|b| b.0.clone());
+            if let Some(Binding::Wire(w)) = found {
+                self.referenced[w.0 as usize] = true;
+            }
+        }
+    }
+
+    /// [`Body::touch_names`] for everything a block refers to from outside.
+    pub fn touch_block(&mut self, b: &ast::Block) {
+        let mut refs = Vec::new();
+        let mut inner = HashMap::new();
+        block_free_names(b, None, &mut refs, &mut inner);
+        self.touch_names(&refs);
     }
 
     /// Marks the wires of a value as referenced (see [`Body::referenced`]).
@@ -758,6 +802,7 @@ impl Body<'_, '_> {
     /// `simd axis { body }`.
     pub fn simd(&mut self, axis: &ast::Name, body: &ast::Block, span: Span) -> Val {
         let Some(a) = self.cx.axis(axis) else {
+            self.touch_block(body);
             return Val::Error;
         };
         if let Some(outer) = self
@@ -779,6 +824,7 @@ impl Body<'_, '_> {
                 .secondary(outer_span, "the outer region")
                 .help("nest regions over different axes"),
             );
+            self.touch_block(body);
             return Val::Error;
         }
         let region = self.open_region(RegionKind::Simd(a), span);
@@ -816,7 +862,9 @@ impl Body<'_, '_> {
     ) -> Val {
         let count = self.count_value(count);
         let init_val = self.expr(init);
+        self.touch(&init_val);
         let Val::Wire(init_w) = init_val else {
+            self.touch_block(body);
             if !matches!(init_val, Val::Error) {
                 self.cx.error(
                     Diagnostic::new(
@@ -829,6 +877,7 @@ impl Body<'_, '_> {
             return Val::Error;
         };
         let Some(count) = count else {
+            self.touch_block(body);
             return Val::Error;
         };
         let ty = self.wire_ty(init_w).clone();
@@ -992,7 +1041,7 @@ impl Body<'_, '_> {
                 });
                 continue;
             }
-            if !counted && !self.referenced[i] {
+            if !counted && !self.referenced[i] && !self.syntax_recovered {
                 let wire = self.d.wire(w);
                 let span = self.bound_at[i].unwrap_or(wire.span);
                 let name = wire.name.clone();

@@ -327,7 +327,16 @@ impl<'m> Ctx<'m> {
         for n in &order {
             let d = defining[n];
             let size = done[n].clone();
-            if size.is_concrete() && size.as_constant().is_none_or(|c| c == 0) {
+            if size.overflowed() {
+                self.error(
+                    Diagnostic::new(
+                        Code::BadAxisSize,
+                        format!("the size of axis `{n}` is too large"),
+                    )
+                    .primary(d.span, "this size does not fit in 64 bits")
+                    .help("sizes are products of axis sizes and numbers; check the definition"),
+                );
+            } else if size.is_concrete() && size.as_constant().is_none_or(|c| c == 0) {
                 self.error(
                     Diagnostic::new(
                         Code::BadAxisSize,

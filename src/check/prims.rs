@@ -432,7 +432,8 @@ impl Body<'_, '_> {
         self.cx
             .error(d.help_if_none("define it with `diagram`, or `use` the module that does"));
         for a in args {
-            self.expr(a);
+            let v = self.expr(a);
+            self.touch(&v);
         }
         Val::Error
     }
@@ -531,6 +532,8 @@ impl Body<'_, '_> {
         let dname = self.cx.sigs[i].name.clone();
         let mut given: Vec<Option<(HyperArg, Span)>> = vec![None; decls.len()];
         let mut ok = true;
+        // Given, even if with a bad value (reported): not also "missing".
+        let mut attempted: Vec<bool> = vec![false; decls.len()];
         if let Some(ix) = index {
             if let Some(rhs) = &ix.rhs {
                 let at = rhs.first().map_or(ix.span, |v| v.span());
@@ -548,6 +551,7 @@ impl Body<'_, '_> {
             }
             let mut assign = |this: &mut Self, k: usize, v: &ast::Value| {
                 let (hname, hty, _, hspan) = decls[k].clone();
+                attempted[k] = true;
                 if let Some((_, prev)) = &given[k] {
                     this.cx.error(
                         Diagnostic::new(
@@ -599,7 +603,7 @@ impl Body<'_, '_> {
             }
         }
         let missing: Vec<usize> = (0..decls.len())
-            .filter(|k| given[*k].is_none() && !decls[*k].2)
+            .filter(|k| given[*k].is_none() && !attempted[*k] && !decls[*k].2)
             .collect();
         if !missing.is_empty() {
             let names: Vec<String> = missing
@@ -1369,8 +1373,9 @@ impl Body<'_, '_> {
                         .filter(|a| !from.contains(a))
                         .collect(),
                 );
+                // Only once the inputs line up: one mistake, one report.
                 for (b, at) in to.iter().zip(idx.rhs) {
-                    if rest.has(*b) {
+                    if ok && rest.has(*b) {
                         ok &= self.fresh_axis(w, vs, *b, at.span());
                     }
                 }

@@ -105,7 +105,21 @@ struct Printer<'a> {
 impl Printer<'_> {
     /// Prints the boxes directly in `region`, and each child region where its first box falls.
     fn block(&mut self, region: Option<RegionId>, depth: usize) {
+        // A region's entry ports first: they only read wires from outside, and an outer region's
+        // port is created when an inner region first needs it, so it can come later in the list.
+        let is_entry =
+            |op: &Op| matches!(op, Op::Zip(_) | Op::Broadcast(_) | Op::Capture | Op::LoopIn);
+        if region.is_some() {
+            for (i, b) in self.d.boxes.iter().enumerate() {
+                if b.region == region && is_entry(&b.op) {
+                    self.node(BoxId(i as u32), depth);
+                }
+            }
+        }
         for (i, b) in self.d.boxes.iter().enumerate() {
+            if b.region == region && region.is_some() && is_entry(&b.op) {
+                continue;
+            }
             if b.region == region {
                 self.node(BoxId(i as u32), depth);
                 continue;
@@ -160,6 +174,7 @@ impl Printer<'_> {
     }
 }
 
+/// Axis names separated by commas; `[]` for none (inside brackets: `linear[dk -> []]`).
 fn list(ids: &[AxisId], axes: &AxisTable) -> String {
     if ids.is_empty() {
         return "[]".into();
@@ -232,6 +247,7 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
                 width.display(axes)
             )
         }
+        Op::Param(ids) if ids.is_empty() => "param[]".into(),
         Op::Param(ids) => format!("param[{}]", list(ids, axes)),
         Op::LayerNorm(ids) => format!("layernorm[{}]", list(ids, axes)),
         Op::Embed { vocab, to } => format!("embed[{} -> {}]", n(vocab), list(to, axes)),

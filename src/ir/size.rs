@@ -81,6 +81,16 @@ impl Size {
         (self.vars.is_empty() && self.den == 1).then_some(self.num)
     }
 
+    /// Whether an operation saturated (the size does not fit in 64 bits).
+    pub fn overflowed(&self) -> bool {
+        self.num == u64::MAX
+            || self.den == u64::MAX
+            || self
+                .vars
+                .values()
+                .any(|e| e.unsigned_abs() >= i32::MAX as u32)
+    }
+
     pub fn is_concrete(&self) -> bool {
         self.vars.is_empty()
     }

@@ -123,6 +123,8 @@ pub struct Param {
 pub struct Block {
     pub stmts: Vec<Stmt>,
     pub result: Option<Box<Expr>>,
+    /// A syntax error was found inside (and reported); the statements kept are those before it.
+    pub recovered: bool,
     pub span: Span,
 }
 

@@ -42,6 +42,13 @@ pub fn parse(file: FileId, src: &str) -> (ast::Module, Vec<Diagnostic>) {
         }
     }
 
+    // A token right after an invalid character is where the parser trips over it; that parse
+    // error only echoes the E0001 already reported.
+    let after_invalid: std::collections::HashSet<usize> = tokens
+        .windows(2)
+        .filter(|w| w[0].1 == Tok::Error)
+        .map(|w| w[1].0)
+        .collect();
     let mut recovered = Vec::new();
     let result = grammar::ModuleParser::new().parse(
         file,
@@ -61,6 +68,10 @@ pub fn parse(file: FileId, src: &str) -> (ast::Module, Vec<Diagnostic>) {
     for r in recovered {
         push_parse_error(file, src, r.error, &mut recovered_diags);
     }
+    recovered_diags.retain(|d: &Diagnostic| {
+        d.anchor()
+            .is_none_or(|a| !after_invalid.contains(&(a.start as usize)))
+    });
     diags.extend(recovered_diags);
     diags.sort_by_key(|d| d.anchor().map(|s| s.start));
     diags.truncate(MAX_SYNTAX_ERRORS);
