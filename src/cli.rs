@@ -28,7 +28,7 @@ struct Cli {
 enum Format {
     /// Reports with source excerpts, for people.
     Human,
-    /// One JSON object per line, for tools.
+    /// One JSON object per line on standard output, for tools.
     Json,
 }
 
@@ -151,7 +151,8 @@ fn print_diagnostics(o: &Outcome, format: Format, color: ColorChoice) -> bool {
     for d in &o.checked.diagnostics {
         let _ = match format {
             Format::Human => write!(err, "{}", report::render(d, &o.sources, color)),
-            Format::Json => writeln!(err, "{}", report::to_json(d, &o.sources)),
+            // For tools: JSON lines on standard output, where a pipe reads them.
+            Format::Json => writeln!(std::io::stdout(), "{}", report::to_json(d, &o.sources)),
         };
     }
     if o.checked.suppressed > 0 && matches!(format, Format::Human) {

@@ -47,7 +47,7 @@ fn check_of_an_ill_typed_file_exits_1_and_points_at_the_wires() {
 
     let o = diagc(&["check", "--format", "json", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    let line = text(&o.stderr)
+    let line = text(&o.stdout)
         .lines()
         .next()
         .unwrap_or_default()
