@@ -189,10 +189,11 @@ fn every_error_code_is_exercised_by_the_failing_corpus() {
     assert!(missing.is_empty(), "no failing test for {missing:?}");
 }
 
-#[test]
-fn language_reference_examples_check_as_documented() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let doc = std::fs::read_to_string(root.join("docs/language.md")).unwrap();
+/// Checks every ```diag block of a Markdown file as a standalone file; returns how many there
+/// were and the problems found.
+fn check_markdown(path: &Path) -> (usize, Vec<String>) {
+    let doc = std::fs::read_to_string(path).unwrap();
+    let shown = path.file_name().unwrap().to_string_lossy().to_string();
     let mut problems = Vec::new();
     let mut blocks = 0;
     let mut lines = doc.lines().enumerate();
@@ -209,13 +210,42 @@ fn language_reference_examples_check_as_documented() {
             block.push('\n');
         }
         blocks += 1;
-        let name = format!("<docs/language.md:{}>", i + 1);
+        let name = format!("<{shown}:{}>", i + 1);
         let o = driver::check_text(&name, &block);
         problems.extend(compare(&name, &o, &expectations(&block)));
     }
+    (blocks, problems)
+}
+
+#[test]
+fn language_reference_examples_check_as_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (blocks, problems) = check_markdown(&root.join("docs/language.md"));
     assert!(
-        blocks >= 10,
+        blocks >= 14,
         "docs/language.md has only {blocks} diag examples"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n\n{}",
+        problems.len(),
+        problems.join("\n\n")
+    );
+}
+
+#[test]
+fn error_explanations_examples_check_as_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut total = 0;
+    let mut problems = Vec::new();
+    for code in diagc::diagnostic::ALL_CODES {
+        let (n, p) = check_markdown(&root.join(format!("docs/errors/{}.md", code.as_str())));
+        total += n;
+        problems.extend(p);
+    }
+    assert!(
+        total >= 40,
+        "the error pages have only {total} diag examples"
     );
     assert!(
         problems.is_empty(),

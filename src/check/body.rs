@@ -134,14 +134,25 @@ pub(super) fn elaborate(cx: &mut Ctx, i: usize) -> Option<Diagram> {
                 Binding::Poisoned
             }
         };
+        if let (Some(_), Binding::Wire(w)) = (b.scopes[0].names.get(pname), &binding) {
+            // A duplicate input (E0104, reported with the signature): keep the first.
+            b.referenced[w.0 as usize] = true;
+            continue;
+        }
         b.scopes[0].names.insert(pname.clone(), (binding, pspan));
     }
     let result = b.block(&def.body);
     // Match the result with the declared outputs.
-    let got = b.values(
-        &result,
-        def.body.result.as_ref().map_or(def.body.span, |e| e.span()),
-    );
+    // A diagram declared without outputs was reported with its signature.
+    let got = if outputs.is_empty() {
+        b.touch(&result);
+        None
+    } else {
+        b.values(
+            &result,
+            def.body.result.as_ref().map_or(def.body.span, |e| e.span()),
+        )
+    };
     match got {
         None => complete = false,
         Some(ws) if ws.len() != outputs.len() => {
@@ -169,7 +180,12 @@ pub(super) fn elaborate(cx: &mut Ctx, i: usize) -> Option<Diagram> {
                     continue;
                 };
                 let have = b.d.wire(*w).ty.clone();
-                if &have != want {
+                let result_expr = def.body.result.as_deref();
+                if &have != want
+                    && result_expr.is_some_and(|e| b.region_exit_error(e, &have, want, *want_span))
+                {
+                    complete = false;
+                } else if &have != want {
                     let span = def.body.result.as_ref().map_or(def.body.span, |e| e.span());
                     let (h, wt) = (b.ty_str(&have), b.ty_str(want));
                     b.cx.error(
@@ -555,11 +571,19 @@ impl Body<'_, '_> {
                     }
                 };
                 for (n, b) in names.iter().zip(vals) {
+                    // A second definition of a name (reported as E0104 already) does not replace
+                    // the first, and its value is not also reported as dangling.
+                    let redefined = matches!(
+                        self.scopes.last().and_then(|s| s.names.get(&n.text)),
+                        Some((Binding::Wire(_) | Binding::Const(_), span)) if *span != n.span
+                    );
                     if let Binding::Wire(w) = &b {
-                        let wire = &mut self.d.wires[w.0 as usize];
-                        if wire.name.is_none() {
-                            wire.name = Some(n.text.clone());
+                        if redefined {
+                            self.referenced[w.0 as usize] = true;
+                            continue;
                         }
+                        // The latest name is the one reports use (`y = x` renames the wire).
+                        self.d.wires[w.0 as usize].name = Some(n.text.clone());
                         self.bound_at[w.0 as usize] = Some(n.span);
                     }
                     let scope = self.scopes.last_mut().expect("a scope");
@@ -572,7 +596,49 @@ impl Body<'_, '_> {
         }
     }
 
-    /// Checks `o: [..] = e`. A missing SIMD axis on a region's result is E0302.
+    /// E0302 when `expr` is a SIMD region whose result is declared (at `want_span`) without the
+    /// region's axis; returns whether it reported.
+    fn region_exit_error(
+        &mut self,
+        expr: &ast::Expr,
+        have: &WireType,
+        want: &WireType,
+        want_span: Span,
+    ) -> bool {
+        let ast::Expr::Simd { axis, .. } = expr else {
+            return false;
+        };
+        let Some(a) = self.cx.axes.lookup(&axis.text) else {
+            return false;
+        };
+        if want.has(a) || have.without(a) != *want {
+            return false;
+        }
+        self.cx.error(
+            Diagnostic::new(
+                Code::SimdLeaves,
+                format!(
+                    "a wire leaving `simd {}` must carry `{}`",
+                    axis.text, axis.text
+                ),
+            )
+            .primary(want_span, format!("declared without `{}`", axis.text))
+            .secondary(
+                axis.span,
+                format!(
+                    "each lane gives one slice: the result is {}",
+                    self.ty_str(have)
+                ),
+            )
+            .help(format!(
+                "add `{}` to the type, or reduce the result with `sum[{}](...)`",
+                axis.text, axis.text
+            )),
+        );
+        true
+    }
+
+    /// Checks `o: [..] = e`.
     fn ascribe(&mut self, t: &ast::TypeExpr, w: WireId, expr: &ast::Expr) -> Val {
         // On failure the wire is still the user's: not dangling.
         self.referenced[w.0 as usize] = true;
@@ -585,32 +651,7 @@ impl Body<'_, '_> {
             self.d.wires[w.0 as usize].ty = want;
             return Val::Wire(w);
         }
-        if let ast::Expr::Simd { axis, .. } = expr
-            && let Some(a) = self.cx.axes.lookup(&axis.text)
-            && !want.has(a)
-            && have.without(a) == want
-        {
-            self.cx.error(
-                Diagnostic::new(
-                    Code::SimdLeaves,
-                    format!(
-                        "a wire leaving `simd {}` must carry `{}`",
-                        axis.text, axis.text
-                    ),
-                )
-                .primary(t.span, format!("declared without `{}`", axis.text))
-                .secondary(
-                    axis.span,
-                    format!(
-                        "each lane gives one slice: the result is {}",
-                        self.ty_str(&have)
-                    ),
-                )
-                .help(format!(
-                    "add `{}` to the type, or reduce the result with `sum[{}](...)`",
-                    axis.text, axis.text
-                )),
-            );
+        if self.region_exit_error(expr, &have, &want, t.span) {
             return Val::Error;
         }
         let (h, wt) = (self.ty_str(&have), self.ty_str(&want));
@@ -1200,6 +1241,7 @@ fn block_free_names<'a>(
     let mut bound: std::collections::HashSet<&str> = std::collections::HashSet::new();
     if let Some(v) = var {
         bound.insert(&v.text);
+        inner.entry(v.text.clone()).or_insert(v.span);
     }
     let mut refs = Vec::new();
     for st in &b.stmts {

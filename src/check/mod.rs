@@ -62,6 +62,7 @@ pub fn check_with(sources: &mut SourceMap, root: FileId, extra_uses: &[&str]) ->
         axes: AxisTable::default(),
         sigs: Vec::new(),
         sig_by_name: HashMap::new(),
+        poisoned_axes: Default::default(),
     };
     let modules: Vec<&ast::Module> = loaded.iter().map(|l| &l.module).collect();
     cx.collect_axes(&modules);
@@ -220,6 +221,9 @@ pub(crate) struct Ctx<'m> {
     pub axes: AxisTable,
     pub sigs: Vec<Sig<'m>>,
     pub sig_by_name: HashMap<String, usize>,
+    /// Axes declared with conflicting sizes (E0104, reported once): size checks involving them
+    /// are skipped, so the conflict is not echoed by every reshape that uses the axis.
+    pub poisoned_axes: std::collections::HashSet<AxisId>,
 }
 
 impl<'m> Ctx<'m> {
@@ -348,25 +352,37 @@ impl<'m> Ctx<'m> {
             }
             // Conflicting declarations: two that both give a size, and disagree.
             let ds = &by_name[n];
+            let mut conflicted = false;
             for other in ds
                 .iter()
                 .filter(|o| o.size.is_some() && !std::ptr::eq(**o, d))
             {
                 let other_size = self.eval_size(other.size.as_ref().expect("filtered"), &done);
                 if other_size != size {
+                    // The label the user can act on first: the declaration in the earliest file
+                    // (the root file comes first; stdlib files after it).
+                    let (first, second) = if other.span.file < d.span.file {
+                        (other.span, d.span)
+                    } else {
+                        (d.span, other.span)
+                    };
+                    conflicted = true;
                     self.error(
                         Diagnostic::new(Code::Duplicate, format!("axis `{n}` is declared with two different sizes"))
-                            .primary(other.span, "declared here with one size")
-                            .secondary(d.span, "and here with another")
+                            .primary(first, "declared here with one size")
+                            .secondary(second, "and here with another")
                             .help("axes are global by name: give every declaration the same size, or declare it without one"),
                     );
                 }
             }
-            self.axes.insert(AxisInfo {
+            let id = self.axes.insert(AxisInfo {
                 name: n.to_string(),
                 size,
                 span: Some(d.name.span),
             });
+            if conflicted {
+                self.poisoned_axes.insert(id);
+            }
         }
     }
 
@@ -576,6 +592,16 @@ impl<'m> Ctx<'m> {
             }
             let ty = self.resolve_type(&p.ty);
             params.push((p.name.text.clone(), ty, p.ty.span));
+        }
+        if def.outputs.is_empty() {
+            self.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!("diagram `{}` has no outputs", def.name.text),
+                )
+                .primary(def.name.span, "declared with `-> ()`")
+                .help("a diagram outputs at least one wire; drop unwanted inputs with `discard`"),
+            );
         }
         let outputs = def
             .outputs

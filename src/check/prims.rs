@@ -387,6 +387,10 @@ impl Body<'_, '_> {
                         .primary(callee.span, "called here")
                         .secondary(hspan, "declared here"),
                     );
+                    for a in args {
+                        let v = self.expr(a);
+                        self.touch(&v);
+                    }
                     Val::Error
                 }
                 None => Val::Error,
@@ -893,6 +897,55 @@ impl Body<'_, '_> {
         Some(vec![a])
     }
 
+    /// A positive whole number: a literal, an `int` hyperparameter, or an axis size.
+    fn whole_number(&mut self, c: &Const, span: Span, what: &str) -> bool {
+        let ok = match c {
+            Const::Num(x) => x.fract() == 0.0 && *x >= 1.0,
+            Const::Hyper(h) => self
+                .hypers
+                .iter()
+                .any(|x| x.name == *h && x.ty == Some(HyperType::Int)),
+            Const::Size(_) => true,
+            _ => false,
+        };
+        if !ok {
+            self.cx.error(
+                Diagnostic::new(
+                    Code::BadIndexArgs,
+                    format!("{what} is a positive whole number"),
+                )
+                .primary(span, "not a positive whole number")
+                .help(
+                    "write a number like 64, an `int` hyperparameter, or an axis name (its size)",
+                ),
+            );
+        }
+        ok
+    }
+
+    /// A probability: a literal in [0, 1) or a `float` hyperparameter (checked when bound).
+    fn probability(&mut self, c: &Const, span: Span) -> bool {
+        let ok = match c {
+            Const::Num(x) => (0.0..1.0).contains(x),
+            Const::Hyper(h) => self
+                .hypers
+                .iter()
+                .any(|x| x.name == *h && x.ty == Some(HyperType::Float)),
+            _ => false,
+        };
+        if !ok {
+            self.cx.error(
+                Diagnostic::new(
+                    Code::BadIndexArgs,
+                    "a dropout probability is a number in [0, 1)",
+                )
+                .primary(span, "not a probability")
+                .help("write a number like 0.1, or a `float` hyperparameter"),
+            );
+        }
+        ok
+    }
+
     /// E0204 unless wire `w` (written at `ws`) has axis `a` (named at `at`).
     fn need_axis(&mut self, w: WireId, ws: Span, a: AxisId, at: Span) -> bool {
         let ty = self.wire_ty(w).clone();
@@ -947,7 +1000,7 @@ impl Body<'_, '_> {
 
     fn same_size(&mut self, a: AxisId, b: AxisId, span: Span, what: &str) -> bool {
         let (sa, sb) = (self.cx.axes.size(a).clone(), self.cx.axes.size(b).clone());
-        if sa == sb {
+        if sa == sb || self.cx.poisoned_axes.contains(&a) || self.cx.poisoned_axes.contains(&b) {
             return true;
         }
         let (na, nb) = (
@@ -1168,7 +1221,11 @@ impl Body<'_, '_> {
                     return None;
                 }
                 let (sf, st) = (self.cx.axes.product(&from), self.cx.axes.product(&to));
-                if sf != st {
+                let poisoned = from
+                    .iter()
+                    .chain(&to)
+                    .any(|a| self.cx.poisoned_axes.contains(a));
+                if sf != st && !poisoned {
                     let show = |ids: &[AxisId], this: &Self| {
                         ids.iter()
                             .map(|a| this.cx.axes.name(*a))
@@ -1253,16 +1310,7 @@ impl Body<'_, '_> {
             "dropout" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
                 let p = self.const_value(&idx.lhs[0])?;
-                if let Const::Num(x) = p
-                    && !(0.0..1.0).contains(&x)
-                {
-                    self.cx.error(
-                        Diagnostic::new(
-                            Code::BadIndexArgs,
-                            "a dropout probability is at least 0 and below 1",
-                        )
-                        .primary(idx.lhs[0].span(), format!("{x} is out of range")),
-                    );
+                if !self.probability(&p, idx.lhs[0].span()) {
                     return None;
                 }
                 let (v, vs) = vals.into_iter().next()?;
@@ -1430,6 +1478,10 @@ impl Body<'_, '_> {
                     }
                 };
                 let (from, to, per, width) = (from?, to?, per?, width?);
+                let width_span = Self::option(&idx, "width").map_or(ix_span, |v| v.span());
+                if !self.whole_number(&width, width_span, "a learner's width") {
+                    return None;
+                }
                 let mut wires = Vec::new();
                 for (v, vs) in vals {
                     wires.push((self.float_arg(v, vs), vs));

@@ -132,6 +132,7 @@ fn expected_list(expected: &[String]) -> String {
             "Ident" => "a name".to_string(),
             "IntLit" | "FloatLit" => "a number".to_string(),
             "\"invalid\"" => String::new(),
+            "\"call(\"" => "`(`".to_string(),
             other => format!("`{}`", other.trim_matches('"')),
         })
         .filter(|s| !s.is_empty())
