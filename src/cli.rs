@@ -45,6 +45,64 @@ enum Emit {
     Ir,
     /// The IR after lowering SIMD regions (every inner box lifted by its region's axis).
     IrLowered,
+    /// The executable form of one diagram (`--diagram`): calls inlined, repeats unrolled, SIMD
+    /// lowered, parameters as inputs. Needs `--size` for free axes.
+    Instance,
+}
+
+/// Sizes and hyperparameters that make a diagram concrete.
+#[derive(clap::Args, Clone, Default)]
+pub struct InstanceArgs {
+    /// The size of a free axis, as NAME=N (repeatable): `--size dm=512 --size head=4`.
+    #[arg(long = "size", value_name = "NAME=N")]
+    sizes: Vec<String>,
+    /// A hyperparameter of the diagram, as NAME=VALUE (repeatable): `--hyper layers=2`,
+    /// `--hyper mech=m0`.
+    #[arg(long = "hyper", value_name = "NAME=VALUE")]
+    hypers: Vec<String>,
+}
+
+impl InstanceArgs {
+    /// Stdlib modules (`attention.NAME`) for `--hyper x=NAME` values naming a mechanism.
+    pub fn mechanism_modules(&self) -> Vec<String> {
+        self.hypers
+            .iter()
+            .filter_map(|s| s.split_once('=').map(|(_, v)| v.trim().to_string()))
+            .filter(|v| crate::stdlib::mechanisms().any(|m| m == *v))
+            .map(|v| format!("attention.{v}"))
+            .collect()
+    }
+
+    /// The bindings these flags give, or a usage error.
+    pub fn bindings(&self) -> Result<crate::ir::instance::Bindings, String> {
+        use crate::ir::instance::{Bindings, HyperValue};
+        let mut b = Bindings::default();
+        for s in &self.sizes {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| format!("`--size {s}`: expected NAME=N"))?;
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("`--size {s}`: {v} is not a whole number"))?;
+            if n == 0 {
+                return Err(format!("`--size {s}`: sizes are positive"));
+            }
+            b.sizes.insert(k.trim().to_string(), n);
+        }
+        for s in &self.hypers {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| format!("`--hyper {s}`: expected NAME=VALUE"))?;
+            let v = v.trim();
+            let value = match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => HyperValue::Num(x),
+                _ => HyperValue::Diagram(v.to_string()),
+            };
+            b.hypers.insert(k.trim().to_string(), value);
+        }
+        Ok(b)
+    }
 }
 
 #[derive(Subcommand)]
@@ -81,6 +139,8 @@ enum Command {
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
         #[arg(long, value_enum, default_value = "auto")]
@@ -121,6 +181,7 @@ fn run() -> i32 {
             diagram,
             emit,
             output,
+            instance,
             format,
             color,
         } => compile(
@@ -128,6 +189,7 @@ fn run() -> i32 {
             diagram.as_deref(),
             emit,
             output.as_deref(),
+            &instance,
             format,
             color,
         ),
@@ -253,10 +315,14 @@ fn compile(
     diagram: Option<&str>,
     emit: Emit,
     output: Option<&Path>,
+    instance: &InstanceArgs,
     format: Format,
     color: ColorChoice,
 ) -> i32 {
-    let o = match driver::check_path(file) {
+    // A diagram-valued hyperparameter may name a stdlib mechanism the file does not `use`.
+    let extra: Vec<String> = instance.mechanism_modules();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let o = match driver::check_path_with(file, &extra) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("diagc: {e}");
@@ -295,6 +361,19 @@ fn compile(
         match emit {
             Emit::Ir => text.push_str(&print::diagram(d, &program.axes)),
             Emit::IrLowered => text.push_str(&print::diagram(&lower::lower_simd(d), &program.axes)),
+            Emit::Instance => {
+                let inst = match instance
+                    .bindings()
+                    .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
+                {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("diagc: {e}");
+                        return 2;
+                    }
+                };
+                text.push_str(&print::diagram(&inst.diagram, &inst.axes));
+            }
         }
     }
     match output {

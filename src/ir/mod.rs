@@ -15,6 +15,7 @@
 //! - Named axes make lifting trivial: an op applies to the axes it names and runs over every
 //!   other axis of its inputs lane-wise, and binary ops align their inputs by axis name.
 
+pub mod instance;
 pub mod lower;
 pub mod print;
 pub mod size;
@@ -363,6 +364,39 @@ pub enum Op {
         callee: Callee,
         hypers: Vec<(String, HyperArg)>,
     },
+
+    /// Ops of the executable form only (after [`instance`]): never written by users.
+    Exec(ExecOp),
+}
+
+/// Ops that appear only in instantiated diagrams: forward ops that need run-time identity
+/// (dropout's key), and the gradient ops autodiff emits. Every backend implements them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecOp {
+    /// Inverted dropout with a counter-based mask: element `i` of the box with `key` is kept
+    /// when `hash(seed, key, i) >= p`, so the backward pass can rebuild the same mask.
+    Dropout { p: f64, key: u64 },
+    /// Two inputs; the output axes are the output wire's. Axes in both inputs and the output are
+    /// lane-wise, axes missing from the output are summed: a general contraction.
+    Einsum,
+    /// Sums its input over the axes the output wire lacks.
+    SumTo,
+    /// A wire of zeros of the output wire's type.
+    Zeros,
+    /// `(y, gy) -> gx` for `y = softmax[a](x)`.
+    SoftmaxBack(AxisId),
+    /// `(x, gy) -> gx` for `y = normalise[a](x)`.
+    NormaliseBack(AxisId),
+    /// `(x, gy) -> gx` for `y = f(x)`.
+    MapBack(Func),
+    /// `gy -> gx` for the causal mask: zero where the key comes after the query.
+    CausalBack { query: AxisId, key: AxisId },
+    /// `gy -> gx` for `cumsum[a]`: the suffix sum.
+    CumsumBack(AxisId),
+    /// `(x, gain, gy) -> (gx, ggain, gbias)` for `layernorm[axes]`.
+    LayerNormBack(Vec<AxisId>),
+    /// `(ids, gy) -> gtable` for `embed[vocab -> ...]`: a scatter-add.
+    EmbedBack { vocab: AxisId },
 }
 
 /// The four kinds of box.
@@ -410,6 +444,7 @@ impl Op {
                 BoxKind::Learned
             }
             Call { .. } => BoxKind::Composite,
+            Exec(_) => BoxKind::Primitive,
         }
     }
 }

@@ -251,6 +251,7 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         Op::Param(ids) => format!("param[{}]", list(ids, axes)),
         Op::LayerNorm(ids) => format!("layernorm[{}]", list(ids, axes)),
         Op::Embed { vocab, to } => format!("embed[{} -> {}]", n(vocab), list(to, axes)),
+        Op::Exec(e) => exec_op_text(e, axes),
         Op::Call { callee, hypers } => {
             let name = match callee {
                 Callee::Diagram(d) => d.clone(),
@@ -266,5 +267,22 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
                 format!("call {name}[{}]", hs.join(", "))
             }
         }
+    }
+}
+
+fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
+    let n = |a: &AxisId| axes.name(*a).to_string();
+    match op {
+        ExecOp::Dropout { p, key } => format!("dropout[{p}, key = {key}]"),
+        ExecOp::Einsum => "einsum".into(),
+        ExecOp::SumTo => "sum_to".into(),
+        ExecOp::Zeros => "zeros".into(),
+        ExecOp::SoftmaxBack(a) => format!("softmax_back[{}]", n(a)),
+        ExecOp::NormaliseBack(a) => format!("normalise_back[{}]", n(a)),
+        ExecOp::MapBack(f) => format!("{}_back", f.name()),
+        ExecOp::CausalBack { query, key } => format!("causal_back[{}, {}]", n(query), n(key)),
+        ExecOp::CumsumBack(a) => format!("cumsum_back[{}]", n(a)),
+        ExecOp::LayerNormBack(ids) => format!("layernorm_back[{}]", list(ids, axes)),
+        ExecOp::EmbedBack { vocab } => format!("embed_back[{}]", n(vocab)),
     }
 }

@@ -1,0 +1,890 @@
+//! Instantiation: from a checked program, a diagram name, axis sizes and hyperparameters to one
+//! flat, functional diagram that a backend can execute.
+//!
+//! The result ([`Instance`]) has:
+//! - no calls (every composite box is inlined, diagram-valued hyperparameters resolved), no
+//!   repeat regions (unrolled, each iteration with its own parameters), no SIMD regions (lowered
+//!   with [`super::lower::lower_simd`]);
+//! - parameters as diagram inputs: the data inputs come first, then one input per parameter
+//!   tensor ([`Instance::params`] gives names, axes and initialisation). A learned box takes its
+//!   parameters as extra inputs, in the order of its [`ParamSpec`]s (`linear(x, weight, bias)`,
+//!   `layernorm(x, gain, bias)`, `embed(ids, table)`); `param[..]()` becomes the input itself; a
+//!   `learner` becomes linear maps, a sum and a ReLU over a fresh width axis;
+//! - every constant evaluated (`scale`, `shift`), every dropout keyed ([`ExecOp::Dropout`]);
+//! - concrete sizes for every axis it uses ([`Instance::sizes`]);
+//! - the IR invariants: one source and one sink per wire, topological order.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// A hyperparameter value given when instantiating.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HyperValue {
+    Num(f64),
+    Diagram(String),
+}
+
+/// What instantiation binds: the size of every free axis, and hyperparameters of the
+/// instantiated diagram (the others take their defaults).
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    pub sizes: BTreeMap<String, u64>,
+    pub hypers: BTreeMap<String, HyperValue>,
+}
+
+/// How a parameter tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Uniform in `[-bound, bound]`.
+    Uniform(f64),
+    /// Every element the same value.
+    Constant(f64),
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    /// A path naming where it comes from: `lm/repeat0.0/block/mech:m1/linear3.weight`.
+    pub name: String,
+    pub axes: Vec<AxisId>,
+    pub init: Init,
+}
+
+/// An executable diagram.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub diagram: Diagram,
+    pub axes: AxisTable,
+    /// The size of each axis (indexed by `AxisId`); 0 for axes the instance does not use and
+    /// whose size is unknown.
+    pub sizes: Vec<usize>,
+    /// How many of the diagram's inputs are data (the rest are parameters).
+    pub data_inputs: usize,
+    pub params: Vec<ParamInfo>,
+}
+
+impl Instance {
+    pub fn size(&self, a: AxisId) -> usize {
+        self.sizes[a.0 as usize]
+    }
+
+    /// The shape of a wire (sizes in its layout order).
+    pub fn shape(&self, ty: &WireType) -> Vec<usize> {
+        ty.axes.iter().map(|a| self.size(*a)).collect()
+    }
+
+    pub fn param_wire(&self, k: usize) -> WireId {
+        self.diagram.inputs[self.data_inputs + k]
+    }
+
+    /// The number of scalar parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.params
+            .iter()
+            .map(|p| p.axes.iter().map(|a| self.size(*a)).product::<usize>())
+            .sum()
+    }
+}
+
+/// Hyperparameter values in scope while emitting one diagram.
+#[derive(Clone, Default)]
+struct Env {
+    values: BTreeMap<String, HyperValue>,
+}
+
+impl Env {
+    fn num(&self, h: &str) -> Option<f64> {
+        match self.values.get(h) {
+            Some(HyperValue::Num(x)) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+struct Builder<'p> {
+    program: &'p Program,
+    axes: AxisTable,
+    sizes: Vec<Option<u64>>,
+    lowered: BTreeMap<String, Diagram>,
+    /// The flat diagram under construction. Wires may have several consumers until
+    /// [`Builder::finish`] inserts copies.
+    wires: Vec<Wire>,
+    boxes: Vec<BoxNode>,
+    data_inputs: Vec<WireId>,
+    data_names: Vec<String>,
+    name: String,
+    param_inputs: Vec<WireId>,
+    params: Vec<ParamInfo>,
+    next_key: u64,
+    next_width: usize,
+    /// Inlining depth, to stop runaway recursion (the checker rejects recursive diagrams, so
+    /// this only guards against a bug).
+    depth: usize,
+}
+
+/// Instantiates diagram `name` of `program`.
+pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result<Instance, String> {
+    let d = program.diagram(name).ok_or_else(|| {
+        let names: Vec<&str> = program.diagrams.iter().map(|d| d.name.as_str()).collect();
+        format!("no diagram `{name}`; there are: {}", names.join(", "))
+    })?;
+    // Sizes of every axis that the bindings determine.
+    let lookup = |v: &str| bindings.sizes.get(v).copied();
+    for v in bindings.sizes.keys() {
+        if program.axes.lookup(v).is_none() {
+            return Err(format!("`--size {v}=...` names no axis of the program"));
+        }
+    }
+    let sizes: Vec<Option<u64>> = program
+        .axes
+        .axes
+        .iter()
+        .map(|a| a.size.eval(&lookup))
+        .collect();
+    // The top diagram's hyperparameters: given, else defaults.
+    for h in bindings.hypers.keys() {
+        if !d.hypers.iter().any(|x| &x.name == h) {
+            let names: Vec<&str> = d.hypers.iter().map(|x| x.name.as_str()).collect();
+            return Err(format!(
+                "`{name}` has no hyperparameter `{h}` (it has: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    let mut env = Env::default();
+    for h in &d.hypers {
+        let v = match bindings.hypers.get(&h.name) {
+            Some(v) => v.clone(),
+            None => default_value(h)
+                .ok_or_else(|| format!("`{name}` needs the hyperparameter `{}`", h.name))?,
+        };
+        match (&h.ty, &v) {
+            (HyperType::Int, HyperValue::Num(x)) if x.fract() != 0.0 || *x < 0.0 => {
+                return Err(format!("hyperparameter `{}` is an int; {x} is not", h.name));
+            }
+            (HyperType::Diagram { inputs, outputs }, HyperValue::Diagram(n)) => {
+                let callee = program
+                    .diagram(n)
+                    .ok_or_else(|| format!("no diagram `{n}` for `{}`", h.name))?;
+                let ins: Vec<WireType> = callee
+                    .inputs
+                    .iter()
+                    .map(|w| callee.wire(*w).ty.clone())
+                    .collect();
+                let outs: Vec<WireType> = callee
+                    .outputs
+                    .iter()
+                    .map(|w| callee.wire(*w).ty.clone())
+                    .collect();
+                if &ins != inputs || &outs != outputs {
+                    return Err(format!(
+                        "`{n}` does not have the boundary `{}` requires",
+                        h.name
+                    ));
+                }
+            }
+            (HyperType::Diagram { .. }, HyperValue::Num(_)) => {
+                return Err(format!(
+                    "hyperparameter `{}` is a diagram, not a number",
+                    h.name
+                ));
+            }
+            (HyperType::Int | HyperType::Float, HyperValue::Diagram(_)) => {
+                return Err(format!(
+                    "hyperparameter `{}` is a number, not a diagram",
+                    h.name
+                ));
+            }
+            _ => {}
+        }
+        env.values.insert(h.name.clone(), v);
+    }
+    let mut b = Builder {
+        program,
+        axes: program.axes.clone(),
+        sizes,
+        lowered: BTreeMap::new(),
+        wires: Vec::new(),
+        boxes: Vec::new(),
+        data_inputs: Vec::new(),
+        data_names: d.input_names.clone(),
+        name: name.to_string(),
+        param_inputs: Vec::new(),
+        params: Vec::new(),
+        next_key: 0,
+        next_width: 0,
+        depth: 0,
+    };
+    let mut args = Vec::new();
+    for w in &d.inputs {
+        let ty = d.wire(*w).ty.clone();
+        let nw = b.wire(ty, d.wire(*w).name.clone(), d.wire(*w).span);
+        b.data_inputs.push(nw);
+        args.push(nw);
+    }
+    let outs = b.emit(name, &env, args, name.to_string())?;
+    b.finish(outs)
+}
+
+fn default_value(h: &Hyper) -> Option<HyperValue> {
+    match h.default.as_ref()? {
+        HyperArg::Num(c) => c.eval(&|_| None, &|_| None).map(HyperValue::Num),
+        HyperArg::Diagram(Callee::Diagram(n)) => Some(HyperValue::Diagram(n.clone())),
+        HyperArg::Diagram(Callee::Hyper(_)) => None,
+    }
+}
+
+impl Builder<'_> {
+    fn wire(&mut self, ty: WireType, name: Option<String>, span: Span) -> WireId {
+        self.wires.push(Wire {
+            ty,
+            name,
+            source: WireSource::Input(0),
+            sink: None,
+            region: None,
+            span,
+        });
+        WireId(self.wires.len() as u32 - 1)
+    }
+
+    fn add(&mut self, op: Op, inputs: Vec<WireId>, out: Vec<WireType>, span: Span) -> Vec<WireId> {
+        let outs: Vec<WireId> = out.into_iter().map(|t| self.wire(t, None, span)).collect();
+        self.boxes.push(BoxNode {
+            op,
+            inputs,
+            outputs: outs.clone(),
+            params: vec![],
+            region: None,
+            span,
+        });
+        outs
+    }
+
+    fn eval(&self, c: &Const, env: &Env) -> Result<f64, String> {
+        let sizes = &self.sizes;
+        c.eval(&|h| env.num(h), &|a| sizes[a.0 as usize].map(|s| s as f64))
+            .ok_or_else(|| {
+                let mut unbound = Vec::new();
+                self.unbound(c, env, &mut unbound);
+                format!(
+                    "cannot evaluate `{}`: {} unbound (use --size NAME=N / --hyper NAME=V)",
+                    c.display(&self.axes),
+                    unbound.join(", ")
+                )
+            })
+    }
+
+    /// The axes without a size and the hyperparameters without a value that `c` uses.
+    fn unbound(&self, c: &Const, env: &Env, out: &mut Vec<String>) {
+        match c {
+            Const::Num(_) => {}
+            Const::Size(a) if self.size_of(*a).is_none() => out.push(format!(
+                "the size of `{}` ({}) is",
+                self.axes.name(*a),
+                self.axes.size(*a)
+            )),
+            Const::Size(_) => {}
+            Const::Hyper(h) if env.num(h).is_none() => out.push(format!("hyperparameter `{h}` is")),
+            Const::Hyper(_) => {}
+            Const::Neg(x) | Const::Sqrt(x) => self.unbound(x, env, out),
+            Const::Bin(_, a, b) => {
+                self.unbound(a, env, out);
+                self.unbound(b, env, out);
+            }
+        }
+    }
+
+    /// A new parameter input.
+    fn param(&mut self, name: String, axes: Vec<AxisId>, init: Init, span: Span) -> WireId {
+        let w = self.wire(WireType::values(axes.clone()), Some(name.clone()), span);
+        self.param_inputs.push(w);
+        self.params.push(ParamInfo { name, axes, init });
+        w
+    }
+
+    /// A fresh axis for a learner's hidden width.
+    fn width_axis(&mut self, width: u64) -> AxisId {
+        let name = format!("width#{}", self.next_width);
+        self.next_width += 1;
+        let id = self.axes.insert(AxisInfo {
+            name,
+            size: size::Size::constant(width),
+            span: None,
+        });
+        self.sizes.push(Some(width));
+        id
+    }
+
+    fn size_of(&self, a: AxisId) -> Option<u64> {
+        self.sizes.get(a.0 as usize).copied().flatten()
+    }
+
+    fn fan_in(&self, axes: &[AxisId]) -> f64 {
+        axes.iter()
+            .map(|a| self.size_of(*a).unwrap_or(1) as f64)
+            .product::<f64>()
+            .max(1.0)
+    }
+
+    /// Emits diagram `name` on `args`; returns its output wires.
+    fn emit(
+        &mut self,
+        name: &str,
+        env: &Env,
+        args: Vec<WireId>,
+        prefix: String,
+    ) -> Result<Vec<WireId>, String> {
+        self.depth += 1;
+        if self.depth > 256 {
+            return Err(format!("calls nested more than 256 deep at `{name}`"));
+        }
+        if !self.lowered.contains_key(name) {
+            let d = self
+                .program
+                .diagram(name)
+                .ok_or_else(|| format!("no diagram `{name}`"))?;
+            self.lowered.insert(name.to_string(), lower::lower_simd(d));
+        }
+        let d = self.lowered[name].clone();
+        let mut map: Vec<Option<WireId>> = vec![None; d.wires.len()];
+        for (w, a) in d.inputs.iter().zip(args) {
+            map[w.0 as usize] = Some(a);
+        }
+        let order: Vec<BoxId> = (0..d.boxes.len() as u32).map(BoxId).collect();
+        self.emit_boxes(&d, None, &order, env, &mut map, &prefix)?;
+        self.depth -= 1;
+        d.outputs
+            .iter()
+            .map(|w| {
+                map[w.0 as usize].ok_or_else(|| format!("an output of `{name}` was not produced"))
+            })
+            .collect()
+    }
+
+    /// Emits the boxes of `region` (among `order`), each child repeat region where its first box
+    /// falls.
+    fn emit_boxes(
+        &mut self,
+        d: &Diagram,
+        region: Option<RegionId>,
+        order: &[BoxId],
+        env: &Env,
+        map: &mut [Option<WireId>],
+        prefix: &str,
+    ) -> Result<(), String> {
+        let mut done: Vec<bool> = vec![false; d.regions.len()];
+        for &bid in order {
+            let b = d.node(bid);
+            if b.region == region {
+                if !matches!(b.op, Op::LoopIn | Op::Capture | Op::LoopOut) {
+                    self.emit_box(d, bid, env, map, prefix)?;
+                }
+                continue;
+            }
+            // The child of `region` on the way to this box's region.
+            let chain = d.region_chain(b.region);
+            let pos = match region {
+                None => Some(0),
+                Some(r) => chain.iter().position(|x| *x == r).map(|p| p + 1),
+            };
+            let Some(child) = pos.and_then(|p| chain.get(p)).copied() else {
+                continue;
+            };
+            if done[child.0 as usize] {
+                continue;
+            }
+            done[child.0 as usize] = true;
+            self.emit_repeat(d, child, order, env, map, prefix)?;
+        }
+        Ok(())
+    }
+
+    fn emit_repeat(
+        &mut self,
+        d: &Diagram,
+        r: RegionId,
+        order: &[BoxId],
+        env: &Env,
+        map: &mut [Option<WireId>],
+        prefix: &str,
+    ) -> Result<(), String> {
+        let RegionKind::Repeat(count) = &d.region(r).kind else {
+            return Err("a SIMD region survived lowering".into());
+        };
+        let count = self.eval(count, env)?;
+        if count < 0.0 || count.fract() != 0.0 || count > 1e6 {
+            return Err(format!(
+                "a repeat count of {count} is not a usable whole number"
+            ));
+        }
+        let inside: Vec<BoxId> = order
+            .iter()
+            .copied()
+            .filter(|b| d.region_chain(d.node(*b).region).contains(&r))
+            .collect();
+        let port = |op: fn(&Op) -> bool| {
+            inside
+                .iter()
+                .copied()
+                .filter(move |b| d.node(*b).region == Some(r) && op(&d.node(*b).op))
+        };
+        let loop_in = port(|o| matches!(o, Op::LoopIn))
+            .next()
+            .ok_or("a repeat without its carried wire")?;
+        let loop_out = port(|o| matches!(o, Op::LoopOut))
+            .next()
+            .ok_or("a repeat without its result")?;
+        let captures: Vec<BoxId> = port(|o| matches!(o, Op::Capture)).collect();
+        let init = d.node(loop_in).inputs[0];
+        let mut carry =
+            map[init.0 as usize].ok_or("the carried wire of a repeat is not produced")?;
+        let tag = r.0;
+        for i in 0..count as usize {
+            map[d.node(loop_in).outputs[0].0 as usize] = Some(carry);
+            for c in &captures {
+                let b = d.node(*c);
+                map[b.outputs[0].0 as usize] = map[b.inputs[0].0 as usize];
+            }
+            self.emit_boxes(
+                d,
+                Some(r),
+                &inside,
+                env,
+                map,
+                &format!("{prefix}/repeat{tag}.{i}"),
+            )?;
+            carry = map[d.node(loop_out).inputs[0].0 as usize]
+                .ok_or("a repeat body did not produce its result")?;
+        }
+        map[d.node(loop_out).outputs[0].0 as usize] = Some(carry);
+        Ok(())
+    }
+
+    fn emit_box(
+        &mut self,
+        d: &Diagram,
+        bid: BoxId,
+        env: &Env,
+        map: &mut [Option<WireId>],
+        prefix: &str,
+    ) -> Result<(), String> {
+        let b = d.node(bid);
+        let ins: Vec<WireId> = b
+            .inputs
+            .iter()
+            .map(|w| {
+                map[w.0 as usize].ok_or_else(|| "a box's input is not produced (order)".to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let out_types: Vec<WireType> = b.outputs.iter().map(|w| d.wire(*w).ty.clone()).collect();
+        // Names follow the source: the box's number in its (lowered) diagram.
+        let index = bid.0;
+        let here = format!("{prefix}/{}{index}", op_name(&b.op));
+        let outs: Vec<WireId> = match &b.op {
+            Op::Copy(_) => vec![ins[0]; b.outputs.len()],
+            Op::Discard => vec![],
+            Op::Zip(_)
+            | Op::Collect(_)
+            | Op::Broadcast(_)
+            | Op::LoopIn
+            | Op::Capture
+            | Op::LoopOut => {
+                return Err("region ports survived lowering".into());
+            }
+            Op::Scale(c) => self.add(
+                Op::Scale(Const::Num(self.eval(c, env)?)),
+                ins,
+                out_types,
+                b.span,
+            ),
+            Op::Shift(c) => self.add(
+                Op::Shift(Const::Num(self.eval(c, env)?)),
+                ins,
+                out_types,
+                b.span,
+            ),
+            Op::Dropout(c) => {
+                let p = self.eval(c, env)?;
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!("dropout probability {p} is not in [0, 1)"));
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                self.add(Op::Exec(ExecOp::Dropout { p, key }), ins, out_types, b.span)
+            }
+            Op::Param(_) => {
+                let spec = &b.params[0];
+                let axes = self.param_axes(spec, env)?;
+                vec![self.param(format!("{here}.value"), axes, Init::Uniform(0.1), b.span)]
+            }
+            Op::Linear { from, .. } => {
+                let bound = 1.0 / self.fan_in(from).sqrt();
+                let mut args = ins;
+                for spec in &b.params {
+                    let axes = self.param_axes(spec, env)?;
+                    args.push(self.param(
+                        format!("{here}.{}", spec.role),
+                        axes,
+                        Init::Uniform(bound),
+                        b.span,
+                    ));
+                }
+                self.add(b.op.clone(), args, out_types, b.span)
+            }
+            Op::LayerNorm(_) => {
+                let mut args = ins;
+                for spec in &b.params {
+                    let axes = self.param_axes(spec, env)?;
+                    let init = if spec.role == "gain" {
+                        Init::Constant(1.0)
+                    } else {
+                        Init::Constant(0.0)
+                    };
+                    args.push(self.param(format!("{here}.{}", spec.role), axes, init, b.span));
+                }
+                self.add(b.op.clone(), args, out_types, b.span)
+            }
+            Op::Embed { .. } => {
+                let spec = &b.params[0];
+                let axes = self.param_axes(spec, env)?;
+                let table = self.param(
+                    format!("{here}.{}", spec.role),
+                    axes,
+                    Init::Uniform(0.1),
+                    b.span,
+                );
+                self.add(b.op.clone(), vec![ins[0], table], out_types, b.span)
+            }
+            Op::Learner { from, to, width } => {
+                self.learner(b, from, to, width, ins, &out_types, env, &here)?
+            }
+            Op::Call { callee, hypers } => {
+                let name = match callee {
+                    Callee::Diagram(n) => n.clone(),
+                    Callee::Hyper(h) => match env.values.get(h) {
+                        Some(HyperValue::Diagram(n)) => n.clone(),
+                        _ => return Err(format!("hyperparameter `{h}` is not bound to a diagram")),
+                    },
+                };
+                let callee_d = self
+                    .program
+                    .diagram(&name)
+                    .ok_or_else(|| format!("no diagram `{name}`"))?;
+                let mut child = Env::default();
+                for h in &callee_d.hypers {
+                    let v = match hypers.iter().find(|(n, _)| *n == h.name) {
+                        Some((_, HyperArg::Num(c))) => HyperValue::Num(self.eval(c, env)?),
+                        Some((_, HyperArg::Diagram(Callee::Diagram(n)))) => {
+                            HyperValue::Diagram(n.clone())
+                        }
+                        Some((_, HyperArg::Diagram(Callee::Hyper(x)))) => env
+                            .values
+                            .get(x)
+                            .cloned()
+                            .ok_or_else(|| format!("hyperparameter `{x}` is unbound"))?,
+                        None => default_value(h)
+                            .ok_or_else(|| format!("`{name}` needs `{}`", h.name))?,
+                    };
+                    child.values.insert(h.name.clone(), v);
+                }
+                self.emit(&name, &child, ins, format!("{prefix}/{name}.{index}"))?
+            }
+            Op::Exec(_) => return Err("an executable-form op in a source diagram".into()),
+            _ => self.add(b.op.clone(), ins, out_types, b.span),
+        };
+        for (w, o) in b.outputs.iter().zip(outs) {
+            map[w.0 as usize] = Some(o);
+        }
+        Ok(())
+    }
+
+    /// The axes of a parameter tensor: its lane axes, then its own dimensions.
+    fn param_axes(&mut self, spec: &ParamSpec, env: &Env) -> Result<Vec<AxisId>, String> {
+        let mut axes = spec.per_lane.clone();
+        for d in &spec.dims {
+            match d {
+                Dim::Axis(a) => axes.push(*a),
+                Dim::Extent(_) => return Err("a width dimension outside a learner".into()),
+            }
+        }
+        let _ = env;
+        Ok(axes)
+    }
+
+    /// `learner[from -> to, width](x_0, ..)` as `relu(sum_i linear_i(x_i)) -> linear`.
+    #[allow(clippy::too_many_arguments)]
+    fn learner(
+        &mut self,
+        b: &BoxNode,
+        from: &[AxisId],
+        to: &[AxisId],
+        width: &Const,
+        ins: Vec<WireId>,
+        out_types: &[WireType],
+        env: &Env,
+        here: &str,
+    ) -> Result<Vec<WireId>, String> {
+        let w = self.eval(width, env)?;
+        if w < 1.0 || w.fract() != 0.0 {
+            return Err(format!(
+                "a learner width of {w} is not a positive whole number"
+            ));
+        }
+        let wax = self.width_axis(w as u64);
+        let lanes = b
+            .params
+            .first()
+            .map(|p| p.per_lane.clone())
+            .unwrap_or_default();
+        // The batch axes of the sum: the union of every input's non-feature axes.
+        let mut union: Vec<AxisId> = Vec::new();
+        for x in &ins {
+            for a in &self.wires[x.0 as usize].ty.axes {
+                if !from.contains(a) && !union.contains(a) {
+                    union.push(*a);
+                }
+            }
+        }
+        let mut acc: Option<WireId> = None;
+        for (k, x) in ins.iter().enumerate() {
+            let xt = self.wires[x.0 as usize].ty.clone();
+            let feats: Vec<AxisId> = xt
+                .axes
+                .iter()
+                .copied()
+                .filter(|a| from.contains(a))
+                .collect();
+            let bound = 1.0 / self.fan_in(&feats).sqrt();
+            let mut waxes = lanes.clone();
+            waxes.extend(feats.iter().copied());
+            waxes.push(wax);
+            let wk = self.param(
+                format!("{here}.w_in{k}"),
+                waxes,
+                Init::Uniform(bound),
+                b.span,
+            );
+            let mut args = vec![*x, wk];
+            if k == 0 {
+                let mut baxes = lanes.clone();
+                baxes.push(wax);
+                args.push(self.param(
+                    format!("{here}.b_hidden"),
+                    baxes,
+                    Init::Uniform(bound),
+                    b.span,
+                ));
+            }
+            let mut hax: Vec<AxisId> = xt
+                .axes
+                .iter()
+                .copied()
+                .filter(|a| !from.contains(a))
+                .collect();
+            hax.push(wax);
+            let op = Op::Linear {
+                from: feats,
+                to: vec![wax],
+                bias: k == 0,
+            };
+            let mut h = self.add(op, args, vec![WireType::values(hax.clone())], b.span)[0];
+            for a in &union {
+                if !hax.contains(a) {
+                    let t = self.wires[h.0 as usize].ty.with_front(*a);
+                    h = self.add(Op::Expand(*a), vec![h], vec![t], b.span)[0];
+                }
+            }
+            acc = Some(match acc {
+                None => h,
+                Some(prev) => {
+                    let t = self.wires[prev.0 as usize].ty.clone();
+                    self.add(Op::Add, vec![prev, h], vec![t], b.span)[0]
+                }
+            });
+        }
+        let hidden = acc.ok_or("a learner without inputs")?;
+        let t = self.wires[hidden.0 as usize].ty.clone();
+        let hidden = self.add(Op::Map(Func::Relu), vec![hidden], vec![t], b.span)[0];
+        let bound = 1.0 / (w.sqrt());
+        let mut wo = lanes.clone();
+        wo.push(wax);
+        wo.extend(to.iter().copied());
+        let w_out = self.param(format!("{here}.w_out"), wo, Init::Uniform(bound), b.span);
+        let mut bo = lanes.clone();
+        bo.extend(to.iter().copied());
+        let b_out = self.param(format!("{here}.b_out"), bo, Init::Uniform(bound), b.span);
+        let op = Op::Linear {
+            from: vec![wax],
+            to: to.to_vec(),
+            bias: true,
+        };
+        Ok(self.add(op, vec![hidden, w_out, b_out], out_types.to_vec(), b.span))
+    }
+
+    /// Inserts copies and discards, numbers the inputs (data, then parameters), checks that
+    /// every axis has a size.
+    fn finish(mut self, outputs: Vec<WireId>) -> Result<Instance, String> {
+        // Unsized axes.
+        let mut missing: Vec<String> = Vec::new();
+        for w in &self.wires {
+            for a in &w.ty.axes {
+                if self.size_of(*a).is_none() {
+                    let info = self.axes.get(*a);
+                    let vars: Vec<&String> = info.size.vars.keys().collect();
+                    let what = if vars.is_empty() || (vars.len() == 1 && *vars[0] == info.name) {
+                        format!("`{}`", info.name)
+                    } else {
+                        format!(
+                            "`{}` (= {}: needs {})",
+                            info.name,
+                            info.size,
+                            vars.iter()
+                                .map(|v| format!("`{v}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    if !missing.contains(&what) {
+                        missing.push(what);
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "these axes have no size: {} (bind the free ones with `--size NAME=N`; sizes must divide evenly)",
+                missing.join(", ")
+            ));
+        }
+        let inputs: Vec<WireId> = self
+            .data_inputs
+            .iter()
+            .chain(&self.param_inputs)
+            .copied()
+            .collect();
+        let mut uses: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.wires.len()];
+        for (bi, b) in self.boxes.iter().enumerate() {
+            for (k, w) in b.inputs.iter().enumerate() {
+                uses[w.0 as usize].push((bi, k));
+            }
+        }
+        let mut out_uses: Vec<Vec<usize>> = vec![Vec::new(); self.wires.len()];
+        for (k, w) in outputs.iter().enumerate() {
+            out_uses[w.0 as usize].push(k);
+        }
+        let mut outputs = outputs;
+        // Boxes to insert after each wire's producer.
+        let mut after: BTreeMap<u32, Vec<BoxNode>> = BTreeMap::new();
+        for i in 0..self.wires.len() {
+            let n = uses[i].len() + out_uses[i].len();
+            let span = self.wires[i].span;
+            if n == 0 {
+                after.entry(i as u32).or_default().push(BoxNode {
+                    op: Op::Discard,
+                    inputs: vec![WireId(i as u32)],
+                    outputs: vec![],
+                    params: vec![],
+                    region: None,
+                    span,
+                });
+            } else if n > 1 {
+                let ty = self.wires[i].ty.clone();
+                let name = self.wires[i].name.clone();
+                let mut outs = Vec::new();
+                for &(bi, k) in &uses[i] {
+                    self.wires.push(Wire {
+                        ty: ty.clone(),
+                        name: name.clone(),
+                        source: WireSource::Input(0),
+                        sink: None,
+                        region: None,
+                        span,
+                    });
+                    let c = WireId(self.wires.len() as u32 - 1);
+                    self.boxes[bi].inputs[k] = c;
+                    outs.push(c);
+                }
+                for &k in &out_uses[i] {
+                    self.wires.push(Wire {
+                        ty: ty.clone(),
+                        name: name.clone(),
+                        source: WireSource::Input(0),
+                        sink: None,
+                        region: None,
+                        span,
+                    });
+                    let c = WireId(self.wires.len() as u32 - 1);
+                    outputs[k] = c;
+                    outs.push(c);
+                }
+                after.entry(i as u32).or_default().push(BoxNode {
+                    op: Op::Copy(outs.len()),
+                    inputs: vec![WireId(i as u32)],
+                    outputs: outs,
+                    params: vec![],
+                    region: None,
+                    span,
+                });
+            }
+        }
+        let old = std::mem::take(&mut self.boxes);
+        let mut boxes = Vec::with_capacity(old.len() + after.len());
+        for w in &inputs {
+            boxes.extend(after.remove(&w.0).unwrap_or_default());
+        }
+        for b in old {
+            let outs = b.outputs.clone();
+            boxes.push(b);
+            for o in outs {
+                boxes.extend(after.remove(&o.0).unwrap_or_default());
+            }
+        }
+        let mut d = Diagram {
+            name: self.name.clone(),
+            hypers: vec![],
+            input_names: self
+                .data_names
+                .iter()
+                .cloned()
+                .chain(self.params.iter().map(|p| p.name.clone()))
+                .collect(),
+            inputs,
+            outputs,
+            wires: self.wires,
+            boxes,
+            regions: vec![],
+            span: Span {
+                file: crate::source::FileId(0),
+                start: 0,
+                end: 0,
+            },
+        };
+        for (k, w) in d.inputs.clone().iter().enumerate() {
+            d.wires[w.0 as usize].source = WireSource::Input(k);
+        }
+        for (bi, b) in d.boxes.iter().enumerate() {
+            for (k, o) in b.outputs.iter().enumerate() {
+                d.wires[o.0 as usize].source = WireSource::Box(BoxId(bi as u32), k);
+            }
+        }
+        lower::recompute_sinks(&mut d);
+        let sizes = self.sizes.iter().map(|s| s.unwrap_or(0) as usize).collect();
+        Ok(Instance {
+            diagram: d,
+            axes: self.axes,
+            sizes,
+            data_inputs: self.data_inputs.len(),
+            params: self.params,
+        })
+    }
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Linear { .. } => "linear",
+        Op::Learner { .. } => "learner",
+        Op::Param(_) => "param",
+        Op::LayerNorm(_) => "layernorm",
+        Op::Embed { .. } => "embed",
+        _ => "box",
+    }
+}
