@@ -3,12 +3,14 @@
 //!
 //! The modules are the pipeline, in order; each depends only on the ones above it.
 
-pub mod check;
-pub mod cli;
-pub mod diagnostic;
-pub mod driver;
-pub mod ir;
-pub mod report;
 pub mod source;
-pub mod stdlib;
+pub mod diagnostic;
 pub mod syntax;
+pub mod ir;
+pub mod check;
+pub mod stdlib;
+pub mod autodiff;
+pub mod backend;
+pub mod report;
+pub mod driver;
+pub mod cli;

@@ -105,14 +105,11 @@ struct Builder<'p> {
     axes: AxisTable,
     sizes: Vec<Option<u64>>,
     lowered: BTreeMap<String, Diagram>,
-    /// The flat diagram under construction. Wires may have several consumers until
-    /// [`Builder::finish`] inserts copies.
-    wires: Vec<Wire>,
-    boxes: Vec<BoxNode>,
-    data_inputs: Vec<WireId>,
-    data_names: Vec<String>,
+    /// The flat diagram under construction: data inputs first, then parameters as they are
+    /// met. Wires may have several consumers until [`build::Graph::finish`] inserts copies.
+    g: build::Graph,
+    data_inputs: usize,
     name: String,
-    param_inputs: Vec<WireId>,
     params: Vec<ParamInfo>,
     next_key: u64,
     next_width: usize,
@@ -203,23 +200,18 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
         axes: program.axes.clone(),
         sizes,
         lowered: BTreeMap::new(),
-        wires: Vec::new(),
-        boxes: Vec::new(),
-        data_inputs: Vec::new(),
-        data_names: d.input_names.clone(),
+        g: build::Graph::default(),
+        data_inputs: d.inputs.len(),
         name: name.to_string(),
-        param_inputs: Vec::new(),
         params: Vec::new(),
         next_key: 0,
         next_width: 0,
         depth: 0,
     };
     let mut args = Vec::new();
-    for w in &d.inputs {
+    for (w, n) in d.inputs.iter().zip(&d.input_names) {
         let ty = d.wire(*w).ty.clone();
-        let nw = b.wire(ty, d.wire(*w).name.clone(), d.wire(*w).span);
-        b.data_inputs.push(nw);
-        args.push(nw);
+        args.push(b.g.input(ty, n.clone(), d.wire(*w).span));
     }
     let outs = b.emit(name, &env, args, name.to_string())?;
     b.finish(outs)
@@ -234,29 +226,8 @@ fn default_value(h: &Hyper) -> Option<HyperValue> {
 }
 
 impl Builder<'_> {
-    fn wire(&mut self, ty: WireType, name: Option<String>, span: Span) -> WireId {
-        self.wires.push(Wire {
-            ty,
-            name,
-            source: WireSource::Input(0),
-            sink: None,
-            region: None,
-            span,
-        });
-        WireId(self.wires.len() as u32 - 1)
-    }
-
     fn add(&mut self, op: Op, inputs: Vec<WireId>, out: Vec<WireType>, span: Span) -> Vec<WireId> {
-        let outs: Vec<WireId> = out.into_iter().map(|t| self.wire(t, None, span)).collect();
-        self.boxes.push(BoxNode {
-            op,
-            inputs,
-            outputs: outs.clone(),
-            params: vec![],
-            region: None,
-            span,
-        });
-        outs
+        self.g.add(op, inputs, out, span)
     }
 
     fn eval(&self, c: &Const, env: &Env) -> Result<f64, String> {
@@ -295,8 +266,9 @@ impl Builder<'_> {
 
     /// A new parameter input.
     fn param(&mut self, name: String, axes: Vec<AxisId>, init: Init, span: Span) -> WireId {
-        let w = self.wire(WireType::values(axes.clone()), Some(name.clone()), span);
-        self.param_inputs.push(w);
+        let w = self
+            .g
+            .input(WireType::values(axes.clone()), name.clone(), span);
         self.params.push(ParamInfo { name, axes, init });
         w
     }
@@ -638,7 +610,7 @@ impl Builder<'_> {
         // The batch axes of the sum: the union of every input's non-feature axes.
         let mut union: Vec<AxisId> = Vec::new();
         for x in &ins {
-            for a in &self.wires[x.0 as usize].ty.axes {
+            for a in &self.g.wires[x.0 as usize].ty.axes {
                 if !from.contains(a) && !union.contains(a) {
                     union.push(*a);
                 }
@@ -646,7 +618,7 @@ impl Builder<'_> {
         }
         let mut acc: Option<WireId> = None;
         for (k, x) in ins.iter().enumerate() {
-            let xt = self.wires[x.0 as usize].ty.clone();
+            let xt = self.g.wires[x.0 as usize].ty.clone();
             let feats: Vec<AxisId> = xt
                 .axes
                 .iter()
@@ -689,20 +661,20 @@ impl Builder<'_> {
             let mut h = self.add(op, args, vec![WireType::values(hax.clone())], b.span)[0];
             for a in &union {
                 if !hax.contains(a) {
-                    let t = self.wires[h.0 as usize].ty.with_front(*a);
+                    let t = self.g.wires[h.0 as usize].ty.with_front(*a);
                     h = self.add(Op::Expand(*a), vec![h], vec![t], b.span)[0];
                 }
             }
             acc = Some(match acc {
                 None => h,
                 Some(prev) => {
-                    let t = self.wires[prev.0 as usize].ty.clone();
+                    let t = self.g.wires[prev.0 as usize].ty.clone();
                     self.add(Op::Add, vec![prev, h], vec![t], b.span)[0]
                 }
             });
         }
         let hidden = acc.ok_or("a learner without inputs")?;
-        let t = self.wires[hidden.0 as usize].ty.clone();
+        let t = self.g.wires[hidden.0 as usize].ty.clone();
         let hidden = self.add(Op::Map(Func::Relu), vec![hidden], vec![t], b.span)[0];
         let bound = 1.0 / (w.sqrt());
         let mut wo = lanes.clone();
@@ -722,10 +694,10 @@ impl Builder<'_> {
 
     /// Inserts copies and discards, numbers the inputs (data, then parameters), checks that
     /// every axis has a size.
-    fn finish(mut self, outputs: Vec<WireId>) -> Result<Instance, String> {
+    fn finish(self, outputs: Vec<WireId>) -> Result<Instance, String> {
         // Unsized axes.
         let mut missing: Vec<String> = Vec::new();
-        for w in &self.wires {
+        for w in &self.g.wires {
             for a in &w.ty.axes {
                 if self.size_of(*a).is_none() {
                     let info = self.axes.get(*a);
@@ -755,124 +727,18 @@ impl Builder<'_> {
                 missing.join(", ")
             ));
         }
-        let inputs: Vec<WireId> = self
-            .data_inputs
-            .iter()
-            .chain(&self.param_inputs)
-            .copied()
-            .collect();
-        let mut uses: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.wires.len()];
-        for (bi, b) in self.boxes.iter().enumerate() {
-            for (k, w) in b.inputs.iter().enumerate() {
-                uses[w.0 as usize].push((bi, k));
-            }
-        }
-        let mut out_uses: Vec<Vec<usize>> = vec![Vec::new(); self.wires.len()];
-        for (k, w) in outputs.iter().enumerate() {
-            out_uses[w.0 as usize].push(k);
-        }
-        let mut outputs = outputs;
-        // Boxes to insert after each wire's producer.
-        let mut after: BTreeMap<u32, Vec<BoxNode>> = BTreeMap::new();
-        for i in 0..self.wires.len() {
-            let n = uses[i].len() + out_uses[i].len();
-            let span = self.wires[i].span;
-            if n == 0 {
-                after.entry(i as u32).or_default().push(BoxNode {
-                    op: Op::Discard,
-                    inputs: vec![WireId(i as u32)],
-                    outputs: vec![],
-                    params: vec![],
-                    region: None,
-                    span,
-                });
-            } else if n > 1 {
-                let ty = self.wires[i].ty.clone();
-                let name = self.wires[i].name.clone();
-                let mut outs = Vec::new();
-                for &(bi, k) in &uses[i] {
-                    self.wires.push(Wire {
-                        ty: ty.clone(),
-                        name: name.clone(),
-                        source: WireSource::Input(0),
-                        sink: None,
-                        region: None,
-                        span,
-                    });
-                    let c = WireId(self.wires.len() as u32 - 1);
-                    self.boxes[bi].inputs[k] = c;
-                    outs.push(c);
-                }
-                for &k in &out_uses[i] {
-                    self.wires.push(Wire {
-                        ty: ty.clone(),
-                        name: name.clone(),
-                        source: WireSource::Input(0),
-                        sink: None,
-                        region: None,
-                        span,
-                    });
-                    let c = WireId(self.wires.len() as u32 - 1);
-                    outputs[k] = c;
-                    outs.push(c);
-                }
-                after.entry(i as u32).or_default().push(BoxNode {
-                    op: Op::Copy(outs.len()),
-                    inputs: vec![WireId(i as u32)],
-                    outputs: outs,
-                    params: vec![],
-                    region: None,
-                    span,
-                });
-            }
-        }
-        let old = std::mem::take(&mut self.boxes);
-        let mut boxes = Vec::with_capacity(old.len() + after.len());
-        for w in &inputs {
-            boxes.extend(after.remove(&w.0).unwrap_or_default());
-        }
-        for b in old {
-            let outs = b.outputs.clone();
-            boxes.push(b);
-            for o in outs {
-                boxes.extend(after.remove(&o.0).unwrap_or_default());
-            }
-        }
-        let mut d = Diagram {
-            name: self.name.clone(),
-            hypers: vec![],
-            input_names: self
-                .data_names
-                .iter()
-                .cloned()
-                .chain(self.params.iter().map(|p| p.name.clone()))
-                .collect(),
-            inputs,
-            outputs,
-            wires: self.wires,
-            boxes,
-            regions: vec![],
-            span: Span {
-                file: crate::source::FileId(0),
-                start: 0,
-                end: 0,
-            },
+        let span = Span {
+            file: crate::source::FileId(0),
+            start: 0,
+            end: 0,
         };
-        for (k, w) in d.inputs.clone().iter().enumerate() {
-            d.wires[w.0 as usize].source = WireSource::Input(k);
-        }
-        for (bi, b) in d.boxes.iter().enumerate() {
-            for (k, o) in b.outputs.iter().enumerate() {
-                d.wires[o.0 as usize].source = WireSource::Box(BoxId(bi as u32), k);
-            }
-        }
-        lower::recompute_sinks(&mut d);
+        let d = self.g.finish(self.name.clone(), outputs, span);
         let sizes = self.sizes.iter().map(|s| s.unwrap_or(0) as usize).collect();
         Ok(Instance {
             diagram: d,
             axes: self.axes,
             sizes,
-            data_inputs: self.data_inputs.len(),
+            data_inputs: self.data_inputs,
             params: self.params,
         })
     }

@@ -15,6 +15,7 @@
 //! - Named axes make lifting trivial: an op applies to the axes it names and runs over every
 //!   other axis of its inputs lane-wise, and binary ops align their inputs by axis name.
 
+pub mod build;
 pub mod instance;
 pub mod lower;
 pub mod print;

@@ -1,0 +1,642 @@
+//! The reference interpreter: the semantic oracle.
+//!
+//! It runs an instantiated (flat, functional) diagram box by box in f64 on ndarray, with named
+//! axes: every value is a [`Tensor`] that knows which axis each dimension is, and every op lines
+//! its inputs up by axis name. Clarity comes first here; the fast executor and every other
+//! backend are checked against this one.
+
+use super::tensor::{Tensor, einsum};
+use crate::ir::{AxisId, Diagram, ExecOp, Func, Op, WireId, WireType};
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+
+/// How a run behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// Training mode: dropout is active. Off: dropout is the identity.
+    pub train: bool,
+    /// Seeds the dropout masks (with each box's key).
+    pub seed: u64,
+    /// Stop at the first box that produces a NaN or an infinity, naming it.
+    pub check_finite: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            train: false,
+            seed: 0,
+            check_finite: false,
+        }
+    }
+}
+
+/// A run-time error, naming the wire or box involved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunError(pub String);
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs `d` (an instantiated diagram) on `inputs`, one per diagram input, in order.
+pub fn run(
+    d: &Diagram,
+    axes: &crate::ir::AxisTable,
+    sizes: &[usize],
+    inputs: Vec<Tensor>,
+    opts: RunOptions,
+) -> Result<Vec<Tensor>, RunError> {
+    if inputs.len() != d.inputs.len() {
+        return Err(RunError(format!(
+            "{} inputs given, the diagram takes {}",
+            inputs.len(),
+            d.inputs.len()
+        )));
+    }
+    let mut values: Vec<Option<Tensor>> = vec![None; d.wires.len()];
+    for (k, (w, t)) in d.inputs.iter().zip(inputs).enumerate() {
+        let want = &d.wire(*w).ty;
+        let name = d.input_names.get(k).cloned().unwrap_or_default();
+        let t =
+            conform(t, want, sizes, axes).map_err(|e| RunError(format!("input `{name}`: {e}")))?;
+        values[w.0 as usize] = Some(t);
+    }
+    for (bi, b) in d.boxes.iter().enumerate() {
+        let mut ins: Vec<Tensor> = Vec::with_capacity(b.inputs.len());
+        for w in &b.inputs {
+            // Each wire has one consumer: take the value, freeing it.
+            let v = values[w.0 as usize]
+                .take()
+                .ok_or_else(|| RunError(format!("box {bi} reads a wire with no value")))?;
+            ins.push(v);
+        }
+        let out_types: Vec<&WireType> = b.outputs.iter().map(|w| &d.wire(*w).ty).collect();
+        let outs = eval(&b.op, ins, &out_types, sizes, opts).map_err(|e| {
+            RunError(format!(
+                "box {bi} ({}): {e}",
+                crate::ir::print::op_text(&b.op, axes)
+            ))
+        })?;
+        for (w, t) in b.outputs.iter().zip(outs) {
+            if opts.check_finite && t.data.iter().any(|x| !x.is_finite()) {
+                let wire = d.wire(*w);
+                let name = wire.name.as_deref().unwrap_or("an unnamed wire");
+                return Err(RunError(format!(
+                    "box {bi} `{}` produced a NaN or infinity on {name} (at bytes {}..{} of the source)",
+                    crate::ir::print::op_text(&b.op, axes),
+                    b.span.start,
+                    b.span.end
+                )));
+            }
+            values[w.0 as usize] = Some(t);
+        }
+    }
+    d.outputs
+        .iter()
+        .map(|w| {
+            values[w.0 as usize]
+                .take()
+                .ok_or_else(|| RunError("an output has no value".into()))
+        })
+        .collect()
+}
+
+/// Checks an input's axes and shape against the wire type, reordering its axes if needed.
+fn conform(
+    t: Tensor,
+    want: &WireType,
+    sizes: &[usize],
+    axes: &crate::ir::AxisTable,
+) -> Result<Tensor, String> {
+    let same_set = t.axes.len() == want.axes.len() && want.axes.iter().all(|a| t.axes.contains(a));
+    if !same_set {
+        let show = |ids: &[AxisId]| {
+            ids.iter()
+                .map(|a| axes.name(*a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "has axes [{}], expected [{}]",
+            show(&t.axes),
+            show(&want.axes)
+        ));
+    }
+    for (a, n) in t.axes.iter().zip(t.data.shape()) {
+        if sizes[a.0 as usize] != *n {
+            return Err(format!(
+                "axis `{}` has size {n}, expected {}",
+                axes.name(*a),
+                sizes[a.0 as usize]
+            ));
+        }
+    }
+    Ok(t.aligned(&want.axes))
+}
+
+fn one(mut v: Vec<Tensor>) -> Tensor {
+    v.swap_remove(0)
+}
+
+/// Evaluates one op.
+pub fn eval(
+    op: &Op,
+    mut ins: Vec<Tensor>,
+    outs: &[&WireType],
+    sizes: &[usize],
+    opts: RunOptions,
+) -> Result<Vec<Tensor>, String> {
+    let out = |k: usize| outs[k].axes.clone();
+    let num = |c: &crate::ir::Const| match c {
+        crate::ir::Const::Num(x) => Ok(*x),
+        other => Err(format!("an unevaluated constant {other:?}")),
+    };
+    Ok(match op {
+        Op::Copy(n) => {
+            let t = one(ins);
+            vec![t; *n]
+        }
+        Op::Discard => vec![],
+        Op::Rename { from, to } => {
+            let mut t = one(ins);
+            for a in &mut t.axes {
+                if a == from {
+                    *a = *to;
+                }
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Split { from, into } => {
+            let t = one(ins);
+            let pos = t.pos(*from);
+            let mut new_axes = t.axes[..pos].to_vec();
+            new_axes.extend(into.iter().copied());
+            new_axes.extend(t.axes[pos + 1..].iter().copied());
+            let shape: Vec<usize> = new_axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            let data = t
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&shape))
+                .map_err(|e| e.to_string())?;
+            vec![
+                Tensor {
+                    axes: new_axes,
+                    data,
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Merge { from, into } => {
+            let t = one(ins);
+            // Bring the merged axes together, in the written order, where the first one was.
+            let first = from.iter().map(|a| t.pos(*a)).min().unwrap_or(0);
+            let mut order: Vec<AxisId> = t
+                .axes
+                .iter()
+                .copied()
+                .filter(|a| !from.contains(a))
+                .collect();
+            let at = t.axes[..first].iter().filter(|a| !from.contains(a)).count();
+            for (k, a) in from.iter().enumerate() {
+                order.insert(at + k, *a);
+            }
+            let p = t.aligned(&order);
+            let mut new_axes: Vec<AxisId> = order
+                .iter()
+                .copied()
+                .filter(|a| !from.contains(a))
+                .collect();
+            new_axes.insert(at, *into);
+            let shape: Vec<usize> = new_axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            let data = p
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&shape))
+                .map_err(|e| e.to_string())?;
+            vec![
+                Tensor {
+                    axes: new_axes,
+                    data,
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Expand(a) => {
+            let t = one(ins);
+            vec![t.expand(*a, sizes[a.0 as usize]).aligned(&out(0))]
+        }
+        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            let b = ins.pop().expect("two inputs");
+            let a = ins.pop().expect("two inputs");
+            let b = b.aligned(&a.axes);
+            let data = match op {
+                Op::Add => &a.data + &b.data,
+                Op::Sub => &a.data - &b.data,
+                Op::Mul => &a.data * &b.data,
+                _ => &a.data / &b.data,
+            };
+            vec![Tensor { axes: a.axes, data }.aligned(&out(0))]
+        }
+        Op::Scale(c) => {
+            let k = num(c)?;
+            let t = one(ins);
+            vec![t.map(|x| x * k).aligned(&out(0))]
+        }
+        Op::Shift(c) => {
+            let k = num(c)?;
+            let t = one(ins);
+            vec![t.map(|x| x + k).aligned(&out(0))]
+        }
+        Op::Dot(_) | Op::Outer | Op::Exec(ExecOp::Einsum) => {
+            let y = ins.pop().expect("two inputs");
+            let x = ins.pop().expect("two inputs");
+            vec![einsum(&x, &y, &out(0), sizes)]
+        }
+        Op::Sum(a) => {
+            let t = one(ins);
+            let p = t.pos(*a);
+            let axes: Vec<AxisId> = t.axes.iter().copied().filter(|x| x != a).collect();
+            vec![
+                Tensor {
+                    axes,
+                    data: t.data.sum_axis(Axis(p)),
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Exec(ExecOp::SumTo) => vec![one(ins).sum_to(&out(0))],
+        Op::Softmax(a) => {
+            let mut t = one(ins);
+            let p = t.pos(*a);
+            for mut lane in t.data.lanes_mut(Axis(p)) {
+                let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                let m = if m.is_finite() { m } else { 0.0 };
+                lane.mapv_inplace(|x| (x - m).exp());
+                let s: f64 = lane.sum();
+                lane.mapv_inplace(|x| x / s);
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Normalise(a) => {
+            let mut t = one(ins);
+            let p = t.pos(*a);
+            for mut lane in t.data.lanes_mut(Axis(p)) {
+                let s: f64 = lane.sum();
+                lane.mapv_inplace(|x| x / s);
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Map(f) => {
+            let t = one(ins);
+            let f = *f;
+            vec![t.map(|x| apply(f, x)).aligned(&out(0))]
+        }
+        Op::Causal { query, key } => {
+            let mut t = one(ins);
+            let (q, k) = (t.pos(*query), t.pos(*key));
+            for (idx, x) in t.data.indexed_iter_mut() {
+                if idx[k] > idx[q] {
+                    *x = f64::NEG_INFINITY;
+                }
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::CausalBack { query, key }) => {
+            let mut t = one(ins);
+            let (q, k) = (t.pos(*query), t.pos(*key));
+            for (idx, x) in t.data.indexed_iter_mut() {
+                if idx[k] > idx[q] {
+                    *x = 0.0;
+                }
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
+            let reverse = matches!(op, Op::Exec(_));
+            let mut t = one(ins);
+            let p = t.pos(*a);
+            for mut lane in t.data.lanes_mut(Axis(p)) {
+                let n = lane.len();
+                let mut acc = 0.0;
+                for i in 0..n {
+                    let j = if reverse { n - 1 - i } else { i };
+                    acc += lane[j];
+                    lane[j] = acc;
+                }
+            }
+            vec![t.aligned(&out(0))]
+        }
+        Op::Dropout(_) => return Err("dropout was not keyed by instantiation".into()),
+        Op::Exec(ExecOp::Dropout { p, key }) => {
+            let t = one(ins);
+            if !opts.train || *p == 0.0 {
+                return Ok(vec![t.aligned(&out(0))]);
+            }
+            // The mask depends on the element's position in the output layout, so forward and
+            // backward (which sees the gradient in the same layout) agree.
+            let t = t.aligned(&out(0));
+            let t = Tensor {
+                axes: t.axes,
+                data: t.data.as_standard_layout().into_owned(),
+            };
+            let scale = 1.0 / (1.0 - p);
+            let mut data = t.data;
+            for (i, x) in data.iter_mut().enumerate() {
+                *x = if keep(opts.seed, *key, i as u64, *p) {
+                    *x * scale
+                } else {
+                    0.0
+                };
+            }
+            vec![Tensor { axes: t.axes, data }]
+        }
+        Op::PosEnc { pos, feature } => {
+            let (n, dm) = (sizes[pos.0 as usize], sizes[feature.0 as usize]);
+            let mut data = ArrayD::zeros(IxDyn(&[n, dm]));
+            for p in 0..n {
+                for i in 0..dm {
+                    let freq = (10000f64).powf((2 * (i / 2)) as f64 / dm as f64);
+                    let v = p as f64 / freq;
+                    data[[p, i].as_slice()] = if i % 2 == 0 { v.sin() } else { v.cos() };
+                }
+            }
+            vec![
+                Tensor {
+                    axes: vec![*pos, *feature],
+                    data,
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Linear { .. } => {
+            let bias = if ins.len() == 3 { ins.pop() } else { None };
+            let w = ins.pop().expect("a weight");
+            let x = ins.pop().expect("an input");
+            let mut y = einsum(&x, &w, &out(0), sizes);
+            if let Some(b) = bias {
+                y = y.add_broadcast(&b);
+            }
+            vec![y]
+        }
+        Op::LayerNorm(over) => {
+            let b = ins.pop().expect("a bias");
+            let g = ins.pop().expect("a gain");
+            let x = ins.pop().expect("an input");
+            let (xhat, _) = normalise_layer(&x, over);
+            vec![xhat.mul_broadcast(&g).add_broadcast(&b).aligned(&out(0))]
+        }
+        Op::Embed { vocab, to } => {
+            let table = ins.pop().expect("a table");
+            let ids = ins.pop().expect("ids");
+            let mut order = vec![*vocab];
+            order.extend(to.iter().copied());
+            if table.axes.len() != order.len() {
+                return Err("per-lane embedding tables are not supported".into());
+            }
+            let table = table.aligned(&order);
+            let vsize = sizes[vocab.0 as usize];
+            let row: usize = to.iter().map(|a| sizes[a.0 as usize]).product();
+            let flat = table
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&[vsize, row]))
+                .map_err(|e| e.to_string())?;
+            let ids_std = ids.data.as_standard_layout().into_owned();
+            let n = ids_std.len();
+            let mut outv = Vec::with_capacity(n * row);
+            for id in ids_std.iter() {
+                let i = *id as usize;
+                if *id < 0.0 || i >= vsize || id.fract() != 0.0 {
+                    return Err(format!(
+                        "token id {id} is outside the vocabulary (size {vsize})"
+                    ));
+                }
+                outv.extend(flat.index_axis(Axis(0), i).iter().copied());
+            }
+            let mut axes = ids.axes.clone();
+            axes.extend(to.iter().copied());
+            let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            let data = ArrayD::from_shape_vec(IxDyn(&shape), outv).map_err(|e| e.to_string())?;
+            vec![Tensor { axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::EmbedBack { vocab }) => {
+            let gy = ins.pop().expect("a gradient");
+            let ids = ins.pop().expect("ids");
+            let to: Vec<AxisId> = gy
+                .axes
+                .iter()
+                .copied()
+                .filter(|a| !ids.axes.contains(a))
+                .collect();
+            let mut order = ids.axes.clone();
+            order.extend(to.iter().copied());
+            let gy = gy.aligned(&order);
+            let vsize = sizes[vocab.0 as usize];
+            let row: usize = to.iter().map(|a| sizes[a.0 as usize]).product();
+            let n = ids.data.len();
+            let g2 = gy
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&[n, row]))
+                .map_err(|e| e.to_string())?;
+            let mut table = ArrayD::zeros(IxDyn(&[vsize, row]));
+            for (r, id) in ids.data.as_standard_layout().iter().enumerate() {
+                let mut dst = table.index_axis_mut(Axis(0), *id as usize);
+                dst += &g2.index_axis(Axis(0), r);
+            }
+            let mut axes = vec![*vocab];
+            axes.extend(to);
+            let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            let data = table
+                .into_shape_with_order(IxDyn(&shape))
+                .map_err(|e| e.to_string())?;
+            vec![Tensor { axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::Zeros) => {
+            let axes = out(0);
+            let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            vec![Tensor {
+                axes,
+                data: ArrayD::zeros(IxDyn(&shape)),
+            }]
+        }
+        Op::Exec(ExecOp::SoftmaxBack(a)) => {
+            // gx = y * (gy - sum_a(gy * y))
+            let gy = ins.pop().expect("a gradient");
+            let y = ins.pop().expect("the output");
+            let gy = gy.aligned(&y.axes);
+            let p = y.pos(*a);
+            let prod = &y.data * &gy.data;
+            let s = prod.sum_axis(Axis(p)).insert_axis(Axis(p));
+            let data = &y.data * &(&gy.data - &s);
+            vec![Tensor { axes: y.axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::NormaliseBack(a)) => {
+            // y = x / s: gx = (gy - sum_a(gy * y)) / s
+            let gy = ins.pop().expect("a gradient");
+            let x = ins.pop().expect("the input");
+            let gy = gy.aligned(&x.axes);
+            let p = x.pos(*a);
+            let s = x.data.sum_axis(Axis(p)).insert_axis(Axis(p));
+            let y = &x.data / &s;
+            let dot = (&gy.data * &y).sum_axis(Axis(p)).insert_axis(Axis(p));
+            let data = (&gy.data - &dot) / &s;
+            vec![Tensor { axes: x.axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::MapBack(f)) => {
+            let gy = ins.pop().expect("a gradient");
+            let x = ins.pop().expect("the input");
+            let gy = gy.aligned(&x.axes);
+            let f = *f;
+            let mut data = gy.data;
+            Zip::from(&mut data)
+                .and(&x.data)
+                .for_each(|g, &v| *g *= derivative(f, v));
+            vec![Tensor { axes: x.axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::LayerNormBack(over)) => {
+            let gy = ins.pop().expect("a gradient");
+            let g = ins.pop().expect("a gain");
+            let x = ins.pop().expect("the input");
+            let gy = gy.aligned(&x.axes);
+            let (xhat, inv_std) = normalise_layer(&x, over);
+            // Gradients of gain and bias: sums over everything but their own axes.
+            let ggain = Tensor {
+                axes: x.axes.clone(),
+                data: &gy.data * &xhat.data,
+            }
+            .sum_to(&out(1));
+            let gbias = gy.clone().sum_to(&out(2));
+            // gx = inv_std * (gxh - mean(gxh) - xhat * mean(gxh * xhat)), gxh = gy * gain.
+            let gxh = gy.mul_broadcast(&g);
+            let n: f64 = over.iter().map(|a| sizes[a.0 as usize] as f64).product();
+            let keep: Vec<AxisId> = x
+                .axes
+                .iter()
+                .copied()
+                .filter(|a| !over.contains(a))
+                .collect();
+            let m1 = gxh.clone().sum_to(&keep).map(|v| v / n);
+            let m2 = Tensor {
+                axes: x.axes.clone(),
+                data: &gxh.data * &xhat.data,
+            }
+            .sum_to(&keep)
+            .map(|v| v / n);
+            let t = gxh.sub_broadcast(&m1);
+            let t = Tensor {
+                axes: t.axes.clone(),
+                data: &t.data - &(&xhat.data * &m2.expand_to(&x.axes, sizes).data),
+            };
+            let gx = t.mul_broadcast(&inv_std);
+            vec![gx.aligned(&out(0)), ggain, gbias]
+        }
+        Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
+            return Err("this box must be instantiated before it runs".into());
+        }
+        Op::Zip(_) | Op::Broadcast(_) | Op::Collect(_) | Op::LoopIn | Op::Capture | Op::LoopOut => {
+            return Err("region ports must be lowered before running".into());
+        }
+    })
+}
+
+const LN_EPS: f64 = 1e-5;
+
+/// `(x - mean) / sqrt(var + eps)` over `over`, and `1 / sqrt(var + eps)` (without `over`).
+fn normalise_layer(x: &Tensor, over: &[AxisId]) -> (Tensor, Tensor) {
+    let keep: Vec<AxisId> = x
+        .axes
+        .iter()
+        .copied()
+        .filter(|a| !over.contains(a))
+        .collect();
+    let n: f64 = over
+        .iter()
+        .map(|a| x.data.shape()[x.pos(*a)] as f64)
+        .product();
+    let mean = x.clone().sum_to(&keep).map(|v| v / n);
+    let centred = x.sub_broadcast(&mean);
+    let var = Tensor {
+        axes: centred.axes.clone(),
+        data: centred.data.mapv(|v| v * v),
+    }
+    .sum_to(&keep)
+    .map(|v| v / n);
+    let inv_std = var.map(|v| 1.0 / (v + LN_EPS).sqrt());
+    (centred.mul_broadcast(&inv_std), inv_std)
+}
+
+/// Whether dropout keeps element `i` of box `key` (splitmix64 of the three, as a uniform).
+pub fn keep(seed: u64, key: u64, i: u64, p: f64) -> bool {
+    let mut z =
+        seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    u >= p
+}
+
+pub fn apply(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Relu => x.max(0.0),
+        Func::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Func::Tanh => x.tanh(),
+        Func::Exp => x.exp(),
+        Func::Log => x.ln(),
+        Func::Sqrt => x.sqrt(),
+        Func::Elu1 => {
+            if x > 0.0 {
+                x + 1.0
+            } else {
+                x.exp()
+            }
+        }
+        Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Func::Recip => 1.0 / x,
+    }
+}
+
+pub fn derivative(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Func::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        Func::Tanh => 1.0 - x.tanh().powi(2),
+        Func::Exp => x.exp(),
+        Func::Log => 1.0 / x,
+        Func::Sqrt => 0.5 / x.sqrt(),
+        Func::Elu1 => {
+            if x > 0.0 {
+                1.0
+            } else {
+                x.exp()
+            }
+        }
+        Func::Sigmoid => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 - s)
+        }
+        Func::Recip => -1.0 / (x * x),
+    }
+}
+
+/// A convenience for callers: the wire ids of a diagram's outputs.
+pub fn output_ids(d: &Diagram) -> Vec<WireId> {
+    d.outputs.clone()
+}
