@@ -127,6 +127,46 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Run a diagram on seeded random inputs and parameters (CPU reference interpreter) and
+    /// print a summary of each output.
+    Run {
+        file: PathBuf,
+        /// The diagram to run (default: the only diagram, or the last one, of FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Seeds the inputs, the parameters and dropout.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training mode (dropout active).
+        #[arg(long)]
+        train: bool,
+        /// Stop at the first box that produces a NaN or an infinity, naming it.
+        #[arg(long)]
+        check_finite: bool,
+    },
+    /// Compare every gradient (inputs and parameters) with central finite differences in f64;
+    /// exit 1 when the worst error is above the tolerance.
+    Gradcheck {
+        file: PathBuf,
+        /// The diagram to check (default: the only diagram, or the last one, of FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Elements checked per input tensor at most (chosen at random).
+        #[arg(long, default_value_t = 32)]
+        samples: usize,
+        /// The largest acceptable |analytic - numeric| / max(|analytic|, |numeric|, 1).
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+        /// Check in training mode (dropout active, with fixed masks).
+        #[arg(long)]
+        train: bool,
+    },
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -176,6 +216,38 @@ fn run() -> i32 {
             color,
         } => check(&files, format, color),
         Command::Explain { code, list } => explain(code.as_deref(), list),
+        Command::Run {
+            file,
+            diagram,
+            instance,
+            seed,
+            train,
+            check_finite,
+        } => run_cmd(
+            &file,
+            diagram.as_deref(),
+            &instance,
+            seed,
+            train,
+            check_finite,
+        ),
+        Command::Gradcheck {
+            file,
+            diagram,
+            instance,
+            seed,
+            samples,
+            tolerance,
+            train,
+        } => gradcheck_cmd(
+            &file,
+            diagram.as_deref(),
+            &instance,
+            seed,
+            samples,
+            tolerance,
+            train,
+        ),
         Command::Compile {
             file,
             diagram,
@@ -386,4 +458,129 @@ fn compile(
         None => print!("{text}"),
     }
     0
+}
+
+/// Checks FILE and instantiates one of its diagrams; prints what went wrong and returns the
+/// exit code on failure.
+fn load_instance(
+    file: &Path,
+    diagram: Option<&str>,
+    instance: &InstanceArgs,
+) -> Result<crate::ir::instance::Instance, i32> {
+    let extra: Vec<String> = instance.mechanism_modules();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let o = driver::check_path_with(file, &extra).map_err(|e| {
+        eprintln!("diagc: {e}");
+        2
+    })?;
+    if print_diagnostics(&o, Format::Human, ColorChoice::Auto) {
+        return Err(1);
+    }
+    let program = &o.checked.program;
+    let root = crate::source::FileId(0);
+    let name = match diagram {
+        Some(n) => n.to_string(),
+        None => match program.diagrams.iter().rfind(|d| d.span.file == root) {
+            Some(d) => d.name.clone(),
+            None => {
+                eprintln!("diagc: {} defines no diagram", file.display());
+                return Err(2);
+            }
+        },
+    };
+    instance
+        .bindings()
+        .and_then(|b| crate::ir::instance::instantiate(program, &name, &b))
+        .map_err(|e| {
+            eprintln!("diagc: {e}");
+            2
+        })
+}
+
+fn run_cmd(
+    file: &Path,
+    diagram: Option<&str>,
+    instance: &InstanceArgs,
+    seed: u64,
+    train: bool,
+    check_finite: bool,
+) -> i32 {
+    use crate::backend::cpu::{harness, interp::RunOptions};
+    let inst = match load_instance(file, diagram, instance) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let opts = RunOptions {
+        train,
+        seed,
+        check_finite,
+    };
+    let outs = match harness::run_random(&inst, seed, opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("diagc: run failed: {e}");
+            return 1;
+        }
+    };
+    println!(
+        "{}: {} parameters in {} tensors, seed {seed}",
+        inst.diagram.name,
+        inst.parameter_count(),
+        inst.params.len()
+    );
+    for (k, t) in outs.iter().enumerate() {
+        let axes: Vec<String> = t
+            .axes
+            .iter()
+            .zip(t.data.shape())
+            .map(|(a, n)| format!("{}={n}", inst.axes.name(*a)))
+            .collect();
+        let n = t.data.len().max(1) as f64;
+        let mean = t.data.sum() / n;
+        let std = (t.data.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let min = t.data.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = t.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let first: Vec<String> = t.data.iter().take(4).map(|x| format!("{x:.5}")).collect();
+        println!(
+            "output {k} [{}]: mean {mean:.6} std {std:.6} min {min:.6} max {max:.6} first [{}]",
+            axes.join(", "),
+            first.join(", ")
+        );
+    }
+    0
+}
+
+fn gradcheck_cmd(
+    file: &Path,
+    diagram: Option<&str>,
+    instance: &InstanceArgs,
+    seed: u64,
+    samples: usize,
+    tolerance: f64,
+    train: bool,
+) -> i32 {
+    let inst = match load_instance(file, diagram, instance) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let report = match crate::backend::cpu::harness::gradcheck(&inst, seed, samples, train) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("diagc: gradcheck failed to run: {e}");
+            return 1;
+        }
+    };
+    for (name, n, worst) in &report.per_input {
+        println!("{worst:10.3e}  {name} ({n} elements)");
+    }
+    let verdict = if report.worst <= tolerance {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "worst error {:.3e} at {} (tolerance {tolerance:.1e}): {verdict}",
+        report.worst, report.worst_at
+    );
+    if report.worst <= tolerance { 0 } else { 1 }
 }

@@ -273,6 +273,23 @@ impl Builder<'_> {
         w
     }
 
+    /// The primed copy of axis `a` (`dm'`), created once, with the same size.
+    fn primed_axis(&mut self, a: AxisId) -> AxisId {
+        let name = format!("{}'", self.axes.name(a));
+        if let Some(id) = self.axes.lookup(&name) {
+            return id;
+        }
+        let info = AxisInfo {
+            name,
+            size: self.axes.size(a).clone(),
+            span: None,
+        };
+        let id = self.axes.insert(info);
+        let size = self.size_of(a);
+        self.sizes.push(size);
+        id
+    }
+
     /// A fresh axis for a learner's hidden width.
     fn width_axis(&mut self, width: u64) -> AxisId {
         let name = format!("width#{}", self.next_width);
@@ -488,19 +505,70 @@ impl Builder<'_> {
                 let axes = self.param_axes(spec, env)?;
                 vec![self.param(format!("{here}.value"), axes, Init::Uniform(0.1), b.span)]
             }
-            Op::Linear { from, .. } => {
+            Op::Linear { from, to, bias } => {
                 let bound = 1.0 / self.fan_in(from).sqrt();
-                let mut args = ins;
-                for spec in &b.params {
-                    let axes = self.param_axes(spec, env)?;
+                // A map from an axis to itself (`linear[dm -> dm]`) needs a weight with two
+                // distinct axes: the input side is renamed to a primed copy (`dm'`).
+                let mut x = ins[0];
+                let mut from = from.clone();
+                for a in from.iter_mut() {
+                    if to.contains(a) {
+                        let primed = self.primed_axis(*a);
+                        let mut t = self.g.wires[x.0 as usize].ty.clone();
+                        for y in t.axes.iter_mut() {
+                            if *y == *a {
+                                *y = primed;
+                            }
+                        }
+                        x = self.add(
+                            Op::Rename {
+                                from: *a,
+                                to: primed,
+                            },
+                            vec![x],
+                            vec![t],
+                            b.span,
+                        )[0];
+                        *a = primed;
+                    }
+                }
+                let lanes = b
+                    .params
+                    .first()
+                    .map(|p| p.per_lane.clone())
+                    .unwrap_or_default();
+                let mut waxes = lanes.clone();
+                waxes.extend(from.iter().copied());
+                waxes.extend(to.iter().copied());
+                let mut args = vec![
+                    x,
+                    self.param(
+                        format!("{here}.weight"),
+                        waxes,
+                        Init::Uniform(bound),
+                        b.span,
+                    ),
+                ];
+                if *bias {
+                    let mut baxes = lanes;
+                    baxes.extend(to.iter().copied());
                     args.push(self.param(
-                        format!("{here}.{}", spec.role),
-                        axes,
+                        format!("{here}.bias"),
+                        baxes,
                         Init::Uniform(bound),
                         b.span,
                     ));
                 }
-                self.add(b.op.clone(), args, out_types, b.span)
+                self.add(
+                    Op::Linear {
+                        from,
+                        to: to.clone(),
+                        bias: *bias,
+                    },
+                    args,
+                    out_types,
+                    b.span,
+                )
             }
             Op::LayerNorm(_) => {
                 let mut args = ins;

@@ -10,7 +10,7 @@ use crate::ir::{AxisId, Diagram, ExecOp, Func, Op, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 /// How a run behaves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
     /// Training mode: dropout is active. Off: dropout is the identity.
     pub train: bool,
@@ -18,16 +18,6 @@ pub struct RunOptions {
     pub seed: u64,
     /// Stop at the first box that produces a NaN or an infinity, naming it.
     pub check_finite: bool,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            train: false,
-            seed: 0,
-            check_finite: false,
-        }
-    }
 }
 
 /// A run-time error, naming the wire or box involved.

@@ -1,0 +1,177 @@
+//! Running instances on seeded random inputs, and checking gradients against finite differences.
+
+use super::interp::{self, RunError, RunOptions};
+use super::tensor::Tensor;
+use crate::autodiff;
+use crate::ir::WireType;
+use crate::ir::instance::{Init, Instance};
+
+/// A small seeded generator (splitmix64): reproducible inputs without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// A random tensor of a wire type: values uniform in [-1, 1), indices uniform over their axis.
+pub fn random_tensor(inst: &Instance, ty: &WireType, rng: &mut Rng) -> Tensor {
+    let shape = inst.shape(ty);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = match ty.index_of {
+        Some(vocab) => (0..n).map(|_| rng.below(inst.size(vocab)) as f64).collect(),
+        None => (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect(),
+    };
+    Tensor::from_vec(ty.axes.clone(), &shape, v)
+}
+
+/// The instance's inputs: random data, and parameters drawn by their initialisation rule.
+pub fn random_inputs(inst: &Instance, seed: u64) -> Vec<Tensor> {
+    let mut rng = Rng::new(seed);
+    let d = &inst.diagram;
+    let mut out = Vec::with_capacity(d.inputs.len());
+    for (k, w) in d.inputs.iter().enumerate() {
+        let ty = &d.wire(*w).ty;
+        if k < inst.data_inputs {
+            out.push(random_tensor(inst, ty, &mut rng));
+            continue;
+        }
+        let p = &inst.params[k - inst.data_inputs];
+        let shape = inst.shape(ty);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = match p.init {
+            Init::Uniform(b) => (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * b).collect(),
+            Init::Constant(c) => vec![c; n],
+        };
+        out.push(Tensor::from_vec(ty.axes.clone(), &shape, v));
+    }
+    out
+}
+
+/// Runs the instance on random inputs and parameters.
+pub fn run_random(inst: &Instance, seed: u64, opts: RunOptions) -> Result<Vec<Tensor>, RunError> {
+    interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        random_inputs(inst, seed),
+        opts,
+    )
+}
+
+/// The outcome of a gradient check.
+#[derive(Debug, Clone)]
+pub struct GradReport {
+    /// The largest error found, `|analytic - numeric| / max(|analytic|, |numeric|, 1)`.
+    pub worst: f64,
+    /// Which input and element gave it.
+    pub worst_at: String,
+    /// Per input: its name, how many elements were checked, and its worst error.
+    pub per_input: Vec<(String, usize, f64)>,
+}
+
+/// Compares every gradient of the instance (inputs and parameters) with central finite
+/// differences, in f64. The loss is `sum_k <seed_k, output_k>` with random seeds. Each input
+/// has at most `samples` of its elements checked (chosen at random; all when it is smaller).
+pub fn gradcheck(
+    inst: &Instance,
+    seed: u64,
+    samples: usize,
+    train: bool,
+) -> Result<GradReport, RunError> {
+    let opts = RunOptions {
+        train,
+        seed,
+        check_finite: false,
+    };
+    let f = &inst.diagram;
+    let grad = autodiff::gradient(f).map_err(RunError)?;
+    let inputs = random_inputs(inst, seed);
+    let mut rng = Rng::new(seed.wrapping_add(1));
+    let seeds: Vec<Tensor> = f
+        .outputs
+        .iter()
+        .filter(|w| f.wire(**w).ty.index_of.is_none())
+        .map(|w| random_tensor(inst, &f.wire(*w).ty, &mut rng))
+        .collect();
+    let mut gin = inputs.clone();
+    gin.extend(seeds.iter().cloned());
+    let outs = interp::run(&grad.diagram, &inst.axes, &inst.sizes, gin, opts)?;
+    let loss = |ins: Vec<Tensor>| -> Result<f64, RunError> {
+        let ys = interp::run(f, &inst.axes, &inst.sizes, ins, opts)?;
+        let mut total = 0.0;
+        let values = ys
+            .iter()
+            .zip(&f.outputs)
+            .filter(|(_, w)| f.wire(**w).ty.index_of.is_none())
+            .map(|(y, _)| y);
+        for (y, s) in values.zip(&seeds) {
+            let y = y.clone().aligned(&s.axes);
+            total += (&y.data * &s.data).sum();
+        }
+        Ok(total)
+    };
+    let h = 1e-6;
+    let mut report = GradReport {
+        worst: 0.0,
+        worst_at: String::new(),
+        per_input: Vec::new(),
+    };
+    for (k, w) in f.inputs.iter().enumerate() {
+        let Some(gi) = grad.grad_of[k] else { continue };
+        let name = f.input_names.get(k).cloned().unwrap_or_default();
+        let analytic = outs[gi].clone().aligned(&f.wire(*w).ty.axes);
+        let analytic = analytic.data.as_standard_layout().into_owned();
+        let base = inputs[k].data.as_standard_layout().into_owned();
+        let n = base.len();
+        let picks: Vec<usize> = if n <= samples {
+            (0..n).collect()
+        } else {
+            (0..samples).map(|_| rng.below(n)).collect()
+        };
+        let mut worst_here: f64 = 0.0;
+        for &i in &picks {
+            let mut numeric = 0.0;
+            for (sign, weight) in [(1.0, 1.0), (-1.0, -1.0)] {
+                let mut ins = inputs.clone();
+                let mut data = base.clone();
+                data.as_slice_mut().expect("standard layout")[i] += sign * h;
+                ins[k] = Tensor {
+                    axes: inputs[k].axes.clone(),
+                    data,
+                };
+                numeric += weight * loss(ins)?;
+            }
+            numeric /= 2.0 * h;
+            let a = analytic.as_slice().expect("standard layout")[i];
+            let err = (a - numeric).abs() / a.abs().max(numeric.abs()).max(1.0);
+            if err > worst_here {
+                worst_here = err;
+            }
+            if err >= report.worst {
+                report.worst = err;
+                report.worst_at = format!("{name}[{i}]: analytic {a:.6e}, numeric {numeric:.6e}");
+            }
+        }
+        report.per_input.push((name, picks.len(), worst_here));
+    }
+    Ok(report)
+}
