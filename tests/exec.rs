@@ -1,0 +1,422 @@
+//! The CPU reference interpreter and autodiff: gradient checks for every primitive and every
+//! stdlib mechanism, and forward results compared with independent, naive computations.
+
+use diagc::backend::cpu::harness::{self, Rng};
+use diagc::backend::cpu::interp::{self, RunOptions};
+use diagc::backend::cpu::tensor::Tensor;
+use diagc::driver;
+use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
+use std::path::Path;
+
+fn bindings(sizes: &[(&str, u64)], hypers: &[(&str, HyperValue)]) -> Bindings {
+    Bindings {
+        sizes: sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        hypers: hypers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> Instance {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = driver::check_path_with(&root.join(path), extra).unwrap();
+    assert!(
+        o.checked.is_ok(),
+        "{path}: {:?}",
+        o.checked.diagnostics.first()
+    );
+    instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
+}
+
+const SMALL: &[(&str, u64)] = &[("a", 3), ("b", 4), ("c", 2), ("v", 5)];
+
+#[test]
+fn every_primitive_has_a_correct_gradient() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let names: Vec<String> = o
+        .checked
+        .program
+        .diagrams
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    assert!(names.len() >= 35, "{} diagrams", names.len());
+    let mut failures = Vec::new();
+    for name in &names {
+        let inst = instantiate(&o.checked.program, name, &bindings(SMALL, &[])).unwrap();
+        inst.diagram.validate().unwrap();
+        let r = harness::gradcheck(&inst, 7, 64, true).unwrap();
+        if r.worst > 1e-6 {
+            failures.push(format!("{name}: {:.3e} at {}", r.worst, r.worst_at));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const MECH_SIZES: &[(&str, u64)] = &[("tok", 5), ("dm", 8), ("head", 2)];
+
+#[test]
+fn every_stdlib_mechanism_has_a_correct_gradient() {
+    let mechs: Vec<String> = diagc::stdlib::mechanisms().collect();
+    assert!(mechs.len() >= 7);
+    for m in &mechs {
+        let inst = instance_of(
+            &format!("stdlib/attention/{m}.diag"),
+            &[],
+            m,
+            &bindings(MECH_SIZES, &[]),
+        );
+        let r = harness::gradcheck(&inst, 3, 24, false).unwrap();
+        assert!(r.worst < 1e-6, "{m}: {:.3e} at {}", r.worst, r.worst_at);
+    }
+}
+
+#[test]
+fn the_language_model_has_a_correct_gradient_with_dropout() {
+    let sizes = [
+        ("tok", 4),
+        ("dm", 8),
+        ("head", 2),
+        ("dff", 12),
+        ("vocab", 11),
+    ];
+    for mech in ["m0", "m1"] {
+        let b = bindings(
+            &sizes,
+            &[
+                ("layers", HyperValue::Num(2.0)),
+                ("mech", HyperValue::Diagram(mech.into())),
+            ],
+        );
+        let inst = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b);
+        let r = harness::gradcheck(&inst, 11, 12, true).unwrap();
+        assert!(
+            r.worst < 1e-6,
+            "lm with {mech}: {:.3e} at {}",
+            r.worst,
+            r.worst_at
+        );
+    }
+}
+
+/// Reads tensor `t` (axes in any order) at named coordinates.
+fn at(inst: &Instance, t: &Tensor, coords: &[(&str, usize)]) -> f64 {
+    let idx: Vec<usize> = t
+        .axes
+        .iter()
+        .map(|a| {
+            coords
+                .iter()
+                .find(|(n, _)| inst.axes.name(*a) == *n)
+                .expect("a coordinate per axis")
+                .1
+        })
+        .collect();
+    t.data[idx.as_slice()]
+}
+
+fn input<'a>(inst: &Instance, ins: &'a [Tensor], suffix: &str) -> &'a Tensor {
+    let k = inst
+        .diagram
+        .input_names
+        .iter()
+        .position(|n| n.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no input {suffix}"));
+    &ins[k]
+}
+
+/// `x W + b` for a `[tok, dm]` input and a `[dm', dm]` (or `[dm, dm]`-named) weight, naively.
+fn affine(inst: &Instance, x: &[Vec<f64>], w: &Tensor, b: &Tensor) -> Vec<Vec<f64>> {
+    let n = x[0].len();
+    let (wi, wo) = (
+        inst.axes.name(w.axes[0]).to_string(),
+        inst.axes.name(w.axes[1]).to_string(),
+    );
+    x.iter()
+        .map(|row| {
+            (0..n)
+                .map(|j| {
+                    let mut s = at(inst, b, &[("dm", j)]);
+                    for (i, xi) in row.iter().enumerate() {
+                        s += xi * at(inst, w, &[(wi.as_str(), i), (wo.as_str(), j)]);
+                    }
+                    s
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn m1_matches_a_naive_causal_softmax_attention() {
+    let (t, dm, h) = (5usize, 8usize, 2usize);
+    let dk = dm / h;
+    let inst = instance_of(
+        "stdlib/attention/m1.diag",
+        &[],
+        "m1",
+        &bindings(MECH_SIZES, &[]),
+    );
+    let ins = harness::random_inputs(&inst, 5);
+    let out = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let x: Vec<Vec<f64>> = (0..t)
+        .map(|i| {
+            (0..dm)
+                .map(|j| at(&inst, &ins[0], &[("tok", i), ("dm", j)]))
+                .collect()
+        })
+        .collect();
+    // Parameters in order of appearance: q, k, v, output.
+    let w = |k: usize| &ins[1 + 2 * k];
+    let bias = |k: usize| &ins[2 + 2 * k];
+    let (q, kk, v) = (
+        affine(&inst, &x, w(0), bias(0)),
+        affine(&inst, &x, w(1), bias(1)),
+        affine(&inst, &x, w(2), bias(2)),
+    );
+    let mut heads = vec![vec![0.0; dm]; t];
+    for hh in 0..h {
+        for i in 0..t {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| {
+                    (0..dk)
+                        .map(|d| q[i][hh * dk + d] * kk[j][hh * dk + d])
+                        .sum::<f64>()
+                        / (dk as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..dk {
+                heads[i][hh * dk + d] = (0..=i).map(|j| e[j] / z * v[j][hh * dk + d]).sum();
+            }
+        }
+    }
+    let y = affine(&inst, &heads, w(3), bias(3));
+    for (i, row) in y.iter().enumerate() {
+        for (j, want) in row.iter().enumerate() {
+            let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
+            assert!((got - want).abs() < 1e-12, "({i}, {j}): {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn m0_matches_a_naive_causal_linear_attention() {
+    let (t, dm, h) = (5usize, 8usize, 2usize);
+    let dk = dm / h;
+    let inst = instance_of(
+        "stdlib/attention/m0.diag",
+        &[],
+        "m0",
+        &bindings(MECH_SIZES, &[]),
+    );
+    let ins = harness::random_inputs(&inst, 6);
+    let out = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let x: Vec<Vec<f64>> = (0..t)
+        .map(|i| {
+            (0..dm)
+                .map(|j| at(&inst, &ins[0], &[("tok", i), ("dm", j)]))
+                .collect()
+        })
+        .collect();
+    let w = |k: usize| &ins[1 + 2 * k];
+    let bias = |k: usize| &ins[2 + 2 * k];
+    let phi = |z: f64| if z > 0.0 { z + 1.0 } else { z.exp() };
+    let (q, kk, v) = (
+        affine(&inst, &x, w(0), bias(0)),
+        affine(&inst, &x, w(1), bias(1)),
+        affine(&inst, &x, w(2), bias(2)),
+    );
+    let mut heads = vec![vec![0.0; dm]; t];
+    for hh in 0..h {
+        for i in 0..t {
+            let fq: Vec<f64> = (0..dk).map(|d| phi(q[i][hh * dk + d])).collect();
+            let mut den = 1e-6;
+            let mut num = vec![0.0; dk];
+            for j in 0..=i {
+                let fk: Vec<f64> = (0..dk).map(|d| phi(kk[j][hh * dk + d])).collect();
+                let s: f64 = fq.iter().zip(&fk).map(|(a, b)| a * b).sum();
+                den += s;
+                for e in 0..dk {
+                    num[e] += s * v[j][hh * dk + e];
+                }
+            }
+            for e in 0..dk {
+                heads[i][hh * dk + e] = num[e] / den;
+            }
+        }
+    }
+    let y = affine(&inst, &heads, w(3), bias(3));
+    for (i, row) in y.iter().enumerate() {
+        for (j, want) in row.iter().enumerate() {
+            let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
+            assert!((got - want).abs() < 1e-12, "({i}, {j}): {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn layernorm_posenc_embed_and_dropout_follow_the_protocol() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let p = &o.checked.program;
+    let b = bindings(SMALL, &[]);
+    // layernorm[b] with gain 1 and bias 0: each row has mean 0 and variance var/(var+eps).
+    let inst = instantiate(p, "layernorm_", &b).unwrap();
+    let ins = harness::random_inputs(&inst, 1);
+    let y = &interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap()[0];
+    for i in 0..3 {
+        let xs: Vec<f64> = (0..4)
+            .map(|j| at(&inst, &ins[0], &[("a", i), ("b", j)]))
+            .collect();
+        let mean = xs.iter().sum::<f64>() / 4.0;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0;
+        for (j, xv) in xs.iter().enumerate() {
+            let want = (xv - mean) / (var + 1e-5).sqrt();
+            assert!((at(&inst, y, &[("a", i), ("b", j)]) - want).abs() < 1e-12);
+        }
+    }
+    // posenc: x * PE, PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(same).
+    let inst = instantiate(p, "posenc_", &b).unwrap();
+    let ones = Tensor::from_vec(
+        inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone(),
+        &[3, 4],
+        vec![1.0; 12],
+    );
+    let y = &interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        vec![ones],
+        RunOptions::default(),
+    )
+    .unwrap()[0];
+    for pos in 0..3 {
+        for i in 0..4 {
+            let angle = pos as f64 / 10000f64.powf((2 * (i / 2)) as f64 / 4.0);
+            let want = if i % 2 == 0 { angle.sin() } else { angle.cos() };
+            assert!((at(&inst, y, &[("a", pos), ("b", i)]) - want).abs() < 1e-12);
+        }
+    }
+    // embed: row `ids[i]` of the table.
+    let inst = instantiate(p, "embed_", &b).unwrap();
+    let ins = harness::random_inputs(&inst, 2);
+    let y = &interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap()[0];
+    for i in 0..3 {
+        let id = at(&inst, &ins[0], &[("a", i)]) as usize;
+        for j in 0..4 {
+            assert_eq!(
+                at(&inst, y, &[("a", i), ("b", j)]),
+                at(&inst, &ins[1], &[("v", id), ("b", j)])
+            );
+        }
+    }
+    // dropout(0.5) in training: every element is 0 or doubled, about half of them kept, the
+    // same mask for the same seed, another for another seed; identity when not training.
+    let inst = instantiate(p, "dropout_", &bindings(&[("a", 100), ("b", 100)], &[])).unwrap();
+    let ins = harness::random_inputs(&inst, 3);
+    let run = |train, seed| {
+        interp::run(
+            &inst.diagram,
+            &inst.axes,
+            &inst.sizes,
+            ins.clone(),
+            RunOptions {
+                train,
+                seed,
+                check_finite: false,
+            },
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let (y1, y1b, y2, y0) = (run(true, 1), run(true, 1), run(true, 2), run(false, 1));
+    assert_eq!(y1, y1b);
+    assert_ne!(y1, y2);
+    assert_eq!(y0.clone().aligned(&ins[0].axes).data, ins[0].data);
+    let x = ins[0].clone().aligned(&y1.axes);
+    let kept = y1
+        .data
+        .iter()
+        .zip(x.data.iter())
+        .filter(|(y, x)| (**y - 2.0 * **x).abs() < 1e-12 && **y != 0.0)
+        .count();
+    let dropped = y1.data.iter().filter(|y| **y == 0.0).count();
+    assert_eq!(kept + dropped, 10_000);
+    assert!((4_700..5_300).contains(&kept), "kept {kept} of 10000");
+}
+
+#[test]
+fn run_time_errors_name_the_wire_and_the_box() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let p = &o.checked.program;
+    let inst = instantiate(p, "add_", &bindings(SMALL, &[])).unwrap();
+    let mut ins = harness::random_inputs(&inst, 1);
+    ins[1] = Tensor::from_vec(ins[1].axes.clone(), &[4, 3], vec![0.0; 12]);
+    let e = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins,
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("input `y`") && e.0.contains("size"), "{e}");
+    // A NaN is reported with the box that produced it.
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { sqrt(x - 5) }\n";
+    let o = driver::check_text("<nan>", src);
+    let inst = instantiate(&o.checked.program, "f", &bindings(&[("a", 3)], &[])).unwrap();
+    let opts = RunOptions {
+        check_finite: true,
+        ..RunOptions::default()
+    };
+    let e = harness::run_random(&inst, 0, opts).unwrap_err();
+    assert!(e.0.contains("sqrt") && e.0.contains("NaN"), "{e}");
+    // Unbound sizes are named.
+    let e = instantiate(p, "add_", &bindings(&[("a", 3)], &[])).unwrap_err();
+    assert!(e.contains("`b`"), "{e}");
+}
+
+#[test]
+fn random_inputs_are_reproducible() {
+    let mut r1 = Rng::new(4);
+    let mut r2 = Rng::new(4);
+    assert_eq!(
+        (0..10).map(|_| r1.next_u64()).collect::<Vec<_>>(),
+        (0..10).map(|_| r2.next_u64()).collect::<Vec<_>>()
+    );
+}
