@@ -118,16 +118,6 @@ fn at(inst: &Instance, t: &Tensor, coords: &[(&str, usize)]) -> f64 {
     t.data[idx.as_slice()]
 }
 
-fn input<'a>(inst: &Instance, ins: &'a [Tensor], suffix: &str) -> &'a Tensor {
-    let k = inst
-        .diagram
-        .input_names
-        .iter()
-        .position(|n| n.ends_with(suffix))
-        .unwrap_or_else(|| panic!("no input {suffix}"));
-    &ins[k]
-}
-
 /// `x W + b` for a `[tok, dm]` input and a `[dm', dm]` (or `[dm, dm]`-named) weight, naively.
 fn affine(inst: &Instance, x: &[Vec<f64>], w: &Tensor, b: &Tensor) -> Vec<Vec<f64>> {
     let n = x[0].len();
