@@ -145,6 +145,10 @@ enum Command {
         /// Stop at the first box that produces a NaN or an infinity, naming it.
         #[arg(long)]
         check_finite: bool,
+        /// Also write the inputs, parameters, outputs and the gradients of the sum of the
+        /// outputs to this JSON file (for comparisons with other implementations).
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
     /// Compare every gradient (inputs and parameters) with central finite differences in f64;
     /// exit 1 when the worst error is above the tolerance.
@@ -223,6 +227,7 @@ fn run() -> i32 {
             seed,
             train,
             check_finite,
+            save,
         } => run_cmd(
             &file,
             diagram.as_deref(),
@@ -230,6 +235,7 @@ fn run() -> i32 {
             seed,
             train,
             check_finite,
+            save.as_deref(),
         ),
         Command::Gradcheck {
             file,
@@ -504,6 +510,7 @@ fn run_cmd(
     seed: u64,
     train: bool,
     check_finite: bool,
+    save: Option<&Path>,
 ) -> i32 {
     use crate::backend::cpu::{harness, interp::RunOptions};
     let inst = match load_instance(file, diagram, instance) {
@@ -522,6 +529,20 @@ fn run_cmd(
             return 1;
         }
     };
+    if let Some(path) = save {
+        let record = match harness::record(&inst, seed, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("diagc: run failed: {e}");
+                return 1;
+            }
+        };
+        let text = serde_json::to_string(&record).expect("JSON values serialise");
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("diagc: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
     println!(
         "{}: {} parameters in {} tensors, seed {seed}",
         inst.diagram.name,

@@ -175,3 +175,94 @@ pub fn gradcheck(
     }
     Ok(report)
 }
+
+/// A tensor as JSON: `{name, axes, shape, data}` with the data row-major in `axes` order.
+pub fn tensor_json(inst: &Instance, name: &str, t: &Tensor) -> serde_json::Value {
+    let data: Vec<f64> = t.data.as_standard_layout().iter().copied().collect();
+    let axes: Vec<&str> = t.axes.iter().map(|a| inst.axes.name(*a)).collect();
+    serde_json::json!({ "name": name, "axes": axes, "shape": t.data.shape(), "data": data })
+}
+
+/// Reads a tensor written by [`tensor_json`] (axes by name).
+pub fn tensor_from_json(inst: &Instance, v: &serde_json::Value) -> Result<Tensor, String> {
+    let axes: Vec<crate::ir::AxisId> = v["axes"]
+        .as_array()
+        .ok_or("a tensor without axes")?
+        .iter()
+        .map(|a| {
+            let n = a.as_str().unwrap_or_default();
+            inst.axes.lookup(n).ok_or_else(|| format!("no axis `{n}`"))
+        })
+        .collect::<Result<_, _>>()?;
+    let shape: Vec<usize> = v["shape"]
+        .as_array()
+        .ok_or("a tensor without a shape")?
+        .iter()
+        .map(|x| x.as_u64().unwrap_or(0) as usize)
+        .collect();
+    let data: Vec<f64> = v["data"]
+        .as_array()
+        .ok_or("a tensor without data")?
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    if data.len() != shape.iter().product::<usize>() || shape.len() != axes.len() {
+        return Err("a tensor's data does not fit its shape".into());
+    }
+    Ok(Tensor::from_vec(axes, &shape, data))
+}
+
+/// One run, recorded: inputs (data and parameters, by name), outputs, and the gradient of the
+/// sum of all outputs with respect to every value input.
+pub fn record(inst: &Instance, seed: u64, opts: RunOptions) -> Result<serde_json::Value, RunError> {
+    let f = &inst.diagram;
+    let inputs = random_inputs(inst, seed);
+    let grad = autodiff::gradient(f).map_err(RunError)?;
+    let seeds: Vec<Tensor> = f
+        .outputs
+        .iter()
+        .filter(|w| f.wire(**w).ty.index_of.is_none())
+        .map(|w| {
+            let ty = &f.wire(*w).ty;
+            let shape = inst.shape(ty);
+            Tensor::from_vec(ty.axes.clone(), &shape, vec![1.0; shape.iter().product()])
+        })
+        .collect();
+    let mut gin = inputs.clone();
+    gin.extend(seeds);
+    let outs = interp::run(&grad.diagram, &inst.axes, &inst.sizes, gin, opts)?;
+    let name = |k: usize| f.input_names.get(k).cloned().unwrap_or_default();
+    let ins: Vec<serde_json::Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(k, t)| tensor_json(inst, &name(k), t))
+        .collect();
+    let ys: Vec<serde_json::Value> = outs[..grad.forward_outputs]
+        .iter()
+        .enumerate()
+        .map(|(k, t)| tensor_json(inst, &format!("output{k}"), t))
+        .collect();
+    let gs: Vec<serde_json::Value> = grad
+        .grad_of
+        .iter()
+        .enumerate()
+        .filter_map(|(k, g)| g.map(|g| tensor_json(inst, &name(k), &outs[g])))
+        .collect();
+    let sizes: serde_json::Map<String, serde_json::Value> = inst
+        .axes
+        .axes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| inst.sizes[*i] > 0)
+        .map(|(i, a)| (a.name.clone(), serde_json::json!(inst.sizes[i])))
+        .collect();
+    Ok(serde_json::json!({
+        "diagram": f.name,
+        "seed": seed,
+        "train": opts.train,
+        "sizes": sizes,
+        "inputs": ins,
+        "outputs": ys,
+        "gradients": gs,
+    }))
+}
