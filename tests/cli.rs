@@ -146,3 +146,29 @@ fn every_command_has_help() {
         assert!(text(&o.stdout).contains("Usage"), "{cmd:?}");
     }
 }
+
+#[test]
+fn run_and_gradcheck_work_and_name_unbound_sizes() {
+    let sizes = ["--size", "tok=4", "--size", "dm=8", "--size", "head=2"];
+    let mut args = vec!["run", "stdlib/attention/m0.diag"];
+    args.extend(sizes);
+    let o = diagc(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("output 0 [tok=4, dm=8]"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let mut args = vec!["gradcheck", "stdlib/attention/m0.diag"];
+    args.extend(sizes);
+    let o = diagc(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains(": ok"), "{}", text(&o.stdout));
+
+    let o = diagc(&["run", "stdlib/attention/m0.diag", "--size", "tok=4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("`dm`"), "{}", text(&o.stderr));
+    let o = diagc(&["run", "stdlib/attention/m0.diag", "--size", "dm=abc"]);
+    assert_eq!(o.status.code(), Some(2));
+}
