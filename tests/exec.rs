@@ -410,3 +410,68 @@ fn random_inputs_are_reproducible() {
         (0..10).map(|_| r2.next_u64()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_batched_instance_runs_each_sequence_as_the_unbatched_one() {
+    use diagc::ir::instance::lift_batch;
+    let sizes = [
+        ("tok", 4),
+        ("dm", 8),
+        ("head", 2),
+        ("dff", 12),
+        ("vocab", 11),
+    ];
+    let b = bindings(&sizes, &[("mech", HyperValue::Diagram("m0".into()))]);
+    let inst = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b);
+    let batched = lift_batch(&inst, "batch", 3).unwrap();
+    batched.diagram.validate().unwrap();
+    assert_eq!(
+        batched.params.len(),
+        inst.params.len(),
+        "parameters stay shared"
+    );
+    let ins = harness::random_inputs(&batched, 9);
+    let y = interp::run(
+        &batched.diagram,
+        &batched.axes,
+        &batched.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap()
+    .remove(0);
+    let batch_axis = batched.axes.lookup("batch").unwrap();
+    for s in 0..3 {
+        // Sequence s alone through the unbatched instance.
+        let ids = ins[0].clone().aligned(&{
+            let mut o = vec![batch_axis];
+            o.extend(ins[0].axes.iter().copied().filter(|a| *a != batch_axis));
+            o
+        });
+        let one = Tensor {
+            axes: ids.axes[1..].to_vec(),
+            data: ids.data.index_axis(ndarray::Axis(0), s).to_owned(),
+        };
+        let mut single = vec![one];
+        single.extend(ins[1..].iter().cloned());
+        let ys = interp::run(
+            &inst.diagram,
+            &inst.axes,
+            &inst.sizes,
+            single,
+            RunOptions::default(),
+        )
+        .unwrap()
+        .remove(0);
+        let yb = y.clone().aligned(&{
+            let mut o = vec![batch_axis];
+            o.extend(ys.axes.iter().copied());
+            o
+        });
+        let got = yb.data.index_axis(ndarray::Axis(0), s).to_owned();
+        let diff = (&got - &ys.data).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(diff < 1e-12, "sequence {s}: {diff}");
+    }
+    let r = harness::gradcheck(&batched, 5, 12, true).unwrap();
+    assert!(r.worst < 1e-6, "{:.3e} at {}", r.worst, r.worst_at);
+}

@@ -822,3 +822,77 @@ fn op_name(op: &Op) -> &'static str {
         _ => "box",
     }
 }
+
+/// Runs an instance on a batch: every wire that depends on a data input gains a new lane axis
+/// `name` of size `n` (in front), while parameters, and what is computed from parameters alone,
+/// stay shared. Because every op acts on the axes it names and runs lane-wise over the others,
+/// this only changes types, plus an explicit broadcast where a batched and an unbatched wire
+/// meet in a binary op. Apply it before autodiff: gradients of shared parameters then sum over
+/// the batch through the contractions that use them.
+pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, String> {
+    if inst.axes.lookup(name).is_some() {
+        return Err(format!(
+            "the batch axis `{name}` is already an axis of the program"
+        ));
+    }
+    let mut axes = inst.axes.clone();
+    let batch = axes.insert(AxisInfo {
+        name: name.to_string(),
+        size: size::Size::constant(n as u64),
+        span: None,
+    });
+    let mut sizes = inst.sizes.clone();
+    sizes.push(n);
+    let d = &inst.diagram;
+    let mut g = build::Graph::default();
+    let mut map: Vec<Option<WireId>> = vec![None; d.wires.len()];
+    let batched = |g: &build::Graph, w: WireId| g.ty(w).has(batch);
+    for (k, w) in d.inputs.iter().enumerate() {
+        let mut ty = d.wire(*w).ty.clone();
+        if k < inst.data_inputs {
+            ty = ty.with_front(batch);
+        }
+        map[w.0 as usize] = Some(g.input(ty, d.input_names[k].clone(), d.wire(*w).span));
+    }
+    for b in &d.boxes {
+        let mut ins: Vec<WireId> = b
+            .inputs
+            .iter()
+            .map(|w| map[w.0 as usize].expect("topological order"))
+            .collect();
+        let any = ins.iter().any(|w| batched(&g, *w));
+        if any && matches!(b.op, Op::Add | Op::Sub | Op::Mul | Op::Div) {
+            for w in ins.iter_mut() {
+                if !batched(&g, *w) {
+                    let t = g.ty(*w).with_front(batch);
+                    *w = g.add1(Op::Expand(batch), vec![*w], t, b.span);
+                }
+            }
+        }
+        let outs: Vec<WireType> = b
+            .outputs
+            .iter()
+            .map(|w| {
+                let t = d.wire(*w).ty.clone();
+                if any { t.with_front(batch) } else { t }
+            })
+            .collect();
+        let new = g.add(b.op.clone(), ins, outs, b.span);
+        for (o, nw) in b.outputs.iter().zip(new) {
+            map[o.0 as usize] = Some(nw);
+        }
+    }
+    let outputs: Vec<WireId> = d
+        .outputs
+        .iter()
+        .map(|w| map[w.0 as usize].expect("outputs are produced"))
+        .collect();
+    let diagram = g.finish(d.name.clone(), outputs, d.span);
+    Ok(Instance {
+        diagram,
+        axes,
+        sizes,
+        data_inputs: inst.data_inputs,
+        params: inst.params.clone(),
+    })
+}
