@@ -190,6 +190,37 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: ColorChoice,
     },
+    /// Draw a diagram as a picture: boxes, wires with their types, SIMD regions as tubes.
+    Draw {
+        file: PathBuf,
+        /// The diagram to draw (default: the one diagram in FILE that no other diagram in FILE
+        /// uses, such as `lm` in stdlib/lm.diag).
+        #[arg(long)]
+        diagram: Option<String>,
+        /// Expand composite boxes this many levels deep (0: every composite box closed).
+        #[arg(long, default_value_t = 0)]
+        expand: usize,
+        /// Write the picture here (default: SVG on standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The picture's format (default: PNG if OUTPUT ends in .png, else SVG).
+        #[arg(long, value_enum)]
+        format: Option<Picture>,
+        /// Inputs on the left and outputs on the right (default: inputs at the bottom).
+        #[arg(long)]
+        left_to_right: bool,
+        /// Highlight the wires with these names (comma-separated) and the boxes producing them.
+        #[arg(long, value_delimiter = ',')]
+        highlight: Vec<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Picture {
+    Svg,
+    Png,
 }
 
 /// Runs the CLI on a thread with a large stack (deep but bounded recursion over user input
@@ -269,6 +300,25 @@ fn run() -> i32 {
             output.as_deref(),
             &instance,
             format,
+            color,
+        ),
+        Command::Draw {
+            file,
+            diagram,
+            expand,
+            output,
+            format,
+            left_to_right,
+            highlight,
+            color,
+        } => draw(
+            &file,
+            diagram.as_deref(),
+            expand,
+            output.as_deref(),
+            format,
+            left_to_right,
+            &highlight,
             color,
         ),
     }
@@ -604,4 +654,108 @@ fn gradcheck_cmd(
         report.worst, report.worst_at
     );
     if report.worst <= tolerance { 0 } else { 1 }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw(
+    file: &Path,
+    diagram: Option<&str>,
+    expand: usize,
+    output: Option<&Path>,
+    format: Option<Picture>,
+    left_to_right: bool,
+    highlight: &[String],
+    color: ColorChoice,
+) -> i32 {
+    use crate::render;
+    let format = format.unwrap_or(match output {
+        Some(p) if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) => Picture::Png,
+        _ => Picture::Svg,
+    });
+    if format == Picture::Png && output.is_none() {
+        eprintln!("diagc: a PNG needs an output file (`-o OUT.png`)");
+        return 2;
+    }
+    let o = match driver::check_path(file) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    // An ill-typed diagram is not drawn: its diagnostics are the answer, as for `compile`.
+    if print_diagnostics(&o, Format::Human, color) {
+        return 1;
+    }
+    let program = &o.checked.program;
+    let root = crate::source::FileId(0);
+    let names: Vec<&str> = program
+        .diagrams
+        .iter()
+        .filter(|d| d.span.file == root)
+        .map(|d| d.name.as_str())
+        .collect();
+    let d = match diagram {
+        Some(name) => program.diagram(name),
+        None => render::default_diagram(program, root),
+    };
+    let Some(d) = d else {
+        match diagram {
+            Some(name) => eprintln!(
+                "diagc: no diagram `{name}` in {}; there are: {}",
+                file.display(),
+                names.join(", ")
+            ),
+            None if names.is_empty() => eprintln!("diagc: {} defines no diagram", file.display()),
+            None => eprintln!(
+                "diagc: {} defines several diagrams; choose one with --diagram: {}",
+                file.display(),
+                names.join(", ")
+            ),
+        }
+        return 2;
+    };
+    let highlight = match render::Highlight::by_wire_names(d, highlight) {
+        Ok(h) => h,
+        Err(missing) => {
+            eprintln!(
+                "diagc: no wire named {} in `{}`",
+                missing.join(", "),
+                d.name
+            );
+            return 2;
+        }
+    };
+    let opts = render::DrawOptions {
+        expand,
+        flow: if left_to_right {
+            render::Flow::LeftToRight
+        } else {
+            render::Flow::BottomToTop
+        },
+        highlight,
+    };
+    let picture = render::draw(program, d, &opts).and_then(|svg| match format {
+        Picture::Svg => Ok(svg.into_bytes()),
+        Picture::Png => render::png::render(&svg, 2.0),
+    });
+    let bytes = match picture {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("diagc: `{}`: {e}", d.name);
+            return 2;
+        }
+    };
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, bytes) {
+                eprintln!("diagc: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+        None => {
+            let _ = std::io::stdout().write_all(&bytes);
+        }
+    }
+    0
 }
