@@ -11,6 +11,7 @@ pub mod check;
 pub mod stdlib;
 pub mod autodiff;
 pub mod backend;
+pub mod train;
 pub mod render;
 pub mod report;
 pub mod driver;
