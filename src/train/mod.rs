@@ -1,4 +1,6 @@
-//! Training language models on Penn Treebank (issue 4): the data pipeline of
-//! `../shared/docs/experiment.md` so far.
+//! Training language models on Penn Treebank (issue 4): the data pipeline, the
+//! optimiser and checkpoints of `../shared/docs/experiment.md` so far.
 
+pub mod checkpoint;
 pub mod data;
+pub mod optim;

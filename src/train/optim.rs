@@ -1,0 +1,80 @@
+//! The optimiser of the protocol: Adam (beta1 0.9, beta2 0.98, eps 1e-9, no weight decay), the
+//! Noam learning-rate schedule, and clipping by global gradient norm.
+
+/// `scale * d^-0.5 * min(s^-0.5, s * warmup^-1.5)` for step `s` counting from 1.
+pub fn noam(step: u64, d_model: usize, warmup: u64, scale: f64) -> f64 {
+    let s = step.max(1) as f64;
+    let w = warmup.max(1) as f64;
+    scale * (d_model as f64).powf(-0.5) * s.powf(-0.5).min(s * w.powf(-1.5))
+}
+
+/// Scales every gradient so that their global L2 norm is at most `max` (0 disables); returns
+/// the norm before clipping.
+pub fn clip_global_norm(grads: &mut [Vec<f32>], max: f64) -> f64 {
+    let norm = grads
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if max > 0.0 && norm > max {
+        let k = (max / (norm + 1e-6)) as f32;
+        for g in grads.iter_mut() {
+            for x in g.iter_mut() {
+                *x *= k;
+            }
+        }
+    }
+    norm
+}
+
+/// Adam with PyTorch's update rule (bias-corrected moments).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adam {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps taken so far.
+    pub step: u64,
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    /// The protocol's Adam for parameters of these lengths.
+    pub fn new(lengths: &[usize]) -> Adam {
+        Adam {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            step: 0,
+            m: lengths.iter().map(|n| vec![0.0; *n]).collect(),
+            v: lengths.iter().map(|n| vec![0.0; *n]).collect(),
+        }
+    }
+
+    /// One update of every parameter with learning rate `lr`.
+    pub fn update(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(t);
+        let c2 = 1.0 - b2.powi(t);
+        let step_size = (lr / c1) as f32;
+        let (b1f, b2f, eps) = (b1 as f32, b2 as f32, self.eps as f32);
+        let c2_sqrt = c2.sqrt() as f32;
+        for ((p, g), (m, v)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+        {
+            for i in 0..p.len() {
+                let gi = g[i];
+                m[i] = b1f * m[i] + (1.0 - b1f) * gi;
+                v[i] = b2f * v[i] + (1.0 - b2f) * gi * gi;
+                // PyTorch: p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps).
+                p[i] -= step_size * m[i] / (v[i].sqrt() / c2_sqrt + eps);
+            }
+        }
+    }
+}
