@@ -1,5 +1,7 @@
-//! The CPU backend: named-axis tensors on ndarray and the reference interpreter.
+//! The CPU backend: named-axis tensors on ndarray, the reference interpreter, and the fast f32
+//! executor that is checked against it.
 
+pub mod exec;
 pub mod harness;
 pub mod interp;
 pub mod tensor;

@@ -1,0 +1,1186 @@
+//! The kernels of the fast executor: what one step of a plan does to raw f32 buffers.
+//!
+//! Every kernel reads and writes through raw pointers with offsets that the planner computed
+//! and bounds-checked at plan time ([`Kernel::check_bounds`]); nothing here looks up an axis
+//! by name. Operands are passed as one array of base pointers, the step's inputs first and then
+//! its outputs, and every [`Nest`] of a kernel lists the output first among its operands.
+//!
+//! An output may share its buffer with an input when the planner found that the input dies at
+//! this step and is read at exactly the offsets the output is written at (in place). Every
+//! kernel that the planner lets run in place reads each element (or each whole lane) before it
+//! writes the same position, and the contiguous fast paths below never build a shared and a
+//! mutable slice over the same memory: they test for the in-place case first.
+
+use super::nest::Nest;
+use crate::backend::cpu::interp;
+use crate::ir::Func;
+
+/// The layernorm epsilon, the same as the reference interpreter's.
+pub const LN_EPS: f32 = 1e-5;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Scale(f32),
+    Shift(f32),
+    Map(Func),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `(x, gy) -> gy * f'(x)`.
+    MapBack(Func),
+}
+
+/// Ops along one axis, lane by lane.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LaneOp {
+    Softmax,
+    Normalise,
+    /// `(y, gy) -> y * (gy - sum(gy * y))`.
+    SoftmaxBack,
+    /// `(x, gy) -> (gy - sum(gy * x / s)) / s` with `s = sum(x)`.
+    NormaliseBack,
+}
+
+/// A batched matrix product on `matrixmultiply::sgemm`: for every point of `batch`, the
+/// `m x k` matrix at `a` (row and column strides `a_rs`, `a_cs`) times the `k x n` matrix at
+/// `b` into the `m x n` matrix at `c`. With `bias`, `c` is first filled with the broadcast bias
+/// and the product is accumulated onto it.
+#[derive(Clone, Debug)]
+pub struct Gemm {
+    /// Operands: `[c, a, b]`.
+    pub batch: Nest<3>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: [isize; 2],
+    pub b: [isize; 2],
+    pub c: [isize; 2],
+    /// Operands: `[c, bias]`, over the output's axes.
+    pub bias: Option<Nest<2>>,
+}
+
+impl Gemm {
+    pub fn flops(&self) -> u64 {
+        2 * (self.batch.len() * self.m * self.k * self.n) as u64
+    }
+}
+
+/// What one step does. The comment on each variant gives the order of its pointers.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// `[x, out]`: `out = x` through a view of `x` (a permutation, broadcast, split or merge of
+    /// axes). Nest operands `[out, x]`.
+    Copy(Nest<2>),
+    /// `[out]`: every element set to `value`.
+    Fill { value: f32, len: usize },
+    /// `[x, out]`; nest operands `[out, x]`.
+    Unary(Unary, Nest<2>),
+    /// `[a, b, out]`; nest operands `[out, a, b]`.
+    Binary(Binary, Nest<3>),
+    /// `[x, out]`; nest operands `[out, x]`. The output is visited in its row-major order, so
+    /// its offset is the element index that the mask hashes, exactly as in the interpreter.
+    Dropout { p: f64, key: u64, nest: Nest<2> },
+    /// `[x, out]`: `out = x` (nest `[out, x]`), then `value` wherever the key index exceeds the
+    /// query index. `rest` (operand: out) runs over the other axes.
+    Causal {
+        value: f32,
+        copy: Nest<2>,
+        nq: usize,
+        nk: usize,
+        sq: usize,
+        sk: usize,
+        rest: Nest<1>,
+    },
+    /// `[x, out]`: `out` (of `len` elements) is zeroed, then every element of `x` is added to
+    /// the element of `out` it reduces to. Nest operands `[out, x]`, in `x`'s order.
+    Reduce { nest: Nest<2>, len: usize },
+    /// `[a, (b), out]`: an op along one axis of length `n`; `outer` (operands `[out, a, b]`)
+    /// gives each lane's start, `s` the strides along the lane.
+    Lane {
+        op: LaneOp,
+        outer: Nest<3>,
+        n: usize,
+        s: [usize; 3],
+    },
+    /// `[x, out]`: a (reverse, for the gradient) cumulative sum along an axis of length `n`,
+    /// computed slab by slab: `slab` (operands `[out, x]`) covers the other axes, `s` gives
+    /// the strides along the summed axis. Slabs keep the inner loop on the contiguous axes.
+    Cumsum {
+        reverse: bool,
+        slab: Nest<2>,
+        n: usize,
+        s: [usize; 2],
+    },
+    /// `[x, gain, bias, out]`: layernorm over a group of axes. `outer` (operands `[out, x,
+    /// gain, bias]`) gives each lane's start; `inner[k]` lists operand `k`'s offsets over the
+    /// normalised axes, in the same order for every operand.
+    LayerNorm {
+        outer: Nest<4>,
+        inner: [Vec<usize>; 4],
+        /// Every table is `0, 1, 2...`: each lane is contiguous in every operand.
+        dense: bool,
+    },
+    /// `[x, gain, gy, gx, ggain, gbias]`; `outer` and `inner` operands `[gx, x, gain, gy,
+    /// ggain, gbias]`. `ggain` and `gbias` (of `lens` elements) are zeroed, then accumulated.
+    LayerNormBack {
+        outer: Nest<6>,
+        inner: [Vec<usize>; 6],
+        lens: [usize; 2],
+        /// As for [`Kernel::LayerNorm`].
+        dense: bool,
+    },
+    /// `[a, b, (bias), out]`.
+    Gemm(Gemm),
+    /// `[ids, table, out]`: `ids` (operands `[out, ids]`) runs over the id positions, `row`
+    /// (operands `[out, table]`) over one embedding row; row `i` starts at `i * vstride`.
+    Embed {
+        ids: Nest<2>,
+        row: Nest<2>,
+        vocab: usize,
+        vstride: usize,
+    },
+    /// `[ids, gy, gtable]`: `gtable` (of `len` elements) is zeroed, then row `ids[i]` gets the
+    /// gradient row `i` added. `ids` operands `[gy, ids]`, `row` operands `[gtable, gy]`.
+    EmbedBack {
+        ids: Nest<2>,
+        row: Nest<2>,
+        vocab: usize,
+        vstride: usize,
+        len: usize,
+    },
+}
+
+/// Below this many points (elements, or multiply-adds for products) a kernel stays on the
+/// calling thread: a scoped thread costs some tens of microseconds to start.
+const PAR_MIN: usize = 1 << 18;
+
+/// A raw pointer handed to the threads of [`par`]. Sound because [`par`] gives each thread a
+/// disjoint range of the outermost loop of a nest whose first operand (the output) has distinct
+/// offsets at distinct points: the threads write disjoint elements and only read the rest.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: see the type's comment; the pointers outlive the scope of the threads.
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The pointer (a method, so that closures capture the whole `Shared`, not its field).
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Runs `f(base, part)` over the parts of `nest` split by its outermost dimension, on every
+/// core when `work` is large enough, else once on this thread with the whole nest. Only for
+/// kernels whose output (operand 0) is written at distinct offsets by distinct points.
+fn par<const N: usize>(nest: &Nest<N>, work: usize, f: impl Fn([usize; N], &Nest<N>) + Sync) {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let parts = if work >= PAR_MIN {
+        nest.split(cores)
+    } else {
+        vec![]
+    };
+    if parts.len() <= 1 {
+        f([0; N], nest);
+        return;
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        for (base, sub) in &parts[1..] {
+            scope.spawn(move || f(*base, sub));
+        }
+        f(parts[0].0, &parts[0].1);
+    });
+}
+
+/// `n` contiguous floats as a slice.
+///
+/// # Safety
+/// `p` must be valid for `n` reads, with no live mutable reference over them.
+unsafe fn sl<'a>(p: *const f32, n: usize) -> &'a [f32] {
+    unsafe { std::slice::from_raw_parts(p, n) }
+}
+
+/// `n` contiguous floats as a mutable slice.
+///
+/// # Safety
+/// `p` must be valid for `n` writes, with no other live reference over them.
+unsafe fn sl_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
+    unsafe { std::slice::from_raw_parts_mut(p, n) }
+}
+
+/// A sum with eight partial accumulators: it vectorises, and it loses less precision than a
+/// running sum on long rows.
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for x in rest {
+        s += x;
+    }
+    s
+}
+
+/// `f(0) + ... + f(n - 1)` with eight partial sums: the same benefits as [`sum`], for values
+/// read through an offset table or computed on the fly.
+#[inline]
+fn sum_by(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = n - n % 8;
+    let mut j = 0;
+    while j < full {
+        for (q, a) in acc.iter_mut().enumerate() {
+            *a += f(j + q);
+        }
+        j += 8;
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in full..n {
+        s += f(j);
+    }
+    s
+}
+
+pub fn apply(f: Func, x: f32) -> f32 {
+    match f {
+        Func::Relu => x.max(0.0),
+        Func::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        Func::Tanh => x.tanh(),
+        Func::Exp => x.exp(),
+        Func::Log => x.ln(),
+        Func::Sqrt => x.sqrt(),
+        Func::Elu1 => {
+            if x > 0.0 {
+                x + 1.0
+            } else {
+                x.exp()
+            }
+        }
+        Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Func::Recip => 1.0 / x,
+    }
+}
+
+pub fn derivative(f: Func, x: f32) -> f32 {
+    match f {
+        Func::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Func::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        Func::Tanh => 1.0 - x.tanh().powi(2),
+        Func::Exp => x.exp(),
+        Func::Log => 1.0 / x,
+        Func::Sqrt => 0.5 / x.sqrt(),
+        Func::Elu1 => {
+            if x > 0.0 {
+                1.0
+            } else {
+                x.exp()
+            }
+        }
+        Func::Sigmoid => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 - s)
+        }
+        Func::Recip => -1.0 / (x * x),
+    }
+}
+
+/// `out = f(x)` over a nest with operands `[out, x]`.
+///
+/// # Safety
+/// Every offset of the nest must be in bounds; `out` and `x` are the same buffer only when
+/// the nest visits the same offsets for both.
+#[inline]
+unsafe fn map1(
+    nest: &Nest<2>,
+    base: [usize; 2],
+    x: *const f32,
+    out: *mut f32,
+    f: impl Fn(f32) -> f32,
+) {
+    nest.rows(base, |o, n, s| unsafe {
+        let (po, px) = (out.add(o[0]), x.add(o[1]));
+        if s == [1, 1] {
+            if std::ptr::eq(po, px) {
+                for v in sl_mut(po, n) {
+                    *v = f(*v);
+                }
+            } else {
+                for (v, x) in sl_mut(po, n).iter_mut().zip(sl(px, n)) {
+                    *v = f(*x);
+                }
+            }
+        } else {
+            for i in 0..n {
+                *po.add(i * s[0]) = f(*px.add(i * s[1]));
+            }
+        }
+    });
+}
+
+/// `out = f(a, b)` over a nest with operands `[out, a, b]`.
+///
+/// # Safety
+/// As [`map1`], for both inputs.
+#[inline]
+unsafe fn map2(
+    nest: &Nest<3>,
+    base: [usize; 3],
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    f: impl Fn(f32, f32) -> f32,
+) {
+    nest.rows(base, |o, n, s| unsafe {
+        let (po, pa, pb) = (out.add(o[0]), a.add(o[1]), b.add(o[2]));
+        if s == [1, 1, 1] {
+            let (ia, ib) = (std::ptr::eq(po, pa), std::ptr::eq(po, pb));
+            match (ia, ib) {
+                (true, true) => {
+                    for v in sl_mut(po, n) {
+                        *v = f(*v, *v);
+                    }
+                }
+                (true, false) => {
+                    for (v, y) in sl_mut(po, n).iter_mut().zip(sl(pb, n)) {
+                        *v = f(*v, *y);
+                    }
+                }
+                (false, true) => {
+                    for (v, x) in sl_mut(po, n).iter_mut().zip(sl(pa, n)) {
+                        *v = f(*x, *v);
+                    }
+                }
+                (false, false) => {
+                    let (xs, ys) = (sl(pa, n), sl(pb, n));
+                    for ((v, x), y) in sl_mut(po, n).iter_mut().zip(xs).zip(ys) {
+                        *v = f(*x, *y);
+                    }
+                }
+            }
+        } else {
+            for i in 0..n {
+                *po.add(i * s[0]) = f(*pa.add(i * s[1]), *pb.add(i * s[2]));
+            }
+        }
+    });
+}
+
+/// [`map1`] on every core for large nests.
+///
+/// # Safety
+/// As [`map1`].
+unsafe fn par_map1(nest: &Nest<2>, x: *const f32, out: *mut f32, f: impl Fn(f32) -> f32 + Sync) {
+    let (x, out) = (Shared(x), Shared(out));
+    par(nest, nest.len(), |base, part| unsafe {
+        map1(part, base, x.get(), out.get(), &f)
+    });
+}
+
+/// [`map2`] on every core for large nests.
+///
+/// # Safety
+/// As [`map2`].
+unsafe fn par_map2(
+    nest: &Nest<3>,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    let (a, b, out) = (Shared(a), Shared(b), Shared(out));
+    par(nest, nest.len(), |base, part| unsafe {
+        map2(part, base, a.get(), b.get(), out.get(), &f)
+    });
+}
+
+/// [`copy`] on every core for large nests.
+///
+/// # Safety
+/// As [`copy`].
+unsafe fn par_copy(nest: &Nest<2>, x: *const f32, out: *mut f32) {
+    let (x, out) = (Shared(x), Shared(out));
+    par(nest, nest.len(), |base, part| unsafe {
+        copy(part, base, x.get(), out.get())
+    });
+}
+
+/// `out = x` over a nest with operands `[out, x]`; nothing to do when it runs in place.
+///
+/// # Safety
+/// As [`map1`].
+unsafe fn copy(nest: &Nest<2>, base: [usize; 2], x: *const f32, out: *mut f32) {
+    if std::ptr::eq(out, x) {
+        return;
+    }
+    nest.rows(base, |o, n, s| unsafe {
+        let (po, px) = (out.add(o[0]), x.add(o[1]));
+        if s == [1, 1] {
+            std::ptr::copy_nonoverlapping(px, po, n);
+        } else if s[1] == 0 {
+            let v = *px;
+            for i in 0..n {
+                *po.add(i * s[0]) = v;
+            }
+        } else {
+            for i in 0..n {
+                *po.add(i * s[0]) = *px.add(i * s[1]);
+            }
+        }
+    });
+}
+
+impl Kernel {
+    /// A short name of the kind of kernel, for listings and profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Copy(_) => "copy",
+            Kernel::Fill { .. } => "fill",
+            Kernel::Unary(..) => "unary",
+            Kernel::Binary(..) => "binary",
+            Kernel::Dropout { .. } => "dropout",
+            Kernel::Causal { .. } => "causal",
+            Kernel::Reduce { .. } => "reduce",
+            Kernel::Lane { .. } => "lane",
+            Kernel::Cumsum { .. } => "cumsum",
+            Kernel::LayerNorm { .. } => "layernorm",
+            Kernel::LayerNormBack { .. } => "layernorm-back",
+            Kernel::Gemm(_) => "gemm",
+            Kernel::Embed { .. } => "embed",
+            Kernel::EmbedBack { .. } => "embed-back",
+        }
+    }
+
+    /// How many pointers the kernel takes (inputs, then outputs).
+    pub fn arity(&self) -> usize {
+        match self {
+            Kernel::Fill { .. } => 1,
+            Kernel::Copy(_)
+            | Kernel::Unary(..)
+            | Kernel::Dropout { .. }
+            | Kernel::Causal { .. }
+            | Kernel::Reduce { .. }
+            | Kernel::Cumsum { .. } => 2,
+            Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
+            Kernel::Lane { op, .. } => match op {
+                LaneOp::Softmax | LaneOp::Normalise => 2,
+                LaneOp::SoftmaxBack | LaneOp::NormaliseBack => 3,
+            },
+            Kernel::LayerNorm { .. } => 4,
+            Kernel::LayerNormBack { .. } => 6,
+            Kernel::Gemm(g) => 3 + g.bias.is_some() as usize,
+        }
+    }
+
+    /// Checks, at plan time, that every offset the kernel can touch lies inside its operand:
+    /// `lens` are the operands' lengths in pointer order. This is what makes the unchecked
+    /// accesses of [`Kernel::run`] sound.
+    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), String> {
+        let fits = |what: &str, reach: usize, len: usize| {
+            if len > 0 && reach >= len {
+                Err(format!(
+                    "plan bug: {what} reaches offset {reach} of a {len}-element buffer"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        // `nest_fits(nest, [(operand in nest, pointer index)])`.
+        fn table_reach(t: &[usize]) -> usize {
+            t.iter().copied().max().unwrap_or(0)
+        }
+        match self {
+            Kernel::Copy(nest) | Kernel::Unary(_, nest) | Kernel::Dropout { nest, .. } => {
+                fits("out", nest.reach(0), lens[1])?;
+                fits("x", nest.reach(1), lens[0])
+            }
+            Kernel::Reduce { nest, len } => {
+                fits("out", nest.reach(0), lens[1])?;
+                fits("x", nest.reach(1), lens[0])?;
+                fits("out", len.saturating_sub(1), lens[1])
+            }
+            Kernel::Fill { len, .. } => fits("out", len.saturating_sub(1), lens[0]),
+            Kernel::Binary(_, nest) => {
+                fits("out", nest.reach(0), lens[2])?;
+                fits("a", nest.reach(1), lens[0])?;
+                fits("b", nest.reach(2), lens[1])
+            }
+            Kernel::Causal {
+                copy,
+                nq,
+                nk,
+                sq,
+                sk,
+                rest,
+                ..
+            } => {
+                fits("out", copy.reach(0), lens[1])?;
+                fits("x", copy.reach(1), lens[0])?;
+                let corner = nq.saturating_sub(1) * sq + nk.saturating_sub(1) * sk;
+                fits("out", corner + rest.reach(0), lens[1])
+            }
+            Kernel::Lane { outer, n, s, .. } => {
+                let last = n.saturating_sub(1);
+                fits(
+                    "out",
+                    outer.reach(0) + last * s[0],
+                    *lens.last().unwrap_or(&0),
+                )?;
+                fits("a", outer.reach(1) + last * s[1], lens[0])?;
+                if lens.len() == 3 {
+                    fits("b", outer.reach(2) + last * s[2], lens[1])?;
+                }
+                Ok(())
+            }
+            Kernel::Cumsum { slab, n, s, .. } => {
+                let last = n.saturating_sub(1);
+                fits("out", slab.reach(0) + last * s[0], lens[1])?;
+                fits("x", slab.reach(1) + last * s[1], lens[0])
+            }
+            Kernel::LayerNorm { outer, inner, .. } => {
+                // Pointer order [x, gain, bias, out]; operand order [out, x, gain, bias].
+                let ptr = [3, 0, 1, 2];
+                for k in 0..4 {
+                    fits(
+                        "a layernorm operand",
+                        outer.reach(k) + table_reach(&inner[k]),
+                        lens[ptr[k]],
+                    )?;
+                }
+                Ok(())
+            }
+            Kernel::LayerNormBack {
+                outer,
+                inner,
+                lens: l,
+                ..
+            } => {
+                // Pointer order [x, gain, gy, gx, ggain, gbias]; operands [gx, x, gain, gy,
+                // ggain, gbias].
+                let ptr = [3, 0, 1, 2, 4, 5];
+                for k in 0..6 {
+                    fits(
+                        "a layernorm gradient operand",
+                        outer.reach(k) + table_reach(&inner[k]),
+                        lens[ptr[k]],
+                    )?;
+                }
+                fits("ggain", l[0].saturating_sub(1), lens[4])?;
+                fits("gbias", l[1].saturating_sub(1), lens[5])
+            }
+            Kernel::Gemm(g) => {
+                let out = lens.len() - 1;
+                let span = |r: usize, c: usize, st: [isize; 2]| {
+                    r.saturating_sub(1) * st[0].max(0) as usize
+                        + c.saturating_sub(1) * st[1].max(0) as usize
+                };
+                fits("c", g.batch.reach(0) + span(g.m, g.n, g.c), lens[out])?;
+                fits("a", g.batch.reach(1) + span(g.m, g.k, g.a), lens[0])?;
+                fits("b", g.batch.reach(2) + span(g.k, g.n, g.b), lens[1])?;
+                if let Some(bias) = &g.bias {
+                    fits("c", bias.reach(0), lens[out])?;
+                    fits("bias", bias.reach(1), lens[2])?;
+                }
+                Ok(())
+            }
+            Kernel::Embed {
+                ids,
+                row,
+                vocab,
+                vstride,
+            } => {
+                fits("ids", ids.reach(1), lens[0])?;
+                fits("out", ids.reach(0) + row.reach(0), lens[2])?;
+                fits(
+                    "table",
+                    vocab.saturating_sub(1) * vstride + row.reach(1),
+                    lens[1],
+                )
+            }
+            Kernel::EmbedBack {
+                ids,
+                row,
+                vocab,
+                vstride,
+                len,
+            } => {
+                fits("ids", ids.reach(1), lens[0])?;
+                fits("gy", ids.reach(0) + row.reach(1), lens[1])?;
+                fits(
+                    "gtable",
+                    vocab.saturating_sub(1) * vstride + row.reach(0),
+                    lens[2],
+                )?;
+                fits("gtable", len.saturating_sub(1), lens[2])
+            }
+        }
+    }
+
+    /// Runs the kernel on the pointers `p` (inputs, then outputs).
+    ///
+    /// # Safety
+    /// The pointers must be the bases of buffers at least as long as the lengths the plan
+    /// checked with [`Kernel::check_bounds`]; an output pointer may equal an input pointer only
+    /// where the planner allowed this kernel to run in place.
+    pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64) -> Result<(), String> {
+        unsafe {
+            match self {
+                Kernel::Copy(nest) => par_copy(nest, p[0], p[1]),
+                Kernel::Fill { value, len } => sl_mut(p[0], *len).fill(*value),
+                Kernel::Unary(u, nest) => match *u {
+                    Unary::Scale(k) => par_map1(nest, p[0], p[1], |x| x * k),
+                    Unary::Shift(k) => par_map1(nest, p[0], p[1], |x| x + k),
+                    Unary::Map(f) => match f {
+                        // The cheap functions get their own loops so that they vectorise.
+                        Func::Relu => par_map1(nest, p[0], p[1], |x| x.max(0.0)),
+                        Func::Recip => par_map1(nest, p[0], p[1], |x| 1.0 / x),
+                        Func::Sqrt => par_map1(nest, p[0], p[1], |x| x.sqrt()),
+                        f => par_map1(nest, p[0], p[1], |x| apply(f, x)),
+                    },
+                },
+                Kernel::Binary(op, nest) => match *op {
+                    Binary::Add => par_map2(nest, p[0], p[1], p[2], |a, b| a + b),
+                    Binary::Sub => par_map2(nest, p[0], p[1], p[2], |a, b| a - b),
+                    Binary::Mul => par_map2(nest, p[0], p[1], p[2], |a, b| a * b),
+                    Binary::Div => par_map2(nest, p[0], p[1], p[2], |a, b| a / b),
+                    Binary::MapBack(Func::Relu) => {
+                        par_map2(nest, p[0], p[1], p[2], |x, g| if x > 0.0 { g } else { 0.0 })
+                    }
+                    Binary::MapBack(f) => {
+                        par_map2(nest, p[0], p[1], p[2], |x, g| g * derivative(f, x))
+                    }
+                },
+                Kernel::Dropout { p: prob, key, nest } => {
+                    if !train || *prob == 0.0 {
+                        par_copy(nest, p[0], p[1]);
+                    } else {
+                        let scale = (1.0 / (1.0 - prob)) as f32;
+                        let (x, out) = (Shared(p[0] as *const f32), Shared(p[1]));
+                        par(nest, nest.len(), |base, part| {
+                            let (x, out) = (x.get(), out.get());
+                            part.rows(base, |o, n, s| {
+                                for i in 0..n {
+                                    let at = o[0] + i * s[0];
+                                    let v = *x.add(o[1] + i * s[1]);
+                                    *out.add(at) = if interp::keep(seed, *key, at as u64, *prob) {
+                                        v * scale
+                                    } else {
+                                        0.0
+                                    };
+                                }
+                            });
+                        });
+                    }
+                }
+                Kernel::Causal {
+                    value,
+                    copy: c,
+                    nq,
+                    nk,
+                    sq,
+                    sk,
+                    rest,
+                } => {
+                    copy(c, [0, 0], p[0], p[1]);
+                    let out = p[1];
+                    for q in 0..*nq {
+                        for k in q + 1..*nk {
+                            rest.rows([q * sq + k * sk], |o, n, s| {
+                                for i in 0..n {
+                                    *out.add(o[0] + i * s[0]) = *value;
+                                }
+                            });
+                        }
+                    }
+                }
+                Kernel::Reduce { nest, len } => {
+                    let (x, out) = (p[0] as *const f32, p[1]);
+                    sl_mut(out, *len).fill(0.0);
+                    nest.rows([0, 0], |o, n, s| {
+                        let (po, px) = (out.add(o[0]), x.add(o[1]));
+                        if s[0] == 0 {
+                            let acc = if s[1] == 1 {
+                                sum(sl(px, n))
+                            } else {
+                                (0..n).map(|i| *px.add(i * s[1])).sum()
+                            };
+                            *po += acc;
+                        } else if s == [1, 1] {
+                            for (v, x) in sl_mut(po, n).iter_mut().zip(sl(px, n)) {
+                                *v += *x;
+                            }
+                        } else {
+                            for i in 0..n {
+                                *po.add(i * s[0]) += *px.add(i * s[1]);
+                            }
+                        }
+                    });
+                }
+                Kernel::Lane { op, outer, n, s } => {
+                    let n = *n;
+                    let a = p[0] as *const f32;
+                    let (b, out) = if p.len() == 3 {
+                        (p[1] as *const f32, p[2])
+                    } else {
+                        (a, p[1])
+                    };
+                    outer.each([0, 0, 0], |o| {
+                        let (po, pa, pb) = (out.add(o[0]), a.add(o[1]), b.add(o[2]));
+                        let at = |q: *const f32, st: usize, j: usize| *q.add(j * st);
+                        match op {
+                            LaneOp::Softmax => {
+                                let mut m = f32::NEG_INFINITY;
+                                for j in 0..n {
+                                    m = m.max(at(pa, s[1], j));
+                                }
+                                let m = if m.is_finite() { m } else { 0.0 };
+                                let mut total = 0.0;
+                                for j in 0..n {
+                                    let e = (at(pa, s[1], j) - m).exp();
+                                    *po.add(j * s[0]) = e;
+                                    total += e;
+                                }
+                                for j in 0..n {
+                                    *po.add(j * s[0]) /= total;
+                                }
+                            }
+                            LaneOp::Normalise => {
+                                let total: f32 = (0..n).map(|j| at(pa, s[1], j)).sum();
+                                for j in 0..n {
+                                    *po.add(j * s[0]) = at(pa, s[1], j) / total;
+                                }
+                            }
+                            LaneOp::SoftmaxBack => {
+                                let dot: f32 =
+                                    (0..n).map(|j| at(pa, s[1], j) * at(pb, s[2], j)).sum();
+                                for j in 0..n {
+                                    let (y, g) = (at(pa, s[1], j), at(pb, s[2], j));
+                                    *po.add(j * s[0]) = y * (g - dot);
+                                }
+                            }
+                            LaneOp::NormaliseBack => {
+                                let total: f32 = (0..n).map(|j| at(pa, s[1], j)).sum();
+                                let dot: f32 = (0..n)
+                                    .map(|j| at(pb, s[2], j) * (at(pa, s[1], j) / total))
+                                    .sum();
+                                for j in 0..n {
+                                    *po.add(j * s[0]) = (at(pb, s[2], j) - dot) / total;
+                                }
+                            }
+                        }
+                    });
+                }
+                Kernel::Cumsum {
+                    reverse,
+                    slab,
+                    n,
+                    s,
+                } => {
+                    let (x, out) = (Shared(p[0] as *const f32), Shared(p[1]));
+                    // Every part of the slab runs the whole scan, so parts are independent.
+                    par(slab, slab.len() * n, |base, part| {
+                        let (x, out) = (x.get(), out.get());
+                        for t in 0..*n {
+                            let pos = if *reverse { n - 1 - t } else { t };
+                            part.rows(
+                                [base[0] + pos * s[0], base[1] + pos * s[1]],
+                                |o, len, st| {
+                                    let (po, px) = (out.add(o[0]), x.add(o[1]));
+                                    if st == [1, 1] {
+                                        // The previous position's row is another part of `out`, and
+                                        // `x`'s row is either this row (in place) or elsewhere.
+                                        let prev = if t == 0 {
+                                            None
+                                        } else if *reverse {
+                                            Some(sl(po.add(s[0]), len))
+                                        } else {
+                                            Some(sl(po.sub(s[0]), len))
+                                        };
+                                        let row = sl_mut(po, len);
+                                        match (prev, std::ptr::eq(po, px)) {
+                                            (None, true) => {}
+                                            (None, false) => row.copy_from_slice(sl(px, len)),
+                                            (Some(p), true) => {
+                                                for (d, q) in row.iter_mut().zip(p) {
+                                                    *d += q;
+                                                }
+                                            }
+                                            (Some(p), false) => {
+                                                for ((d, q), v) in
+                                                    row.iter_mut().zip(p).zip(sl(px, len))
+                                                {
+                                                    *d = q + v;
+                                                }
+                                            }
+                                        }
+                                        return;
+                                    }
+                                    for i in 0..len {
+                                        let at = o[0] + i * st[0];
+                                        let v = *x.add(o[1] + i * st[1]);
+                                        *out.add(at) = if t == 0 {
+                                            v
+                                        } else if *reverse {
+                                            v + *out.add(at + s[0])
+                                        } else {
+                                            v + *out.add(at - s[0])
+                                        };
+                                    }
+                                },
+                            );
+                        }
+                    });
+                }
+                Kernel::LayerNorm {
+                    outer,
+                    inner,
+                    dense: true,
+                } => {
+                    let (x, g, b, out) = (p[0] as *const f32, p[1] as *const f32, p[2], p[3]);
+                    let n = inner[0].len();
+                    let cnt = n as f32;
+                    outer.each([0, 0, 0, 0], |o| {
+                        let (po, px) = (out.add(o[0]), x.add(o[1]));
+                        let (mean, inv) = {
+                            let xs = sl(px, n);
+                            let mean = sum(xs) / cnt;
+                            let var = sum_by(n, |j| (xs[j] - mean) * (xs[j] - mean)) / cnt;
+                            (mean, 1.0 / (var + LN_EPS).sqrt())
+                        };
+                        // The gain and bias never share the output's buffer (only x may, and
+                        // x is read through pointers from here on).
+                        let (gs, bs) = (sl(g.add(o[2]), n), sl(b.add(o[3]), n));
+                        for j in 0..n {
+                            *po.add(j) = (*px.add(j) - mean) * inv * gs[j] + bs[j];
+                        }
+                    });
+                }
+                Kernel::LayerNorm { outer, inner, .. } => {
+                    let (x, g, b, out) = (p[0] as *const f32, p[1] as *const f32, p[2], p[3]);
+                    let [to, tx, tg, tb] = inner;
+                    let cnt = tx.len() as f32;
+                    outer.each([0, 0, 0, 0], |o| {
+                        let xv = |j: usize| *x.add(o[1] + tx[j]);
+                        let mean = sum_by(tx.len(), xv) / cnt;
+                        let var = sum_by(tx.len(), |j| (xv(j) - mean) * (xv(j) - mean)) / cnt;
+                        let inv = 1.0 / (var + LN_EPS).sqrt();
+                        for j in 0..tx.len() {
+                            let xhat = (xv(j) - mean) * inv;
+                            *out.add(o[0] + to[j]) =
+                                xhat * *g.add(o[2] + tg[j]) + *b.add(o[3] + tb[j]);
+                        }
+                    });
+                }
+                Kernel::LayerNormBack {
+                    outer,
+                    inner,
+                    lens,
+                    dense: true,
+                } => {
+                    let (x, g, gy) = (p[0] as *const f32, p[1] as *const f32, p[2] as *const f32);
+                    let (gx, gg, gb) = (p[3], p[4], p[5]);
+                    sl_mut(gg, lens[0]).fill(0.0);
+                    sl_mut(gb, lens[1]).fill(0.0);
+                    let n = inner[0].len();
+                    let cnt = n as f32;
+                    outer.each([0; 6], |o| {
+                        let (pgx, px, pgy) = (gx.add(o[0]), x.add(o[1]), gy.add(o[3]));
+                        let gs = sl(g.add(o[2]), n);
+                        // The gain's and bias's gradients have buffers of their own; gx may be
+                        // x's or gy's buffer, so those are read through slices only until the
+                        // lane's sums are done, and gx is written through pointers after.
+                        let (mean, inv, m1, m2) = {
+                            let (xs, gys) = (sl(px, n), sl(pgy, n));
+                            let mean = sum(xs) / cnt;
+                            let var = sum_by(n, |j| (xs[j] - mean) * (xs[j] - mean)) / cnt;
+                            let inv = 1.0 / (var + LN_EPS).sqrt();
+                            let m1 = sum_by(n, |j| gys[j] * gs[j]) / cnt;
+                            let m2 = sum_by(n, |j| gys[j] * gs[j] * (xs[j] - mean) * inv) / cnt;
+                            let (ggs, gbs) = (sl_mut(gg.add(o[4]), n), sl_mut(gb.add(o[5]), n));
+                            for (((a, b), g), x) in ggs.iter_mut().zip(gbs).zip(gys).zip(xs) {
+                                *a += g * (x - mean) * inv;
+                                *b += g;
+                            }
+                            (mean, inv, m1, m2)
+                        };
+                        for (j, g) in gs.iter().enumerate() {
+                            let xhat = (*px.add(j) - mean) * inv;
+                            *pgx.add(j) = inv * (*pgy.add(j) * g - m1 - xhat * m2);
+                        }
+                    });
+                }
+                Kernel::LayerNormBack {
+                    outer, inner, lens, ..
+                } => {
+                    let (x, g, gy) = (p[0] as *const f32, p[1] as *const f32, p[2] as *const f32);
+                    let (gx, gg, gb) = (p[3], p[4], p[5]);
+                    sl_mut(gg, lens[0]).fill(0.0);
+                    sl_mut(gb, lens[1]).fill(0.0);
+                    let [tgx, tx, tg, tgy, tgg, tgb] = inner;
+                    let cnt = tx.len() as f32;
+                    outer.each([0; 6], |o| {
+                        let xv = |j: usize| *x.add(o[1] + tx[j]);
+                        let gyv = |j: usize| *gy.add(o[3] + tgy[j]);
+                        let gv = |j: usize| *g.add(o[2] + tg[j]);
+                        let n = tx.len();
+                        let mean = sum_by(n, xv) / cnt;
+                        let var = sum_by(n, |j| (xv(j) - mean) * (xv(j) - mean)) / cnt;
+                        let inv = 1.0 / (var + LN_EPS).sqrt();
+                        let xhat = |j: usize| (xv(j) - mean) * inv;
+                        let m1 = sum_by(n, |j| gyv(j) * gv(j)) / cnt;
+                        let m2 = sum_by(n, |j| gyv(j) * gv(j) * xhat(j)) / cnt;
+                        for j in 0..n {
+                            *gg.add(o[4] + tgg[j]) += gyv(j) * xhat(j);
+                            *gb.add(o[5] + tgb[j]) += gyv(j);
+                        }
+                        // Every read of this lane's x and gy is above: gx may overwrite them.
+                        for (j, t) in tgx.iter().enumerate() {
+                            let gxh = gyv(j) * gv(j);
+                            *gx.add(o[0] + t) = inv * (gxh - m1 - xhat(j) * m2);
+                        }
+                    });
+                }
+                Kernel::Gemm(gm) => {
+                    let (a, b) = (p[0] as *const f32, p[1] as *const f32);
+                    let c = p[p.len() - 1];
+                    let beta = match &gm.bias {
+                        Some(nest) => {
+                            par_copy(nest, p[2], c);
+                            1.0
+                        }
+                        None => 0.0,
+                    };
+                    if gm.n == 1 || gm.k == 1 {
+                        // Products with one column or a contraction of length 1 (a matrix
+                        // times a vector, an outer product: linear attention has 140 of each
+                        // per sequence) are memory-bound loops, where sgemm's packing costs
+                        // more than the arithmetic; large batches of them use every core.
+                        let (a, b, c) = (Shared(a), Shared(b), Shared(c));
+                        let work = gm.batch.len() * gm.m * gm.k.max(gm.n);
+                        par(&gm.batch, work, |base, part| {
+                            part.each(base, |o| {
+                                let (a, b, c) = (a.get().add(o[1]), b.get().add(o[2]), c.get());
+                                if gm.n == 1 {
+                                    gemv(gm, a, b, c.add(o[0]), beta);
+                                } else {
+                                    outer(gm, a, b, c.add(o[0]), beta);
+                                }
+                            });
+                        });
+                    } else {
+                        gm.batch.each([0, 0, 0], |o| {
+                            matrixmultiply::sgemm(
+                                gm.m,
+                                gm.k,
+                                gm.n,
+                                1.0,
+                                a.add(o[1]),
+                                gm.a[0],
+                                gm.a[1],
+                                b.add(o[2]),
+                                gm.b[0],
+                                gm.b[1],
+                                beta,
+                                c.add(o[0]),
+                                gm.c[0],
+                                gm.c[1],
+                            );
+                        });
+                    }
+                }
+                Kernel::Embed {
+                    ids,
+                    row,
+                    vocab,
+                    vstride,
+                } => {
+                    let (idp, table, out) = (p[0] as *const f32, p[1] as *const f32, p[2]);
+                    check_ids(ids, idp, *vocab)?;
+                    ids.each([0, 0], |o| {
+                        let id = *idp.add(o[1]) as usize;
+                        row.rows([o[0], id * vstride], |r, n, s| {
+                            let (po, pt) = (out.add(r[0]), table.add(r[1]));
+                            if s == [1, 1] {
+                                std::ptr::copy_nonoverlapping(pt, po, n);
+                            } else {
+                                for i in 0..n {
+                                    *po.add(i * s[0]) = *pt.add(i * s[1]);
+                                }
+                            }
+                        });
+                    });
+                }
+                Kernel::EmbedBack {
+                    ids,
+                    row,
+                    vocab,
+                    vstride,
+                    len,
+                } => {
+                    let (idp, gy, gt) = (p[0] as *const f32, p[1] as *const f32, p[2]);
+                    check_ids(ids, idp, *vocab)?;
+                    sl_mut(gt, *len).fill(0.0);
+                    ids.each([0, 0], |o| {
+                        let id = *idp.add(o[1]) as usize;
+                        row.rows([id * vstride, o[0]], |r, n, s| {
+                            let (pt, pg) = (gt.add(r[0]), gy.add(r[1]));
+                            for i in 0..n {
+                                *pt.add(i * s[0]) += *pg.add(i * s[1]);
+                            }
+                        });
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `c = beta c + a b` for an `m x k` matrix `a` and a `k`-vector `b` (`g.n == 1`).
+///
+/// # Safety
+/// The pointers must cover the matrices with `g`'s strides; `c` overlaps neither input.
+unsafe fn gemv(g: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32) {
+    let (m, k) = (g.m, g.k);
+    let ([ars, acs], bs, cs) = (g.a.map(|s| s as usize), g.b[0] as usize, g.c[0] as usize);
+    unsafe {
+        if acs == 1 {
+            // Rows of `a` are contiguous: one dot product per row.
+            for i in 0..m {
+                let row = sl(a.add(i * ars), k);
+                let s = if bs == 1 {
+                    let v = sl(b, k);
+                    let mut acc = [0f32; 8];
+                    let (rc, vc) = (row.chunks_exact(8), v.chunks_exact(8));
+                    let tail: f32 = rc
+                        .remainder()
+                        .iter()
+                        .zip(vc.remainder())
+                        .map(|(x, y)| x * y)
+                        .sum();
+                    for (r, v) in rc.zip(vc) {
+                        for q in 0..8 {
+                            acc[q] += r[q] * v[q];
+                        }
+                    }
+                    sum(&acc) + tail
+                } else {
+                    (0..k).map(|j| row[j] * *b.add(j * bs)).sum()
+                };
+                let dst = c.add(i * cs);
+                *dst = if beta == 0.0 { s } else { *dst + s };
+            }
+        } else {
+            // Columns of `a` are contiguous (or nothing is): accumulate column by column.
+            if beta == 0.0 {
+                for i in 0..m {
+                    *c.add(i * cs) = 0.0;
+                }
+            }
+            for j in 0..k {
+                let bj = *b.add(j * bs);
+                let col = a.add(j * acs);
+                if ars == 1 && cs == 1 {
+                    for (d, x) in sl_mut(c, m).iter_mut().zip(sl(col, m)) {
+                        *d += x * bj;
+                    }
+                } else {
+                    for i in 0..m {
+                        *c.add(i * cs) += *col.add(i * ars) * bj;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `c = beta c + a b` for an `m`-vector `a` and an `n`-vector `b` (`g.k == 1`).
+///
+/// # Safety
+/// As [`gemv`].
+unsafe fn outer(g: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32) {
+    let (m, n) = (g.m, g.n);
+    let (ars, bcs) = (g.a[0] as usize, g.b[1] as usize);
+    let [crs, ccs] = g.c.map(|s| s as usize);
+    unsafe {
+        // Walk `c` along its contiguous side in the inner loop.
+        let (outer_n, inner_n, xo, xs, yo, ys, co, ci) = if ccs <= crs {
+            (m, n, a, ars, b, bcs, crs, ccs)
+        } else {
+            (n, m, b, bcs, a, ars, ccs, crs)
+        };
+        for i in 0..outer_n {
+            let x = *xo.add(i * xs);
+            let dst = c.add(i * co);
+            if ci == 1 && ys == 1 {
+                let row = sl_mut(dst, inner_n);
+                let y = sl(yo, inner_n);
+                if beta == 0.0 {
+                    for (d, v) in row.iter_mut().zip(y) {
+                        *d = x * v;
+                    }
+                } else {
+                    for (d, v) in row.iter_mut().zip(y) {
+                        *d += x * v;
+                    }
+                }
+            } else {
+                for j in 0..inner_n {
+                    let d = dst.add(j * ci);
+                    let v = x * *yo.add(j * ys);
+                    *d = if beta == 0.0 { v } else { *d + v };
+                }
+            }
+        }
+    }
+}
+
+/// Whether offset tables are all `0, 1, 2...` (then the dense layernorm kernels apply).
+pub fn dense(tables: &[Vec<usize>]) -> bool {
+    tables
+        .iter()
+        .all(|t| t.iter().enumerate().all(|(j, o)| j == *o))
+}
+
+/// Checks every token id of a nest (operand 1 holds the ids) as the interpreter does: a
+/// non-negative integer below the vocabulary size.
+///
+/// # Safety
+/// The nest's offsets of operand 1 must be in bounds of `ids`.
+unsafe fn check_ids(nest: &Nest<2>, ids: *const f32, vocab: usize) -> Result<(), String> {
+    let mut bad = None;
+    nest.each([0, 0], |o| {
+        let id = unsafe { *ids.add(o[1]) };
+        if bad.is_none() && (id < 0.0 || id as usize >= vocab || id.fract() != 0.0) {
+            bad = Some(id);
+        }
+    });
+    match bad {
+        Some(id) => Err(format!(
+            "token id {id} is outside the vocabulary (size {vocab})"
+        )),
+        None => Ok(()),
+    }
+}
