@@ -268,6 +268,15 @@ fn backward(
             );
             outs.into_iter().map(Some).collect()
         }
+        Op::Exec(ExecOp::CrossEntropy { classes }) => vec![
+            Some(g.add1(
+                Op::Exec(ExecOp::CrossEntropyBack { classes: *classes }),
+                vec![x(0), x(1), gy],
+                ty(0),
+                span,
+            )),
+            None,
+        ],
         Op::Embed { vocab, .. } => {
             vec![
                 None,

@@ -398,6 +398,11 @@ pub enum ExecOp {
     LayerNormBack(Vec<AxisId>),
     /// `(ids, gy) -> gtable` for `embed[vocab -> ...]`: a scatter-add.
     EmbedBack { vocab: AxisId },
+    /// `(logits, targets) -> []`: the summed negative log-likelihood of the targets (indices into
+    /// `classes`) under `softmax[classes](logits)`, computed stably (log-sum-exp).
+    CrossEntropy { classes: AxisId },
+    /// `(logits, targets, gy) -> glogits = gy * (softmax(logits) - onehot(targets))`.
+    CrossEntropyBack { classes: AxisId },
 }
 
 /// The four kinds of box.

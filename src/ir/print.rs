@@ -284,5 +284,7 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
         ExecOp::CumsumBack(a) => format!("cumsum_back[{}]", n(a)),
         ExecOp::LayerNormBack(ids) => format!("layernorm_back[{}]", list(ids, axes)),
         ExecOp::EmbedBack { vocab } => format!("embed_back[{}]", n(vocab)),
+        ExecOp::CrossEntropy { classes } => format!("cross_entropy[{}]", n(classes)),
+        ExecOp::CrossEntropyBack { classes } => format!("cross_entropy_back[{}]", n(classes)),
     }
 }

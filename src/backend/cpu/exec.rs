@@ -1134,6 +1134,29 @@ impl Builder<'_> {
                 self.push(kernel, ins.clone(), vec![gt], vec![]);
                 vec![gt]
             }
+            Op::Exec(ExecOp::CrossEntropy { classes })
+            | Op::Exec(ExecOp::CrossEntropyBack { classes }) => {
+                let back = matches!(b.op, Op::Exec(ExecOp::CrossEntropyBack { .. }));
+                arity(if back { 3 } else { 2 })?;
+                let (logits, targets) = (ins[0], ins[1]);
+                let out = self.fresh(oa(0))?;
+                let positions = self.vals[targets].axes.clone();
+                let out_for_pos = if back { Some(out) } else { None };
+                let pos =
+                    Nest::new(self.dims(&positions, [Some(logits), Some(targets), out_for_pos]));
+                let s = [
+                    self.stride(logits, *classes),
+                    if back { self.stride(out, *classes) } else { 0 },
+                ];
+                let kernel = Kernel::CrossEntropy {
+                    back,
+                    pos,
+                    n: self.size(*classes),
+                    s,
+                };
+                self.push(kernel, ins.clone(), vec![out], vec![]);
+                vec![out]
+            }
             Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
                 return Err("this box must be instantiated before it runs".into());
             }

@@ -448,6 +448,61 @@ pub fn eval(
                 .map_err(|e| e.to_string())?;
             vec![Tensor { axes, data }.aligned(&out(0))]
         }
+        Op::Exec(ExecOp::CrossEntropy { classes })
+        | Op::Exec(ExecOp::CrossEntropyBack { classes }) => {
+            let back = matches!(op, Op::Exec(ExecOp::CrossEntropyBack { .. }));
+            let gy = if back {
+                ins.pop()
+                    .map(|g| g.data.iter().next().copied().unwrap_or(0.0))
+            } else {
+                None
+            };
+            let targets = ins.pop().expect("targets");
+            let logits = ins.pop().expect("logits");
+            // Lay the logits out as [positions in the targets' order, classes].
+            let mut order = targets.axes.clone();
+            order.push(*classes);
+            let l = logits.aligned(&order);
+            let n = sizes[classes.0 as usize];
+            let rows = targets.data.len();
+            let flat = l
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&[rows, n]))
+                .map_err(|e| e.to_string())?;
+            let ts: Vec<f64> = targets.data.as_standard_layout().iter().copied().collect();
+            let mut total = 0.0;
+            let mut grad = ArrayD::zeros(IxDyn(&[rows, n]));
+            for (r, t) in ts.iter().enumerate() {
+                let t = *t as usize;
+                if t >= n {
+                    return Err(format!("target {t} is outside the {n} classes"));
+                }
+                let lane = flat.index_axis(Axis(0), r);
+                let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                let z: f64 = lane.iter().map(|x| (x - m).exp()).sum();
+                total += m + z.ln() - lane[t];
+                if let Some(g) = gy {
+                    for j in 0..n {
+                        grad[[r, j].as_slice()] =
+                            g * ((lane[j] - m).exp() / z - if j == t { 1.0 } else { 0.0 });
+                    }
+                }
+            }
+            if let Some(_g) = gy {
+                let shape: Vec<usize> = order.iter().map(|a| sizes[a.0 as usize]).collect();
+                let data = grad
+                    .into_shape_with_order(IxDyn(&shape))
+                    .map_err(|e| e.to_string())?;
+                vec![Tensor { axes: order, data }.aligned(&out(0))]
+            } else {
+                vec![Tensor {
+                    axes: vec![],
+                    data: ArrayD::from_elem(IxDyn(&[]), total),
+                }]
+            }
+        }
         Op::Exec(ExecOp::Zeros) => {
             let axes = out(0);
             let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();

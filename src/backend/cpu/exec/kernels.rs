@@ -153,6 +153,17 @@ pub enum Kernel {
         vstride: usize,
         len: usize,
     },
+    /// `[logits, targets, out]` (forward) or `[logits, targets, gy, out]` (backward): for each
+    /// position of `pos` (operands `[logits, targets, out]`; the output's stride is 0 forward),
+    /// the lane of `n` classes at stride `s[0]` in the logits (`s[1]` in the output). Forward
+    /// sums `log-sum-exp - logit[target]` into the scalar `out`; backward writes
+    /// `gy * (softmax - onehot)`.
+    CrossEntropy {
+        back: bool,
+        pos: Nest<3>,
+        n: usize,
+        s: [usize; 2],
+    },
 }
 
 /// Below this many points (elements, or multiply-adds for products) a kernel stays on the
@@ -470,6 +481,8 @@ impl Kernel {
             Kernel::Gemm(_) => "gemm",
             Kernel::Embed { .. } => "embed",
             Kernel::EmbedBack { .. } => "embed-back",
+            Kernel::CrossEntropy { back: false, .. } => "cross-entropy",
+            Kernel::CrossEntropy { back: true, .. } => "cross-entropy-back",
         }
     }
 
@@ -484,6 +497,7 @@ impl Kernel {
             | Kernel::Reduce { .. }
             | Kernel::Cumsum { .. } => 2,
             Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
+            Kernel::CrossEntropy { back, .. } => 3 + *back as usize,
             Kernel::Lane { op, .. } => match op {
                 LaneOp::Softmax | LaneOp::Normalise => 2,
                 LaneOp::SoftmaxBack | LaneOp::NormaliseBack => 3,
@@ -634,6 +648,19 @@ impl Kernel {
                     lens[2],
                 )?;
                 fits("gtable", len.saturating_sub(1), lens[2])
+            }
+            Kernel::CrossEntropy { back, pos, n, s } => {
+                let out = if *back { 3 } else { 2 };
+                fits("logits", pos.reach(0) + n.saturating_sub(1) * s[0], lens[0])?;
+                fits("targets", pos.reach(1), lens[1])?;
+                if *back {
+                    fits("gy", 0, lens[2])?;
+                }
+                fits(
+                    "out",
+                    pos.reach(2) + n.saturating_sub(1) * s[1] * *back as usize,
+                    lens[out],
+                )
             }
         }
     }
@@ -1051,6 +1078,46 @@ impl Kernel {
                             }
                         });
                     });
+                }
+                Kernel::CrossEntropy { back, pos, n, s } => {
+                    let (lg, tg) = (p[0] as *const f32, p[1] as *const f32);
+                    let n = *n;
+                    let (gy, out) = if *back { (*p[2], p[3]) } else { (0.0, p[2]) };
+                    let mut total = 0.0f64;
+                    let mut bad: Option<f32> = None;
+                    pos.each([0, 0, 0], |o| {
+                        let t = *tg.add(o[1]);
+                        if !(t >= 0.0 && (t as usize) < n) {
+                            bad = Some(t);
+                            return;
+                        }
+                        let t = t as usize;
+                        let l = lg.add(o[0]);
+                        let at = |j: usize| *l.add(j * s[0]);
+                        let mut m = f32::NEG_INFINITY;
+                        for j in 0..n {
+                            m = m.max(at(j));
+                        }
+                        let mut z = 0.0f32;
+                        for j in 0..n {
+                            z += (at(j) - m).exp();
+                        }
+                        if *back {
+                            let po = out.add(o[2]);
+                            for j in 0..n {
+                                let onehot = if j == t { 1.0 } else { 0.0 };
+                                *po.add(j * s[1]) = gy * ((at(j) - m).exp() / z - onehot);
+                            }
+                        } else {
+                            total += (m + z.ln() - at(t)) as f64;
+                        }
+                    });
+                    if let Some(t) = bad {
+                        return Err(format!("target {t} is outside the {n} classes"));
+                    }
+                    if !*back {
+                        *out = total as f32;
+                    }
                 }
             }
         }

@@ -1,0 +1,145 @@
+//! The training graph: the batched LM with the protocol's loss, its gradient, and the fast
+//! executor on it.
+
+use diagc::backend::cpu::exec::Plan;
+use diagc::backend::cpu::harness;
+use diagc::backend::cpu::interp::{self, RunOptions};
+use diagc::train::model::{ModelConfig, language_model, train_graph};
+
+fn small(mech: &str) -> ModelConfig {
+    ModelConfig {
+        mech: mech.into(),
+        layers: 1,
+        d_model: 8,
+        heads: 2,
+        d_ff: 12,
+        vocab: 11,
+        bptt: 4,
+        batch: 3,
+        dropout: 0.1,
+    }
+}
+
+#[test]
+fn the_loss_is_the_mean_cross_entropy_of_the_logits() {
+    let cfg = small("m1");
+    let tg = train_graph(&cfg).unwrap();
+    let f = &tg.forward;
+    assert_eq!(f.data_inputs, 2);
+    assert_eq!(
+        &f.diagram.input_names[..2],
+        &["ids".to_string(), "targets".to_string()]
+    );
+    let ins = harness::random_inputs(f, 4);
+    let loss = interp::run(
+        &f.diagram,
+        &f.axes,
+        &f.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap()[0]
+        .data
+        .iter()
+        .next()
+        .copied()
+        .unwrap();
+    // The same logits from the batched LM alone, and the cross-entropy computed here.
+    let lm = diagc::ir::instance::lift_batch(&language_model(&cfg).unwrap(), "batch", 3).unwrap();
+    let mut lm_ins = vec![ins[0].clone()];
+    lm_ins.extend(ins[2..].iter().cloned());
+    let logits = interp::run(
+        &lm.diagram,
+        &lm.axes,
+        &lm.sizes,
+        lm_ins,
+        RunOptions::default(),
+    )
+    .unwrap()
+    .remove(0);
+    let (b, t, v) = (
+        lm.axes.lookup("batch").unwrap(),
+        lm.axes.lookup("tok").unwrap(),
+        lm.axes.lookup("vocab").unwrap(),
+    );
+    let logits = logits.aligned(&[b, t, v]);
+    let targets = ins[1].clone().aligned(&[b, t]);
+    let mut total = 0.0;
+    for i in 0..3 {
+        for j in 0..4 {
+            let lane: Vec<f64> = (0..11).map(|k| logits.data[[i, j, k].as_slice()]).collect();
+            let z: f64 = lane.iter().map(|x| x.exp()).sum();
+            total += z.ln() - lane[targets.data[[i, j].as_slice()] as usize];
+        }
+    }
+    assert!(
+        (loss - total / 12.0).abs() < 1e-12,
+        "{loss} vs {}",
+        total / 12.0
+    );
+}
+
+#[test]
+fn the_training_graph_has_correct_gradients() {
+    for mech in ["m0", "m1"] {
+        let tg = train_graph(&small(mech)).unwrap();
+        let r = harness::gradcheck(&tg.forward, 2, 16, true).unwrap();
+        assert!(r.worst < 1e-6, "{mech}: {:.3e} at {}", r.worst, r.worst_at);
+    }
+}
+
+#[test]
+fn the_fast_executor_agrees_on_the_training_step() {
+    let tg = train_graph(&small("m1")).unwrap();
+    let f = &tg.forward;
+    let ins = harness::random_inputs(f, 8);
+    let seed_axes: Vec<diagc::ir::AxisId> = vec![];
+    let seed = diagc::backend::cpu::tensor::Tensor::from_vec(seed_axes, &[], vec![1.0]);
+    let mut gin = ins.clone();
+    gin.push(seed);
+    let opts = RunOptions {
+        train: true,
+        seed: 5,
+        check_finite: false,
+    };
+    let want = interp::run(&tg.gradient.diagram, &f.axes, &f.sizes, gin.clone(), opts).unwrap();
+    let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes).unwrap();
+    let mut ws = plan.workspace();
+    let flat: Vec<Vec<f32>> = gin
+        .iter()
+        .map(|t| {
+            t.data
+                .as_standard_layout()
+                .iter()
+                .map(|x| *x as f32)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+    let got = plan.run(&mut ws, &refs, opts).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let wire = tg.gradient.diagram.outputs[k];
+        let w = w.clone().aligned(&tg.gradient.diagram.wire(wire).ty.axes);
+        for (a, b) in g.iter().zip(w.data.as_standard_layout().iter()) {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "output {k}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_mechanism_lists_the_known_ones() {
+    let e = train_graph(&ModelConfig {
+        mech: "m9".into(),
+        ..small("m1")
+    })
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("m9") && e.contains("m1") && e.contains("bahdanau"),
+        "{e}"
+    );
+}
