@@ -171,6 +171,27 @@ enum Command {
         #[arg(long)]
         train: bool,
     },
+    /// Time one training step (forward, backward through the loss, clipping, Adam) of the
+    /// language model at the protocol's sizes on the CPU, and optionally PyTorch's in the same
+    /// run (`--pytorch`, needs python3 with torch) with the ratio.
+    Bench {
+        /// The mechanism (a stdlib name: m1, m0, bahdanau, ...).
+        mech: String,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 35)]
+        bptt: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Also run bench/pytorch_lm_step.py with the same configuration and print the ratio.
+        #[arg(long)]
+        pytorch: bool,
+        /// Where the training runs; only `cpu` exists so far (`auto` means cpu).
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -285,6 +306,15 @@ fn run() -> i32 {
             tolerance,
             train,
         ),
+        Command::Bench {
+            mech,
+            layers,
+            batch_size,
+            bptt,
+            steps,
+            pytorch,
+            device,
+        } => bench_cmd(&mech, layers, batch_size, bptt, steps, pytorch, &device),
         Command::Compile {
             file,
             diagram,
@@ -755,6 +785,130 @@ fn draw(
         }
         None => {
             let _ = std::io::stdout().write_all(&bytes);
+        }
+    }
+    0
+}
+
+fn bench_cmd(
+    mech: &str,
+    layers: usize,
+    batch: usize,
+    bptt: usize,
+    steps: usize,
+    pytorch: bool,
+    device: &str,
+) -> i32 {
+    match device {
+        "cpu" | "auto" => {}
+        "cuda" => {
+            eprintln!("diagc: the CUDA backend does not exist yet; use --device cpu");
+            return 2;
+        }
+        other => {
+            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
+            return 2;
+        }
+    }
+    let cfg = crate::train::model::ModelConfig {
+        mech: mech.to_string(),
+        layers,
+        batch,
+        bptt,
+        ..Default::default()
+    };
+    let r = match crate::train::bench::bench(&cfg, steps.max(1), 0) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "diagc (CPU, f32) {mech}, {layers} layer(s), batch {batch} x {bptt}, {} parameters, {} threads available",
+        r.params,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "  forward+backward:         {:8.0} tokens/s",
+        r.fwd_bwd_tokens_per_s()
+    );
+    println!(
+        "  whole step (+clip, Adam): {:8.0} tokens/s",
+        r.step_tokens_per_s()
+    );
+    println!(
+        "  memory: workspace {:.0} MiB (without reuse {:.0} MiB), parameters+gradients+Adam {:.0} MiB",
+        mib(r.workspace),
+        mib(r.workspace_no_reuse),
+        mib(r.state)
+    );
+    if pytorch {
+        let script = Path::new("bench/pytorch_lm_step.py");
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                "--mech",
+                mech,
+                "--layers",
+                &layers.to_string(),
+                "--batch",
+                &batch.to_string(),
+                "--bptt",
+                &bptt.to_string(),
+            ])
+            .args([
+                "--steps",
+                &steps.max(1).to_string(),
+                "--threads",
+                "2",
+                "--json",
+            ])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let line = String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_string();
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => {
+                        let (pf, ps) = (
+                            v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
+                            v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
+                        );
+                        println!(
+                            "PyTorch {} in the same run:",
+                            v["torch"].as_str().unwrap_or("?")
+                        );
+                        println!(
+                            "  forward+backward:         {pf:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                            r.fwd_bwd_tokens_per_s() / pf
+                        );
+                        println!(
+                            "  whole step (+clip, Adam): {ps:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                            r.step_tokens_per_s() / ps
+                        );
+                        println!(
+                            "  peak RSS: {:.0} MiB",
+                            v["peak_rss_mib"].as_f64().unwrap_or(0.0)
+                        );
+                    }
+                    Err(_) => {
+                        eprintln!("diagc: could not read the PyTorch script's output: {line}")
+                    }
+                }
+            }
+            Ok(o) => eprintln!(
+                "diagc: the PyTorch side failed (is torch installed?): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            ),
+            Err(e) => eprintln!("diagc: cannot run python3: {e}"),
         }
     }
     0

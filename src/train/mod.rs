@@ -1,6 +1,7 @@
 //! Training language models on Penn Treebank (issue 4): the data pipeline, the
 //! optimiser and checkpoints of `../shared/docs/experiment.md` so far.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod model;

@@ -1,0 +1,96 @@
+//! `diagc bench`: one training step of the LM at the protocol's sizes on the fast CPU executor
+//! (forward and backward through the loss, gradient clipping and the Adam update), timed over
+//! several steps; optionally the PyTorch script of `bench/` in the same run, for the ratio.
+
+use super::model::{ModelConfig, train_graph};
+use super::optim::{Adam, clip_global_norm, noam};
+use crate::backend::cpu::exec::Plan;
+use crate::backend::cpu::harness;
+use crate::backend::cpu::interp::RunOptions;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub params: usize,
+    /// Median seconds of forward + backward.
+    pub fwd_bwd: f64,
+    /// Median seconds of the whole step (with clipping and Adam).
+    pub step: f64,
+    pub tokens_per_step: usize,
+    /// Planned workspace of the gradient diagram (bytes), and what it would be without reuse.
+    pub workspace: usize,
+    pub workspace_no_reuse: usize,
+    /// Parameters, gradients and the two Adam moments (bytes).
+    pub state: usize,
+}
+
+impl BenchReport {
+    pub fn step_tokens_per_s(&self) -> f64 {
+        self.tokens_per_step as f64 / self.step
+    }
+    pub fn fwd_bwd_tokens_per_s(&self) -> f64 {
+        self.tokens_per_step as f64 / self.fwd_bwd
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64()
+}
+
+/// Times `steps` training steps (after one warm-up step).
+pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, String> {
+    let tg = train_graph(cfg)?;
+    let f = &tg.forward;
+    let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
+    let mut ws = plan.workspace();
+    let inputs = harness::random_inputs(f, seed);
+    let mut flat: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|t| {
+            t.data
+                .as_standard_layout()
+                .iter()
+                .map(|x| *x as f32)
+                .collect()
+        })
+        .collect();
+    flat.push(vec![1.0]); // the loss seed
+    let np = f.params.len();
+    let lengths: Vec<usize> = flat[2..2 + np].iter().map(Vec::len).collect();
+    let mut adam = Adam::new(&lengths);
+    let (mut fb, mut full) = (Vec::new(), Vec::new());
+    for s in 0..=steps {
+        let opts = RunOptions {
+            train: true,
+            seed: seed.wrapping_add(s as u64),
+            check_finite: false,
+        };
+        let t0 = Instant::now();
+        let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+        let outs = plan.run(&mut ws, &refs, opts).map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        let mut grads: Vec<Vec<f32>> = (0..np)
+            .map(|k| outs[tg.gradient.grad_of[2 + k].expect("parameters have gradients")].clone())
+            .collect();
+        clip_global_norm(&mut grads, 1.0);
+        let lr = noam(adam.step + 1, cfg.d_model, 4000, 1.0);
+        let (_, params) = flat.split_at_mut(2);
+        adam.update(&mut params[..np], &grads, lr);
+        let t2 = Instant::now();
+        if s > 0 {
+            fb.push(t1 - t0);
+            full.push(t2 - t0);
+        }
+    }
+    let nparams: usize = lengths.iter().sum();
+    Ok(BenchReport {
+        params: nparams,
+        fwd_bwd: median(fb),
+        step: median(full),
+        tokens_per_step: cfg.batch * cfg.bptt,
+        workspace: plan.peak_bytes(),
+        workspace_no_reuse: plan.no_reuse_bytes(),
+        state: nparams * 4 * 4,
+    })
+}
