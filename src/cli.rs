@@ -844,6 +844,13 @@ fn bench_cmd(
         mib(r.workspace_no_reuse),
         mib(r.state)
     );
+    println!(
+        "  clipping + Adam: {:.1} ms; one forward+backward by kernel:",
+        r.update * 1e3
+    );
+    for (kind, secs, n) in r.profile.iter().take(8) {
+        println!("    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3);
+    }
     if pytorch {
         let script = Path::new("bench/pytorch_lm_step.py");
         let out = std::process::Command::new("python3")

@@ -22,6 +22,10 @@ pub struct BenchReport {
     pub workspace_no_reuse: usize,
     /// Parameters, gradients and the two Adam moments (bytes).
     pub state: usize,
+    /// Time per kind of kernel in one forward+backward (profiled run), largest first.
+    pub profile: Vec<(&'static str, f64, usize)>,
+    /// Median seconds of clipping and the Adam update.
+    pub update: f64,
 }
 
 impl BenchReport {
@@ -84,6 +88,19 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, 
         }
     }
     let nparams: usize = lengths.iter().sum();
+    let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+    let opts = RunOptions {
+        train: true,
+        seed,
+        check_finite: false,
+    };
+    let profile = plan
+        .run_profiled(&mut ws, &refs, opts)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(k, d, n)| (k, d.as_secs_f64(), n))
+        .collect();
+    let update = median(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
     Ok(BenchReport {
         params: nparams,
         fwd_bwd: median(fb),
@@ -92,5 +109,7 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, 
         workspace: plan.peak_bytes(),
         workspace_no_reuse: plan.no_reuse_bytes(),
         state: nparams * 4 * 4,
+        profile,
+        update,
     })
 }

@@ -63,11 +63,7 @@ impl Adam {
         let step_size = (lr / c1) as f32;
         let (b1f, b2f, eps) = (b1 as f32, b2 as f32, self.eps as f32);
         let c2_sqrt = c2.sqrt() as f32;
-        for ((p, g), (m, v)) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-        {
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             for i in 0..p.len() {
                 let gi = g[i];
                 m[i] = b1f * m[i] + (1.0 - b1f) * gi;
@@ -75,6 +71,23 @@ impl Adam {
                 // PyTorch: p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps).
                 p[i] -= step_size * m[i] / (v[i].sqrt() / c2_sqrt + eps);
             }
+        };
+        // Elementwise and independent: large tensors are split over the cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let state = self.m.iter_mut().zip(self.v.iter_mut());
+        for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(state) {
+            if cores < 2 || p.len() < 1 << 16 {
+                update(p, g, m, v);
+                continue;
+            }
+            let chunk = p.len().div_ceil(cores);
+            std::thread::scope(|scope| {
+                let moments = m.chunks_mut(chunk).zip(v.chunks_mut(chunk));
+                for ((p, g), (m, v)) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(moments) {
+                    let update = &update;
+                    scope.spawn(move || update(p, g, m, v));
+                }
+            });
         }
     }
 }

@@ -1080,43 +1080,61 @@ impl Kernel {
                     });
                 }
                 Kernel::CrossEntropy { back, pos, n, s } => {
-                    let (lg, tg) = (p[0] as *const f32, p[1] as *const f32);
-                    let n = *n;
-                    let (gy, out) = if *back { (*p[2], p[3]) } else { (0.0, p[2]) };
-                    let mut total = 0.0f64;
-                    let mut bad: Option<f32> = None;
-                    pos.each([0, 0, 0], |o| {
-                        let t = *tg.add(o[1]);
-                        if !(t >= 0.0 && (t as usize) < n) {
-                            bad = Some(t);
-                            return;
-                        }
-                        let t = t as usize;
-                        let l = lg.add(o[0]);
-                        let at = |j: usize| *l.add(j * s[0]);
-                        let mut m = f32::NEG_INFINITY;
-                        for j in 0..n {
-                            m = m.max(at(j));
-                        }
-                        let mut z = 0.0f32;
-                        for j in 0..n {
-                            z += (at(j) - m).exp();
-                        }
-                        if *back {
-                            let po = out.add(o[2]);
-                            for j in 0..n {
-                                let onehot = if j == t { 1.0 } else { 0.0 };
-                                *po.add(j * s[1]) = gy * ((at(j) - m).exp() / z - onehot);
+                    let (lg, tg) = (Shared(p[0] as *const f32), Shared(p[1] as *const f32));
+                    let (n, s, back) = (*n, *s, *back);
+                    let (gy, out) = if back {
+                        (*p[2], Shared(p[3]))
+                    } else {
+                        (0.0, Shared(p[2]))
+                    };
+                    // Positions are split over the cores; each part sums its own loss (forward)
+                    // or writes its own lanes (backward), so the parts share nothing.
+                    let totals = std::sync::Mutex::new((0.0f64, None::<f32>));
+                    par(pos, pos.len() * n, |base, part| {
+                        let (lg, tg, out) = (lg.get(), tg.get(), out.get());
+                        let mut total = 0.0f64;
+                        let mut bad = None;
+                        let mut e = vec![0.0f32; n];
+                        part.each(base, |o| {
+                            let t = *tg.add(o[1]);
+                            if !(t >= 0.0 && (t as usize) < n) {
+                                bad = Some(t);
+                                return;
                             }
-                        } else {
-                            total += (m + z.ln() - at(t)) as f64;
+                            let t = t as usize;
+                            let l = lg.add(o[0]);
+                            let mut m = f32::NEG_INFINITY;
+                            for j in 0..n {
+                                m = m.max(*l.add(j * s[0]));
+                            }
+                            let mut z = 0.0f32;
+                            for (j, ej) in e.iter_mut().enumerate() {
+                                *ej = (*l.add(j * s[0]) - m).exp();
+                                z += *ej;
+                            }
+                            if back {
+                                let po = out.add(o[2]);
+                                let k = gy / z;
+                                for (j, ej) in e.iter().enumerate() {
+                                    *po.add(j * s[1]) = k * ej;
+                                }
+                                *po.add(t * s[1]) -= gy;
+                            } else {
+                                total += (m + z.ln() - *l.add(t * s[0])) as f64;
+                            }
+                        });
+                        let mut g = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        g.0 += total;
+                        if bad.is_some() {
+                            g.1 = bad;
                         }
                     });
+                    let (total, bad) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
                     if let Some(t) = bad {
                         return Err(format!("target {t} is outside the {n} classes"));
                     }
-                    if !*back {
-                        *out = total as f32;
+                    if !back {
+                        *out.get() = total as f32;
                     }
                 }
             }
