@@ -192,6 +192,70 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Train a language model around a mechanism on Penn Treebank (the protocol of
+    /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
+    Train {
+        /// The mechanism: a stdlib name (m1, m0, bahdanau, ...).
+        #[arg(required_unless_present = "resume")]
+        mech: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        #[arg(long, default_value_t = 512)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 2048)]
+        d_ff: usize,
+        #[arg(long, default_value_t = 0.1)]
+        dropout: f64,
+        #[arg(long, default_value_t = 35)]
+        bptt: usize,
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Stop after this many steps in all.
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 4000)]
+        warmup: u64,
+        #[arg(long, default_value_t = 1.0)]
+        lr_scale: f64,
+        /// Global gradient-norm clipping (0 disables).
+        #[arg(long, default_value_t = 1.0)]
+        clip: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Validate every N steps too (besides every epoch).
+        #[arg(long)]
+        valid_every: Option<usize>,
+        /// Train on the first N tokens only (quick runs).
+        #[arg(long)]
+        train_tokens: Option<usize>,
+        /// Evaluate on the first N validation and test tokens only (quick runs).
+        #[arg(long)]
+        eval_tokens: Option<usize>,
+        /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The run directory (default: runs/MECH-Ll-seedS).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// cpu, cuda or auto (auto means cpu; the CUDA backend does not exist yet).
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Perplexity of a run's best checkpoint on a split.
+    Eval {
+        run_dir: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -315,6 +379,60 @@ fn run() -> i32 {
             pytorch,
             device,
         } => bench_cmd(&mech, layers, batch_size, bptt, steps, pytorch, &device),
+        Command::Train {
+            mech,
+            layers,
+            d_model,
+            heads,
+            d_ff,
+            dropout,
+            bptt,
+            batch_size,
+            epochs,
+            steps,
+            warmup,
+            lr_scale,
+            clip,
+            seed,
+            valid_every,
+            train_tokens,
+            eval_tokens,
+            data,
+            out,
+            resume,
+            device,
+        } => {
+            let model = crate::train::model::ModelConfig {
+                mech: mech.unwrap_or_default(),
+                layers,
+                d_model,
+                heads,
+                d_ff,
+                vocab: 10_000,
+                bptt,
+                batch: batch_size,
+                dropout,
+            };
+            let cfg = crate::train::run::TrainConfig {
+                model,
+                epochs,
+                max_steps: steps,
+                warmup,
+                lr_scale,
+                clip,
+                seed,
+                eval_batch: 10,
+                valid_every,
+                train_tokens,
+                eval_tokens,
+            };
+            train_cmd(cfg, data.as_deref(), out, resume, &device)
+        }
+        Command::Eval {
+            run_dir,
+            split,
+            data,
+        } => eval_cmd(&run_dir, &split, data.as_deref()),
         Command::Compile {
             file,
             diagram,
@@ -919,4 +1037,153 @@ fn bench_cmd(
         }
     }
     0
+}
+
+fn train_cmd(
+    cfg: crate::train::run::TrainConfig,
+    data: Option<&Path>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    device: &str,
+) -> i32 {
+    use crate::train::{checkpoint, data::data_dir, run};
+    match device {
+        "cpu" | "auto" => {}
+        "cuda" => {
+            eprintln!("diagc: the CUDA backend does not exist yet; use --device cpu (or auto)");
+            return 2;
+        }
+        other => {
+            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
+            return 2;
+        }
+    }
+    let data_dir = data_dir(data);
+    let (cfg, out, ck) = match &resume {
+        Some(dir) => match checkpoint::load(dir, "last") {
+            Ok(ck) => {
+                let saved: run::TrainConfig =
+                    match serde_json::from_value(ck.sidecar["config"].clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!(
+                                "diagc: {}/last.json has no usable config: {e}",
+                                dir.display()
+                            );
+                            return 2;
+                        }
+                    };
+                // Only the stopping point may change on resume (`--steps`).
+                let mut saved = saved;
+                saved.max_steps = cfg.max_steps.or(saved.max_steps);
+                (saved, dir.clone(), Some(ck))
+            }
+            Err(e) => {
+                eprintln!("diagc: cannot resume: {e}");
+                return 2;
+            }
+        },
+        None => {
+            let out = out.unwrap_or_else(|| run::default_run_dir(&cfg));
+            (cfg, out, None)
+        }
+    };
+    if let Err(e) = run::prepare_run_dir(&out, ck.is_some()) {
+        eprintln!("diagc: {e}");
+        return 2;
+    }
+    let mut trainer = match run::Trainer::new(cfg.clone(), &data_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    if let Some(ck) = &ck
+        && let Err(e) = trainer.restore(ck)
+    {
+        eprintln!("diagc: cannot resume: {e}");
+        return 2;
+    }
+    let _ = std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    eprintln!(
+        "training {} ({} layer(s), {} parameters) on {} into {}",
+        cfg.model.mech,
+        cfg.model.layers,
+        trainer.parameter_count(),
+        data_dir.display(),
+        out.display()
+    );
+    let progress = std::io::stderr().is_terminal();
+    match trainer.run(&out, &stop, progress) {
+        Ok(run::Outcome::Finished {
+            valid_ppl,
+            test_ppl,
+        }) => {
+            println!("valid perplexity {:.2}", valid_ppl.unwrap_or(f64::NAN));
+            println!("test perplexity {test_ppl:.2}");
+            println!("summary: {}", out.join("summary.json").display());
+            0
+        }
+        Ok(run::Outcome::Interrupted) => {
+            eprintln!(
+                "interrupted at step {}; continue with `diagc train --resume {}`",
+                trainer.step,
+                out.display()
+            );
+            130
+        }
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            1
+        }
+    }
+}
+
+fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
+    use crate::train::{checkpoint, data::data_dir, run};
+    let ck = match checkpoint::load(run_dir, "best") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    let cfg: run::TrainConfig = match serde_json::from_value(ck.sidecar["config"].clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "diagc: {}/best.json has no usable config: {e}",
+                run_dir.display()
+            );
+            return 2;
+        }
+    };
+    let mut t = match run::Trainer::new(cfg, &data_dir(data)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = t.restore(&ck) {
+        eprintln!("diagc: {e}");
+        return 2;
+    }
+    match t.perplexity(split) {
+        Ok(p) => {
+            println!("{split} perplexity {p:.2}");
+            0
+        }
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            2
+        }
+    }
 }

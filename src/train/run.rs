@@ -1,0 +1,609 @@
+//! The training loop of `diagc train` and the evaluation of `diagc eval`, as the protocol of
+//! `../shared/docs/experiment.md` says: windows in order, Adam with the Noam schedule and
+//! clipping, validation after every epoch (and every N steps if asked), the best-validation
+//! checkpoint kept, the test perplexity of the best checkpoint at the end in `summary.json`.
+//!
+//! A run directory holds `config.json`, `metrics.jsonl` (one JSON object per step and per
+//! validation), `last.{safetensors,json}` (to resume), `best.{safetensors,json}` and
+//! `summary.json`. Checkpoints are written atomically, so an interruption (Ctrl-C, a NaN loss, a
+//! crash) leaves the last good one intact; a resumed run replays the same losses because dropout
+//! masks depend only on the seed and the step.
+
+use super::checkpoint::{self, Checkpoint, NamedTensor};
+use super::data::{Batched, Corpus, Window, batchify};
+use super::model::{ModelConfig, language_model, with_loss};
+use super::optim::{Adam, clip_global_norm, noam};
+use crate::autodiff;
+use crate::backend::cpu::exec::{Plan, Workspace};
+use crate::backend::cpu::harness::Rng;
+use crate::backend::cpu::interp::RunOptions;
+use crate::ir::instance::{Init, Instance, lift_batch};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Everything a training run is configured by.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub epochs: usize,
+    /// Stop after this many steps (all epochs together), if set.
+    pub max_steps: Option<usize>,
+    pub warmup: u64,
+    pub lr_scale: f64,
+    /// Global-norm clipping (0 disables).
+    pub clip: f64,
+    pub seed: u64,
+    pub eval_batch: usize,
+    /// Validate every this many steps too (besides after every epoch).
+    pub valid_every: Option<usize>,
+    /// Use only the first this many training tokens (for quick runs and tests).
+    pub train_tokens: Option<usize>,
+    /// Use only the first this many validation and test tokens.
+    pub eval_tokens: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelConfig::default(),
+            epochs: 1,
+            max_steps: None,
+            warmup: 4000,
+            lr_scale: 1.0,
+            clip: 1.0,
+            seed: 0,
+            eval_batch: 10,
+            valid_every: None,
+            train_tokens: None,
+            eval_tokens: None,
+        }
+    }
+}
+
+/// One compiled graph (a window length, training or evaluation) with its workspace.
+struct Compiled {
+    plan: Plan,
+    ws: Workspace,
+    /// For a gradient plan: the output index of each parameter's gradient.
+    grad_of: Vec<usize>,
+    /// The axis names of the ids input, in layout order (`batch`, `tok`).
+    ids_axes: Vec<String>,
+}
+
+/// The state of a run, everything a checkpoint holds.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub corpus: Corpus,
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub params: Vec<Vec<f32>>,
+    pub adam: Adam,
+    pub step: usize,
+    pub epoch: usize,
+    /// The next training window of the current epoch.
+    pub window: usize,
+    pub best_valid: Option<f64>,
+    train_graphs: HashMap<usize, Compiled>,
+    eval_graphs: HashMap<usize, Compiled>,
+    train: Batched,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished {
+        valid_ppl: Option<f64>,
+        test_ppl: f64,
+    },
+    Interrupted,
+}
+
+fn model_for(cfg: &TrainConfig, vocab: usize, len: usize, batch: usize) -> ModelConfig {
+    ModelConfig {
+        vocab,
+        bptt: len,
+        batch,
+        ..cfg.model.clone()
+    }
+}
+
+/// The protocol's initialisation, on top of instantiation's: the output layer (a weight whose
+/// axes include the vocabulary) U(-0.1, 0.1) with bias 0.
+fn init_params(inst: &Instance, seed: u64) -> Vec<Vec<f32>> {
+    let vocab = inst.axes.lookup("vocab");
+    let mut rng = Rng::new(seed);
+    inst.params
+        .iter()
+        .map(|p| {
+            let n: usize = p.axes.iter().map(|a| inst.size(*a)).product();
+            let output_layer =
+                vocab.is_some_and(|v| p.axes.contains(&v)) && !p.name.ends_with(".table");
+            let init = match (output_layer, p.name.ends_with(".bias")) {
+                (true, true) => Init::Constant(0.0),
+                (true, false) => Init::Uniform(0.1),
+                _ => p.init,
+            };
+            match init {
+                Init::Uniform(b) => (0..n)
+                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * b) as f32)
+                    .collect(),
+                Init::Constant(c) => vec![c as f32; n],
+            }
+        })
+        .collect()
+}
+
+fn ids_axes(inst: &Instance) -> Vec<String> {
+    let d = &inst.diagram;
+    d.wire(d.inputs[0])
+        .ty
+        .axes
+        .iter()
+        .map(|a| inst.axes.name(*a).to_string())
+        .collect()
+}
+
+/// A window's `[len, columns]` row-major tokens in the layout of the ids wire.
+fn layout(tokens: &[u32], len: usize, columns: usize, axes: &[String]) -> Vec<f32> {
+    if axes.first().map(String::as_str) == Some("tok") {
+        return tokens.iter().map(|t| *t as f32).collect();
+    }
+    let mut out = vec![0.0f32; tokens.len()];
+    for r in 0..len {
+        for c in 0..columns {
+            out[c * len + r] = tokens[r * columns + c] as f32;
+        }
+    }
+    out
+}
+
+impl Trainer {
+    /// A fresh run: loads the data and initialises the parameters.
+    pub fn new(cfg: TrainConfig, data_dir: &Path) -> Result<Trainer, String> {
+        let mut corpus = Corpus::load(data_dir).map_err(|e| e.0)?;
+        if let Some(n) = cfg.train_tokens {
+            corpus.train.truncate(n);
+        }
+        if let Some(n) = cfg.eval_tokens {
+            corpus.valid.truncate(n);
+            corpus.test.truncate(n);
+        }
+        let vocab = corpus.vocab.len();
+        let inst = language_model(&model_for(&cfg, vocab, cfg.model.bptt, 1))?;
+        let names: Vec<String> = inst.params.iter().map(|p| p.name.clone()).collect();
+        let shapes: Vec<Vec<usize>> = inst
+            .params
+            .iter()
+            .map(|p| p.axes.iter().map(|a| inst.size(*a)).collect())
+            .collect();
+        let params = init_params(&inst, cfg.seed);
+        let adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
+        let train = batchify(&corpus.train, cfg.model.batch);
+        if train.rows < 2 {
+            return Err("the training split is too small for this batch size".into());
+        }
+        Ok(Trainer {
+            cfg,
+            corpus,
+            names,
+            shapes,
+            params,
+            adam,
+            step: 0,
+            epoch: 0,
+            window: 0,
+            best_valid: None,
+            train_graphs: HashMap::new(),
+            eval_graphs: HashMap::new(),
+            train,
+        })
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(Vec::len).sum()
+    }
+
+    /// The compiled training graph for windows of `len` tokens.
+    fn train_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
+        if !self.train_graphs.contains_key(&len) {
+            let m = model_for(
+                &self.cfg,
+                self.corpus.vocab.len(),
+                len,
+                self.cfg.model.batch,
+            );
+            let inst = with_loss(
+                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
+                "vocab",
+            )?;
+            let names: Vec<&String> = inst.params.iter().map(|p| &p.name).collect();
+            if names != self.names.iter().collect::<Vec<_>>() {
+                return Err("the parameters differ between window lengths (a bug)".into());
+            }
+            let grad = autodiff::gradient(&inst.diagram)?;
+            let grad_of = (0..self.names.len())
+                .map(|k| grad.grad_of[2 + k].expect("parameters have gradients"))
+                .collect();
+            let plan = Plan::new(&grad.diagram, &inst.axes, &inst.sizes)?;
+            let ws = plan.workspace();
+            self.train_graphs.insert(
+                len,
+                Compiled {
+                    plan,
+                    ws,
+                    grad_of,
+                    ids_axes: ids_axes(&inst),
+                },
+            );
+        }
+        Ok(self.train_graphs.get_mut(&len).expect("inserted"))
+    }
+
+    fn eval_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
+        if !self.eval_graphs.contains_key(&len) {
+            let m = model_for(&self.cfg, self.corpus.vocab.len(), len, self.cfg.eval_batch);
+            let inst = with_loss(
+                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
+                "vocab",
+            )?;
+            let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
+            let ws = plan.workspace();
+            self.eval_graphs.insert(
+                len,
+                Compiled {
+                    plan,
+                    ws,
+                    grad_of: vec![],
+                    ids_axes: ids_axes(&inst),
+                },
+            );
+        }
+        Ok(self.eval_graphs.get_mut(&len).expect("inserted"))
+    }
+
+    /// One training step on window `w`; returns the mean loss of the window.
+    pub fn train_step(&mut self, w: &Window) -> Result<f64, String> {
+        let columns = self.cfg.model.batch;
+        let seed = self
+            .cfg
+            .seed
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(self.step as u64 + 1);
+        let (clip, d, warmup, scale) = (
+            self.cfg.clip,
+            self.cfg.model.d_model,
+            self.cfg.warmup,
+            self.cfg.lr_scale,
+        );
+        let step = self.step as u64 + 1;
+        let params = std::mem::take(&mut self.params);
+        let g = self.train_graph(w.len)?;
+        let ids = layout(&w.inputs, w.len, columns, &g.ids_axes);
+        let targets = layout(&w.targets, w.len, columns, &g.ids_axes);
+        let one = [1.0f32];
+        let mut refs: Vec<&[f32]> = vec![&ids, &targets];
+        refs.extend(params.iter().map(|p| p.as_slice()));
+        refs.push(&one);
+        let opts = RunOptions {
+            train: true,
+            seed,
+            check_finite: false,
+        };
+        let result = g
+            .plan
+            .run(&mut g.ws, &refs, opts)
+            .map_err(|e| e.to_string());
+        drop(refs);
+        self.params = params;
+        let outs = result?;
+        let loss = outs[0][0] as f64;
+        if !loss.is_finite() {
+            return Err(format!(
+                "the loss became {loss} at step {step}; the last good checkpoint is kept"
+            ));
+        }
+        let g = &self.train_graphs[&w.len];
+        let mut grads: Vec<Vec<f32>> = g.grad_of.iter().map(|k| outs[*k].clone()).collect();
+        clip_global_norm(&mut grads, clip);
+        let lr = noam(step, d, warmup, scale);
+        self.adam.update(&mut self.params, &grads, lr);
+        self.step += 1;
+        Ok(loss)
+    }
+
+    /// Perplexity on a split (`valid` or `test`): exp(total NLL / target tokens), eval mode.
+    pub fn perplexity(&mut self, split: &str) -> Result<f64, String> {
+        let tokens = match split {
+            "valid" => self.corpus.valid.clone(),
+            "test" => self.corpus.test.clone(),
+            other => return Err(format!("no split `{other}` (valid or test)")),
+        };
+        let b = batchify(&tokens, self.cfg.eval_batch);
+        let (mut total, mut count) = (0.0f64, 0usize);
+        let windows: Vec<Window> = b.windows(self.cfg.model.bptt).collect();
+        if windows.is_empty() {
+            return Err(format!("the {split} split is too small"));
+        }
+        let params = std::mem::take(&mut self.params);
+        let columns = self.cfg.eval_batch;
+        let mut result = Ok(());
+        for w in &windows {
+            let g = match self.eval_graph(w.len) {
+                Ok(g) => g,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let ids = layout(&w.inputs, w.len, columns, &g.ids_axes);
+            let targets = layout(&w.targets, w.len, columns, &g.ids_axes);
+            let mut refs: Vec<&[f32]> = vec![&ids, &targets];
+            refs.extend(params.iter().map(|p| p.as_slice()));
+            match g.plan.run(&mut g.ws, &refs, RunOptions::default()) {
+                Ok(o) => {
+                    let n = w.len * columns;
+                    total += o[0][0] as f64 * n as f64;
+                    count += n;
+                }
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        self.params = params;
+        result?;
+        Ok((total / count as f64).exp())
+    }
+
+    /// The state as a checkpoint.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut tensors = Vec::new();
+        for (group, values) in [
+            ("param", &self.params),
+            ("adam_m", &self.adam.m),
+            ("adam_v", &self.adam.v),
+        ] {
+            for ((name, shape), data) in self.names.iter().zip(&self.shapes).zip(values.iter()) {
+                tensors.push((
+                    group.to_string(),
+                    NamedTensor {
+                        name: name.clone(),
+                        shape: shape.clone(),
+                        data: data.clone(),
+                    },
+                ));
+            }
+        }
+        let sidecar = serde_json::json!({
+            "config": self.cfg,
+            "step": self.step,
+            "epoch": self.epoch,
+            "window": self.window,
+            "adam_step": self.adam.step,
+            "best_valid_ppl": self.best_valid,
+            "vocab": self.corpus.vocab.len(),
+        });
+        Checkpoint { tensors, sidecar }
+    }
+
+    /// Restores the state of a checkpoint (made by a run with the same configuration).
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), String> {
+        let s = &ck.sidecar;
+        let get = |k: &str| {
+            s[k].as_u64()
+                .ok_or_else(|| format!("the checkpoint lacks `{k}`"))
+        };
+        self.step = get("step")? as usize;
+        self.epoch = get("epoch")? as usize;
+        self.window = get("window")? as usize;
+        self.adam.step = get("adam_step")?;
+        self.best_valid = s["best_valid_ppl"].as_f64();
+        for (group, t) in &ck.tensors {
+            let k = self
+                .names
+                .iter()
+                .position(|n| *n == t.name)
+                .ok_or_else(|| format!("the checkpoint has an unknown tensor `{}`", t.name))?;
+            if t.shape != self.shapes[k] {
+                return Err(format!(
+                    "tensor `{}` has shape {:?}, the model {:?}",
+                    t.name, t.shape, self.shapes[k]
+                ));
+            }
+            let dst = match group.as_str() {
+                "param" => &mut self.params[k],
+                "adam_m" => &mut self.adam.m[k],
+                "adam_v" => &mut self.adam.v[k],
+                other => return Err(format!("unknown tensor group `{other}`")),
+            };
+            dst.copy_from_slice(&t.data);
+        }
+        Ok(())
+    }
+
+    /// Trains until the configured epochs or steps end, or `stop` is set (Ctrl-C). Writes
+    /// metrics, checkpoints and the summary into `out`.
+    pub fn run(
+        &mut self,
+        out: &Path,
+        stop: &AtomicBool,
+        progress: bool,
+    ) -> Result<Outcome, String> {
+        let started = Instant::now();
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("metrics.jsonl"))
+            .map_err(|e| format!("cannot write in {}: {e}", out.display()))?;
+        let per_epoch = self.train.window_count(self.cfg.model.bptt);
+        let total_steps = self
+            .cfg
+            .max_steps
+            .unwrap_or(usize::MAX)
+            .min(per_epoch * self.cfg.epochs);
+        let bar = if progress {
+            indicatif::ProgressBar::new(total_steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(self.step as u64);
+        let mut tokens_done = 0usize;
+        let train_started = Instant::now();
+        let mut last_valid = None;
+        while self.epoch < self.cfg.epochs && self.step < total_steps {
+            let windows: Vec<Window> = self
+                .train
+                .windows(self.cfg.model.bptt)
+                .skip(self.window)
+                .collect();
+            for w in windows {
+                if stop.load(Ordering::SeqCst) {
+                    checkpoint::save(out, "last", &self.checkpoint())?;
+                    bar.abandon_with_message(
+                        "interrupted: state saved in last.*; continue with --resume",
+                    );
+                    return Ok(Outcome::Interrupted);
+                }
+                if self.step >= total_steps {
+                    break;
+                }
+                let loss = self.train_step(&w)?;
+                self.window += 1;
+                tokens_done += w.len * self.cfg.model.batch;
+                let lr = noam(
+                    self.step as u64,
+                    self.cfg.model.d_model,
+                    self.cfg.warmup,
+                    self.cfg.lr_scale,
+                );
+                let tps = tokens_done as f64 / train_started.elapsed().as_secs_f64();
+                let _ = writeln!(
+                    metrics,
+                    "{}",
+                    serde_json::json!({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "tokens_per_s": tps})
+                );
+                bar.set_position(self.step as u64);
+                bar.set_message(format!(
+                    "loss {loss:.3} ppl {:.1} lr {lr:.2e} {tps:.0} tok/s",
+                    loss.exp()
+                ));
+                if let Some(n) = self.cfg.valid_every
+                    && n > 0
+                    && self.step.is_multiple_of(n)
+                {
+                    let v = self.validate(out, &mut metrics)?;
+                    last_valid = Some(v);
+                }
+            }
+            if self.window >= per_epoch {
+                self.epoch += 1;
+                self.window = 0;
+                let v = self.validate(out, &mut metrics)?;
+                last_valid = Some(v);
+                bar.println(format!("epoch {}: valid perplexity {v:.2}", self.epoch));
+            }
+            checkpoint::save(out, "last", &self.checkpoint())?;
+        }
+        if last_valid.is_none() {
+            last_valid = Some(self.validate(out, &mut metrics)?);
+        }
+        bar.finish_and_clear();
+        // The test perplexity of the best checkpoint.
+        let best = checkpoint::load(out, "best")?;
+        let current = self.params.clone();
+        for (group, t) in &best.tensors {
+            if group == "param"
+                && let Some(k) = self.names.iter().position(|n| *n == t.name)
+            {
+                self.params[k].copy_from_slice(&t.data);
+            }
+        }
+        let test = self.perplexity("test")?;
+        self.params = current;
+        let wall = started.elapsed().as_secs_f64();
+        let workspace: usize = self
+            .train_graphs
+            .values()
+            .chain(self.eval_graphs.values())
+            .map(|g| g.plan.peak_bytes())
+            .max()
+            .unwrap_or(0);
+        let summary = serde_json::json!({
+            "config": self.cfg,
+            "parameters": self.parameter_count(),
+            "device": "cpu",
+            "precision": "f32",
+            "steps": self.step,
+            "epochs_done": self.epoch,
+            "best_valid_ppl": self.best_valid,
+            "last_valid_ppl": last_valid,
+            "test_ppl": test,
+            "wall_time_s": wall,
+            "train_tokens_per_s": tokens_done as f64 / train_started.elapsed().as_secs_f64(),
+            "peak_memory_bytes": workspace + self.parameter_count() * 4 * 4,
+        });
+        checkpoint::write_atomic(
+            &out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+        .map_err(|e| format!("cannot write the summary: {e}"))?;
+        Ok(Outcome::Finished {
+            valid_ppl: self.best_valid,
+            test_ppl: test,
+        })
+    }
+
+    /// Validation perplexity; keeps the best checkpoint.
+    fn validate(&mut self, out: &Path, metrics: &mut std::fs::File) -> Result<f64, String> {
+        let v = self.perplexity("valid")?;
+        let _ = writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"step": self.step, "valid_ppl": v})
+        );
+        if self.best_valid.is_none_or(|b| v < b) {
+            self.best_valid = Some(v);
+            checkpoint::save(out, "best", &self.checkpoint())?;
+        }
+        Ok(v)
+    }
+}
+
+/// Checks that `out` can hold a run before any work starts: it is created, writable, and not
+/// a finished or started run (unless resuming).
+pub fn prepare_run_dir(out: &Path, resuming: bool) -> Result<(), String> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("cannot create the run directory {}: {e}", out.display()))?;
+    let probe = out.join(".write-probe");
+    std::fs::write(&probe, b"probe")
+        .map_err(|e| format!("the run directory {} is not writable: {e}", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    if !resuming && (out.join("last.json").exists() || out.join("summary.json").exists()) {
+        return Err(format!(
+            "{} already holds a run; continue it with --resume {}, or choose another --out",
+            out.display(),
+            out.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The default run directory for a configuration.
+pub fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    PathBuf::from(format!(
+        "runs/{}-{}l-seed{}",
+        cfg.model.mech, cfg.model.layers, cfg.seed
+    ))
+}
