@@ -143,3 +143,50 @@ fn an_unknown_mechanism_lists_the_known_ones() {
         "{e}"
     );
 }
+
+#[test]
+fn a_mechanism_can_be_a_user_file() {
+    let dir = std::env::temp_dir().join(format!("diagc-mech-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m1 = diagc::stdlib::module("attention.m1").unwrap().1;
+    let good = dir.join("mine.diag");
+    std::fs::write(&good, m1.replace("diagram m1(", "diagram mine(")).unwrap();
+    let cfg = ModelConfig {
+        mech: good.to_string_lossy().into(),
+        ..small("m1")
+    };
+    let tg = train_graph(&cfg).unwrap();
+    // The same parameters as the stdlib's M1.
+    assert_eq!(
+        tg.forward.params.len(),
+        train_graph(&small("m1")).unwrap().forward.params.len()
+    );
+    // A wrong boundary, and an ill-typed file, are errors that say why.
+    let wrong = dir.join("wrong.diag");
+    std::fs::write(
+        &wrong,
+        "axis tok, dm\ndiagram wrong(x: [tok, dm]) -> [tok] { sum[dm](x) }\n",
+    )
+    .unwrap();
+    let e = train_graph(&ModelConfig {
+        mech: wrong.to_string_lossy().into(),
+        ..small("m1")
+    })
+    .err()
+    .unwrap();
+    assert!(e.contains("[tok, dm]"), "{e}");
+    let bad = dir.join("bad.diag");
+    std::fs::write(
+        &bad,
+        "axis tok, dm\ndiagram bad(x: [tok, dm]) -> [tok, dm] { softmax[src](x) }\n",
+    )
+    .unwrap();
+    let e = train_graph(&ModelConfig {
+        mech: bad.to_string_lossy().into(),
+        ..small("m1")
+    })
+    .err()
+    .unwrap();
+    assert!(e.contains("E0204") && e.contains("src"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -46,22 +46,27 @@ pub struct TrainGraph {
 
 /// Checks the stdlib LM with the chosen mechanism and instantiates it at `cfg`'s sizes.
 pub fn language_model(cfg: &ModelConfig) -> Result<Instance, String> {
-    let known: Vec<String> = crate::stdlib::mechanisms().collect();
-    if !known.contains(&cfg.mech) {
-        return Err(format!(
-            "unknown mechanism `{}`; the stdlib has: {}",
-            cfg.mech,
-            known.join(", ")
-        ));
-    }
-    let (path, text) = crate::stdlib::module("lm").ok_or("the stdlib has no lm.diag")?;
-    let mut sources = crate::source::SourceMap::new();
-    let root = sources.add(format!("<stdlib>/{path}"), text);
-    let module = format!("attention.{}", cfg.mech);
-    let checked = crate::check::check_with(&mut sources, root, &[module.as_str()]);
-    if let Some(d) = checked.diagnostics.first() {
-        return Err(crate::report::render(d, &sources, false));
-    }
+    let (program, mech) = if cfg.mech.ends_with(".diag") {
+        user_mechanism(std::path::Path::new(&cfg.mech))?
+    } else {
+        let known: Vec<String> = crate::stdlib::mechanisms().collect();
+        if !known.contains(&cfg.mech) {
+            return Err(format!(
+                "unknown mechanism `{}`; the stdlib has: {} (or give a path to a .diag file)",
+                cfg.mech,
+                known.join(", ")
+            ));
+        }
+        let (path, text) = crate::stdlib::module("lm").ok_or("the stdlib has no lm.diag")?;
+        let mut sources = crate::source::SourceMap::new();
+        let root = sources.add(format!("<stdlib>/{path}"), text);
+        let module = format!("attention.{}", cfg.mech);
+        let checked = crate::check::check_with(&mut sources, root, &[module.as_str()]);
+        if let Some(d) = checked.diagnostics.first() {
+            return Err(crate::report::render(d, &sources, false));
+        }
+        (checked.program, cfg.mech.clone())
+    };
     let sizes = [
         ("tok", cfg.bptt),
         ("dm", cfg.d_model),
@@ -75,14 +80,88 @@ pub fn language_model(cfg: &ModelConfig) -> Result<Instance, String> {
             .map(|(k, v)| (k.to_string(), *v as u64))
             .collect(),
         hypers: [
-            ("mech".to_string(), HyperValue::Diagram(cfg.mech.clone())),
+            ("mech".to_string(), HyperValue::Diagram(mech.clone())),
             ("layers".to_string(), HyperValue::Num(cfg.layers as f64)),
             ("p".to_string(), HyperValue::Num(cfg.dropout)),
         ]
         .into_iter()
         .collect(),
     };
-    instance::instantiate(&checked.program, "lm", &b)
+    instance::instantiate(&program, "lm", &b)
+}
+
+/// A mechanism from a user's file: the file is checked (its diagnostics are the error) with the
+/// stdlib LM loaded beside it; the mechanism is the diagram named like the file, else the only
+/// diagram of the file with the boundary `([tok, dm]) -> [tok, dm]`.
+fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String), String> {
+    let o = crate::driver::check_path_with(path, &["lm"])?;
+    if !o.checked.diagnostics.is_empty() {
+        let reports: String = o
+            .checked
+            .diagnostics
+            .iter()
+            .map(|d| crate::report::render(d, &o.sources, false))
+            .collect();
+        return Err(format!("{} has errors:\n{reports}", path.display()));
+    }
+    let p = o.checked.program;
+    let root = crate::source::FileId(0);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let boundary = |d: &crate::ir::Diagram| {
+        let names = |ws: &[crate::ir::WireId]| -> Vec<Vec<String>> {
+            ws.iter()
+                .map(|w| {
+                    let mut v: Vec<String> = d
+                        .wire(*w)
+                        .ty
+                        .axes
+                        .iter()
+                        .map(|a| p.axes.name(*a).to_string())
+                        .collect();
+                    v.sort();
+                    v
+                })
+                .collect()
+        };
+        let want = vec![vec!["dm".to_string(), "tok".to_string()]];
+        names(&d.inputs) == want
+            && names(&d.outputs) == want
+            && d.wire(d.inputs[0]).ty.index_of.is_none()
+    };
+    let own: Vec<&crate::ir::Diagram> = p.diagrams.iter().filter(|d| d.span.file == root).collect();
+    let name = if let Some(d) = own.iter().find(|d| d.name == stem) {
+        if !boundary(d) {
+            return Err(format!(
+                "`{}` in {} is not a mechanism: it must take and return [tok, dm]",
+                d.name,
+                path.display()
+            ));
+        }
+        d.name.clone()
+    } else {
+        let fits: Vec<&&crate::ir::Diagram> = own.iter().filter(|d| boundary(d)).collect();
+        match fits.as_slice() {
+            [d] => d.name.clone(),
+            [] => {
+                return Err(format!(
+                    "{} defines no diagram from [tok, dm] to [tok, dm]",
+                    path.display()
+                ));
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|d| d.name.as_str()).collect();
+                return Err(format!(
+                    "{} defines several mechanisms ({}); name the file after the one to train",
+                    path.display(),
+                    names.join(", ")
+                ));
+            }
+        }
+    };
+    Ok((p, name))
 }
 
 /// Appends the mean cross-entropy of `targets` (a new data input after the ids, typed like the
