@@ -195,7 +195,8 @@ enum Command {
     /// Train a language model around a mechanism on Penn Treebank (the protocol of
     /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
     Train {
-        /// The mechanism: a stdlib name (m1, m0, bahdanau, ...).
+        /// The mechanism: a stdlib name (m1, m0, bahdanau, ...) or a path to a .diag file
+        /// defining a diagram from [tok, dm] to [tok, dm].
         #[arg(required_unless_present = "resume")]
         mech: Option<String>,
         #[arg(long, default_value_t = 1)]
