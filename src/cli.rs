@@ -918,16 +918,8 @@ fn bench_cmd(
     pytorch: bool,
     device: &str,
 ) -> i32 {
-    match device {
-        "cpu" | "auto" => {}
-        "cuda" => {
-            eprintln!("diagc: the CUDA backend does not exist yet; use --device cpu");
-            return 2;
-        }
-        other => {
-            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
-            return 2;
-        }
+    if !cpu_device(device) {
+        return 2;
     }
     let cfg = crate::train::model::ModelConfig {
         mech: mech.to_string(),
@@ -1048,16 +1040,8 @@ fn train_cmd(
     device: &str,
 ) -> i32 {
     use crate::train::{checkpoint, data::data_dir, run};
-    match device {
-        "cpu" | "auto" => {}
-        "cuda" => {
-            eprintln!("diagc: the CUDA backend does not exist yet; use --device cpu (or auto)");
-            return 2;
-        }
-        other => {
-            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
-            return 2;
-        }
+    if !cpu_device(device) {
+        return 2;
     }
     let data_dir = data_dir(data);
     let (cfg, out, ck) = match &resume {
@@ -1185,6 +1169,21 @@ fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
         Err(e) => {
             eprintln!("diagc: {e}");
             2
+        }
+    }
+}
+
+/// Whether `--device` selects the CPU (`cpu` or `auto`); otherwise says why not.
+fn cpu_device(device: &str) -> bool {
+    match device {
+        "cpu" | "auto" => true,
+        "cuda" => {
+            eprintln!("diagc: the CUDA backend does not exist yet; use --device cpu (or auto)");
+            false
+        }
+        other => {
+            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
+            false
         }
     }
 }
