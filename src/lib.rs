@@ -15,4 +15,5 @@ pub mod train;
 pub mod render;
 pub mod report;
 pub mod driver;
+pub mod rewrite;
 pub mod cli;

@@ -483,7 +483,7 @@ fn a_rewrite_step_draws_before_and_after() {
     let (m1, dot) = (p.diagram("m1").unwrap(), p.diagram("luong_dot").unwrap());
     let h1 = Highlight::by_wire_names(m1, &["s".into()]).unwrap();
     let h2 = Highlight::by_wire_names(dot, &["s".into()]).unwrap();
-    let svg = render::draw_step(p, (m1, &h1), (dot, &h2), &opts(0, Flow::BottomToTop)).unwrap();
+    let svg = render::draw_step((p, m1, &h1), (p, dot, &h2), &opts(0, Flow::BottomToTop)).unwrap();
     golden("tests/golden/draw/step-m1-to-luong-dot.svg", &svg).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let panels: Vec<&str> = doc

@@ -23,6 +23,11 @@ use crate::syntax::{self, ast};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Whether `name` is a primitive box of the prelude.
+pub fn is_primitive(name: &str) -> bool {
+    prims::is_primitive(name)
+}
+
 /// Reports at most this many diagnostics per compilation; the rest are counted.
 pub const MAX_DIAGNOSTICS: usize = 200;
 
@@ -63,17 +68,35 @@ pub fn check_with(sources: &mut SourceMap, root: FileId, extra_uses: &[&str]) ->
         sigs: Vec::new(),
         sig_by_name: HashMap::new(),
         poisoned_axes: Default::default(),
+        rules: Vec::new(),
     };
     let modules: Vec<&ast::Module> = loaded.iter().map(|l| &l.module).collect();
     cx.collect_axes(&modules);
     cx.collect_signatures(&modules);
-    let mut program = Program {
-        axes: AxisTable::default(),
-        diagrams: Vec::new(),
-    };
+    let mut program = Program::default();
+    let mut sides: HashMap<usize, (Option<crate::ir::Diagram>, Option<crate::ir::Diagram>)> =
+        HashMap::new();
     for i in 0..cx.sigs.len() {
-        if let Some(d) = body::elaborate(&mut cx, i) {
-            program.diagrams.push(d);
+        let role = cx.sigs[i].rule;
+        let d = body::elaborate(&mut cx, i);
+        match (role, d) {
+            (None, Some(d)) => program.diagrams.push(d),
+            (Some((r, rhs)), Some(d)) => {
+                let e = sides.entry(r).or_default();
+                if rhs { e.1 = Some(d) } else { e.0 = Some(d) }
+            }
+            (_, None) => {}
+        }
+    }
+    for (r, (head, class)) in cx.rules.iter().enumerate() {
+        if let Some((Some(lhs), Some(rhs))) = sides.remove(&r) {
+            program.rules.push(crate::ir::Rule {
+                name: head.name.text.clone(),
+                class: *class,
+                lhs,
+                rhs,
+                span: head.span,
+            });
         }
     }
     cx.check_recursion(&program);
@@ -205,6 +228,9 @@ pub(crate) struct Sig<'m> {
     pub hypers: Vec<HyperSig>,
     pub params: Vec<(String, Option<WireType>, Span)>,
     pub outputs: Vec<(Option<WireType>, Span)>,
+    /// For a side of a rewrite rule: the rule's index in `Ctx::rules` and whether this is the
+    /// right-hand side. Rule sides are not callable.
+    pub rule: Option<(usize, bool)>,
 }
 
 pub(crate) struct HyperSig {
@@ -224,6 +250,8 @@ pub(crate) struct Ctx<'m> {
     /// Axes declared with conflicting sizes (E0104, reported once): size checks involving them
     /// are skipped, so the conflict is not echoed by every reshape that uses the axis.
     pub poisoned_axes: std::collections::HashSet<AxisId>,
+    /// The rules whose class is known, with their left-hand side's definition (name, span).
+    pub rules: Vec<(&'m ast::DiagramDef, crate::ir::RuleClass)>,
 }
 
 impl<'m> Ctx<'m> {
@@ -480,8 +508,13 @@ impl<'m> Ctx<'m> {
     }
 
     fn collect_signatures(&mut self, modules: &[&'m ast::Module]) {
+        let mut rule_names: HashMap<&str, Span> = HashMap::new();
         for m in modules {
             for item in &m.items {
+                if let ast::Item::Rule(rule) = item {
+                    self.collect_rule(rule, &mut rule_names);
+                    continue;
+                }
                 let ast::Item::Diagram(def) = item else {
                     continue;
                 };
@@ -529,6 +562,47 @@ impl<'m> Ctx<'m> {
                     }
                 }
             }
+        }
+    }
+
+    /// Registers both sides of a rule (not callable, so not in `sig_by_name`).
+    fn collect_rule(&mut self, rule: &'m ast::RuleDef, names: &mut HashMap<&'m str, Span>) {
+        let name = &rule.lhs.name;
+        if let Some(prev) = names.insert(&name.text, name.span) {
+            self.error(
+                Diagnostic::new(
+                    Code::Duplicate,
+                    format!("rule `{}` is defined twice", name.text),
+                )
+                .primary(name.span, "defined again here")
+                .secondary(prev, "first defined here")
+                .help("rules of all used modules share one namespace: rename one"),
+            );
+            return;
+        }
+        let class = crate::ir::RuleClass::ALL
+            .iter()
+            .find(|(n, _)| *n == rule.class.text)
+            .map(|(_, c)| *c);
+        let Some(class) = class else {
+            let d = Diagnostic::new(
+                Code::UnknownRuleClass,
+                format!("`{}` is not a class of rewrite rule", rule.class.text),
+            )
+            .primary(
+                rule.class.span,
+                "expected `equal`, `expressive` or `specialise`",
+            );
+            let names = crate::ir::RuleClass::ALL.iter().map(|(n, _)| *n);
+            self.error(did_you_mean(d, &rule.class.text, names));
+            return;
+        };
+        let index = self.rules.len();
+        self.rules.push((&rule.lhs, class));
+        for (side, rhs) in [(&rule.lhs, false), (&rule.rhs, true)] {
+            let mut sig = self.signature(side);
+            sig.rule = Some((index, rhs));
+            self.sigs.push(sig);
         }
     }
 
@@ -609,6 +683,7 @@ impl<'m> Ctx<'m> {
             .map(|t| (self.resolve_type(t), t.span))
             .collect();
         Sig {
+            rule: None,
             name: def.name.text.clone(),
             def,
             hypers,

@@ -616,15 +616,57 @@ impl Diagram {
     }
 }
 
-/// A checked program: its axes and its diagrams, in definition order.
+/// The three classes of rewrite rule of the paper, kept distinct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleClass {
+    /// Exact, usable in both directions (and by the optimiser).
+    Equal,
+    /// Equivalent up to universal approximation: the two sides span the same function class.
+    Expressive,
+    /// One direction only, may lose expressivity.
+    Specialise,
+}
+
+impl RuleClass {
+    pub const ALL: &[(&'static str, RuleClass)] = &[
+        ("equal", RuleClass::Equal),
+        ("expressive", RuleClass::Expressive),
+        ("specialise", RuleClass::Specialise),
+    ];
+
+    pub fn name(self) -> &'static str {
+        RuleClass::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// A checked rewrite rule: both sides elaborated as diagrams with the same signature (so their
+/// boundary types agree by construction). The axes they use are the rule's axis variables.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub class: RuleClass,
+    pub lhs: Diagram,
+    pub rhs: Diagram,
+    pub span: Span,
+}
+
+/// A checked program: its axes, its diagrams and its rewrite rules, in definition order.
 #[derive(Clone, Debug, Default)]
 pub struct Program {
     pub axes: AxisTable,
     pub diagrams: Vec<Diagram>,
+    pub rules: Vec<Rule>,
 }
 
 impl Program {
     pub fn diagram(&self, name: &str) -> Option<&Diagram> {
         self.diagrams.iter().find(|d| d.name == name)
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 }

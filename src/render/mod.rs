@@ -199,18 +199,18 @@ pub fn draw(program: &Program, d: &Diagram, opts: &DrawOptions) -> Result<String
 
 /// One rewrite step: `before` and `after` side by side, captioned, each with its own highlight
 /// (the matched site and its replacement). `opts.highlight` is ignored.
+/// Each side comes with its own program, since a rewrite may add axes.
 pub fn draw_step(
-    program: &Program,
-    before: (&Diagram, &Highlight),
-    after: (&Diagram, &Highlight),
+    before: (&Program, &Diagram, &Highlight),
+    after: (&Program, &Diagram, &Highlight),
     opts: &DrawOptions,
 ) -> Result<String, DrawError> {
-    let scene = |(d, h): (&Diagram, &Highlight)| {
+    let scene = |(p, d, h): (&Program, &Diagram, &Highlight)| {
         let o = DrawOptions {
             highlight: h.clone(),
             ..opts.clone()
         };
-        Scene::new(program, d, &o)
+        Scene::new(p, d, &o)
     };
     let (b, a) = (scene(before)?, scene(after)?);
     Ok(svg::document(&[(Some("before"), &b), (Some("after"), &a)]))

@@ -24,6 +24,8 @@ pub enum Item {
     /// `axis tok, src = tok, dk = dm / head`
     Axis(Vec<AxisDecl>),
     Diagram(DiagramDef),
+    /// `rule NAME : CLASS (params) -> outputs { lhs } => { rhs }`
+    Rule(RuleDef),
     /// A stretch the parser skipped after a syntax error (already reported).
     Error(Span),
 }
@@ -79,6 +81,17 @@ pub struct DiagramDef {
     pub params: Vec<Param>,
     pub outputs: Vec<TypeExpr>,
     pub body: Block,
+    pub span: Span,
+}
+
+/// A rewrite rule: two diagrams with the same name, hyperparameters (pattern variables for
+/// sub-diagrams) and boundary. The axes a rule names are its axis variables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleDef {
+    /// `equal`, `expressive` or `specialise` (checked by the checker).
+    pub class: Name,
+    pub lhs: DiagramDef,
+    pub rhs: DiagramDef,
     pub span: Span,
 }
 

@@ -78,6 +78,8 @@ pub enum Tok {
     Dot,
     #[token("=")]
     Eq,
+    #[token("=>")]
+    FatArrow,
     #[token("->")]
     Arrow,
     #[token("+")]
@@ -119,6 +121,7 @@ impl std::fmt::Display for Tok {
             Tok::Colon => "`:`",
             Tok::Dot => "`.`",
             Tok::Eq => "`=`",
+            Tok::FatArrow => "`=>`",
             Tok::Arrow => "`->`",
             Tok::Plus => "`+`",
             Tok::Minus => "`-`",

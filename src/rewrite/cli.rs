@@ -1,0 +1,187 @@
+//! The rewrite commands (`diagc rewrite`, `diagc derive`): argument handling, printing and exit
+//! codes, kept here so `cli` stays a list of commands.
+
+use super::rule::{self, RuleBook, Site, Step};
+use super::term::Term;
+use crate::driver;
+use crate::ir::Program;
+use std::path::{Path, PathBuf};
+
+pub struct RewriteArgs {
+    pub file: Option<PathBuf>,
+    pub diagram: Option<String>,
+    pub apply: Vec<String>,
+    pub rules: Vec<PathBuf>,
+    pub trace: bool,
+    pub sites: bool,
+    pub list: bool,
+    pub draw: Option<PathBuf>,
+}
+
+/// The stdlib's rules and those of `files`.
+pub fn load_rules(files: &[PathBuf]) -> Result<RuleBook, String> {
+    let mut book = RuleBook::stdlib()?;
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        book.add_text(&f.display().to_string(), &text)?;
+    }
+    Ok(book)
+}
+
+/// Checks `file` and returns the term of one of its diagrams (the named one, else the only or
+/// last one defined in the file itself).
+pub fn load_term(file: &Path, diagram: Option<&str>) -> Result<Term, String> {
+    let o = driver::check_path(file)?;
+    if !o.checked.is_ok() {
+        let report: String = o
+            .checked
+            .diagnostics
+            .iter()
+            .map(|d| crate::report::render(d, &o.sources, false))
+            .collect();
+        return Err(format!("{report}{} does not check", file.display()));
+    }
+    let p = &o.checked.program;
+    term_of(p, diagram, &file.display().to_string())
+}
+
+pub fn term_of(p: &Program, diagram: Option<&str>, shown: &str) -> Result<Term, String> {
+    let root = crate::source::FileId(0);
+    let d = match diagram {
+        Some(n) => p.diagram(n).ok_or_else(|| {
+            let names: Vec<&str> = p.diagrams.iter().map(|d| d.name.as_str()).collect();
+            format!(
+                "no diagram `{n}` in {shown}; there are: {}",
+                names.join(", ")
+            )
+        })?,
+        None => p
+            .diagrams
+            .iter()
+            .rev()
+            .find(|d| d.span.file == root)
+            .ok_or_else(|| format!("{shown} defines no diagram"))?,
+    };
+    Term::from_diagram(d, &p.axes)
+}
+
+/// Parses `RULE[@SITE]`.
+pub fn parse_apply(s: &str) -> (String, Option<Site>) {
+    match s.split_once('@') {
+        Some((r, site)) => (r.to_string(), Some(Site::parse(site))),
+        None => (s.to_string(), None),
+    }
+}
+
+/// Draws a step as an SVG: before and after, the rewritten wire highlighted on both sides.
+pub fn draw_step(step: &Step) -> Result<String, String> {
+    let side = |t: &Term| -> Result<(Program, String), String> {
+        let o = driver::check_text("<step>", &t.to_text());
+        if !o.checked.is_ok() {
+            return Err("a step does not check".into());
+        }
+        Ok((o.checked.program, t.name.clone()))
+    };
+    let (pb, nb) = side(&step.before)?;
+    let (pa, na) = side(&step.after)?;
+    let db = pb.diagram(&nb).ok_or("lost diagram")?;
+    let da = pa.diagram(&na).ok_or("lost diagram")?;
+    let root = step.matched_name.clone().into_iter().collect::<Vec<_>>();
+    let hb = crate::render::Highlight::by_wire_names(db, &root).unwrap_or_default();
+    let ha = crate::render::Highlight::by_wire_names(da, &root).unwrap_or_default();
+    crate::render::draw_step((&pb, db, &hb), (&pa, da, &ha), &Default::default())
+        .map_err(|e| format!("{e:?}"))
+}
+
+pub fn rewrite(a: RewriteArgs) -> i32 {
+    let book = match load_rules(&a.rules) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 1;
+        }
+    };
+    if a.list {
+        for r in &book.rules {
+            println!("{:<28} {:<11} {}", r.name, r.class.name(), r.origin);
+        }
+        return 0;
+    }
+    let Some(file) = a.file else {
+        eprintln!("diagc: rewrite needs a FILE");
+        return 2;
+    };
+    let mut term = match load_term(&file, a.diagram.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 1;
+        }
+    };
+    if a.sites {
+        for r in &book.rules {
+            let ms = rule::find_matches(r, &term);
+            if ms.is_empty() {
+                continue;
+            }
+            let at: Vec<String> = ms
+                .iter()
+                .enumerate()
+                .map(|(i, m)| match &term.nodes[m.root.node].names[m.root.out] {
+                    Some(n) => format!("{}:`{n}`", i + 1),
+                    None => format!("{}", i + 1),
+                })
+                .collect();
+            println!("{:<28} {:<11} {}", r.name, r.class.name(), at.join(" "));
+        }
+        return 0;
+    }
+    if let Some(dir) = &a.draw
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("diagc: cannot create {}: {e}", dir.display());
+        return 2;
+    }
+    if a.trace {
+        println!("// {}: the diagram as rewriting sees it", term.name);
+        print!("{}", term.to_text());
+    }
+    for (i, spec) in a.apply.iter().enumerate() {
+        let (name, site) = parse_apply(spec);
+        let step = match rule::apply(&book, &term, &name, site.as_ref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("diagc: step {}: {e}", i + 1);
+                return 1;
+            }
+        };
+        if a.trace {
+            println!(
+                "\n// step {}: {} ({}) at site {}",
+                i + 1,
+                step.rule,
+                step.class.name(),
+                step.site
+            );
+            print!("{}", step.after.to_text());
+        }
+        if let Some(dir) = &a.draw {
+            let path = dir.join(format!("step{}.svg", i + 1));
+            match draw_step(&step) {
+                Ok(svg) => {
+                    if let Err(e) = std::fs::write(&path, svg) {
+                        eprintln!("diagc: cannot write {}: {e}", path.display());
+                        return 2;
+                    }
+                }
+                Err(e) => eprintln!("diagc: step {} not drawn: {e}", i + 1),
+            }
+        }
+        term = step.after;
+    }
+    if !a.trace {
+        print!("{}", term.to_text());
+    }
+    0
+}

@@ -1,0 +1,12 @@
+//! Rewriting: the paper's rewrite system as a working part of the compiler.
+//!
+//! - [`term`]: the form rewriting works on (a checked diagram, SIMD lowered, as a DAG), printing
+//!   back to `.diag` text and re-checking.
+//! - [`rule`]: rules (`rule` declarations, checked like diagrams), matching a rule's left side
+//!   at a site of a term and replacing it by the right side.
+//! - [`verify`]: numeric comparison of two diagrams on the CPU interpreter (the oracle), used by
+//!   `diagc check --verify-rules`, derivations and the optimiser's tests.
+
+pub mod term;
+pub mod rule;
+pub mod cli;

@@ -1,0 +1,727 @@
+//! Terms: the form rewriting works on.
+//!
+//! A [`Term`] is a checked diagram with its SIMD regions lowered (so every box is lane-wise and a
+//! rule matches inside any tube: SIMD functoriality) and its copies and discards dropped (a value
+//! used twice is one node with two consumers: the cartesian structure makes sharing free). It is
+//! a DAG of nodes in topological order. A term prints back to `.diag` text ([`Term::to_text`])
+//! and every rewrite re-checks that text with the real checker ([`Term::recheck`]), so a rewrite
+//! result is always a checked diagram with every wire typed.
+
+use crate::ir::size::Size;
+use crate::ir::{
+    AxisId, AxisTable, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec, Program,
+    RegionKind, WireId, WireType, lower, print,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+
+/// One output of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port {
+    pub node: usize,
+    pub out: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    /// The diagram's `k`-th input.
+    Input(usize),
+    /// A box (never a copy, a discard or a region port).
+    Box { op: Op, params: Vec<ParamSpec> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub args: Vec<Port>,
+    /// The type of each output (unknown, `None`, for nodes a rewrite just made: the re-check
+    /// types them).
+    pub types: Vec<Option<WireType>>,
+    /// The source-level name of each output, if it had one.
+    pub names: Vec<Option<String>>,
+}
+
+impl Node {
+    pub fn op(&self) -> Option<&Op> {
+        match &self.kind {
+            NodeKind::Box { op, .. } => Some(op),
+            NodeKind::Input(_) => None,
+        }
+    }
+}
+
+/// A diagram as a DAG, with the axes it is typed over.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub name: String,
+    pub axes: AxisTable,
+    /// Int and float hyperparameters (diagram-valued ones make a diagram unrewritable).
+    pub hypers: Vec<crate::ir::Hyper>,
+    pub inputs: Vec<(String, WireType)>,
+    pub output_types: Vec<WireType>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Port>,
+}
+
+/// Why a diagram cannot become a term.
+pub type TermError = String;
+
+impl Term {
+    /// The term of a checked diagram of `program`.
+    pub fn from_diagram(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
+        Term::build(d, axes, false)
+    }
+
+    /// The term of one side of a rule: calls of its diagram-valued hyperparameters (box
+    /// variables) are allowed.
+    pub fn from_rule_side(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
+        Term::build(d, axes, true)
+    }
+
+    fn build(d: &Diagram, axes: &AxisTable, rule: bool) -> Result<Term, TermError> {
+        if d.regions
+            .iter()
+            .any(|r| matches!(r.kind, RegionKind::Repeat(_)))
+        {
+            return Err(format!(
+                "diagram `{}` has a `repeat` block; rewriting works on diagrams without one",
+                d.name
+            ));
+        }
+        if !rule
+            && let Some(h) = d
+                .hypers
+                .iter()
+                .find(|h| matches!(h.ty, HyperType::Diagram { .. }))
+        {
+            return Err(format!(
+                "diagram `{}` takes the diagram-valued hyperparameter `{}`; rewrite the diagram \
+                 it is given instead",
+                d.name, h.name
+            ));
+        }
+        let low = lower::lower_simd(d);
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut port_of: HashMap<WireId, Port> = HashMap::new();
+        let mut inputs = Vec::new();
+        for (k, w) in low.inputs.iter().enumerate() {
+            let wire = low.wire(*w);
+            let name = low.input_names.get(k).cloned().unwrap_or(format!("x{k}"));
+            inputs.push((name.clone(), wire.ty.clone()));
+            port_of.insert(
+                *w,
+                Port {
+                    node: nodes.len(),
+                    out: 0,
+                },
+            );
+            nodes.push(Node {
+                kind: NodeKind::Input(k),
+                args: Vec::new(),
+                types: vec![Some(wire.ty.clone())],
+                names: vec![Some(name)],
+            });
+        }
+        for b in &low.boxes {
+            match &b.op {
+                Op::Copy(_) => {
+                    let src = port_of[&b.inputs[0]];
+                    for o in &b.outputs {
+                        port_of.insert(*o, src);
+                    }
+                    continue;
+                }
+                Op::Discard => continue,
+                Op::Call {
+                    callee: Callee::Hyper(_),
+                    ..
+                } if rule => {}
+                Op::Call { callee, .. } => {
+                    let name = match callee {
+                        Callee::Diagram(n) | Callee::Hyper(n) => n,
+                    };
+                    return Err(format!(
+                        "diagram `{}` calls `{name}`; rewriting works on diagrams without calls \
+                         (write the callee's boxes in place)",
+                        d.name
+                    ));
+                }
+                Op::Exec(_) => {
+                    return Err(format!(
+                        "diagram `{}` is an executable instance, not a source diagram",
+                        d.name
+                    ));
+                }
+                _ => {}
+            }
+            let args = b.inputs.iter().map(|w| port_of[w]).collect();
+            let id = nodes.len();
+            for (k, o) in b.outputs.iter().enumerate() {
+                port_of.insert(*o, Port { node: id, out: k });
+            }
+            nodes.push(Node {
+                kind: NodeKind::Box {
+                    op: b.op.clone(),
+                    params: b.params.clone(),
+                },
+                args,
+                types: b
+                    .outputs
+                    .iter()
+                    .map(|o| Some(low.wire(*o).ty.clone()))
+                    .collect(),
+                names: b
+                    .outputs
+                    .iter()
+                    .map(|o| low.wire(*o).name.clone())
+                    .collect(),
+            });
+        }
+        let outputs = low.outputs.iter().map(|w| port_of[w]).collect();
+        let output_types = low
+            .outputs
+            .iter()
+            .map(|w| low.wire(*w).ty.clone())
+            .collect();
+        Ok(Term {
+            name: d.name.clone(),
+            axes: axes.clone(),
+            hypers: d.hypers.clone(),
+            inputs,
+            output_types,
+            nodes,
+            outputs,
+        })
+    }
+
+    /// How many times each port is used (by nodes and as a diagram output).
+    pub fn uses(&self) -> HashMap<Port, usize> {
+        let mut uses: HashMap<Port, usize> = HashMap::new();
+        for n in &self.nodes {
+            for a in &n.args {
+                *uses.entry(*a).or_default() += 1;
+            }
+        }
+        for o in &self.outputs {
+            *uses.entry(*o).or_default() += 1;
+        }
+        uses
+    }
+
+    /// Removes nodes no output depends on (inputs stay) and restores topological order.
+    /// Returns the number of boxes removed.
+    pub fn tidy(&mut self) -> usize {
+        let n = self.nodes.len();
+        // Depth-first post-order from the outputs gives a topological order of the live nodes.
+        let mut order: Vec<usize> = (0..self.inputs.len()).collect();
+        let mut state = vec![0u8; n]; // 0 unvisited, 1 on stack, 2 done
+        for s in state.iter_mut().take(self.inputs.len()) {
+            *s = 2;
+        }
+        for root in self.outputs.iter().map(|p| p.node) {
+            let mut stack = vec![(root, 0usize)];
+            while let Some((v, i)) = stack.pop() {
+                if state[v] == 2 {
+                    continue;
+                }
+                state[v] = 1;
+                if i < self.nodes[v].args.len() {
+                    stack.push((v, i + 1));
+                    let a = self.nodes[v].args[i].node;
+                    if state[a] == 0 {
+                        stack.push((a, 0));
+                    }
+                } else {
+                    state[v] = 2;
+                    order.push(v);
+                }
+            }
+        }
+        let removed = n - order.len();
+        let mut new_id = vec![usize::MAX; n];
+        for (i, v) in order.iter().enumerate() {
+            new_id[*v] = i;
+        }
+        let remap = |p: Port| Port {
+            node: new_id[p.node],
+            out: p.out,
+        };
+        let mut nodes = Vec::with_capacity(order.len());
+        for v in &order {
+            let mut node = self.nodes[*v].clone();
+            node.args = node.args.into_iter().map(remap).collect();
+            nodes.push(node);
+        }
+        self.nodes = nodes;
+        self.outputs = self.outputs.iter().map(|p| remap(*p)).collect();
+        removed
+    }
+
+    /// The number of boxes (nodes that are not inputs).
+    pub fn box_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Box { .. }))
+            .count()
+    }
+
+    /// The term as a `.diag` file: the axis declarations it needs, then one diagram. Values
+    /// used once are written inline; values used more than once, boxes with several outputs and
+    /// values that had a name in the source are bound to names.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", axis_decls(self));
+        let _ = write!(out, "\ndiagram {}", self.name);
+        let hypers: Vec<String> = self
+            .hypers
+            .iter()
+            .map(|h| {
+                let ty = print::hyper_type(&h.ty, &self.axes);
+                match &h.default {
+                    Some(v) => format!("{}: {ty} = {}", h.name, print::hyper_arg(v, &self.axes)),
+                    None => format!("{}: {ty}", h.name),
+                }
+            })
+            .collect();
+        if !hypers.is_empty() {
+            let _ = write!(out, "[{}]", hypers.join(", "));
+        }
+        let ins: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|(n, t)| format!("{n}: {}", t.display(&self.axes)))
+            .collect();
+        let outs: Vec<String> = self
+            .output_types
+            .iter()
+            .map(|t| t.display(&self.axes).to_string())
+            .collect();
+        let outs = if outs.len() == 1 {
+            outs[0].clone()
+        } else {
+            format!("({})", outs.join(", "))
+        };
+        let _ = writeln!(out, "({}) -> {outs} {{", ins.join(", "));
+        let uses = self.uses();
+        let mut names = Names::new(self);
+        // Which ports get a binding.
+        let mut text_of: HashMap<Port, String> = HashMap::new();
+        for (k, (n, _)) in self.inputs.iter().enumerate() {
+            text_of.insert(Port { node: k, out: 0 }, n.clone());
+        }
+        let mut dead: Vec<String> = Vec::new();
+        for (id, node) in self.nodes.iter().enumerate() {
+            let NodeKind::Box { op, params } = &node.kind else {
+                continue;
+            };
+            let infix = is_infix(op);
+            let args: Vec<String> = node
+                .args
+                .iter()
+                .map(|a| {
+                    let t = text_of.get(a).cloned().unwrap_or_else(|| "?".into());
+                    if infix { wrap(&t) } else { t }
+                })
+                .collect();
+            let mut expr = expr_text(op, params, &args, &self.axes);
+            // A per-lane learned box is written inside SIMD regions over its lane axes.
+            let lanes = if matches!(op, Op::Param(_)) {
+                &[][..]
+            } else {
+                per_lane(params)
+            };
+            for a in lanes.iter().rev() {
+                expr = format!("simd {} {{ {expr} }}", self.axes.name(*a));
+            }
+            let outs = node.types.len().max(1);
+            let port0 = Port { node: id, out: 0 };
+            let used0 = uses.get(&port0).copied().unwrap_or(0);
+            let is_output = self.outputs.contains(&port0);
+            let bind = outs > 1
+                || used0 != 1
+                || (node.names[0].is_some() && !is_output)
+                || !lanes.is_empty();
+            if !bind {
+                text_of.insert(port0, expr);
+                continue;
+            }
+            let bound: Vec<String> = (0..outs)
+                .map(|k| names.fresh(node.names.get(k).cloned().flatten()))
+                .collect();
+            if outs == 1 {
+                let _ = writeln!(out, "    {} = {expr}", bound[0]);
+            } else {
+                let _ = writeln!(out, "    ({}) = {expr}", bound.join(", "));
+            }
+            for (k, b) in bound.iter().enumerate() {
+                let p = Port { node: id, out: k };
+                if uses.get(&p).copied().unwrap_or(0) == 0 {
+                    dead.push(b.clone());
+                }
+                text_of.insert(p, b.clone());
+            }
+        }
+        for (k, (n, _)) in self.inputs.iter().enumerate() {
+            if uses.get(&Port { node: k, out: 0 }).copied().unwrap_or(0) == 0 {
+                dead.push(n.clone());
+            }
+        }
+        for d in dead {
+            let _ = writeln!(out, "    discard {d}");
+        }
+        let results: Vec<String> = self
+            .outputs
+            .iter()
+            .map(|p| text_of.get(p).cloned().unwrap_or_else(|| "?".into()))
+            .collect();
+        if results.len() == 1 {
+            let _ = writeln!(out, "    {}", results[0]);
+        } else {
+            let _ = writeln!(out, "    ({})", results.join(", "));
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Prints the term and checks the text: the result is the term of the checked diagram, with
+    /// every node typed. `Err` carries the rendered diagnostics (a rewrite that broke typing).
+    pub fn recheck(&self) -> Result<(Term, Program), String> {
+        let text = self.to_text();
+        let outcome = crate::driver::check_text(&format!("<rewrite of {}>", self.name), &text);
+        if !outcome.checked.is_ok() {
+            let report: String = outcome
+                .checked
+                .diagnostics
+                .iter()
+                .map(|d| crate::report::render(d, &outcome.sources, false))
+                .collect();
+            return Err(format!("{report}\nin the rewritten text:\n{text}"));
+        }
+        let program = outcome.checked.program;
+        let d = program
+            .diagram(&self.name)
+            .ok_or_else(|| format!("the rewritten text lost diagram `{}`", self.name))?;
+        let t = Term::from_diagram(d, &program.axes)?;
+        Ok((t, program))
+    }
+}
+
+/// Names for bindings: the source name when free, else a fresh `t1`, `t2`...
+struct Names {
+    taken: BTreeSet<String>,
+    next: usize,
+}
+
+impl Names {
+    fn new(t: &Term) -> Names {
+        let mut taken: BTreeSet<String> = t.inputs.iter().map(|(n, _)| n.clone()).collect();
+        taken.extend(t.axes.names().map(String::from));
+        taken.extend(t.hypers.iter().map(|h| h.name.clone()));
+        Names { taken, next: 1 }
+    }
+
+    fn fresh(&mut self, want: Option<String>) -> String {
+        if let Some(w) = want
+            && !self.taken.contains(&w)
+            && !crate::check::is_primitive(&w)
+        {
+            self.taken.insert(w.clone());
+            return w;
+        }
+        loop {
+            let n = format!("t{}", self.next);
+            self.next += 1;
+            if !self.taken.contains(&n) {
+                self.taken.insert(n.clone());
+                return n;
+            }
+        }
+    }
+}
+
+fn is_infix(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Scale(_) | Op::Shift(_)
+    )
+}
+
+/// Infix expressions are parenthesised when used inside another expression.
+fn wrap(e: &str) -> String {
+    let depth0 = e
+        .char_indices()
+        .scan(0i32, |d, (i, c)| {
+            match c {
+                '(' | '[' => *d += 1,
+                ')' | ']' => *d -= 1,
+                _ => {}
+            }
+            Some((i, c, *d))
+        })
+        .any(|(_, c, d)| d == 0 && c == ' ');
+    if depth0 {
+        format!("({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+fn list(ids: &[AxisId], axes: &AxisTable) -> String {
+    if ids.is_empty() {
+        return "[]".into();
+    }
+    ids.iter()
+        .map(|a| axes.name(*a))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn const_text(c: &Const, axes: &AxisTable) -> String {
+    c.display(axes).to_string()
+}
+
+/// A constant as the right operand of `*` or `+`.
+fn const_operand(c: &Const, axes: &AxisTable) -> String {
+    match c {
+        Const::Num(x) if *x < 0.0 => format!("-{}", -x),
+        Const::Neg(_) => format!("({})", const_text(c, axes)),
+        _ => const_text(c, axes),
+    }
+}
+
+/// The per-lane axes of a learned box (its parameters are per-lane over them).
+pub fn per_lane(params: &[ParamSpec]) -> &[AxisId] {
+    params
+        .iter()
+        .find(|p| !p.per_lane.is_empty())
+        .map_or(&[], |p| &p.per_lane)
+}
+
+/// The per-lane option of a learned box, if its parameters are per-lane.
+fn per_text(params: &[ParamSpec], axes: &AxisTable) -> Option<String> {
+    let per = params.iter().find(|p| !p.per_lane.is_empty())?;
+    Some(format!("per = {}", list(&per.per_lane, axes)))
+}
+
+/// One box applied to argument texts, as the source language writes it.
+pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTable) -> String {
+    let n = |a: &AxisId| axes.name(*a).to_string();
+    let call = |head: String| format!("{head}({})", args.join(", "));
+    let opts = |base: Vec<String>| -> String {
+        let mut parts = base;
+        if let Some(p) = per_text(params, axes) {
+            parts.push(p);
+        }
+        parts.join(", ")
+    };
+    match op {
+        Op::Add => format!("{} + {}", args[0], args[1]),
+        Op::Sub => format!("{} - {}", args[0], args[1]),
+        Op::Mul => format!("{} * {}", args[0], args[1]),
+        Op::Div => format!("{} / {}", args[0], args[1]),
+        Op::Scale(c) => format!("{} * {}", args[0], const_operand(c, axes)),
+        Op::Shift(c) => format!("{} + {}", args[0], const_operand(c, axes)),
+        Op::Dropout(c) => call(format!("dropout[{}]", const_text(c, axes))),
+        Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
+        Op::Linear { from, to, bias } => {
+            let mut base = vec![format!("{} -> {}", list(from, axes), list(to, axes))];
+            if !bias {
+                base.push("bias = false".into());
+            }
+            call(format!("linear[{}]", opts(base)))
+        }
+        Op::Learner { from, to, width } => {
+            let base = vec![
+                format!("{} -> {}", list(from, axes), list(to, axes)),
+                format!("width = {}", const_text(width, axes)),
+            ];
+            call(format!("learner[{}]", opts(base)))
+        }
+        Op::Param(ids) => {
+            // Flat, a per-lane state is a state carrying its lane axes.
+            let mut all: Vec<AxisId> = per_lane(params).to_vec();
+            all.extend(ids.iter().copied());
+            if all.is_empty() {
+                "param[]()".into()
+            } else {
+                format!("param[{}]()", list(&all, axes))
+            }
+        }
+        Op::LayerNorm(ids) => call(format!("layernorm[{}]", opts(vec![list(ids, axes)]))),
+        Op::Embed { vocab, to } => call(format!(
+            "embed[{}]",
+            opts(vec![format!("{} -> {}", n(vocab), list(to, axes))])
+        )),
+        Op::Call { callee, hypers } => {
+            let name = match callee {
+                Callee::Diagram(d) | Callee::Hyper(d) => d.clone(),
+            };
+            if hypers.is_empty() {
+                call(name)
+            } else {
+                let hs: Vec<String> = hypers
+                    .iter()
+                    .map(|(k, v)| match v {
+                        HyperArg::Num(c) => format!("{k} = {}", const_text(c, axes)),
+                        HyperArg::Diagram(Callee::Diagram(d) | Callee::Hyper(d)) => {
+                            format!("{k} = {d}")
+                        }
+                    })
+                    .collect();
+                call(format!("{name}[{}]", hs.join(", ")))
+            }
+        }
+        other => call(print::op_text(other, axes)),
+    }
+}
+
+/// The `axis` lines a term needs: every axis its types and boxes mention, and the axes their
+/// sizes are defined from, in declaration order.
+fn axis_decls(t: &Term) -> String {
+    let mut used: BTreeSet<AxisId> = BTreeSet::new();
+    let add_ty = |ty: &WireType, used: &mut BTreeSet<AxisId>| {
+        used.extend(ty.axes.iter().copied());
+        used.extend(ty.index_of);
+    };
+    for (_, ty) in &t.inputs {
+        add_ty(ty, &mut used);
+    }
+    for ty in &t.output_types {
+        add_ty(ty, &mut used);
+    }
+    for n in &t.nodes {
+        for ty in n.types.iter().flatten() {
+            add_ty(ty, &mut used);
+        }
+        if let NodeKind::Box { op, params } = &n.kind {
+            op_axes(op, &mut used);
+            for p in params {
+                used.extend(p.per_lane.iter().copied());
+                for d in &p.dims {
+                    if let Dim::Axis(a) = d {
+                        used.insert(*a);
+                    }
+                }
+            }
+        }
+    }
+    // Primed axes (`dm'`) are made by instantiation only; they never reach source terms.
+    let by_name: HashMap<&str, AxisId> = t
+        .axes
+        .axes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.as_str(), AxisId(i as u32)))
+        .collect();
+    // Close over the free variables of their sizes.
+    let mut frontier: Vec<AxisId> = used.iter().copied().collect();
+    while let Some(a) = frontier.pop() {
+        for v in t.axes.size(a).vars.keys() {
+            if let Some(&id) = by_name.get(v.as_str())
+                && used.insert(id)
+            {
+                frontier.push(id);
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for a in used {
+        let info = t.axes.get(a);
+        if info.size == Size::var(&info.name) {
+            lines.push(format!("axis {}", info.name));
+        } else {
+            lines.push(format!("axis {} = {}", info.name, size_text(&info.size)));
+        }
+    }
+    lines.join("\n")
+}
+
+fn op_axes(op: &Op, used: &mut BTreeSet<AxisId>) {
+    match op {
+        Op::Rename { from, to } => {
+            used.insert(*from);
+            used.insert(*to);
+        }
+        Op::Split { from, into } => {
+            used.insert(*from);
+            used.extend(into.iter().copied());
+        }
+        Op::Merge { from, into } => {
+            used.extend(from.iter().copied());
+            used.insert(*into);
+        }
+        Op::Expand(a)
+        | Op::Dot(a)
+        | Op::Sum(a)
+        | Op::Softmax(a)
+        | Op::Normalise(a)
+        | Op::Cumsum(a) => {
+            used.insert(*a);
+        }
+        Op::Causal { query, key } => {
+            used.insert(*query);
+            used.insert(*key);
+        }
+        Op::PosEnc { pos, feature } => {
+            used.insert(*pos);
+            used.insert(*feature);
+        }
+        Op::Linear { from, to, .. } | Op::Learner { from, to, .. } => {
+            used.extend(from.iter().copied());
+            used.extend(to.iter().copied());
+        }
+        Op::Param(ids) | Op::LayerNorm(ids) => used.extend(ids.iter().copied()),
+        Op::Embed { vocab, to } => {
+            used.insert(*vocab);
+            used.extend(to.iter().copied());
+        }
+        _ => {}
+    }
+    let mut consts = Vec::new();
+    match op {
+        Op::Scale(c) | Op::Shift(c) | Op::Dropout(c) | Op::Learner { width: c, .. } => {
+            consts.push(c)
+        }
+        _ => {}
+    }
+    while let Some(c) = consts.pop() {
+        match c {
+            Const::Size(a) => {
+                used.insert(*a);
+            }
+            Const::Neg(x) | Const::Sqrt(x) => consts.push(x),
+            Const::Bin(_, x, y) => {
+                consts.push(x);
+                consts.push(y);
+            }
+            Const::Num(_) | Const::Hyper(_) => {}
+        }
+    }
+}
+
+/// A size as the source language writes it: `dm / head`, `2 * tok`.
+pub fn size_text(s: &Size) -> String {
+    let mut num: Vec<String> = Vec::new();
+    let mut den: Vec<String> = Vec::new();
+    if s.num != 1 || s.vars.values().all(|e| *e < 0) {
+        num.push(s.num.to_string());
+    }
+    for (v, e) in &s.vars {
+        for _ in 0..e.unsigned_abs() {
+            if *e > 0 {
+                num.push(v.clone());
+            } else {
+                den.push(v.clone());
+            }
+        }
+    }
+    if s.den != 1 {
+        den.insert(0, s.den.to_string());
+    }
+    let mut t = num.join(" * ");
+    for d in den {
+        t.push_str(" / ");
+        t.push_str(&d);
+    }
+    t
+}
