@@ -31,6 +31,27 @@ fn main() {
     }
     table.push_str("]\n");
     fs::write(Path::new(&out).join("stdlib_files.rs"), table).unwrap();
+
+    // Derivations (`stdlib/derivations/*.derive`), replayed by `diagc derive`.
+    let mut table = String::from("&[\n");
+    let dir = Path::new("stdlib/derivations");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut derivs: Vec<_> = fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    derivs.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "derive"));
+    derivs.sort();
+    for f in &derivs {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        let abs = fs::canonicalize(f).unwrap();
+        table.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            abs.to_string_lossy()
+        ));
+    }
+    table.push_str("]\n");
+    fs::write(Path::new(&out).join("stdlib_derivations.rs"), table).unwrap();
     println!("cargo:rerun-if-changed=stdlib");
 }
 

@@ -329,6 +329,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         draw: Option<PathBuf>,
     },
+    /// Replay a derivation step by step, checking each: the rule applies at its site, the result
+    /// types, `equal` steps agree numerically, and the end is the expected diagram. DERIVATION is
+    /// a stdlib derivation's name (`diagc derive --list`) or a .derive file.
+    Derive {
+        #[arg(required_unless_present = "list")]
+        derivation: Option<String>,
+        /// Extra .diag files with `rule` declarations.
+        #[arg(long, value_name = "FILE")]
+        rules: Vec<PathBuf>,
+        /// Print the diagram after every step.
+        #[arg(long)]
+        trace: bool,
+        /// List the stdlib's derivations.
+        #[arg(long)]
+        list: bool,
+        /// Also draw each step as DIR/stepN.svg.
+        #[arg(long, value_name = "DIR")]
+        draw: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -517,6 +536,13 @@ fn run() -> i32 {
             list,
             draw,
         }),
+        Command::Derive {
+            derivation,
+            rules,
+            trace,
+            list,
+            draw,
+        } => crate::rewrite::cli::derive(derivation, &rules, trace, list, draw),
     }
 }
 

@@ -86,6 +86,10 @@ pub fn lower_simd(d: &Diagram) -> Diagram {
         match &b.op {
             Op::Zip(_) | Op::Collect(_) => {
                 map[b.outputs[0].0 as usize] = Some(ins[0]);
+                // A collected value named only outside the region keeps that name.
+                if matches!(b.op, Op::Collect(_)) && out.wires[ins[0].0 as usize].name.is_none() {
+                    out.wires[ins[0].0 as usize].name = d.wire(b.outputs[0]).name.clone();
+                }
                 continue;
             }
             Op::Broadcast(a) => {

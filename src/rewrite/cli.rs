@@ -185,3 +185,106 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
     }
     0
 }
+
+pub fn derive(
+    derivation: Option<String>,
+    rules: &[PathBuf],
+    trace: bool,
+    list: bool,
+    draw: Option<PathBuf>,
+) -> i32 {
+    use super::derive as d;
+    if list {
+        for (name, text) in d::STDLIB {
+            let title = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches('#')
+                .trim();
+            println!("{name:<28} {title}");
+        }
+        return 0;
+    }
+    let Some(which) = derivation else {
+        eprintln!("diagc: derive needs a DERIVATION");
+        return 2;
+    };
+    let text = match d::STDLIB.iter().find(|(n, _)| *n == which) {
+        Some((_, t)) => t.to_string(),
+        None => match std::fs::read_to_string(&which) {
+            Ok(t) => t,
+            Err(e) => {
+                let names: Vec<&str> = d::STDLIB.iter().map(|(n, _)| *n).collect();
+                eprintln!(
+                    "diagc: `{which}` is neither a stdlib derivation ({}) nor a readable file: {e}",
+                    names.join(", ")
+                );
+                return 2;
+            }
+        },
+    };
+    let der = match d::parse(&text) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("diagc: {which}: {e}");
+            return 1;
+        }
+    };
+    let book = match load_rules(rules) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 1;
+        }
+    };
+    if let Some(dir) = &draw
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("diagc: cannot create {}: {e}", dir.display());
+        return 2;
+    }
+    let mut failed_draw = false;
+    let result = d::replay(&der, &book, &mut |i, c| {
+        let numeric = match &c.numeric {
+            Some(super::verify::Agreement::Agree(e)) => format!(", numerically equal (worst {e:.1e})"),
+            Some(super::verify::Agreement::Incomparable(why)) => {
+                format!(", equal as function classes ({why})")
+            }
+            None => String::new(),
+        };
+        println!(
+            "step {i}: {} ({}) at site {}: types hold{numeric}",
+            c.step.rule,
+            c.step.class.name(),
+            c.step.site
+        );
+        if trace {
+            print!("{}", c.step.after.to_text());
+        }
+        if let Some(dir) = &draw {
+            match draw_step(&c.step).and_then(|svg| {
+                std::fs::write(dir.join(format!("step{i}.svg")), svg).map_err(|e| e.to_string())
+            }) {
+                Ok(()) => {}
+                Err(e) => {
+                    eprintln!("diagc: step {i} not drawn: {e}");
+                    failed_draw = true;
+                }
+            }
+        }
+    });
+    match result {
+        Ok(t) => {
+            match &der.end {
+                Some((end, _)) => println!("end: the result is `{end}` up to wire names"),
+                None => print!("{}", t.to_text()),
+            }
+            if failed_draw { 2 } else { 0 }
+        }
+        Err(e) => {
+            eprintln!("diagc: {which}: {e}");
+            1
+        }
+    }
+}

@@ -10,3 +10,5 @@
 pub mod term;
 pub mod rule;
 pub mod cli;
+pub mod verify;
+pub mod derive;

@@ -459,13 +459,14 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
         axes.insert(a, id);
         id
     };
-    // Lanes of learned boxes the match covered.
+    // Lanes of learned boxes the match covered, other than axes the rule names: a rule applied
+    // inside per-head parameters makes per-head parameters.
     let mut per_lane: Vec<AxisId> = Vec::new();
     for &c in &m.covered {
         if let NodeKind::Box { params, .. } = &t.nodes[c].kind {
             for p in params {
                 for a in &p.per_lane {
-                    if !per_lane.contains(a) {
+                    if !per_lane.contains(a) && !m.axes.values().any(|v| v == a) {
                         per_lane.push(*a);
                     }
                 }
@@ -505,10 +506,22 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
                 let op = map_op(op, &mut |a| fresh(a, &mut axes, &mut out.axes), &m.consts);
                 let params = params
                     .iter()
-                    .map(|p| ParamSpec {
-                        role: p.role.clone(),
-                        dims: Vec::new(),
-                        per_lane: per_lane.clone(),
+                    .map(|p| {
+                        let mut lanes: Vec<AxisId> = p
+                            .per_lane
+                            .iter()
+                            .map(|a| fresh(*a, &mut axes, &mut out.axes))
+                            .collect();
+                        for a in &per_lane {
+                            if !lanes.contains(a) {
+                                lanes.push(*a);
+                            }
+                        }
+                        ParamSpec {
+                            role: p.role.clone(),
+                            dims: Vec::new(),
+                            per_lane: lanes,
+                        }
                     })
                     .collect();
                 (op, params)

@@ -309,6 +309,17 @@ impl Term {
         for (k, (n, _)) in self.inputs.iter().enumerate() {
             text_of.insert(Port { node: k, out: 0 }, n.clone());
         }
+        // Arguments of boxes written inside a SIMD region must be names (an inline expression
+        // would be computed inside the region, one lane at a time).
+        let mut must_bind: BTreeSet<Port> = BTreeSet::new();
+        for node in &self.nodes {
+            if let NodeKind::Box { op, params } = &node.kind
+                && !matches!(op, Op::Param(_))
+                && !per_lane(params).is_empty()
+            {
+                must_bind.extend(node.args.iter().copied());
+            }
+        }
         let mut dead: Vec<String> = Vec::new();
         for (id, node) in self.nodes.iter().enumerate() {
             let NodeKind::Box { op, params } = &node.kind else {
@@ -340,7 +351,8 @@ impl Term {
             let bind = outs > 1
                 || used0 != 1
                 || (node.names[0].is_some() && !is_output)
-                || !lanes.is_empty();
+                || !lanes.is_empty()
+                || must_bind.contains(&port0);
             if !bind {
                 text_of.insert(port0, expr);
                 continue;

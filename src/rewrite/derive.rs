@@ -1,0 +1,155 @@
+//! Derivations: a start diagram, a sequence of rule applications and the expected end, replayed
+//! and checked step by step (`diagc derive`).
+//!
+//! The file format, one directive per line, `#` starting a comment:
+//!
+//! ```text
+//! start attention.bahdanau        # a stdlib module or a .diag path; MODULE:DIAGRAM picks one
+//! step additive_is_pair_learner@s # RULE or RULE@SITE, as in `diagc rewrite --apply`
+//! end attention.m1                # the result must equal this diagram up to wire names
+//! ```
+//!
+//! Every step must apply at its site and its result must type (the rewrite re-checks it). An
+//! `equal` step is also compared numerically with the diagram before it on the CPU interpreter
+//! whenever both have the same parameter shapes (equalities of function classes, such as linear
+//! after linear, reparametrise and are not compared). The end is compared by canonical text:
+//! both diagrams printed with every name that is not an input erased.
+
+use super::rule::{self, RuleBook, Site, Step};
+use super::term::Term;
+use super::verify::{self, Agreement};
+use crate::ir::RuleClass;
+use std::path::Path;
+
+/// The derivations shipped in `stdlib/derivations/`: `(file name, text)`.
+pub const STDLIB: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/stdlib_derivations.rs"));
+
+#[derive(Clone, Debug)]
+pub struct Derivation {
+    pub start: String,
+    pub steps: Vec<(String, Option<Site>, usize)>,
+    pub end: Option<(String, usize)>,
+}
+
+/// Parses a derivation; errors name the line.
+pub fn parse(text: &str) -> Result<Derivation, String> {
+    let mut start = None;
+    let mut steps = Vec::new();
+    let mut end = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(format!("line {n}: expected `{word} ONE-ARGUMENT`"));
+        }
+        match word {
+            "start" if start.is_none() => start = Some(rest.to_string()),
+            "start" => return Err(format!("line {n}: a second `start`")),
+            "step" if start.is_some() && end.is_none() => {
+                let (r, s) = super::cli::parse_apply(rest);
+                steps.push((r, s, n));
+            }
+            "end" if start.is_some() && end.is_none() => end = Some((rest.to_string(), n)),
+            "step" | "end" => {
+                return Err(format!(
+                    "line {n}: `{word}` must come after `start` and before `end`"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "line {n}: unknown directive `{other}` (expected start, step or end)"
+                ));
+            }
+        }
+    }
+    let start = start.ok_or("a derivation needs a `start` line")?;
+    Ok(Derivation { start, steps, end })
+}
+
+/// Loads `MODULE[:DIAGRAM]` (a stdlib module) or `PATH[:DIAGRAM]` (a .diag file).
+pub fn load_diagram(spec: &str) -> Result<Term, String> {
+    let (what, diagram) = match spec.rsplit_once(':') {
+        Some((w, d)) => (w, Some(d)),
+        None => (spec, None),
+    };
+    if what.ends_with(".diag") {
+        return super::cli::load_term(Path::new(what), diagram);
+    }
+    let (path, text) = crate::stdlib::module(what)
+        .ok_or_else(|| format!("no stdlib module `{what}` (and not a .diag path)"))?;
+    let o = crate::driver::check_text(&format!("<stdlib>/{path}"), text);
+    if !o.checked.is_ok() {
+        return Err(format!("stdlib module `{what}` does not check"));
+    }
+    super::cli::term_of(&o.checked.program, diagram, what)
+}
+
+/// The text of a term with every non-input name erased, for comparisons up to naming.
+pub fn canonical(t: &Term) -> String {
+    let mut c = t.clone();
+    c.name = "canonical".into();
+    for n in c.nodes.iter_mut() {
+        if matches!(n.kind, super::term::NodeKind::Box { .. }) {
+            for name in n.names.iter_mut() {
+                *name = None;
+            }
+        }
+    }
+    c.tidy();
+    c.to_text()
+}
+
+/// One checked step.
+pub struct Checked {
+    pub step: Step,
+    /// For `equal` steps: the numeric comparison with the diagram before.
+    pub numeric: Option<Agreement>,
+}
+
+/// Replays a derivation. `on_step` sees each step as it is checked.
+pub fn replay(
+    d: &Derivation,
+    book: &RuleBook,
+    on_step: &mut dyn FnMut(usize, &Checked),
+) -> Result<Term, String> {
+    let mut term = load_diagram(&d.start)?;
+    for (i, (rule_name, site, line)) in d.steps.iter().enumerate() {
+        let step = rule::apply(book, &term, rule_name, site.as_ref())
+            .map_err(|e| format!("step {} (line {line}): {e}", i + 1))?;
+        let numeric = if step.class == RuleClass::Equal {
+            let a = verify::compare(&step.before, &step.after)
+                .map_err(|e| format!("step {} (line {line}): {e}", i + 1))?;
+            if let Agreement::Agree(err) = a
+                && err > verify::TOLERANCE
+            {
+                return Err(format!(
+                    "step {} (line {line}): `{rule_name}` is an equality, but the diagrams \
+                     before and after differ numerically (worst relative error {err:.3e})",
+                    i + 1
+                ));
+            }
+            Some(a)
+        } else {
+            None
+        };
+        let checked = Checked { step, numeric };
+        on_step(i + 1, &checked);
+        term = checked.step.after;
+    }
+    if let Some((end, line)) = &d.end {
+        let want = load_diagram(end).map_err(|e| format!("line {line}: {e}"))?;
+        if canonical(&want) != canonical(&term) {
+            return Err(format!(
+                "line {line}: the result is not `{end}` up to names.\nresult:\n{}\nexpected:\n{}",
+                canonical(&term),
+                canonical(&want)
+            ));
+        }
+    }
+    Ok(term)
+}

@@ -1,0 +1,125 @@
+//! Numeric comparison of two diagrams on the CPU interpreter, the semantic oracle.
+//!
+//! Both are instantiated with the same sizes (small, chosen so that every derived size is a whole
+//! number), fed the same seeded data and, when their parameter tensors have the same shapes in
+//! the same order, the same parameters; their outputs are compared element by element.
+
+use super::term::Term;
+use crate::backend::cpu::{harness, interp};
+use crate::ir::Program;
+use crate::ir::instance::{Bindings, Instance, instantiate};
+use std::collections::BTreeMap;
+
+/// The outcome of a comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Agreement {
+    /// The worst |a - b| / max(1, |a|) over all outputs and seeds.
+    Agree(f64),
+    /// The parameters differ in shape, so the sides cannot be fed the same ones (an equality of
+    /// function classes, such as linear after linear, is not a pointwise equality).
+    Incomparable(String),
+}
+
+/// The tolerance under which two diagrams are called numerically equal (f64 interpreter).
+pub const TOLERANCE: f64 = 1e-9;
+
+fn checked(t: &Term) -> Result<Program, String> {
+    let o = crate::driver::check_text("<compare>", &t.to_text());
+    if !o.checked.is_ok() {
+        return Err(format!("`{}` does not check", t.name));
+    }
+    Ok(o.checked.program)
+}
+
+/// Sizes for the free axes of both programs that every derived size divides.
+fn sizes(a: &Program, b: &Program, name_a: &str, name_b: &str) -> Result<(Instance, Instance), String> {
+    let mut free: Vec<String> = Vec::new();
+    for p in [a, b] {
+        for ax in &p.axes.axes {
+            for v in ax.size.vars.keys() {
+                if !free.contains(v) {
+                    free.push(v.clone());
+                }
+            }
+        }
+    }
+    let mut rng = harness::Rng::new(7);
+    let choices = [6u64, 4, 2, 3, 5, 8];
+    let mut last = String::new();
+    for attempt in 0..64 {
+        let mut bind = Bindings {
+            sizes: BTreeMap::new(),
+            hypers: BTreeMap::new(),
+        };
+        for (i, v) in free.iter().enumerate() {
+            let n = if attempt == 0 {
+                choices[i % choices.len()]
+            } else {
+                choices[rng.below(choices.len())]
+            };
+            bind.sizes.insert(v.clone(), n);
+        }
+        match (instantiate(a, name_a, &bind), instantiate(b, name_b, &bind)) {
+            (Ok(x), Ok(y)) => return Ok((x, y)),
+            (Err(e), _) | (_, Err(e)) => last = e,
+        }
+    }
+    Err(format!("no small sizes instantiate both diagrams: {last}"))
+}
+
+/// Compares two terms with the same boundary on a few seeds.
+pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
+    let (pa, pb) = (checked(a)?, checked(b)?);
+    let (ia, ib) = sizes(&pa, &pb, &a.name, &b.name)?;
+    let shapes = |i: &Instance| -> Vec<Vec<usize>> {
+        i.params
+            .iter()
+            .map(|p| p.axes.iter().map(|x| i.size(*x)).collect())
+            .collect()
+    };
+    if shapes(&ia) != shapes(&ib) {
+        return Ok(Agreement::Incomparable(format!(
+            "their parameters differ ({} tensors vs {})",
+            ia.params.len(),
+            ib.params.len()
+        )));
+    }
+    let mut worst = 0.0f64;
+    for seed in 0..3 {
+        let run = |i: &Instance| {
+            interp::run(
+                &i.diagram,
+                &i.axes,
+                &i.sizes,
+                harness::random_inputs(i, seed),
+                Default::default(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let (oa, ob) = (run(&ia)?, run(&ib)?);
+        for (x, y) in oa.into_iter().zip(ob) {
+            // Same axis names, maybe another order and other ids.
+            let order: Vec<_> = x
+                .axes
+                .iter()
+                .map(|ax| {
+                    let name = ia.axes.name(*ax);
+                    ib.axes
+                        .lookup(name)
+                        .ok_or_else(|| format!("output axis `{name}` is missing on one side"))
+                })
+                .collect::<Result<_, _>>()?;
+            let y = y.aligned(&order);
+            if x.data.shape() != y.data.shape() {
+                return Err("the outputs have different shapes".into());
+            }
+            for (u, v) in x.data.iter().zip(y.data.iter()) {
+                let e = (u - v).abs() / u.abs().max(1.0);
+                if !(e <= worst) {
+                    worst = if e.is_nan() { f64::INFINITY } else { e };
+                }
+            }
+        }
+    }
+    Ok(Agreement::Agree(worst))
+}
