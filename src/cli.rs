@@ -117,6 +117,10 @@ enum Command {
         format: Format,
         #[arg(long, value_enum, default_value = "auto")]
         color: ColorChoice,
+        /// Also compare both sides of every `equal` rule in the files numerically on random
+        /// inputs (CPU interpreter); a rule whose sides differ is rejected (exit 1).
+        #[arg(long)]
+        verify_rules: bool,
     },
     /// Explain an error code (`diagc explain E0204`), or list them all (`--list`).
     Explain {
@@ -382,7 +386,8 @@ fn run() -> i32 {
             files,
             format,
             color,
-        } => check(&files, format, color),
+            verify_rules,
+        } => check(&files, format, color, verify_rules),
         Command::Explain { code, list } => explain(code.as_deref(), list),
         Command::Run {
             file,
@@ -601,7 +606,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check(files: &[PathBuf], format: Format, color: ColorChoice) -> i32 {
+fn check(files: &[PathBuf], format: Format, color: ColorChoice, verify_rules: bool) -> i32 {
     let files = match expand(files) {
         Ok(f) => f,
         Err(e) => {
@@ -616,7 +621,21 @@ fn check(files: &[PathBuf], format: Format, color: ColorChoice) -> i32 {
         match driver::check_path(f) {
             Ok(o) => {
                 total += o.checked.diagnostics.len() + o.checked.suppressed;
-                any_errors |= print_diagnostics(&o, format, color);
+                let failed = print_diagnostics(&o, format, color);
+                any_errors |= failed;
+                if verify_rules && !failed {
+                    for (rule, verdict) in crate::rewrite::verify::verify_rules(&o.checked.program)
+                    {
+                        match verdict {
+                            Ok(line) => eprintln!("rule `{rule}`: {line}"),
+                            Err(e) => {
+                                eprintln!("diagc: rule `{rule}` ({}): {e}", f.display());
+                                any_errors = true;
+                                total += 1;
+                            }
+                        }
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("diagc: {e}");

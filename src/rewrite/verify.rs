@@ -59,7 +59,17 @@ fn sizes(a: &Program, b: &Program, name_a: &str, name_b: &str) -> Result<(Instan
             };
             bind.sizes.insert(v.clone(), n);
         }
-        match (instantiate(a, name_a, &bind), instantiate(b, name_b, &bind)) {
+        // Each side binds only the free axes it has.
+        let only = |p: &Program| {
+            let mut b = bind.clone();
+            b.sizes
+                .retain(|k, _| p.axes.axes.iter().any(|ax| ax.size.vars.contains_key(k)));
+            b
+        };
+        match (
+            instantiate(a, name_a, &only(a)),
+            instantiate(b, name_b, &only(b)),
+        ) {
             (Ok(x), Ok(y)) => return Ok((x, y)),
             (Err(e), _) | (_, Err(e)) => last = e,
         }
@@ -70,7 +80,12 @@ fn sizes(a: &Program, b: &Program, name_a: &str, name_b: &str) -> Result<(Instan
 /// Compares two terms with the same boundary on a few seeds.
 pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
     let (pa, pb) = (checked(a)?, checked(b)?);
-    let (ia, ib) = sizes(&pa, &pb, &a.name, &b.name)?;
+    compare_programs(&pa, &a.name, &pb, &b.name)
+}
+
+/// Compares diagram `na` of `pa` with diagram `nb` of `pb`.
+pub fn compare_programs(pa: &Program, na: &str, pb: &Program, nb: &str) -> Result<Agreement, String> {
+    let (ia, ib) = sizes(pa, pb, na, nb)?;
     let shapes = |i: &Instance| -> Vec<Vec<usize>> {
         i.params
             .iter()
@@ -79,7 +94,7 @@ pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
     };
     if shapes(&ia) != shapes(&ib) {
         return Ok(Agreement::Incomparable(format!(
-            "their parameters differ ({} tensors vs {})",
+            "their parameter tensors differ in shape ({} tensors vs {})",
             ia.params.len(),
             ib.params.len()
         )));
@@ -122,4 +137,46 @@ pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
         }
     }
     Ok(Agreement::Agree(worst))
+}
+
+/// Checks every `equal` rule of a program numerically: `Ok` says how it was checked, `Err` that
+/// its sides differ (or could not be run).
+pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    for r in &p.rules {
+        if r.class != crate::ir::RuleClass::Equal {
+            continue;
+        }
+        let verdict = (|| {
+            if !r.lhs.hypers.is_empty() && r.lhs.hypers.iter().any(|h| {
+                matches!(h.ty, crate::ir::HyperType::Diagram { .. })
+            }) {
+                return Ok("not compared: it has box variables".to_string());
+            }
+            let mut lhs = Term::from_rule_side(&r.lhs, &p.axes)?;
+            let mut rhs = Term::from_rule_side(&r.rhs, &p.axes)?;
+            // Constant variables get an arbitrary value: an equality holds for every value.
+            for t in [&mut lhs, &mut rhs] {
+                for h in t.hypers.iter_mut() {
+                    if h.default.is_none() {
+                        h.default = Some(crate::ir::HyperArg::Num(crate::ir::Const::Num(0.37)));
+                    }
+                }
+            }
+            match compare(&lhs, &rhs)? {
+                Agreement::Agree(e) if e <= TOLERANCE => {
+                    Ok(format!("both sides agree numerically (worst {e:.1e})"))
+                }
+                Agreement::Agree(e) => Err(format!(
+                    "declared `equal`, but its sides differ numerically (worst relative error \
+                     {e:.3e}); if they are equal only as function classes, say `expressive`"
+                )),
+                Agreement::Incomparable(why) => {
+                    Ok(format!("not compared pointwise: {why} (an equality of function classes)"))
+                }
+            }
+        })();
+        out.push((r.name.clone(), verdict));
+    }
+    out
 }

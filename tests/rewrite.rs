@@ -1,0 +1,192 @@
+//! Rewriting: terms print back to checked `.diag` text, every stdlib rule rewrites its own left
+//! side into its right side (golden files, `DIAGC_BLESS=1` to regenerate), `--verify-rules`
+//! rejects false equalities, and the stdlib derivations replay step by step.
+
+use diagc::rewrite::derive::{self, canonical};
+use diagc::rewrite::rule::{self, RuleBook, Site};
+use diagc::rewrite::term::Term;
+use diagc::rewrite::verify::{self, Agreement};
+
+fn book() -> RuleBook {
+    RuleBook::stdlib().expect("the stdlib rules load")
+}
+
+fn golden(path: &str, actual: &str) {
+    if std::env::var_os("DIAGC_BLESS").is_some() {
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
+    assert_eq!(want, actual, "{path} differs (DIAGC_BLESS=1 regenerates it)");
+}
+
+#[test]
+fn every_mechanism_prints_back_to_an_equal_diagram() {
+    for m in diagc::stdlib::mechanisms() {
+        let (path, text) = diagc::stdlib::module(&format!("attention.{m}")).unwrap();
+        let o = diagc::driver::check_text(path, text);
+        assert!(o.checked.is_ok());
+        let p = o.checked.program;
+        let t = Term::from_diagram(p.diagram(&m).unwrap(), &p.axes).unwrap();
+        let (again, p2) = t.recheck().unwrap_or_else(|e| panic!("{m}: {e}"));
+        // Printing is a fixed point, and the printed diagram computes the same function.
+        assert_eq!(t.to_text(), again.to_text(), "{m}");
+        match verify::compare_programs(&p, &m, &p2, &m).unwrap() {
+            Agreement::Agree(e) => assert!(e <= 1e-12, "{m}: {e}"),
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+}
+
+/// The rules whose left side can stand alone as a diagram (no box variables).
+fn standalone(book: &RuleBook) -> Vec<&rule::Rule> {
+    book.rules.iter().filter(|r| r.boxes.is_empty()).collect()
+}
+
+#[test]
+fn every_rule_rewrites_its_left_side_into_its_right_side() {
+    let book = book();
+    let rules = standalone(&book);
+    assert!(rules.len() >= 25, "{} rules", rules.len());
+    for r in rules {
+        let mut lhs = r.lhs.clone();
+        lhs.name = "site".into();
+        let (lhs, _) = lhs
+            .recheck()
+            .unwrap_or_else(|e| panic!("{}: the left side: {e}", r.name));
+        let step = rule::apply(&book, &lhs, &r.name, Some(&Site::Index(1)))
+            .unwrap_or_else(|e| panic!("{}: {e}", r.name));
+        let mut rhs = r.rhs.clone();
+        rhs.name = "site".into();
+        let (rhs, _) = rhs.recheck().unwrap();
+        assert_eq!(canonical(&step.after), canonical(&rhs), "{}", r.name);
+        golden(
+            &format!("tests/golden/rewrite/{}.diag", r.name),
+            &format!("{}// after {}:\n{}", lhs.to_text(), r.name, step.after.to_text()),
+        );
+    }
+}
+
+#[test]
+fn box_variables_match_any_one_box() {
+    let text = "axis a, b\ndiagram f(x: [a]) -> [b] { learner[a -> b, width = 8](tanh(x)) }\n";
+    let o = diagc::driver::check_text("<t>", text);
+    let p = o.checked.program;
+    let t = Term::from_diagram(p.diagram("f").unwrap(), &p.axes).unwrap();
+    let step = rule::apply(&book(), &t, "absorb_before", None).unwrap();
+    assert!(step.after.to_text().contains("learner[a -> b, width = 8](x)"));
+    assert!(!step.after.to_text().contains("tanh"));
+}
+
+#[test]
+fn sites_are_numbered_and_named_and_bad_sites_are_errors() {
+    let t = derive::load_diagram("attention.m1").unwrap();
+    let book = book();
+    let r = book.get("linear_to_identity").unwrap();
+    assert_eq!(rule::find_matches(r, &t).len(), 4);
+    let e = rule::apply(&book, &t, "linear_to_identity", Some(&Site::Index(5))).unwrap_err();
+    assert!(e.contains("4 site(s)") && e.contains("no site 5"), "{e}");
+    let e = rule::apply(&book, &t, "softmax_is_normalise_exp", Some(&Site::Wire("q".into())))
+        .unwrap_err();
+    assert!(e.contains("does not apply at wire `q`"), "{e}");
+    let ok = rule::apply(&book, &t, "softmax_is_normalise_exp", Some(&Site::Wire("a".into())));
+    assert!(ok.unwrap().after.to_text().contains("normalise[src](exp("));
+    let e = rule::apply(&book, &t, "softmax_is_normalise_exp_", None).unwrap_err();
+    assert!(e.contains("did you mean `softmax_is_normalise_exp`"), "{e}");
+    let e = rule::apply(&book, &t, "reassociate_left", None).unwrap_err();
+    assert!(e.contains("does not apply anywhere"), "{e}");
+}
+
+#[test]
+fn equal_steps_are_numerically_equal_on_m1() {
+    // Reassociating (softmax-free) contractions and splitting softmax keep the function.
+    let t = derive::load_diagram("attention.m1").unwrap();
+    let step = rule::apply(&book(), &t, "softmax_is_normalise_exp", None).unwrap();
+    match verify::compare(&step.before, &step.after).unwrap() {
+        Agreement::Agree(e) => assert!(e < 1e-12, "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn verify_rules_rejects_a_false_equality_and_accepts_the_stdlib() {
+    let text = "axis a\nrule wrong : equal (x: [a]) -> [a] { relu(x) } => { tanh(x) }\n\
+                rule right : equal (x: [a]) -> [a] { x * 2 * 3 } => { x * 6 }\n";
+    let o = diagc::driver::check_text("<t>", text);
+    assert!(o.checked.is_ok());
+    let v = verify::verify_rules(&o.checked.program);
+    assert_eq!(v.len(), 2);
+    let wrong = v[0].1.as_ref().unwrap_err();
+    assert!(wrong.contains("differ numerically"), "{wrong}");
+    assert!(v[1].1.is_ok(), "{:?}", v[1]);
+    let (_, text) = diagc::stdlib::module("rules.equal").unwrap();
+    let o = diagc::driver::check_text("<equal>", text);
+    for (name, verdict) in verify::verify_rules(&o.checked.program) {
+        assert!(verdict.is_ok(), "{name}: {verdict:?}");
+    }
+}
+
+#[test]
+fn the_stdlib_derivations_replay_to_their_ends() {
+    let book = book();
+    for (name, want_steps) in [("bahdanau_to_vaswani", 7), ("softmax_to_linear", 5)] {
+        let (_, text) = derive::STDLIB.iter().find(|(n, _)| *n == name).unwrap();
+        let d = derive::parse(text).unwrap();
+        assert_eq!(d.steps.len(), want_steps);
+        let mut seen = 0;
+        let mut numeric = 0;
+        derive::replay(&d, &book, &mut |_, c| {
+            seen += 1;
+            if let Some(Agreement::Agree(e)) = c.numeric {
+                assert!(e <= verify::TOLERANCE);
+                numeric += 1;
+            }
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(seen, want_steps);
+        assert!(numeric >= 1, "{name}: no equal step was compared numerically");
+    }
+}
+
+#[test]
+fn broken_derivations_fail_with_the_line() {
+    let book = book();
+    let cases = [
+        ("start attention.m1\nstep no_such_rule\n", "step 1 (line 2): no rule"),
+        ("start attention.m1\nend attention.m0\n", "line 2: the result is not"),
+        ("start attention.m1\nstep separate\n", "does not apply anywhere"),
+        ("step x\n", "line 1: `step` must come after `start`"),
+        ("start a b\n", "line 1: expected"),
+        ("frobnicate m1\n", "unknown directive"),
+        ("", "needs a `start`"),
+        ("start attention.nope\n", "no stdlib module"),
+    ];
+    for (text, want) in cases {
+        let err = derive::parse(text)
+            .and_then(|d| derive::replay(&d, &book, &mut |_, _| {}).map(|_| ()))
+            .unwrap_err();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn a_false_equal_rule_fails_its_derivation_step() {
+    let mut book = book();
+    book.add_text(
+        "<mine>",
+        "axis a\nrule bogus : equal (x: [a]) -> [a] { softmax[a](x) } => { normalise[a](x) }\n",
+    )
+    .unwrap();
+    let d = derive::parse("start attention.m1\nstep bogus@a\n").unwrap();
+    let e = derive::replay(&d, &book, &mut |_, _| {}).unwrap_err();
+    assert!(e.contains("differ numerically"), "{e}");
+}
+
+#[test]
+fn diagrams_rewriting_cannot_take_are_refused_with_a_reason() {
+    let o = diagc::driver::check_text("<lm>", diagc::stdlib::module("lm").unwrap().1);
+    let p = o.checked.program;
+    let e = Term::from_diagram(p.diagram("lm").unwrap(), &p.axes).unwrap_err();
+    assert!(e.contains("diagram-valued hyperparameter") || e.contains("repeat"), "{e}");
+}
