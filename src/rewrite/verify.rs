@@ -130,8 +130,10 @@ pub fn compare_programs(pa: &Program, na: &str, pb: &Program, nb: &str) -> Resul
             }
             for (u, v) in x.data.iter().zip(y.data.iter()) {
                 let e = (u - v).abs() / u.abs().max(1.0);
-                if !(e <= worst) {
-                    worst = if e.is_nan() { f64::INFINITY } else { e };
+                if e.is_nan() {
+                    worst = f64::INFINITY;
+                } else if e > worst {
+                    worst = e;
                 }
             }
         }

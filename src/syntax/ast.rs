@@ -25,7 +25,7 @@ pub enum Item {
     Axis(Vec<AxisDecl>),
     Diagram(DiagramDef),
     /// `rule NAME : CLASS (params) -> outputs { lhs } => { rhs }`
-    Rule(RuleDef),
+    Rule(Box<RuleDef>),
     /// A stretch the parser skipped after a syntax error (already reported).
     Error(Span),
 }
