@@ -18,7 +18,10 @@ fn golden(path: &str, actual: &str) {
     }
     let want = std::fs::read_to_string(path)
         .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
-    assert_eq!(want, actual, "{path} differs (DIAGC_BLESS=1 regenerates it)");
+    assert_eq!(
+        want, actual,
+        "{path} differs (DIAGC_BLESS=1 regenerates it)"
+    );
 }
 
 #[test]
@@ -63,7 +66,12 @@ fn every_rule_rewrites_its_left_side_into_its_right_side() {
         assert_eq!(canonical(&step.after), canonical(&rhs), "{}", r.name);
         golden(
             &format!("tests/golden/rewrite/{}.diag", r.name),
-            &format!("{}// after {}:\n{}", lhs.to_text(), r.name, step.after.to_text()),
+            &format!(
+                "{}// after {}:\n{}",
+                lhs.to_text(),
+                r.name,
+                step.after.to_text()
+            ),
         );
     }
 }
@@ -75,7 +83,11 @@ fn box_variables_match_any_one_box() {
     let p = o.checked.program;
     let t = Term::from_diagram(p.diagram("f").unwrap(), &p.axes).unwrap();
     let step = rule::apply(&book(), &t, "absorb_before", None).unwrap();
-    assert!(step.after.to_text().contains("learner[a -> b, width = 8](x)"));
+    assert!(
+        step.after
+            .to_text()
+            .contains("learner[a -> b, width = 8](x)")
+    );
     assert!(!step.after.to_text().contains("tanh"));
 }
 
@@ -87,10 +99,20 @@ fn sites_are_numbered_and_named_and_bad_sites_are_errors() {
     assert_eq!(rule::find_matches(r, &t).len(), 4);
     let e = rule::apply(&book, &t, "linear_to_identity", Some(&Site::Index(5))).unwrap_err();
     assert!(e.contains("4 site(s)") && e.contains("no site 5"), "{e}");
-    let e = rule::apply(&book, &t, "softmax_is_normalise_exp", Some(&Site::Wire("q".into())))
-        .unwrap_err();
+    let e = rule::apply(
+        &book,
+        &t,
+        "softmax_is_normalise_exp",
+        Some(&Site::Wire("q".into())),
+    )
+    .unwrap_err();
     assert!(e.contains("does not apply at wire `q`"), "{e}");
-    let ok = rule::apply(&book, &t, "softmax_is_normalise_exp", Some(&Site::Wire("a".into())));
+    let ok = rule::apply(
+        &book,
+        &t,
+        "softmax_is_normalise_exp",
+        Some(&Site::Wire("a".into())),
+    );
     assert!(ok.unwrap().after.to_text().contains("normalise[src](exp("));
     let e = rule::apply(&book, &t, "softmax_is_normalise_exp_", None).unwrap_err();
     assert!(e.contains("did you mean `softmax_is_normalise_exp`"), "{e}");
@@ -145,7 +167,10 @@ fn the_stdlib_derivations_replay_to_their_ends() {
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(seen, want_steps);
-        assert!(numeric >= 1, "{name}: no equal step was compared numerically");
+        assert!(
+            numeric >= 1,
+            "{name}: no equal step was compared numerically"
+        );
     }
 }
 
@@ -153,9 +178,18 @@ fn the_stdlib_derivations_replay_to_their_ends() {
 fn broken_derivations_fail_with_the_line() {
     let book = book();
     let cases = [
-        ("start attention.m1\nstep no_such_rule\n", "step 1 (line 2): no rule"),
-        ("start attention.m1\nend attention.m0\n", "line 2: the result is not"),
-        ("start attention.m1\nstep separate\n", "does not apply anywhere"),
+        (
+            "start attention.m1\nstep no_such_rule\n",
+            "step 1 (line 2): no rule",
+        ),
+        (
+            "start attention.m1\nend attention.m0\n",
+            "line 2: the result is not",
+        ),
+        (
+            "start attention.m1\nstep separate\n",
+            "does not apply anywhere",
+        ),
         ("step x\n", "line 1: `step` must come after `start`"),
         ("start a b\n", "line 1: expected"),
         ("frobnicate m1\n", "unknown directive"),
@@ -188,5 +222,72 @@ fn diagrams_rewriting_cannot_take_are_refused_with_a_reason() {
     let o = diagc::driver::check_text("<lm>", diagc::stdlib::module("lm").unwrap().1);
     let p = o.checked.program;
     let e = Term::from_diagram(p.diagram("lm").unwrap(), &p.axes).unwrap_err();
-    assert!(e.contains("diagram-valued hyperparameter") || e.contains("repeat"), "{e}");
+    assert!(
+        e.contains("diagram-valued hyperparameter") || e.contains("repeat"),
+        "{e}"
+    );
+}
+
+fn diagc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_rewrite_commands_keep_their_contract() {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for cmd in [["rewrite", "--help"], ["derive", "--help"]] {
+        let o = diagc(&cmd);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(s(&o.stdout).contains("Usage"));
+    }
+    // A rewrite prints a diagram that checks.
+    let o = diagc(&[
+        "rewrite",
+        "stdlib/attention/m1.diag",
+        "--apply",
+        "softmax_is_normalise_exp@a",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
+    let out = s(&o.stdout);
+    assert!(
+        out.contains("a = normalise[src](exp(causal[tok, src](s)))"),
+        "{out}"
+    );
+    assert!(diagc::driver::check_text("<out>", &out).checked.is_ok());
+    // Bad input: exit 1 with a reason, never a panic.
+    for (args, want) in [
+        (
+            vec!["rewrite", "stdlib/attention/m1.diag", "--apply", "nope"],
+            "no rule `nope`",
+        ),
+        (
+            vec![
+                "rewrite",
+                "stdlib/attention/m1.diag",
+                "--apply",
+                "separate@0",
+            ],
+            "does not apply",
+        ),
+        (vec!["rewrite", "stdlib/lm.diag"], "repeat"),
+        (vec!["rewrite", "examples/ill-typed"], "directory"),
+        (
+            vec!["derive", "no_such_derivation"],
+            "neither a stdlib derivation",
+        ),
+    ] {
+        let o = diagc(&args);
+        assert!(matches!(o.status.code(), Some(1) | Some(2)), "{args:?}");
+        assert!(s(&o.stderr).contains(want), "{args:?}: {}", s(&o.stderr));
+    }
+    let o = diagc(&["derive", "softmax_to_linear"]);
+    assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
+    assert!(s(&o.stdout).contains("end: the result is `attention.m0`"));
+    let o = diagc(&["derive", "--list"]);
+    assert!(s(&o.stdout).contains("bahdanau_to_vaswani"));
 }

@@ -247,7 +247,9 @@ pub fn derive(
     let mut failed_draw = false;
     let result = d::replay(&der, &book, &mut |i, c| {
         let numeric = match &c.numeric {
-            Some(super::verify::Agreement::Agree(e)) => format!(", numerically equal (worst {e:.1e})"),
+            Some(super::verify::Agreement::Agree(e)) => {
+                format!(", numerically equal (worst {e:.1e})")
+            }
             Some(super::verify::Agreement::Incomparable(why)) => {
                 format!(", equal as function classes ({why})")
             }

@@ -32,7 +32,12 @@ fn checked(t: &Term) -> Result<Program, String> {
 }
 
 /// Sizes for the free axes of both programs that every derived size divides.
-fn sizes(a: &Program, b: &Program, name_a: &str, name_b: &str) -> Result<(Instance, Instance), String> {
+fn sizes(
+    a: &Program,
+    b: &Program,
+    name_a: &str,
+    name_b: &str,
+) -> Result<(Instance, Instance), String> {
     let mut free: Vec<String> = Vec::new();
     for p in [a, b] {
         for ax in &p.axes.axes {
@@ -84,7 +89,12 @@ pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
 }
 
 /// Compares diagram `na` of `pa` with diagram `nb` of `pb`.
-pub fn compare_programs(pa: &Program, na: &str, pb: &Program, nb: &str) -> Result<Agreement, String> {
+pub fn compare_programs(
+    pa: &Program,
+    na: &str,
+    pb: &Program,
+    nb: &str,
+) -> Result<Agreement, String> {
     let (ia, ib) = sizes(pa, pb, na, nb)?;
     let shapes = |i: &Instance| -> Vec<Vec<usize>> {
         i.params
@@ -150,9 +160,12 @@ pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, String>)> {
             continue;
         }
         let verdict = (|| {
-            if !r.lhs.hypers.is_empty() && r.lhs.hypers.iter().any(|h| {
-                matches!(h.ty, crate::ir::HyperType::Diagram { .. })
-            }) {
+            if !r.lhs.hypers.is_empty()
+                && r.lhs
+                    .hypers
+                    .iter()
+                    .any(|h| matches!(h.ty, crate::ir::HyperType::Diagram { .. }))
+            {
                 return Ok("not compared: it has box variables".to_string());
             }
             let mut lhs = Term::from_rule_side(&r.lhs, &p.axes)?;
@@ -173,9 +186,9 @@ pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, String>)> {
                     "declared `equal`, but its sides differ numerically (worst relative error \
                      {e:.3e}); if they are equal only as function classes, say `expressive`"
                 )),
-                Agreement::Incomparable(why) => {
-                    Ok(format!("not compared pointwise: {why} (an equality of function classes)"))
-                }
+                Agreement::Incomparable(why) => Ok(format!(
+                    "not compared pointwise: {why} (an equality of function classes)"
+                )),
             }
         })();
         out.push((r.name.clone(), verdict));
