@@ -164,11 +164,14 @@ pub enum Kernel {
         n: usize,
         s: [usize; 2],
     },
+    /// Inputs, then outputs: a group of elementwise steps compiled into one kernel
+    /// (`exec::fuse`, `backend::cpu::jit`).
+    Fused(Box<crate::backend::cpu::jit::Fused>),
 }
 
 /// Below this many points (elements, or multiply-adds for products) a kernel stays on the
 /// calling thread: a scoped thread costs some tens of microseconds to start.
-const PAR_MIN: usize = 1 << 18;
+pub const PAR_MIN: usize = 1 << 18;
 
 /// A raw pointer handed to the threads of [`par`]. Sound because [`par`] gives each thread a
 /// disjoint range of the outermost loop of a nest whose first operand (the output) has distinct
@@ -483,6 +486,7 @@ impl Kernel {
             Kernel::EmbedBack { .. } => "embed-back",
             Kernel::CrossEntropy { back: false, .. } => "cross-entropy",
             Kernel::CrossEntropy { back: true, .. } => "cross-entropy-back",
+            Kernel::Fused(_) => "fused",
         }
     }
 
@@ -505,6 +509,7 @@ impl Kernel {
             Kernel::LayerNorm { .. } => 4,
             Kernel::LayerNormBack { .. } => 6,
             Kernel::Gemm(g) => 3 + g.bias.is_some() as usize,
+            Kernel::Fused(f) => f.arity(),
         }
     }
 
@@ -526,6 +531,7 @@ impl Kernel {
             t.iter().copied().max().unwrap_or(0)
         }
         match self {
+            Kernel::Fused(f) => f.check_bounds(lens),
             Kernel::Copy(nest) | Kernel::Unary(_, nest) | Kernel::Dropout { nest, .. } => {
                 fits("out", nest.reach(0), lens[1])?;
                 fits("x", nest.reach(1), lens[0])
@@ -674,6 +680,9 @@ impl Kernel {
     pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64) -> Result<(), String> {
         unsafe {
             match self {
+                // Elementwise code is cheaper per element than the generic kernels, and two
+                // threads pay off from a quarter of their threshold.
+                Kernel::Fused(f) => f.run(p, train, seed, PAR_MIN / 4),
                 Kernel::Copy(nest) => par_copy(nest, p[0], p[1]),
                 Kernel::Fill { value, len } => sl_mut(p[0], *len).fill(*value),
                 Kernel::Unary(u, nest) => match *u {
