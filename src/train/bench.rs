@@ -4,7 +4,7 @@
 
 use super::model::{ModelConfig, train_graph};
 use super::optim::{Adam, clip_global_norm, noam};
-use crate::backend::cpu::exec::Plan;
+use crate::backend::cpu::exec::{Plan, PlanOptions};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
 use std::time::{Duration, Instant};
@@ -43,10 +43,10 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 /// Times `steps` training steps (after one warm-up step).
-pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, String> {
+pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<BenchReport, String> {
     let tg = train_graph(cfg)?;
     let f = &tg.forward;
-    let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
+    let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
     let mut ws = plan.workspace();
     let inputs = harness::random_inputs(f, seed);
     let mut flat: Vec<Vec<f32>> = inputs

@@ -14,7 +14,7 @@ use super::data::{Batched, Corpus, Window, batchify};
 use super::model::{ModelConfig, language_model, with_loss};
 use super::optim::{Adam, clip_global_norm, noam};
 use crate::autodiff;
-use crate::backend::cpu::exec::{Plan, Workspace};
+use crate::backend::cpu::exec::{Plan, PlanOptions, Workspace};
 use crate::backend::cpu::harness::Rng;
 use crate::backend::cpu::interp::RunOptions;
 use crate::ir::instance::{Init, Instance, lift_batch};
@@ -89,6 +89,8 @@ pub struct Trainer {
     train_graphs: HashMap<usize, Compiled>,
     eval_graphs: HashMap<usize, Compiled>,
     train: Batched,
+    /// How plans are compiled (JIT fusion on by default); set before the first step.
+    pub plan_options: PlanOptions,
 }
 
 /// How a run ended.
@@ -198,6 +200,7 @@ impl Trainer {
             best_valid: None,
             train_graphs: HashMap::new(),
             eval_graphs: HashMap::new(),
+            plan_options: PlanOptions::default(),
             train,
         })
     }
@@ -227,7 +230,8 @@ impl Trainer {
             let grad_of = (0..self.names.len())
                 .map(|k| grad.grad_of[2 + k].expect("parameters have gradients"))
                 .collect();
-            let plan = Plan::new(&grad.diagram, &inst.axes, &inst.sizes)?;
+            let plan =
+                Plan::with_options(&grad.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
             let ws = plan.workspace();
             self.train_graphs.insert(
                 len,
@@ -249,7 +253,8 @@ impl Trainer {
                 &lift_batch(&language_model(&m)?, "batch", m.batch)?,
                 "vocab",
             )?;
-            let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
+            let plan =
+                Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
             let ws = plan.workspace();
             self.eval_graphs.insert(
                 len,
