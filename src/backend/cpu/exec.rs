@@ -321,6 +321,27 @@ impl Plan {
         Ok(self.views(ws, inputs))
     }
 
+    /// Runs the plan, leaving the outputs in the workspace, where [`Plan::output_in`] reads
+    /// them without borrowing the inputs (so the caller may change its inputs, such as the
+    /// parameters of a training step, while it reads the gradients).
+    pub fn run_in_place(
+        &self,
+        ws: &mut Workspace,
+        inputs: &[&[f32]],
+        opts: RunOptions,
+    ) -> Result<(), RunError> {
+        self.execute(ws, inputs, opts, None)
+    }
+
+    /// Output `k` of the last run in `ws`, when it lives in the workspace (not when it is a
+    /// diagram input or a constant passed through).
+    pub fn output_in<'a>(&'a self, ws: &'a Workspace, k: usize) -> Option<&'a [f32]> {
+        match self.outputs.get(k)? {
+            (Loc::Work(b), len) => ws.bufs.get(*b).map(|buf| &buf[..*len]),
+            _ => None,
+        }
+    }
+
     /// Runs the plan as [`Plan::run_views`] does, timing every step, and returns the time spent
     /// per kind of kernel (`gemm`, `binary`, `layernorm`...), with the number of steps of that
     /// kind, most expensive first. For benchmarks and for finding what to optimise or fuse.
