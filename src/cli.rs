@@ -192,6 +192,10 @@ enum Command {
         /// Also run bench/pytorch_lm_step.py with the same configuration and print the ratio.
         #[arg(long)]
         pytorch: bool,
+        /// Run every step on the precompiled kernels (the interpreter path), without the
+        /// cranelift-fused elementwise kernels.
+        #[arg(long)]
+        no_jit: bool,
         /// Where the training runs; only `cpu` exists so far (`auto` means cpu).
         #[arg(long, default_value = "auto")]
         device: String,
@@ -252,6 +256,10 @@ enum Command {
         /// cpu, cuda or auto (auto means cpu; the CUDA backend does not exist yet).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Run every step on the precompiled kernels (the interpreter path), without the
+        /// cranelift-fused elementwise kernels (the same results, bit for bit).
+        #[arg(long)]
+        no_jit: bool,
     },
     /// Perplexity of a run's best checkpoint on a split.
     Eval {
@@ -430,8 +438,17 @@ fn run() -> i32 {
             bptt,
             steps,
             pytorch,
+            no_jit,
             device,
-        } => bench_cmd(&mech, layers, batch_size, bptt, steps, pytorch, &device),
+        } => bench_cmd(
+            &mech,
+            layers,
+            batch_size,
+            bptt,
+            (steps, !no_jit),
+            pytorch,
+            &device,
+        ),
         Command::Train {
             mech,
             layers,
@@ -454,6 +471,7 @@ fn run() -> i32 {
             out,
             resume,
             device,
+            no_jit,
         } => {
             let model = crate::train::model::ModelConfig {
                 mech: mech.unwrap_or_default(),
@@ -479,7 +497,7 @@ fn run() -> i32 {
                 train_tokens,
                 eval_tokens,
             };
-            train_cmd(cfg, data.as_deref(), out, resume, &device)
+            train_cmd(cfg, data.as_deref(), out, resume, &device, !no_jit)
         }
         Command::Eval {
             run_dir,
@@ -1006,7 +1024,7 @@ fn bench_cmd(
     layers: usize,
     batch: usize,
     bptt: usize,
-    steps: usize,
+    (steps, jit): (usize, bool),
     pytorch: bool,
     device: &str,
 ) -> i32 {
@@ -1020,7 +1038,7 @@ fn bench_cmd(
         bptt,
         ..Default::default()
     };
-    let r = match crate::train::bench::bench(&cfg, steps.max(1), 0) {
+    let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("diagc: {e}");
@@ -1029,7 +1047,8 @@ fn bench_cmd(
     };
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     println!(
-        "diagc (CPU, f32) {mech}, {layers} layer(s), batch {batch} x {bptt}, {} parameters, {} threads available",
+        "diagc (CPU, f32, {}) {mech}, {layers} layer(s), batch {batch} x {bptt}, {} parameters, {} threads available",
+        if jit { "fused JIT kernels" } else { "no JIT" },
         r.params,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -1130,6 +1149,7 @@ fn train_cmd(
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
     device: &str,
+    jit: bool,
 ) -> i32 {
     use crate::train::{checkpoint, data::data_dir, run};
     if !cpu_device(device) {
@@ -1176,6 +1196,7 @@ fn train_cmd(
             return 2;
         }
     };
+    trainer.plan_options.jit = jit;
     if let Some(ck) = &ck
         && let Err(e) = trainer.restore(ck)
     {

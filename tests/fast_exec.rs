@@ -1,4 +1,6 @@
-//! The fast f32 executor against the f64 reference interpreter: every primitive, every stdlib
+//! The fast f32 executor (its default plans: elementwise steps fused into JIT-compiled kernels;
+//! `tests/jit.rs` checks that the unfused path gives the same bits) against the f64 reference
+//! interpreter: every primitive, every stdlib
 //! mechanism and the language model, forward and gradient diagrams, in evaluation and training
 //! mode (where dropout masks must agree exactly); then memory reuse, workspace reuse and errors.
 //!
@@ -10,7 +12,7 @@
 //! mask (those give errors of order 1).
 
 use diagc::autodiff;
-use diagc::backend::cpu::exec::{Plan, RunOptions};
+use diagc::backend::cpu::exec::{Plan, PlanOptions, RunOptions};
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
@@ -331,7 +333,17 @@ fn memory_is_reused_on_the_lm_gradient() {
         ],
     );
     let grad = autodiff::gradient(&inst.diagram).unwrap();
-    let plan = Plan::new(&grad.diagram, &inst.axes, &inst.sizes).unwrap();
+    // Without fusion, so that every value of the diagram is a buffer the planner places (fused
+    // plans write fewer values: `tests/jit.rs`); the fused plan reuses memory too.
+    let fused = Plan::new(&grad.diagram, &inst.axes, &inst.sizes).unwrap();
+    assert!(fused.peak_bytes() < fused.no_reuse_bytes());
+    let plan = Plan::with_options(
+        &grad.diagram,
+        &inst.axes,
+        &inst.sizes,
+        PlanOptions { jit: false },
+    )
+    .unwrap();
     assert!(
         plan.peak_bytes() < plan.no_reuse_bytes(),
         "peak {} bytes, without reuse {}",

@@ -3,8 +3,8 @@
 //! several steps; optionally the PyTorch script of `bench/` in the same run, for the ratio.
 
 use super::model::{ModelConfig, train_graph};
-use super::optim::{Adam, clip_global_norm, noam};
-use crate::backend::cpu::exec::Plan;
+use super::optim::{Adam, clip_factor, noam};
+use crate::backend::cpu::exec::{Plan, PlanOptions};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
 use std::time::{Duration, Instant};
@@ -43,10 +43,10 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 /// Times `steps` training steps (after one warm-up step).
-pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, String> {
+pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<BenchReport, String> {
     let tg = train_graph(cfg)?;
     let f = &tg.forward;
-    let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
+    let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
     let mut ws = plan.workspace();
     let inputs = harness::random_inputs(f, seed);
     let mut flat: Vec<Vec<f32>> = inputs
@@ -71,16 +71,27 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64) -> Result<BenchReport, 
             check_finite: false,
         };
         let t0 = Instant::now();
-        let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
-        let outs = plan.run(&mut ws, &refs, opts).map_err(|e| e.to_string())?;
+        let (inputs, state) = flat.split_at_mut(2);
+        let (params, seed_in) = state.split_at_mut(np);
+        let mut refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        refs.extend(params.iter().map(|v| v.as_slice()));
+        refs.push(seed_in[0].as_slice());
+        plan.run_in_place(&mut ws, &refs, opts)
+            .map_err(|e| e.to_string())?;
+        drop(refs);
         let t1 = Instant::now();
-        let mut grads: Vec<Vec<f32>> = (0..np)
-            .map(|k| outs[tg.gradient.grad_of[2 + k].expect("parameters have gradients")].clone())
-            .collect();
-        clip_global_norm(&mut grads, 1.0);
+        // The gradients stay in the workspace: the norm is read there and the clipping factor
+        // applied inside Adam's update.
+        let grads: Vec<&[f32]> = (0..np)
+            .map(|k| {
+                tg.gradient.grad_of[2 + k]
+                    .and_then(|o| plan.output_in(&ws, o))
+                    .ok_or("a parameter's gradient is not in the workspace")
+            })
+            .collect::<Result<_, _>>()?;
+        let (_, k) = clip_factor(&grads, 1.0);
         let lr = noam(adam.step + 1, cfg.d_model, 4000, 1.0);
-        let (_, params) = flat.split_at_mut(2);
-        adam.update(&mut params[..np], &grads, lr);
+        adam.update_scaled(params, &grads, lr, k);
         let t2 = Instant::now();
         if s > 0 {
             fb.push(t1 - t0);

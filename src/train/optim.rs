@@ -28,6 +28,53 @@ pub fn clip_global_norm(grads: &mut [Vec<f32>], max: f64) -> f64 {
     norm
 }
 
+/// The global L2 norm of `grads` and the factor that clipping to `max` applies to them (1 when
+/// the norm is within it or `max` is 0): what [`clip_global_norm`] does, without writing the
+/// gradients, so they can stay where the executor left them ([`Adam::update_scaled`]).
+pub fn clip_factor(grads: &[&[f32]], max: f64) -> (f64, f32) {
+    fn sum_sq(x: &[f32]) -> f64 {
+        let mut acc = [0f64; 4];
+        let chunks = x.chunks_exact(4);
+        let rest: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum();
+        for c in chunks {
+            for k in 0..4 {
+                acc[k] += (c[k] as f64) * (c[k] as f64);
+            }
+        }
+        (acc[0] + acc[1]) + (acc[2] + acc[3]) + rest
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut total = 0.0;
+    for g in grads {
+        total += if cores < 2 || g.len() < 1 << 16 {
+            sum_sq(g)
+        } else {
+            let chunk = g.len().div_ceil(cores);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = g
+                    .chunks(chunk)
+                    .map(|c| scope.spawn(move || sum_sq(c)))
+                    .collect();
+                parts
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(f64::NAN))
+                    .sum::<f64>()
+            })
+        };
+    }
+    let norm = total.sqrt();
+    let k = if max > 0.0 && norm > max {
+        (max / (norm + 1e-6)) as f32
+    } else {
+        1.0
+    };
+    (norm, k)
+}
+
 /// Adam with PyTorch's update rule (bias-corrected moments).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
@@ -55,6 +102,13 @@ impl Adam {
 
     /// One update of every parameter with learning rate `lr`.
     pub fn update(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f64) {
+        let views: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        self.update_scaled(params, &views, lr, 1.0);
+    }
+
+    /// [`Adam::update`] with every gradient multiplied by `k` first (in f32, as clipping
+    /// would have stored it), reading the gradients in place.
+    pub fn update_scaled(&mut self, params: &mut [Vec<f32>], grads: &[&[f32]], lr: f64, k: f32) {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -65,7 +119,7 @@ impl Adam {
         let c2_sqrt = c2.sqrt() as f32;
         let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             for i in 0..p.len() {
-                let gi = g[i];
+                let gi = if k == 1.0 { g[i] } else { g[i] * k };
                 m[i] = b1f * m[i] + (1.0 - b1f) * gi;
                 v[i] = b2f * v[i] + (1.0 - b2f) * gi * gi;
                 // PyTorch: p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps).

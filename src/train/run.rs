@@ -12,9 +12,9 @@
 use super::checkpoint::{self, Checkpoint, NamedTensor};
 use super::data::{Batched, Corpus, Window, batchify};
 use super::model::{ModelConfig, language_model, with_loss};
-use super::optim::{Adam, clip_global_norm, noam};
+use super::optim::{Adam, clip_factor, noam};
 use crate::autodiff;
-use crate::backend::cpu::exec::{Plan, Workspace};
+use crate::backend::cpu::exec::{Plan, PlanOptions, Workspace};
 use crate::backend::cpu::harness::Rng;
 use crate::backend::cpu::interp::RunOptions;
 use crate::ir::instance::{Init, Instance, lift_batch};
@@ -89,6 +89,8 @@ pub struct Trainer {
     train_graphs: HashMap<usize, Compiled>,
     eval_graphs: HashMap<usize, Compiled>,
     train: Batched,
+    /// How plans are compiled (JIT fusion on by default); set before the first step.
+    pub plan_options: PlanOptions,
 }
 
 /// How a run ended.
@@ -198,6 +200,7 @@ impl Trainer {
             best_valid: None,
             train_graphs: HashMap::new(),
             eval_graphs: HashMap::new(),
+            plan_options: PlanOptions::default(),
             train,
         })
     }
@@ -227,7 +230,8 @@ impl Trainer {
             let grad_of = (0..self.names.len())
                 .map(|k| grad.grad_of[2 + k].expect("parameters have gradients"))
                 .collect();
-            let plan = Plan::new(&grad.diagram, &inst.axes, &inst.sizes)?;
+            let plan =
+                Plan::with_options(&grad.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
             let ws = plan.workspace();
             self.train_graphs.insert(
                 len,
@@ -249,7 +253,8 @@ impl Trainer {
                 &lift_batch(&language_model(&m)?, "batch", m.batch)?,
                 "vocab",
             )?;
-            let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
+            let plan =
+                Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
             let ws = plan.workspace();
             self.eval_graphs.insert(
                 len,
@@ -279,37 +284,47 @@ impl Trainer {
             self.cfg.lr_scale,
         );
         let step = self.step as u64 + 1;
-        let params = std::mem::take(&mut self.params);
-        let g = self.train_graph(w.len)?;
+        self.train_graph(w.len)?;
+        let g = self
+            .train_graphs
+            .get_mut(&w.len)
+            .ok_or("no plan for this window length")?;
         let ids = layout(&w.inputs, w.len, columns, &g.ids_axes);
         let targets = layout(&w.targets, w.len, columns, &g.ids_axes);
         let one = [1.0f32];
         let mut refs: Vec<&[f32]> = vec![&ids, &targets];
-        refs.extend(params.iter().map(|p| p.as_slice()));
+        refs.extend(self.params.iter().map(|p| p.as_slice()));
         refs.push(&one);
         let opts = RunOptions {
             train: true,
             seed,
             check_finite: false,
         };
-        let result = g
-            .plan
-            .run(&mut g.ws, &refs, opts)
-            .map_err(|e| e.to_string());
+        g.plan
+            .run_in_place(&mut g.ws, &refs, opts)
+            .map_err(|e| e.to_string())?;
         drop(refs);
-        self.params = params;
-        let outs = result?;
-        let loss = outs[0][0] as f64;
+        let loss = g
+            .plan
+            .output_in(&g.ws, 0)
+            .and_then(|l| l.first())
+            .map_or(f64::NAN, |l| *l as f64);
         if !loss.is_finite() {
             return Err(format!(
                 "the loss became {loss} at step {step}; the last good checkpoint is kept"
             ));
         }
-        let g = &self.train_graphs[&w.len];
-        let mut grads: Vec<Vec<f32>> = g.grad_of.iter().map(|k| outs[*k].clone()).collect();
-        clip_global_norm(&mut grads, clip);
+        // The gradients are read where the executor left them; clipping is a factor applied
+        // inside Adam's update (the same f32 products as scaling them first).
+        let grads: Vec<&[f32]> = g
+            .grad_of
+            .iter()
+            .map(|k| g.plan.output_in(&g.ws, *k))
+            .collect::<Option<_>>()
+            .ok_or("a parameter's gradient is not in the workspace")?;
+        let (_, k) = clip_factor(&grads, clip);
         let lr = noam(step, d, warmup, scale);
-        self.adam.update(&mut self.params, &grads, lr);
+        self.adam.update_scaled(&mut self.params, &grads, lr, k);
         self.step += 1;
         Ok(loss)
     }

@@ -35,13 +35,16 @@
 //! [`RunOptions`], the same dropout masks (element indices in the output wire's layout), the same
 //! errors.
 //!
-//! Where fusion (cranelift, not done here) plugs in: after lowering, before `Builder::finish`
-//! assigns buffers. A chain of elementwise and lane-wise steps between two GEMMs (the bias and
-//! dropout after a linear map, the residual add, the layernorm) would become one generated
-//! kernel over the same `Nest` offsets, and the values between them would never be
-//! written; the planner, the GEMM steps and the run loop stay as they are.
+//! Fusion: with [`PlanOptions::jit`] (the default), after lowering and before buffers are
+//! assigned, runs of elementwise steps over one output layout (the bias and dropout after a
+//! linear map, the residual add, masks, scales, ReLU and its gradient...) become one kernel
+//! compiled with cranelift ([`super::jit`], grouped by `fuse`); the values between them are
+//! never written and get no buffer. Without it (`jit: false`, `--no-jit`), every step runs on
+//! the kernels of `kernels.rs`: the interpreter path that the JIT path is checked against.
+//! The planner, the GEMM steps and the run loop are the same on both paths.
 
-mod kernels;
+mod fuse;
+pub(crate) mod kernels;
 mod nest;
 
 pub use super::interp::{RunError, RunOptions};
@@ -139,6 +142,24 @@ pub struct Plan {
     no_reuse: usize,
     gemm_flops: u64,
     gemms: usize,
+    fused: usize,
+}
+
+/// How a plan is compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Fuse elementwise steps into JIT-compiled kernels (cranelift). Off, every step runs on
+    /// the precompiled kernels (the interpreter path). Results are the same bit for bit, up
+    /// to the sign of zeros and NaN payloads. With `check_finite`, a fused plan checks only
+    /// the values it writes to memory, so a NaN is reported at the end of the group of steps
+    /// it arose in: compile without JIT to have the exact box.
+    pub jit: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { jit: true }
+    }
 }
 
 /// The mutable memory of runs: the plan's buffers. Reuse one across runs to avoid allocating;
@@ -153,6 +174,16 @@ impl Plan {
     /// [`crate::ir::instance::Instance`]'s diagram, or its [`crate::autodiff::gradient`]) for
     /// the axis sizes `sizes` (indexed by `AxisId`). Errors name the box or axis involved.
     pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, String> {
+        Plan::with_options(diagram, axes, sizes, PlanOptions::default())
+    }
+
+    /// [`Plan::new`] with explicit options (JIT fusion on or off).
+    pub fn with_options(
+        diagram: &Diagram,
+        axes: &AxisTable,
+        sizes: &[usize],
+        options: PlanOptions,
+    ) -> Result<Plan, String> {
         let mut b = Builder {
             d: diagram,
             axes,
@@ -188,12 +219,28 @@ impl Plan {
             .iter()
             .map(|w| b.wire_val[w.0 as usize].ok_or("an output has no value".to_string()))
             .collect::<Result<_, _>>()?;
-        b.finish(inputs, &outs)
+        let fused = if options.jit { b.fuse(&outs) } else { 0 };
+        let mut plan = b.finish(inputs, &outs)?;
+        plan.fused = fused;
+        Ok(plan)
     }
 
     /// Compiles an instance's diagram.
     pub fn for_instance(inst: &crate::ir::instance::Instance) -> Result<Plan, String> {
         Plan::new(&inst.diagram, &inst.axes, &inst.sizes)
+    }
+
+    /// Compiles an instance's diagram with explicit options.
+    pub fn for_instance_with(
+        inst: &crate::ir::instance::Instance,
+        options: PlanOptions,
+    ) -> Result<Plan, String> {
+        Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, options)
+    }
+
+    /// How many fused (JIT-compiled) kernels the plan has.
+    pub fn fused_count(&self) -> usize {
+        self.fused
     }
 
     /// A workspace sized for this plan.
@@ -274,6 +321,27 @@ impl Plan {
         Ok(self.views(ws, inputs))
     }
 
+    /// Runs the plan, leaving the outputs in the workspace, where [`Plan::output_in`] reads
+    /// them without borrowing the inputs (so the caller may change its inputs, such as the
+    /// parameters of a training step, while it reads the gradients).
+    pub fn run_in_place(
+        &self,
+        ws: &mut Workspace,
+        inputs: &[&[f32]],
+        opts: RunOptions,
+    ) -> Result<(), RunError> {
+        self.execute(ws, inputs, opts, None)
+    }
+
+    /// Output `k` of the last run in `ws`, when it lives in the workspace (not when it is a
+    /// diagram input or a constant passed through).
+    pub fn output_in<'a>(&'a self, ws: &'a Workspace, k: usize) -> Option<&'a [f32]> {
+        match self.outputs.get(k)? {
+            (Loc::Work(b), len) => ws.bufs.get(*b).map(|buf| &buf[..*len]),
+            _ => None,
+        }
+    }
+
     /// Runs the plan as [`Plan::run_views`] does, timing every step, and returns the time spent
     /// per kind of kernel (`gemm`, `binary`, `layernorm`...), with the number of steps of that
     /// kind, most expensive first. For benchmarks and for finding what to optimise or fuse.
@@ -324,11 +392,11 @@ impl Plan {
                 Loc::Work(k) => bases[k],
             }
         };
-        let mut p = [std::ptr::null_mut::<f32>(); 8];
+        let mut p = [std::ptr::null_mut::<f32>(); crate::backend::cpu::jit::MAX_OPERANDS];
         for step in &self.steps {
             match &step.action {
                 Action::Kernel(k) => {
-                    // Kernels take at most six pointers (`Kernel::arity`).
+                    // Kernels take at most six pointers, fused ones at most `jit::MAX_OPERANDS`.
                     for (slot, loc) in p.iter_mut().zip(&step.locs) {
                         *slot = ptr(*loc);
                     }
@@ -397,6 +465,7 @@ impl Plan {
                         g.n,
                         if g.bias.is_some() { " + bias" } else { "" }
                     ),
+                    Kernel::Fused(f) => f.program.describe(),
                     other => other.name().to_string(),
                 },
             };
@@ -1406,6 +1475,7 @@ impl Builder<'_> {
             no_reuse,
             gemm_flops,
             gemms,
+            fused: 0,
         })
     }
 }

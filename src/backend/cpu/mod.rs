@@ -4,4 +4,5 @@
 pub mod exec;
 pub mod harness;
 pub mod interp;
+pub mod jit;
 pub mod tensor;

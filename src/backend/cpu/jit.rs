@@ -1,0 +1,888 @@
+//! Fused elementwise kernels compiled with cranelift.
+//!
+//! The fast executor ([`super::exec`]) groups chains of elementwise steps (maps, binary ops,
+//! bias adds, masks by multiplication, dropout, broadcasting copies) that run over the same
+//! output layout into one [`Program`]: a straight-line list of per-element instructions whose
+//! intermediate values never reach memory. This module compiles such programs to machine code
+//! with cranelift and runs them.
+//!
+//! A compiled program is one function over one *row*: `f(ptrs, n, idx0, seed, train)` reads
+//! each input at `ptrs[k] + i * stride[k]` and writes each output at `ptrs[k] + i * stride[k]`
+//! for `i in 0..n`, where the strides of the innermost loop dimension are constants of the
+//! code. When every stride is 0 or 1 and no instruction needs a scalar call or the dropout hash,
+//! the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and splat),
+//! with a scalar tail; otherwise it is a scalar loop. The outer dimensions are walked by
+//! [`Fused::run`] (an odometer over a [`DynNest`]), split over the cores by the outermost
+//! dimension when the kernel is large, each thread writing a disjoint part of every output.
+//!
+//! Every instruction computes exactly what the interpreter-path kernel of the same op computes
+//! (same f32 operations in the same order, the same functions for `exp`, `tanh`, `gelu`..., which
+//! the code calls, and the same dropout mask: an integer compare equal to the float compare of
+//! [`crate::backend::cpu::interp::keep`]), so a fused plan's results equal the unfused plan's
+//! bit for bit (up to the sign of a zero and the payload of a NaN). `tests/jit.rs` checks it.
+//!
+//! Compilation never panics on a program the executor builds: a group whose code cannot be
+//! generated is reported as an error and the executor keeps its unfused kernels.
+
+use crate::backend::cpu::exec::kernels::{apply, derivative};
+use crate::ir::Func;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    AbiParam, BlockArg, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value, types,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use std::sync::Arc;
+
+/// The most operands (inputs and outputs) one fused kernel may have.
+pub const MAX_OPERANDS: usize = 16;
+
+/// A per-element operation of a fused program.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Inst {
+    /// Input operand `k` at this element.
+    Load(usize),
+    /// `x * k`.
+    Scale(usize, f32),
+    /// `x + k`.
+    Shift(usize, f32),
+    /// `f(x)`.
+    Map(Func, usize),
+    Add(usize, usize),
+    Sub(usize, usize),
+    Mul(usize, usize),
+    Div(usize, usize),
+    /// `(x, gy) -> gy * f'(x)`.
+    MapBack(Func, usize, usize),
+    /// Dropout of `x` with keep probability `1 - p`; the mask hashes (seed, key, the element's
+    /// offset in the group's output layout).
+    Dropout {
+        p: f64,
+        key: u64,
+        x: usize,
+    },
+}
+
+impl Inst {
+    fn args(&self) -> Vec<usize> {
+        match *self {
+            Inst::Load(_) => vec![],
+            Inst::Scale(x, _) | Inst::Shift(x, _) | Inst::Map(_, x) => vec![x],
+            Inst::Dropout { x, .. } => vec![x],
+            Inst::Add(a, b)
+            | Inst::Sub(a, b)
+            | Inst::Mul(a, b)
+            | Inst::Div(a, b)
+            | Inst::MapBack(_, a, b) => vec![a, b],
+        }
+    }
+
+    /// Whether the instruction needs the scalar loop (a call, or the 64-bit hash).
+    fn scalar_only(&self) -> bool {
+        match *self {
+            Inst::Map(f, _) => !matches!(f, Func::Relu | Func::Sqrt | Func::Recip),
+            Inst::MapBack(f, _, _) => f != Func::Relu,
+            Inst::Dropout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A fused elementwise program: SSA instructions (each refers to earlier ones by index), over
+/// `inputs` input operands, storing the values `stores` to the output operands in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub insts: Vec<Inst>,
+    pub inputs: usize,
+    pub stores: Vec<usize>,
+}
+
+impl Program {
+    /// Checks that every reference is to an earlier instruction and every load to an input.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, inst) in self.insts.iter().enumerate() {
+            if let Inst::Load(k) = inst
+                && *k >= self.inputs
+            {
+                return Err(format!(
+                    "instruction {i} loads input {k} of {}",
+                    self.inputs
+                ));
+            }
+            if inst.args().iter().any(|a| *a >= i) {
+                return Err(format!("instruction {i} uses a later value"));
+            }
+        }
+        if let Some(s) = self.stores.iter().find(|s| **s >= self.insts.len()) {
+            return Err(format!("a store of value {s}, which does not exist"));
+        }
+        if self.inputs + self.stores.len() > MAX_OPERANDS {
+            return Err("too many operands".into());
+        }
+        Ok(())
+    }
+
+    fn vectorisable(&self, strides: &[usize]) -> bool {
+        strides.iter().all(|s| *s <= 1) && !self.insts.iter().any(Inst::scalar_only)
+    }
+
+    /// A short description: `fused[add, dropout, add]`.
+    pub fn describe(&self) -> String {
+        let names: Vec<String> = self
+            .insts
+            .iter()
+            .filter_map(|i| match i {
+                Inst::Load(_) => None,
+                Inst::Scale(..) => Some("scale".into()),
+                Inst::Shift(..) => Some("shift".into()),
+                Inst::Map(f, _) => Some(format!("{f:?}").to_lowercase()),
+                Inst::Add(..) => Some("add".into()),
+                Inst::Sub(..) => Some("sub".into()),
+                Inst::Mul(..) => Some("mul".into()),
+                Inst::Div(..) => Some("div".into()),
+                Inst::MapBack(f, ..) => Some(format!("{f:?}-back").to_lowercase()),
+                Inst::Dropout { .. } => Some("dropout".into()),
+            })
+            .collect();
+        format!("fused[{}]", names.join(", "))
+    }
+}
+
+/// A loop nest with a run-time number of operands: dimensions outermost first, each a length
+/// and one stride per operand. Normalised as `exec::nest::Nest` is: length-1 dimensions
+/// dropped, dimensions contiguous for every operand merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynNest {
+    /// `(length, strides)`, outermost first; never empty (a scalar is one dimension of 1).
+    dims: Vec<(usize, Vec<usize>)>,
+    ops: usize,
+}
+
+impl DynNest {
+    pub fn new(dims: Vec<(usize, Vec<usize>)>, ops: usize) -> DynNest {
+        let mut out: Vec<(usize, Vec<usize>)> = Vec::with_capacity(dims.len());
+        for (n, s) in dims.into_iter().filter(|d| d.0 != 1) {
+            if let Some(last) = out.last_mut()
+                && (0..ops).all(|k| last.1[k] == s[k] * n)
+            {
+                last.0 *= n;
+                last.1 = s;
+                continue;
+            }
+            out.push((n, s));
+        }
+        if out.is_empty() {
+            out.push((1, vec![0; ops]));
+        }
+        DynNest { dims: out, ops }
+    }
+
+    /// Points visited.
+    pub fn len(&self) -> usize {
+        self.dims.iter().map(|d| d.0).product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The largest offset operand `k` reaches (for plan-time bounds checks).
+    pub fn reach(&self, k: usize) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        self.dims.iter().map(|d| (d.0 - 1) * d.1[k]).sum()
+    }
+
+    /// The innermost dimension's strides: constants of the generated code.
+    pub fn inner_strides(&self) -> Vec<usize> {
+        self.dims.last().map_or(vec![0; self.ops], |d| d.1.clone())
+    }
+
+    /// Calls `f(offsets, n)` once per innermost row, the offsets at the row's first point.
+    fn rows(&self, base: &[usize], mut f: impl FnMut(&[usize], usize)) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(((n, _), outer)) = self.dims.split_last() else {
+            return;
+        };
+        let mut idx = vec![0usize; outer.len()];
+        let mut off = base.to_vec();
+        loop {
+            f(&off, *n);
+            let mut d = outer.len();
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                idx[d] += 1;
+                for (o, s) in off.iter_mut().zip(&outer[d].1) {
+                    *o += s;
+                }
+                if idx[d] < outer[d].0 {
+                    break;
+                }
+                for (o, s) in off.iter_mut().zip(&outer[d].1) {
+                    *o -= s * outer[d].0;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// Up to `parts` nests over consecutive ranges of the outermost dimension, each with the
+    /// offsets of its first point.
+    fn split(&self, parts: usize) -> Vec<(Vec<usize>, DynNest)> {
+        let first = &self.dims[0];
+        let parts = parts.clamp(1, first.0.max(1));
+        let mut out = Vec::with_capacity(parts);
+        let mut start = 0;
+        for k in 0..parts {
+            let end = first.0 * (k + 1) / parts;
+            let mut dims = self.dims.clone();
+            dims[0].0 = end - start;
+            out.push((
+                first.1.iter().map(|s| s * start).collect(),
+                DynNest {
+                    dims,
+                    ops: self.ops,
+                },
+            ));
+            start = end;
+        }
+        out
+    }
+}
+
+/// The generated row function.
+type RowFn = unsafe extern "C" fn(*const *mut f32, usize, usize, u64, u64);
+
+/// Machine code of one plan's fused kernels; freed when the last kernel using it is dropped.
+struct Code(Option<JITModule>);
+
+// SAFETY: after `finalize_definitions` the module is only kept to free its memory on drop;
+// the code it holds is immutable and is called from any thread through plain function
+// pointers.
+unsafe impl Send for Code {}
+// SAFETY: as above.
+unsafe impl Sync for Code {}
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // SAFETY: no `Fused` referring to this code is alive (they hold the `Arc`).
+            unsafe { m.free_memory() }
+        }
+    }
+}
+
+/// A compiled fused kernel, as a plan step runs it. Its pointers are the step's inputs, then
+/// its outputs; `nest` has one more operand, last: the element index that dropout hashes.
+#[derive(Clone)]
+pub struct Fused {
+    f: RowFn,
+    nest: DynNest,
+    pub program: Program,
+    _code: Arc<Code>,
+}
+
+impl std::fmt::Debug for Fused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.program.describe())
+    }
+}
+
+impl Fused {
+    /// Inputs and outputs.
+    pub fn arity(&self) -> usize {
+        self.program.inputs + self.program.stores.len()
+    }
+
+    /// Checks every operand's reach against its length (`lens`: inputs then outputs).
+    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), String> {
+        if lens.len() != self.arity() {
+            return Err("plan bug: wrong operand count for a fused kernel".into());
+        }
+        for (k, len) in lens.iter().enumerate() {
+            let r = self.nest.reach(k);
+            if *len > 0 && r >= *len {
+                return Err(format!(
+                    "plan bug: fused operand {k} reaches offset {r} of a {len}-element buffer"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the kernel.
+    ///
+    /// # Safety
+    /// As `Kernel::run`: the pointers cover the lengths checked by [`Fused::check_bounds`], and
+    /// an output shares an input's buffer only where both have the same layout.
+    pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64, par_min: usize) {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores =
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let ops = self.arity();
+        let mut bases = [std::ptr::null_mut::<f32>(); MAX_OPERANDS];
+        bases[..ops].copy_from_slice(&p[..ops]);
+        let bases = Shared(bases);
+        let work = self.nest.len() * self.program.insts.len().max(1) / 2;
+        let body = |base: &[usize], part: &DynNest| {
+            let bases = bases.get();
+            let mut ptrs = [std::ptr::null_mut::<f32>(); MAX_OPERANDS];
+            part.rows(base, |off, n| {
+                for k in 0..ops {
+                    // SAFETY: the offsets are within the operands (checked at plan time).
+                    ptrs[k] = unsafe { bases[k].add(off[k]) };
+                }
+                // SAFETY: the code reads and writes `n` points of each operand at its stride
+                // from these pointers, all within bounds.
+                unsafe { (self.f)(ptrs.as_ptr(), n, off[ops], seed, train as u64) };
+            });
+        };
+        let zero = vec![0usize; ops + 1];
+        if work < par_min || cores < 2 {
+            body(&zero, &self.nest);
+            return;
+        }
+        let parts = self.nest.split(cores);
+        if parts.len() <= 1 {
+            body(&zero, &self.nest);
+            return;
+        }
+        std::thread::scope(|scope| {
+            let body = &body;
+            for (base, sub) in &parts[1..] {
+                scope.spawn(move || body(base, sub));
+            }
+            body(&parts[0].0, &parts[0].1);
+        });
+    }
+}
+
+/// Raw pointers handed to the threads of [`Fused::run`]: each thread writes a disjoint range of
+/// the outermost dimension of every output.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: see the type's comment.
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Shared<T> {}
+impl<T: Copy> Shared<T> {
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Compiles several programs into one module of machine code. Programs that fail to compile
+/// are skipped (their slot in the result is an error).
+pub fn compile(groups: Vec<(Program, DynNest)>) -> Vec<Result<Fused, String>> {
+    let n = groups.len();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile_inner(groups))) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => (0..n).map(|_| Err(e.clone())).collect(),
+        Err(_) => (0..n)
+            .map(|_| Err("the code generator panicked".to_string()))
+            .collect(),
+    }
+}
+
+fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, String>>, String> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"))
+    };
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    set(&mut flags, "opt_level", "speed")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("this machine is not supported by cranelift: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| format!("cranelift: {e}"))?;
+    let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let target = module.target_config();
+    let ptr = target.pointer_type();
+    let mut sig = module.make_signature();
+    for _ in 0..5 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    let mut call_sig = module.make_signature();
+    call_sig.params.push(AbiParam::new(types::F32));
+    call_sig.returns.push(AbiParam::new(types::F32));
+    let mut ids: Vec<Result<FuncId, String>> = Vec::new();
+    for (g, (prog, nest)) in groups.iter().enumerate() {
+        let id = (|| -> Result<FuncId, String> {
+            prog.validate()?;
+            if nest.ops != prog.inputs + prog.stores.len() + 1 {
+                return Err("the nest's operands do not match the program".into());
+            }
+            let id = module
+                .declare_function(&format!("fused{g}"), Linkage::Local, &sig)
+                .map_err(|e| e.to_string())?;
+            ctx.func.signature = sig.clone();
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                emit(&mut b, prog, &nest.inner_strides(), ptr, &call_sig);
+                b.seal_all_blocks();
+                b.finalize(target);
+            }
+            let r = module.define_function(id, &mut ctx).map_err(|e| {
+                let e = format!("{e:?}");
+                e.chars().take(300).collect::<String>()
+            });
+            module.clear_context(&mut ctx);
+            r.map(|_| id)
+        })();
+        if id.is_err() {
+            module.clear_context(&mut ctx);
+        }
+        ids.push(id);
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| format!("cranelift: {e}"))?;
+    let fns: Vec<Result<*const u8, String>> = ids
+        .into_iter()
+        .map(|id| id.map(|id| module.get_finalized_function(id)))
+        .collect();
+    let code = Arc::new(Code(Some(module)));
+    Ok(groups
+        .into_iter()
+        .zip(fns)
+        .map(|((program, nest), f)| {
+            f.map(|f| Fused {
+                // SAFETY: the function was compiled with exactly this signature (five 64-bit
+                // integer parameters, no results) in the platform's C calling convention.
+                f: unsafe { std::mem::transmute::<*const u8, RowFn>(f) },
+                nest,
+                program,
+                _code: code.clone(),
+            })
+        })
+        .collect())
+}
+
+macro_rules! shims {
+    ($($name:ident $back:ident $f:ident),*) => {
+        $(
+            extern "C" fn $name(x: f32) -> f32 { apply(Func::$f, x) }
+            extern "C" fn $back(x: f32) -> f32 { derivative(Func::$f, x) }
+        )*
+        /// The address of the function computing `f` (or its derivative) on one f32, exactly
+        /// as the unfused kernels do.
+        fn shim(f: Func, back: bool) -> usize {
+            match (f, back) {
+                $(
+                    (Func::$f, false) => $name as extern "C" fn(f32) -> f32 as usize,
+                    (Func::$f, true) => $back as extern "C" fn(f32) -> f32 as usize,
+                )*
+            }
+        }
+    };
+}
+
+shims!(
+    relu relu_back Relu, gelu gelu_back Gelu, tanh tanh_back Tanh, exp exp_back Exp,
+    log log_back Log, sqrt sqrt_back Sqrt, elu1 elu1_back Elu1, sigmoid sigmoid_back Sigmoid,
+    recip recip_back Recip
+);
+
+/// The SplitMix64 constants of the dropout hash (`interp::keep`).
+const H1: u64 = 0x9E37_79B9_7F4A_7C15;
+const H2: u64 = 0xD1B5_4A32_D192_ED03;
+const H3: u64 = 0xBF58_476D_1CE4_E5B9;
+const H4: u64 = 0x94D0_49BB_1331_11EB;
+
+/// The integer threshold equivalent to `u >= p` for `u = m / 2^53`: `m >= ceil(p 2^53)`.
+pub fn keep_threshold(p: f64) -> u64 {
+    let t = (p * (1u64 << 53) as f64).ceil();
+    if t.is_nan() || t <= 0.0 {
+        0
+    } else if t >= (1u64 << 53) as f64 {
+        1u64 << 53
+    } else {
+        t as u64
+    }
+}
+
+/// Emits the row function of `prog` for inner strides `strides` (inputs, outputs, index).
+fn emit(
+    b: &mut FunctionBuilder,
+    prog: &Program,
+    strides: &[usize],
+    ptr: Type,
+    call_sig: &Signature,
+) {
+    let mem = MemFlagsData::new().with_notrap();
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (ptrs, n, idx0, seed, train) = (params[0], params[1], params[2], params[3], params[4]);
+    let ops = prog.inputs + prog.stores.len();
+    let bases: Vec<Value> = (0..ops)
+        .map(|k| b.ins().load(ptr, mem, ptrs, (8 * k) as i32))
+        .collect();
+    let sigref = b.import_signature(call_sig.clone());
+    let eval = b.ins().icmp_imm_s(IntCC::Equal, train, 0);
+    // Inputs of stride 0 are read once per row.
+    let hoisted: Vec<Option<Value>> = (0..prog.inputs)
+        .map(|k| (strides[k] == 0).then(|| b.ins().load(types::F32, mem, bases[k], 0)))
+        .collect();
+    let vector = prog.vectorisable(strides);
+    let vhead = b.create_block();
+    let vbody = b.create_block();
+    let shead = b.create_block();
+    let sbody = b.create_block();
+    let exit = b.create_block();
+    for blk in [vhead, vbody, shead, sbody] {
+        b.append_block_param(blk, types::I64);
+    }
+    let zero = b.ins().iconst(types::I64, 0);
+    let start = if vector { vhead } else { shead };
+    b.ins().jump(start, &[BlockArg::from(zero)]);
+
+    if vector {
+        let splats: Vec<Option<Value>> = hoisted
+            .iter()
+            .map(|h| h.map(|v| b.ins().splat(types::F32X4, v)))
+            .collect();
+        b.switch_to_block(vhead);
+        let i = b.block_params(vhead)[0];
+        let next = b.ins().iadd_imm_s(i, 4);
+        let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, n);
+        b.ins().brif(
+            fits,
+            vbody,
+            &[BlockArg::from(i)],
+            shead,
+            &[BlockArg::from(i)],
+        );
+        b.switch_to_block(vbody);
+        let i = b.block_params(vbody)[0];
+        let byte = b.ins().ishl_imm_s(i, 2);
+        let vals = values(b, prog, types::F32X4, &|b, k| match splats[k] {
+            Some(v) => v,
+            None => {
+                let a = b.ins().iadd(bases[k], byte);
+                b.ins().load(types::F32X4, mem, a, 0)
+            }
+        });
+        for (j, s) in prog.stores.iter().enumerate() {
+            let k = prog.inputs + j;
+            let a = b.ins().iadd(bases[k], byte);
+            b.ins().store(mem, vals[*s], a, 0);
+        }
+        let next = b.ins().iadd_imm_s(i, 4);
+        b.ins().jump(vhead, &[BlockArg::from(next)]);
+    }
+
+    b.switch_to_block(shead);
+    let i = b.block_params(shead)[0];
+    let more = b.ins().icmp(IntCC::UnsignedLessThan, i, n);
+    b.ins().brif(more, sbody, &[BlockArg::from(i)], exit, &[]);
+    b.switch_to_block(sbody);
+    let i = b.block_params(sbody)[0];
+    let addr = |b: &mut FunctionBuilder, k: usize| -> Value {
+        let off = b.ins().imul_imm_s(i, (4 * strides[k]) as i64);
+        b.ins().iadd(bases[k], off)
+    };
+    let index = {
+        let s = strides[ops] as i64;
+        let o = b.ins().imul_imm_s(i, s);
+        b.ins().iadd(idx0, o)
+    };
+    let vals = scalar_values(b, prog, &hoisted, &addr, index, seed, eval, sigref);
+    for (j, s) in prog.stores.iter().enumerate() {
+        let a = addr(b, prog.inputs + j);
+        b.ins().store(mem, vals[*s], a, 0);
+    }
+    let next = b.ins().iadd_imm_s(i, 1);
+    b.ins().jump(shead, &[BlockArg::from(next)]);
+
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+}
+
+/// The vector body: every instruction on `ty` lanes (no calls, no dropout).
+fn values(
+    b: &mut FunctionBuilder,
+    prog: &Program,
+    ty: Type,
+    load: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
+) -> Vec<Value> {
+    let mut v: Vec<Value> = Vec::with_capacity(prog.insts.len());
+    let fconst = |b: &mut FunctionBuilder, c: f32| {
+        let s = b.ins().f32const(c);
+        b.ins().splat(ty, s)
+    };
+    for inst in &prog.insts {
+        let r = match *inst {
+            Inst::Load(k) => load(b, k),
+            Inst::Scale(x, c) => {
+                let c = fconst(b, c);
+                b.ins().fmul(v[x], c)
+            }
+            Inst::Shift(x, c) => {
+                let c = fconst(b, c);
+                b.ins().fadd(v[x], c)
+            }
+            Inst::Add(x, y) => b.ins().fadd(v[x], v[y]),
+            Inst::Sub(x, y) => b.ins().fsub(v[x], v[y]),
+            Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
+            Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
+            Inst::Map(Func::Sqrt, x) => b.ins().sqrt(v[x]),
+            Inst::Map(Func::Recip, x) => {
+                let one = fconst(b, 1.0);
+                b.ins().fdiv(one, v[x])
+            }
+            Inst::Map(Func::Relu, x) => {
+                let z = fconst(b, 0.0);
+                let c = b.ins().fcmp(FloatCC::GreaterThan, v[x], z);
+                let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
+                b.ins().bitselect(c, v[x], z)
+            }
+            Inst::MapBack(Func::Relu, x, g) => {
+                let z = fconst(b, 0.0);
+                let c = b.ins().fcmp(FloatCC::GreaterThan, v[x], z);
+                let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
+                b.ins().bitselect(c, v[g], z)
+            }
+            // `Program::vectorisable` keeps everything else on the scalar path; a zero
+            // keeps the SSA well formed should it ever be asked for.
+            _ => fconst(b, 0.0),
+        };
+        v.push(r);
+    }
+    v
+}
+
+/// The scalar body.
+#[allow(clippy::too_many_arguments)]
+fn scalar_values(
+    b: &mut FunctionBuilder,
+    prog: &Program,
+    hoisted: &[Option<Value>],
+    addr: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
+    index: Value,
+    seed: Value,
+    eval: Value,
+    sigref: cranelift_codegen::ir::SigRef,
+) -> Vec<Value> {
+    let mem = MemFlagsData::new().with_notrap();
+    let mut v: Vec<Value> = Vec::with_capacity(prog.insts.len());
+    let call = |b: &mut FunctionBuilder, f: Func, back: bool, x: Value| -> Value {
+        let callee = b.ins().iconst(types::I64, shim(f, back) as i64);
+        let c = b.ins().call_indirect(sigref, callee, &[x]);
+        b.inst_results(c)[0]
+    };
+    for inst in &prog.insts {
+        let r = match *inst {
+            Inst::Load(k) => match hoisted[k] {
+                Some(h) => h,
+                None => {
+                    let a = addr(b, k);
+                    b.ins().load(types::F32, mem, a, 0)
+                }
+            },
+            Inst::Scale(x, c) => {
+                let c = b.ins().f32const(c);
+                b.ins().fmul(v[x], c)
+            }
+            Inst::Shift(x, c) => {
+                let c = b.ins().f32const(c);
+                b.ins().fadd(v[x], c)
+            }
+            Inst::Add(x, y) => b.ins().fadd(v[x], v[y]),
+            Inst::Sub(x, y) => b.ins().fsub(v[x], v[y]),
+            Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
+            Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
+            Inst::Map(Func::Sqrt, x) => b.ins().sqrt(v[x]),
+            Inst::Map(Func::Recip, x) => {
+                let one = b.ins().f32const(1.0);
+                b.ins().fdiv(one, v[x])
+            }
+            Inst::Map(Func::Relu, x) => {
+                let z = b.ins().f32const(0.0);
+                let c = b.ins().fcmp(FloatCC::GreaterThan, v[x], z);
+                b.ins().select(c, v[x], z)
+            }
+            Inst::Map(f, x) => call(b, f, false, v[x]),
+            Inst::MapBack(Func::Relu, x, g) => {
+                let z = b.ins().f32const(0.0);
+                let c = b.ins().fcmp(FloatCC::GreaterThan, v[x], z);
+                b.ins().select(c, v[g], z)
+            }
+            Inst::MapBack(f, x, g) => {
+                let d = call(b, f, true, v[x]);
+                b.ins().fmul(v[g], d)
+            }
+            Inst::Dropout { p, key, x } => {
+                if p == 0.0 {
+                    v[x]
+                } else {
+                    let k = b.ins().iconst(types::I64, key.wrapping_mul(H1) as i64);
+                    let sk = b.ins().bxor(seed, k);
+                    let ih = b.ins().imul_imm_s(index, H2 as i64);
+                    let mut z = b.ins().bxor(sk, ih);
+                    for (sh, m) in [(30, Some(H3)), (27, Some(H4)), (31, None)] {
+                        let t = b.ins().ushr_imm_s(z, sh);
+                        z = b.ins().bxor(z, t);
+                        if let Some(m) = m {
+                            z = b.ins().imul_imm_s(z, m as i64);
+                        }
+                    }
+                    let m = b.ins().ushr_imm_s(z, 11);
+                    let t = b.ins().iconst(types::I64, keep_threshold(p) as i64);
+                    let keep = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, m, t);
+                    let scale = b.ins().f32const((1.0 / (1.0 - p)) as f32);
+                    let scaled = b.ins().fmul(v[x], scale);
+                    let z = b.ins().f32const(0.0);
+                    let dropped = b.ins().select(keep, scaled, z);
+                    b.ins().select(eval, v[x], dropped)
+                }
+            }
+        };
+        v.push(r);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::interp::keep;
+
+    #[test]
+    fn the_integer_keep_test_is_the_float_one() {
+        for p in [0.0, 1e-9, 0.1, 0.25, 0.5, 0.9, 0.999_999, 1.0] {
+            let t = keep_threshold(p);
+            for i in 0..20_000u64 {
+                let mut z = 7 ^ 3u64.wrapping_mul(H1) ^ i.wrapping_mul(H2);
+                z = (z ^ (z >> 30)).wrapping_mul(H3);
+                z = (z ^ (z >> 27)).wrapping_mul(H4);
+                z ^= z >> 31;
+                assert_eq!((z >> 11) >= t, keep(7, 3, i, p), "p {p} i {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn nests_merge_and_split() {
+        let n = DynNest::new(vec![(4, vec![3, 0, 3]), (3, vec![1, 1, 1])], 3);
+        assert_eq!(n.dims.len(), 2);
+        let m = DynNest::new(
+            vec![(4, vec![3, 3, 3]), (3, vec![1, 1, 1]), (1, vec![9, 9, 9])],
+            3,
+        );
+        assert_eq!(m.dims, vec![(12, vec![1, 1, 1])]);
+        let mut whole = Vec::new();
+        n.rows(&[0, 0, 0], |o, len| whole.push((o.to_vec(), len)));
+        for parts in 1..6 {
+            let mut got = Vec::new();
+            for (base, sub) in n.split(parts) {
+                sub.rows(&base, |o, len| got.push((o.to_vec(), len)));
+            }
+            assert_eq!(got, whole);
+        }
+        let s = DynNest::new(vec![], 2);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.reach(0), 0);
+    }
+
+    #[test]
+    fn invalid_programs_are_errors_not_panics() {
+        let bad = Program {
+            insts: vec![Inst::Add(0, 1)],
+            inputs: 1,
+            stores: vec![0],
+        };
+        let nest = DynNest::new(vec![(8, vec![1, 1, 1])], 3);
+        let r = compile(vec![(bad, nest)]);
+        assert!(r[0].is_err());
+    }
+
+    /// Runs a program over `n` contiguous elements of every operand (or broadcast ones).
+    fn run(prog: Program, ins: &[Vec<f32>], strides: &[usize], n: usize, train: bool) -> Vec<f32> {
+        let mut s = strides.to_vec();
+        s.push(1);
+        let nest = DynNest::new(vec![(n, s)], prog.inputs + 2);
+        let f = compile(vec![(prog, nest)]).pop().unwrap().unwrap();
+        let mut out = vec![0f32; n];
+        let mut p: Vec<*mut f32> = ins.iter().map(|v| v.as_ptr() as *mut f32).collect();
+        p.push(out.as_mut_ptr());
+        unsafe { f.run(&p, train, 11, usize::MAX) };
+        out
+    }
+
+    #[test]
+    fn vector_and_scalar_paths_compute_the_ops() {
+        let n = 11;
+        let a: Vec<f32> = (0..n).map(|i| i as f32 - 5.5).collect();
+        let b: Vec<f32> = (0..n).map(|i| 0.25 + i as f32).collect();
+        // relu(a * b + 2) / b, vectorised (strides 1).
+        let prog = Program {
+            insts: vec![
+                Inst::Load(0),
+                Inst::Load(1),
+                Inst::Mul(0, 1),
+                Inst::Shift(2, 2.0),
+                Inst::Map(Func::Relu, 3),
+                Inst::Div(4, 1),
+            ],
+            inputs: 2,
+            stores: vec![5],
+        };
+        let got = run(prog, &[a.clone(), b.clone()], &[1, 1, 1], n, true);
+        for i in 0..n {
+            assert_eq!(got[i], (a[i] * b[i] + 2.0).max(0.0) / b[i]);
+        }
+        // tanh(a) + broadcast scalar, scalar path with a call.
+        let prog = Program {
+            insts: vec![
+                Inst::Load(0),
+                Inst::Load(1),
+                Inst::Map(Func::Tanh, 0),
+                Inst::Add(2, 1),
+            ],
+            inputs: 2,
+            stores: vec![3],
+        };
+        let got = run(prog, &[a.clone(), vec![3.0]], &[1, 0, 1], n, true);
+        for i in 0..n {
+            assert_eq!(got[i], apply(Func::Tanh, a[i]) + 3.0);
+        }
+        // Dropout: the interpreter's mask, identity out of training.
+        let prog = Program {
+            insts: vec![
+                Inst::Load(0),
+                Inst::Dropout {
+                    p: 0.3,
+                    key: 5,
+                    x: 0,
+                },
+            ],
+            inputs: 1,
+            stores: vec![1],
+        };
+        let got = run(prog.clone(), std::slice::from_ref(&b), &[1, 1], n, true);
+        let scale = (1.0 / (1.0 - 0.3f64)) as f32;
+        for i in 0..n {
+            let want = if keep(11, 5, i as u64, 0.3) {
+                b[i] * scale
+            } else {
+                0.0
+            };
+            assert_eq!(got[i], want);
+        }
+        assert_eq!(run(prog, std::slice::from_ref(&b), &[1, 1], n, false), b);
+    }
+}
