@@ -109,7 +109,7 @@ impl Builder<'_> {
                         true
                     }
                 });
-                ok && ext.len() + cur.len() + 1 <= jit::MAX_OPERANDS
+                ok && ext.len() + cur.len() < jit::MAX_OPERANDS
             };
             if !joins {
                 if !cur.is_empty() {
