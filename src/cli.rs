@@ -360,6 +360,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         draw: Option<PathBuf>,
     },
+    /// Recombine the generators of stdlib/anatomy/spec.diag exhaustively, remove redundant
+    /// mechanisms (canonical form modulo equal rules) and write them as m00.diag .. m13.diag.
+    /// The generator set beyond M0 and M1 is the project's reconstruction, not the paper's.
+    Enumerate {
+        /// The output directory.
+        #[arg(short, long, default_value = "stdlib/anatomy")]
+        output: PathBuf,
+        /// Write nothing; exit 1 if the files in OUTPUT differ from a fresh enumeration.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -566,6 +577,7 @@ fn run() -> i32 {
             list,
             draw,
         } => crate::rewrite::cli::derive(derivation, &rules, trace, list, draw),
+        Command::Enumerate { output, check } => crate::rewrite::cli::enumerate(&output, check),
     }
 }
 

@@ -291,3 +291,65 @@ fn the_rewrite_commands_keep_their_contract() {
     let o = diagc(&["derive", "--list"]);
     assert!(s(&o.stdout).contains("bahdanau_to_vaswani"));
 }
+
+#[test]
+fn the_enumeration_gives_14_mechanisms_equal_to_the_committed_files() {
+    use diagc::rewrite::enumerate;
+    let book = book();
+    let ms = enumerate::enumerate(&book).unwrap();
+    assert_eq!(ms.len(), 14);
+    for m in &ms {
+        let path = format!("stdlib/anatomy/{}.diag", m.name);
+        let committed = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            committed,
+            enumerate::file_text(m),
+            "{path} is stale: run `diagc enumerate`"
+        );
+    }
+    // M0 and M1 are exactly the paper's (the stdlib's) mechanisms, up to wire names.
+    let m0 = derive::load_diagram("attention.m0").unwrap();
+    let m1 = derive::load_diagram("attention.m1").unwrap();
+    assert_eq!(canonical(&ms[0].term), canonical(&m0));
+    assert_eq!(canonical(&ms[1].term), canonical(&m1));
+    let count = |c: &str| ms.iter().filter(|m| m.colour == c).count();
+    assert_eq!(
+        (
+            count("linear only"),
+            count("dot-product only"),
+            count("both")
+        ),
+        (4, 4, 6)
+    );
+    // No two are equal modulo the normalising equalities.
+    for (i, a) in ms.iter().enumerate() {
+        for b in &ms[i + 1..] {
+            assert_ne!(
+                canonical(&a.term),
+                canonical(&b.term),
+                "{} = {}",
+                a.name,
+                b.name
+            );
+        }
+    }
+}
+
+#[test]
+fn every_enumerated_mechanism_runs_with_finite_outputs() {
+    use diagc::backend::cpu::harness;
+    use diagc::ir::instance::{Bindings, instantiate};
+    for i in 0..14 {
+        let name = format!("m{i:02}");
+        let (path, text) = diagc::stdlib::module(&format!("anatomy.{name}")).unwrap();
+        let o = diagc::driver::check_text(path, text);
+        assert!(o.checked.is_ok(), "{name}");
+        let mut b = Bindings::default();
+        for (k, v) in [("tok", 5), ("dm", 8), ("head", 2)] {
+            b.sizes.insert(k.into(), v);
+        }
+        let inst = instantiate(&o.checked.program, &name, &b).unwrap();
+        let out = harness::run_random(&inst, 1, Default::default()).unwrap();
+        assert!(out[0].data.iter().all(|x| x.is_finite()), "{name}");
+    }
+}

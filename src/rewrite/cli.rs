@@ -290,3 +290,47 @@ pub fn derive(
         }
     }
 }
+
+pub fn enumerate(dir: &Path, check: bool) -> i32 {
+    let book = match RuleBook::stdlib() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 1;
+        }
+    };
+    let ms = match super::enumerate::enumerate(&book) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 1;
+        }
+    };
+    if !check && let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("diagc: cannot create {}: {e}", dir.display());
+        return 2;
+    }
+    let mut stale = false;
+    for m in &ms {
+        let path = dir.join(format!("{}.diag", m.name));
+        let text = super::enumerate::file_text(m);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                eprintln!("diagc: {} differs from a fresh enumeration", path.display());
+                stale = true;
+            }
+        } else if let Err(e) = std::fs::write(&path, &text) {
+            eprintln!("diagc: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        println!(
+            "{:<4} {:<14} {:<17} {}",
+            m.name,
+            m.recipe,
+            m.colour,
+            path.display()
+        );
+    }
+    println!("{} mechanisms", ms.len());
+    if stale { 1 } else { 0 }
+}

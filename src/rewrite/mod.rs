@@ -12,3 +12,4 @@ pub mod rule;
 pub mod cli;
 pub mod verify;
 pub mod derive;
+pub mod enumerate;

@@ -69,16 +69,34 @@ pub type TermError = String;
 impl Term {
     /// The term of a checked diagram of `program`.
     pub fn from_diagram(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
-        Term::build(d, axes, false)
+        Term::build(d, axes, false, None, 0)
+    }
+
+    /// The term of diagram `name` of `p`, with calls of other diagrams (without
+    /// hyperparameters) written in place.
+    pub fn from_program(p: &Program, name: &str) -> Result<Term, TermError> {
+        let d = p
+            .diagram(name)
+            .ok_or_else(|| format!("no diagram `{name}`"))?;
+        Term::build(d, &p.axes, false, Some(p), 0)
     }
 
     /// The term of one side of a rule: calls of its diagram-valued hyperparameters (box
     /// variables) are allowed.
     pub fn from_rule_side(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
-        Term::build(d, axes, true)
+        Term::build(d, axes, true, None, 0)
     }
 
-    fn build(d: &Diagram, axes: &AxisTable, rule: bool) -> Result<Term, TermError> {
+    fn build(
+        d: &Diagram,
+        axes: &AxisTable,
+        rule: bool,
+        program: Option<&Program>,
+        depth: usize,
+    ) -> Result<Term, TermError> {
+        if depth > 32 {
+            return Err(format!("calls nest more than 32 deep at `{}`", d.name));
+        }
         if d.regions
             .iter()
             .any(|r| matches!(r.kind, RegionKind::Repeat(_)))
@@ -136,6 +154,62 @@ impl Term {
                     callee: Callee::Hyper(_),
                     ..
                 } if rule => {}
+                Op::Call {
+                    callee: Callee::Diagram(name),
+                    hypers,
+                } if hypers.is_empty()
+                    && let Some(p) = program
+                    && let Some(callee) = p.diagram(name) =>
+                {
+                    // Inline: the callee's boxes, with its inputs bound to the call's arguments.
+                    let sub = Term::build(callee, axes, false, program, depth + 1)?;
+                    let mut map: Vec<Port> = Vec::with_capacity(sub.nodes.len());
+                    for n in &sub.nodes {
+                        match &n.kind {
+                            NodeKind::Input(k) => {
+                                map.push(port_of[&b.inputs[*k]]);
+                            }
+                            NodeKind::Box { .. } => {
+                                let args = n
+                                    .args
+                                    .iter()
+                                    .map(|a| Port {
+                                        node: map[a.node].node,
+                                        out: if matches!(sub.nodes[a.node].kind, NodeKind::Input(_))
+                                        {
+                                            map[a.node].out
+                                        } else {
+                                            a.out
+                                        },
+                                    })
+                                    .collect();
+                                map.push(Port {
+                                    node: nodes.len(),
+                                    out: 0,
+                                });
+                                nodes.push(Node {
+                                    kind: n.kind.clone(),
+                                    args,
+                                    types: vec![None; n.types.len()],
+                                    names: n.names.clone(),
+                                });
+                            }
+                        }
+                    }
+                    for (k, o) in b.outputs.iter().enumerate() {
+                        let p = sub.outputs[k];
+                        let port = if matches!(sub.nodes[p.node].kind, NodeKind::Input(_)) {
+                            map[p.node]
+                        } else {
+                            Port {
+                                node: map[p.node].node,
+                                out: p.out,
+                            }
+                        };
+                        port_of.insert(*o, port);
+                    }
+                    continue;
+                }
                 Op::Call { callee, .. } => {
                     let name = match callee {
                         Callee::Diagram(n) | Callee::Hyper(n) => n,
