@@ -175,7 +175,7 @@ impl Printer<'_> {
 }
 
 /// Axis names separated by commas; `[]` for none (inside brackets: `linear[dk -> []]`).
-fn list(ids: &[AxisId], axes: &AxisTable) -> String {
+pub fn list(ids: &[AxisId], axes: &AxisTable) -> String {
     if ids.is_empty() {
         return "[]".into();
     }

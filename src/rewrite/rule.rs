@@ -12,7 +12,7 @@
 //! were. The result is printed and re-checked ([`Term::recheck`]): a rewrite whose result does
 //! not type is refused at that site.
 
-use super::term::{NodeKind, Port, Term};
+use super::term::{NodeKind, Port, Term, map_op};
 use crate::ir::size::Size;
 use crate::ir::{
     AxisId, AxisInfo, AxisTable, Callee, Const, HyperType, Op, ParamSpec, Program, RuleClass,
@@ -563,95 +563,6 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
     }
     out.tidy();
     Ok(out)
-}
-
-fn map_const(
-    c: &Const,
-    f: &mut dyn FnMut(AxisId) -> AxisId,
-    consts: &BTreeMap<String, Const>,
-) -> Const {
-    match c {
-        Const::Hyper(h) => consts.get(h).cloned().unwrap_or_else(|| c.clone()),
-        Const::Size(a) => Const::Size(f(*a)),
-        Const::Num(_) => c.clone(),
-        Const::Neg(x) => Const::Neg(Box::new(map_const(x, f, consts))),
-        Const::Sqrt(x) => Const::Sqrt(Box::new(map_const(x, f, consts))),
-        Const::Bin(o, x, y) => Const::Bin(
-            *o,
-            Box::new(map_const(x, f, consts)),
-            Box::new(map_const(y, f, consts)),
-        ),
-    }
-}
-
-/// The op with its axes and constants mapped.
-pub fn map_op(
-    op: &Op,
-    f: &mut dyn FnMut(AxisId) -> AxisId,
-    consts: &BTreeMap<String, Const>,
-) -> Op {
-    use Op::*;
-    let v = |xs: &[AxisId], f: &mut dyn FnMut(AxisId) -> AxisId| -> Vec<AxisId> {
-        xs.iter().map(|a| f(*a)).collect()
-    };
-    match op {
-        Rename { from, to } => Rename {
-            from: f(*from),
-            to: f(*to),
-        },
-        Split { from, into } => Split {
-            from: f(*from),
-            into: v(into, f),
-        },
-        Merge { from, into } => {
-            let from = v(from, f);
-            Merge {
-                from,
-                into: f(*into),
-            }
-        }
-        Expand(a) => Expand(f(*a)),
-        Dot(a) => Dot(f(*a)),
-        Sum(a) => Sum(f(*a)),
-        Softmax(a) => Softmax(f(*a)),
-        Normalise(a) => Normalise(f(*a)),
-        Cumsum(a) => Cumsum(f(*a)),
-        Causal { query, key } => Causal {
-            query: f(*query),
-            key: f(*key),
-        },
-        PosEnc { pos, feature } => PosEnc {
-            pos: f(*pos),
-            feature: f(*feature),
-        },
-        Scale(c) => Scale(map_const(c, f, consts)),
-        Shift(c) => Shift(map_const(c, f, consts)),
-        Dropout(c) => Dropout(map_const(c, f, consts)),
-        Linear { from, to, bias } => {
-            let from = v(from, f);
-            Linear {
-                from,
-                to: v(to, f),
-                bias: *bias,
-            }
-        }
-        Learner { from, to, width } => {
-            let from = v(from, f);
-            let to = v(to, f);
-            Learner {
-                from,
-                to,
-                width: map_const(width, f, consts),
-            }
-        }
-        Param(a) => Param(v(a, f)),
-        LayerNorm(a) => LayerNorm(v(a, f)),
-        Embed { vocab, to } => Embed {
-            vocab: f(*vocab),
-            to: v(to, f),
-        },
-        other => other.clone(),
-    }
 }
 
 /// One applied rewrite.

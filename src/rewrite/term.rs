@@ -12,7 +12,8 @@ use crate::ir::{
     AxisId, AxisTable, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec, Program,
     RegionKind, WireId, WireType, lower, print,
 };
-use std::collections::{BTreeSet, HashMap};
+use print::list;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 
 /// One output of one node.
@@ -552,16 +553,6 @@ fn wrap(e: &str) -> String {
     }
 }
 
-fn list(ids: &[AxisId], axes: &AxisTable) -> String {
-    if ids.is_empty() {
-        return "[]".into();
-    }
-    ids.iter()
-        .map(|a| axes.name(*a))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn const_text(c: &Const, axes: &AxisTable) -> String {
     c.display(axes).to_string()
 }
@@ -680,7 +671,15 @@ fn axis_decls(t: &Term) -> String {
             add_ty(ty, &mut used);
         }
         if let NodeKind::Box { op, params } = &n.kind {
-            op_axes(op, &mut used);
+            // Every axis the op names, constants included.
+            map_op(
+                op,
+                &mut |a| {
+                    used.insert(a);
+                    a
+                },
+                &Default::default(),
+            );
             for p in params {
                 used.extend(p.per_lane.iter().copied());
                 for d in &p.dims {
@@ -722,66 +721,92 @@ fn axis_decls(t: &Term) -> String {
     lines.join("\n")
 }
 
-fn op_axes(op: &Op, used: &mut BTreeSet<AxisId>) {
-    match op {
-        Op::Rename { from, to } => {
-            used.insert(*from);
-            used.insert(*to);
-        }
-        Op::Split { from, into } => {
-            used.insert(*from);
-            used.extend(into.iter().copied());
-        }
-        Op::Merge { from, into } => {
-            used.extend(from.iter().copied());
-            used.insert(*into);
-        }
-        Op::Expand(a)
-        | Op::Dot(a)
-        | Op::Sum(a)
-        | Op::Softmax(a)
-        | Op::Normalise(a)
-        | Op::Cumsum(a) => {
-            used.insert(*a);
-        }
-        Op::Causal { query, key } => {
-            used.insert(*query);
-            used.insert(*key);
-        }
-        Op::PosEnc { pos, feature } => {
-            used.insert(*pos);
-            used.insert(*feature);
-        }
-        Op::Linear { from, to, .. } | Op::Learner { from, to, .. } => {
-            used.extend(from.iter().copied());
-            used.extend(to.iter().copied());
-        }
-        Op::Param(ids) | Op::LayerNorm(ids) => used.extend(ids.iter().copied()),
-        Op::Embed { vocab, to } => {
-            used.insert(*vocab);
-            used.extend(to.iter().copied());
-        }
-        _ => {}
+fn map_const(
+    c: &Const,
+    f: &mut dyn FnMut(AxisId) -> AxisId,
+    consts: &BTreeMap<String, Const>,
+) -> Const {
+    match c {
+        Const::Hyper(h) => consts.get(h).cloned().unwrap_or_else(|| c.clone()),
+        Const::Size(a) => Const::Size(f(*a)),
+        Const::Num(_) => c.clone(),
+        Const::Neg(x) => Const::Neg(Box::new(map_const(x, f, consts))),
+        Const::Sqrt(x) => Const::Sqrt(Box::new(map_const(x, f, consts))),
+        Const::Bin(o, x, y) => Const::Bin(
+            *o,
+            Box::new(map_const(x, f, consts)),
+            Box::new(map_const(y, f, consts)),
+        ),
     }
-    let mut consts = Vec::new();
+}
+
+/// The op with its axes and constants mapped.
+pub fn map_op(
+    op: &Op,
+    f: &mut dyn FnMut(AxisId) -> AxisId,
+    consts: &BTreeMap<String, Const>,
+) -> Op {
+    use Op::*;
+    let v = |xs: &[AxisId], f: &mut dyn FnMut(AxisId) -> AxisId| -> Vec<AxisId> {
+        xs.iter().map(|a| f(*a)).collect()
+    };
     match op {
-        Op::Scale(c) | Op::Shift(c) | Op::Dropout(c) | Op::Learner { width: c, .. } => {
-            consts.push(c)
-        }
-        _ => {}
-    }
-    while let Some(c) = consts.pop() {
-        match c {
-            Const::Size(a) => {
-                used.insert(*a);
+        Rename { from, to } => Rename {
+            from: f(*from),
+            to: f(*to),
+        },
+        Split { from, into } => Split {
+            from: f(*from),
+            into: v(into, f),
+        },
+        Merge { from, into } => {
+            let from = v(from, f);
+            Merge {
+                from,
+                into: f(*into),
             }
-            Const::Neg(x) | Const::Sqrt(x) => consts.push(x),
-            Const::Bin(_, x, y) => {
-                consts.push(x);
-                consts.push(y);
-            }
-            Const::Num(_) | Const::Hyper(_) => {}
         }
+        Expand(a) => Expand(f(*a)),
+        Dot(a) => Dot(f(*a)),
+        Sum(a) => Sum(f(*a)),
+        Softmax(a) => Softmax(f(*a)),
+        Normalise(a) => Normalise(f(*a)),
+        Cumsum(a) => Cumsum(f(*a)),
+        Causal { query, key } => Causal {
+            query: f(*query),
+            key: f(*key),
+        },
+        PosEnc { pos, feature } => PosEnc {
+            pos: f(*pos),
+            feature: f(*feature),
+        },
+        Scale(c) => Scale(map_const(c, f, consts)),
+        Shift(c) => Shift(map_const(c, f, consts)),
+        Dropout(c) => Dropout(map_const(c, f, consts)),
+        Linear { from, to, bias } => {
+            let from = v(from, f);
+            Linear {
+                from,
+                to: v(to, f),
+                bias: *bias,
+            }
+        }
+        Learner { from, to, width } => {
+            let from = v(from, f);
+            let to = v(to, f);
+            Learner {
+                from,
+                to,
+                width: map_const(width, f, consts),
+            }
+        }
+        Param(a) => Param(v(a, f)),
+        LayerNorm(a) => LayerNorm(v(a, f)),
+        Embed { vocab, to } => Embed {
+            vocab: f(*vocab),
+            to: v(to, f),
+        },
+        other => other.clone(),
     }
 }
 
