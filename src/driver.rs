@@ -14,6 +14,18 @@ pub struct Outcome {
     pub checked: Checked,
 }
 
+impl Outcome {
+    /// Every diagnostic rendered without colour, one report after another (for errors that
+    /// carry the checker's reports as text).
+    pub fn plain_report(&self) -> String {
+        self.checked
+            .diagnostics
+            .iter()
+            .map(|d| crate::report::render(d, &self.sources, false))
+            .collect()
+    }
+}
+
 /// Checks source text given in memory (`name` is shown in reports).
 pub fn check_text(name: &str, text: &str) -> Outcome {
     let mut sources = SourceMap::new();

@@ -34,13 +34,11 @@ pub fn load_rules(files: &[PathBuf]) -> Result<RuleBook, String> {
 pub fn load_term(file: &Path, diagram: Option<&str>) -> Result<Term, String> {
     let o = driver::check_path(file)?;
     if !o.checked.is_ok() {
-        let report: String = o
-            .checked
-            .diagnostics
-            .iter()
-            .map(|d| crate::report::render(d, &o.sources, false))
-            .collect();
-        return Err(format!("{report}{} does not check", file.display()));
+        return Err(format!(
+            "{}{} does not check",
+            o.plain_report(),
+            file.display()
+        ));
     }
     let p = &o.checked.program;
     term_of(p, diagram, &file.display().to_string())

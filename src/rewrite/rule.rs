@@ -63,13 +63,10 @@ impl RuleBook {
     pub fn add_text(&mut self, name: &str, text: &str) -> Result<(), String> {
         let outcome = crate::driver::check_text(name, text);
         if !outcome.checked.is_ok() {
-            let report: String = outcome
-                .checked
-                .diagnostics
-                .iter()
-                .map(|d| crate::report::render(d, &outcome.sources, false))
-                .collect();
-            return Err(format!("the rules in {name} do not check:\n{report}"));
+            return Err(format!(
+                "the rules in {name} do not check:\n{}",
+                outcome.plain_report()
+            ));
         }
         self.add_program(name, &outcome.checked.program)
     }

@@ -476,13 +476,10 @@ impl Term {
         let text = self.to_text();
         let outcome = crate::driver::check_text(&format!("<rewrite of {}>", self.name), &text);
         if !outcome.checked.is_ok() {
-            let report: String = outcome
-                .checked
-                .diagnostics
-                .iter()
-                .map(|d| crate::report::render(d, &outcome.sources, false))
-                .collect();
-            return Err(format!("{report}\nin the rewritten text:\n{text}"));
+            return Err(format!(
+                "{}\nin the rewritten text:\n{text}",
+                outcome.plain_report()
+            ));
         }
         let program = outcome.checked.program;
         let d = program

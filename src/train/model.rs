@@ -96,13 +96,11 @@ pub fn language_model(cfg: &ModelConfig) -> Result<Instance, String> {
 fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String), String> {
     let o = crate::driver::check_path_with(path, &["lm"])?;
     if !o.checked.diagnostics.is_empty() {
-        let reports: String = o
-            .checked
-            .diagnostics
-            .iter()
-            .map(|d| crate::report::render(d, &o.sources, false))
-            .collect();
-        return Err(format!("{} has errors:\n{reports}", path.display()));
+        return Err(format!(
+            "{} has errors:\n{}",
+            path.display(),
+            o.plain_report()
+        ));
     }
     let p = o.checked.program;
     let root = crate::source::FileId(0);
