@@ -6,7 +6,7 @@
 //! backend are checked against this one.
 
 use super::tensor::{Tensor, einsum};
-use crate::ir::{AxisId, Diagram, ExecOp, Func, Op, WireId, WireType};
+use crate::ir::{AxisId, Diagram, ExecOp, Op, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 /// How a run behaves.
@@ -628,58 +628,7 @@ pub fn keep(seed: u64, key: u64, i: u64, p: f64) -> bool {
     u >= p
 }
 
-pub fn apply(f: Func, x: f64) -> f64 {
-    match f {
-        Func::Relu => x.max(0.0),
-        Func::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Func::Tanh => x.tanh(),
-        Func::Exp => x.exp(),
-        Func::Log => x.ln(),
-        Func::Sqrt => x.sqrt(),
-        Func::Elu1 => {
-            if x > 0.0 {
-                x + 1.0
-            } else {
-                x.exp()
-            }
-        }
-        Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Func::Recip => 1.0 / x,
-    }
-}
-
-pub fn derivative(f: Func, x: f64) -> f64 {
-    match f {
-        Func::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Func::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        Func::Tanh => 1.0 - x.tanh().powi(2),
-        Func::Exp => x.exp(),
-        Func::Log => 1.0 / x,
-        Func::Sqrt => 0.5 / x.sqrt(),
-        Func::Elu1 => {
-            if x > 0.0 {
-                1.0
-            } else {
-                x.exp()
-            }
-        }
-        Func::Sigmoid => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 - s)
-        }
-        Func::Recip => -1.0 / (x * x),
-    }
-}
+pub use super::func::double::{apply, derivative};
 
 /// A convenience for callers: the wire ids of a diagram's outputs.
 pub fn output_ids(d: &Diagram) -> Vec<WireId> {

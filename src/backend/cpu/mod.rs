@@ -2,6 +2,7 @@
 //! executor that is checked against it.
 
 pub mod exec;
+pub mod func;
 pub mod harness;
 pub mod interp;
 pub mod jit;

@@ -327,58 +327,7 @@ pub fn fast_exp(x: f32) -> f32 {
     }
 }
 
-pub fn apply(f: Func, x: f32) -> f32 {
-    match f {
-        Func::Relu => x.max(0.0),
-        Func::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
-        Func::Tanh => x.tanh(),
-        Func::Exp => x.exp(),
-        Func::Log => x.ln(),
-        Func::Sqrt => x.sqrt(),
-        Func::Elu1 => {
-            if x > 0.0 {
-                x + 1.0
-            } else {
-                x.exp()
-            }
-        }
-        Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Func::Recip => 1.0 / x,
-    }
-}
-
-pub fn derivative(f: Func, x: f32) -> f32 {
-    match f {
-        Func::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Func::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        Func::Tanh => 1.0 - x.tanh().powi(2),
-        Func::Exp => x.exp(),
-        Func::Log => 1.0 / x,
-        Func::Sqrt => 0.5 / x.sqrt(),
-        Func::Elu1 => {
-            if x > 0.0 {
-                1.0
-            } else {
-                x.exp()
-            }
-        }
-        Func::Sigmoid => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 - s)
-        }
-        Func::Recip => -1.0 / (x * x),
-    }
-}
+pub use crate::backend::cpu::func::single::{apply, derivative};
 
 /// `out = f(x)` over a nest with operands `[out, x]`.
 ///
