@@ -5,29 +5,11 @@ use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp::{self, RunOptions};
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::driver;
-use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
+use diagc::ir::instance::{HyperValue, Instance, instantiate};
 use std::path::Path;
 
-fn bindings(sizes: &[(&str, u64)], hypers: &[(&str, HyperValue)]) -> Bindings {
-    Bindings {
-        sizes: sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        hypers: hypers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    }
-}
-
-fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> Instance {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path_with(&root.join(path), extra).unwrap();
-    assert!(
-        o.checked.is_ok(),
-        "{path}: {:?}",
-        o.checked.diagnostics.first()
-    );
-    instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
-}
+mod common;
+use common::{bindings, instance_of};
 
 const SMALL: &[(&str, u64)] = &[("a", 3), ("b", 4), ("c", 2), ("v", 5)];
 

@@ -18,31 +18,13 @@ use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::driver;
 use diagc::ir::Diagram;
-use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
+use diagc::ir::instance::{HyperValue, Instance, instantiate};
 use std::path::Path;
 
 const TOL: f64 = 1e-4;
 
-fn bindings(sizes: &[(&str, u64)], hypers: &[(&str, HyperValue)]) -> Bindings {
-    Bindings {
-        sizes: sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        hypers: hypers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    }
-}
-
-fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> Instance {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path_with(&root.join(path), extra).unwrap();
-    assert!(
-        o.checked.is_ok(),
-        "{path}: {:?}",
-        o.checked.diagnostics.first()
-    );
-    instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
-}
+mod common;
+use common::{bindings, instance_of};
 
 /// A tensor rounded to f32 (and kept in f64 for the interpreter).
 fn rounded(t: Tensor) -> Tensor {
