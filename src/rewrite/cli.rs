@@ -74,13 +74,8 @@ pub fn parse_apply(s: &str) -> (String, Option<Site>) {
 
 /// Draws a step as an SVG: before and after, the rewritten wire highlighted on both sides.
 pub fn draw_step(step: &Step) -> Result<String, String> {
-    let side = |t: &Term| -> Result<(Program, String), String> {
-        let o = driver::check_text("<step>", &t.to_text());
-        if !o.checked.is_ok() {
-            return Err("a step does not check".into());
-        }
-        Ok((o.checked.program, t.name.clone()))
-    };
+    let side =
+        |t: &Term| -> Result<(Program, String), String> { Ok((t.recheck()?.1, t.name.clone())) };
     let (pb, nb) = side(&step.before)?;
     let (pa, na) = side(&step.after)?;
     let db = pb.diagram(&nb).ok_or("lost diagram")?;

@@ -139,6 +139,8 @@ pub struct Match {
 struct Matcher<'a> {
     rule: &'a Rule,
     t: &'a Term,
+    /// `t.uses()`, computed once per search.
+    uses: &'a HashMap<Port, usize>,
     m: Match,
 }
 
@@ -347,7 +349,7 @@ impl Matcher<'_> {
         }
         // A learned or random box inside the match may not be used outside it: replacing it
         // would change what the outside sees.
-        let uses = self.t.uses();
+        let uses = self.uses;
         let root = self.m.root.node;
         for &c in &self.m.covered {
             if c == root {
@@ -405,12 +407,14 @@ fn map_size(
 pub fn find_matches(rule: &Rule, t: &Term) -> Vec<Match> {
     let mut out = Vec::new();
     let p0 = rule.lhs.outputs[0];
+    let uses = t.uses();
     for (id, n) in t.nodes.iter().enumerate() {
         for k in 0..n.types.len() {
             let root = Port { node: id, out: k };
             let mut mt = Matcher {
                 rule,
                 t,
+                uses: &uses,
                 m: Match {
                     root,
                     axes: BTreeMap::new(),

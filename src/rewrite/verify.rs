@@ -24,11 +24,7 @@ pub enum Agreement {
 pub const TOLERANCE: f64 = 1e-9;
 
 fn checked(t: &Term) -> Result<Program, String> {
-    let o = crate::driver::check_text("<compare>", &t.to_text());
-    if !o.checked.is_ok() {
-        return Err(format!("`{}` does not check", t.name));
-    }
-    Ok(o.checked.program)
+    t.recheck().map(|(_, p)| p)
 }
 
 /// Sizes for the free axes of both programs that every derived size divides.
