@@ -222,12 +222,12 @@ fn backward(
             ty(0),
             span,
         ))],
-        Op::Causal { query, key } => {
+        Op::Causal { query, key } | Op::CausalZero { query, key } => {
             vec![Some(g.add1(
-                Op::Exec(ExecOp::CausalBack {
+                Op::CausalZero {
                     query: *query,
                     key: *key,
-                }),
+                },
                 vec![gy],
                 ty(0),
                 span,

@@ -48,6 +48,11 @@ enum Emit {
     /// The executable form of one diagram (`--diagram`): calls inlined, repeats unrolled, SIMD
     /// lowered, parameters as inputs. Needs `--size` for free axes.
     Instance,
+    /// The diagram after the optimiser (dead boxes, constant folding, common subexpressions,
+    /// simplification and cost-driven reassociation by `equal` rules), as `.diag` text headed by
+    /// what each pass did. `--size` gives the cost model its sizes (unbound ones are assumed:
+    /// tok 1024, dm 512, head 4, dff 2048, vocab 10000, batch 20, any other 512).
+    OptimizedIr,
 }
 
 /// Sizes and hyperparameters that make a diagram concrete.
@@ -772,6 +777,28 @@ fn compile(
                     }
                 };
                 text.push_str(&print::diagram(&inst.diagram, &inst.axes));
+            }
+            Emit::OptimizedIr => {
+                let opts = match instance.bindings() {
+                    Ok(b) => crate::opt::Options {
+                        sizes: b.sizes,
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        eprintln!("diagc: {e}");
+                        return 2;
+                    }
+                };
+                match crate::opt::optimise_diagram(program, &d.name, &opts) {
+                    Ok((t, report)) => {
+                        text.push_str(&report.comment());
+                        text.push_str(&t.to_text());
+                    }
+                    Err(e) => {
+                        eprintln!("diagc: cannot optimise `{}`: {e}", d.name);
+                        return 2;
+                    }
+                }
             }
         }
     }

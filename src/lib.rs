@@ -16,4 +16,5 @@ pub mod render;
 pub mod report;
 pub mod driver;
 pub mod rewrite;
+pub mod opt;
 pub mod cli;

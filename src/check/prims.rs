@@ -49,6 +49,7 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("sigmoid", "sigmoid(x)"),
     ("recip", "recip(x)"),
     ("causal", "causal[QUERY, KEY](x)"),
+    ("causal_zero", "causal_zero[QUERY, KEY](x)"),
     ("rename", "rename[FROM -> TO](x)"),
     ("split", "split[AXIS -> AXIS, AXIS, ...](x)"),
     ("merge", "merge[AXIS, AXIS, ... -> AXIS](x)"),
@@ -1150,7 +1151,7 @@ impl Body<'_, '_> {
                     _ => self.box1(Op::Cumsum(a), vec![w], ty, vec![], span),
                 }
             }
-            "causal" => {
+            "causal" | "causal_zero" => {
                 let idx = self.idx(name, index, ix_span, Exactly(2), None, &[])?;
                 let q = self.axis_value(&idx.lhs[0]);
                 let k = self.axis_value(&idx.lhs[1]);
@@ -1159,14 +1160,14 @@ impl Body<'_, '_> {
                 let w = self.float_arg(v, vs)?;
                 let okq = self.need_axis(w, vs, q, idx.lhs[0].span());
                 let okk = self.need_axis(w, vs, k, idx.lhs[1].span());
-                if !(okq && okk && self.same_size(q, k, ix_span, "`causal`")) {
+                if !(okq && okk && self.same_size(q, k, ix_span, &format!("`{name}`"))) {
                     return None;
                 }
                 if q == k {
                     self.cx.error(
                         Diagnostic::new(
                             Code::BadIndexArgs,
-                            "`causal` relates two different token axes",
+                            format!("`{name}` relates two different token axes"),
                         )
                         .primary(ix_span, "the same axis twice")
                         .help("rename the key side first: `rename[tok -> src](k)`"),
@@ -1174,7 +1175,12 @@ impl Body<'_, '_> {
                     return None;
                 }
                 let ty = self.wire_ty(w).clone();
-                self.box1(Op::Causal { query: q, key: k }, vec![w], ty, vec![], span)
+                let op = if name == "causal" {
+                    Op::Causal { query: q, key: k }
+                } else {
+                    Op::CausalZero { query: q, key: k }
+                };
+                self.box1(op, vec![w], ty, vec![], span)
             }
             "rename" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), Some(Exactly(1)), &[])?;

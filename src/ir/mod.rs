@@ -335,6 +335,12 @@ pub enum Op {
         query: AxisId,
         key: AxisId,
     },
+    /// Zeroes entries where the second axis' position exceeds the first's: the causal mask of
+    /// softmax-free attention (and the gradient of [`Op::Causal`]).
+    CausalZero {
+        query: AxisId,
+        key: AxisId,
+    },
     Cumsum(AxisId),
     Dropout(Const),
     PosEnc {
@@ -390,8 +396,6 @@ pub enum ExecOp {
     NormaliseBack(AxisId),
     /// `(x, gy) -> gx` for `y = f(x)`.
     MapBack(Func),
-    /// `gy -> gx` for the causal mask: zero where the key comes after the query.
-    CausalBack { query: AxisId, key: AxisId },
     /// `gy -> gx` for `cumsum[a]`: the suffix sum.
     CumsumBack(AxisId),
     /// `(x, gain, gy) -> (gx, ggain, gbias)` for `layernorm[axes]`.
@@ -443,6 +447,7 @@ impl Op {
             | Normalise(_)
             | Map(_)
             | Causal { .. }
+            | CausalZero { .. }
             | Cumsum(_)
             | Dropout(_)
             | PosEnc { .. } => BoxKind::Primitive,

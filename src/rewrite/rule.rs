@@ -198,7 +198,8 @@ impl Matcher<'_> {
             | (Softmax(a), Softmax(b))
             | (Normalise(a), Normalise(b))
             | (Cumsum(a), Cumsum(b)) => self.axis(*a, *b),
-            (Causal { query: a, key: b }, Causal { query: c, key: d }) => {
+            (Causal { query: a, key: b }, Causal { query: c, key: d })
+            | (CausalZero { query: a, key: b }, CausalZero { query: c, key: d }) => {
                 self.axis(*a, *c) && self.axis(*b, *d)
             }
             (Scale(a), Scale(b)) | (Shift(a), Shift(b)) | (Dropout(a), Dropout(b)) => {

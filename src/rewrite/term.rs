@@ -284,31 +284,55 @@ impl Term {
     }
 
     /// Removes nodes no output depends on (inputs stay) and restores topological order.
-    /// Returns the number of boxes removed.
+    ///
+    /// The order keeps learned and random boxes (whose parameters and dropout keys are
+    /// numbered in order) in their present relative order, and otherwise computes each value as
+    /// soon as its arguments are there: a stable topological sort that takes a ready pure box
+    /// before any learned one, and among each kind the one now first. So rewriting never
+    /// renumbers parameters, and the printed text reads in the order of the data flow (a
+    /// projection, then what is done with it). Returns the number of boxes removed.
     pub fn tidy(&mut self) -> usize {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         let n = self.nodes.len();
-        // Depth-first post-order from the outputs gives a topological order of the live nodes.
-        let mut order: Vec<usize> = (0..self.inputs.len()).collect();
-        let mut state = vec![0u8; n]; // 0 unvisited, 1 on stack, 2 done
-        for s in state.iter_mut().take(self.inputs.len()) {
-            *s = 2;
+        // Live: reachable from the outputs (inputs always stay).
+        let mut live = vec![false; n];
+        for l in live.iter_mut().take(self.inputs.len()) {
+            *l = true;
         }
-        for root in self.outputs.iter().map(|p| p.node) {
-            let mut stack = vec![(root, 0usize)];
-            while let Some((v, i)) = stack.pop() {
-                if state[v] == 2 {
-                    continue;
-                }
-                state[v] = 1;
-                if i < self.nodes[v].args.len() {
-                    stack.push((v, i + 1));
-                    let a = self.nodes[v].args[i].node;
-                    if state[a] == 0 {
-                        stack.push((a, 0));
-                    }
-                } else {
-                    state[v] = 2;
-                    order.push(v);
+        let mut stack: Vec<usize> = self.outputs.iter().map(|p| p.node).collect();
+        while let Some(v) = stack.pop() {
+            if !live[v] {
+                live[v] = true;
+                stack.extend(self.nodes[v].args.iter().map(|a| a.node));
+            }
+        }
+        // Kahn's algorithm, smallest present index first.
+        let mut waiting = vec![0usize; n];
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for v in (0..n).filter(|v| live[*v]) {
+            for a in &self.nodes[v].args {
+                waiting[v] += 1;
+                consumers[a.node].push(v);
+            }
+        }
+        let ordered = |v: usize| match &self.nodes[v].kind {
+            NodeKind::Box { op, params } => !params.is_empty() || matches!(op, Op::Dropout(_)),
+            NodeKind::Input(_) => false,
+        };
+        // Ready pure boxes, and ready learned or random ones.
+        let mut pure: BinaryHeap<Reverse<usize>> = BinaryHeap::new();
+        let mut kept: BinaryHeap<Reverse<usize>> = BinaryHeap::new();
+        for v in (0..n).filter(|v| live[*v] && waiting[*v] == 0) {
+            if ordered(v) { &mut kept } else { &mut pure }.push(Reverse(v));
+        }
+        let mut order: Vec<usize> = Vec::with_capacity(n);
+        while let Some(Reverse(v)) = pure.pop().or_else(|| kept.pop()) {
+            order.push(v);
+            for &c in &consumers[v] {
+                waiting[c] -= 1;
+                if waiting[c] == 0 {
+                    if ordered(c) { &mut kept } else { &mut pure }.push(Reverse(c));
                 }
             }
         }
@@ -396,10 +420,69 @@ impl Term {
             }
         }
         let mut dead: Vec<String> = Vec::new();
+        // The checker creates a statement's boxes when it reads the statement, so a learned box
+        // written inline is created where its consumer's statement is. Parameters are numbered
+        // in creation order; to keep them in node order, an inline expression holding a learned
+        // box is bound to a name of its own before any later learned box's statement.
+        let mut learned_in: HashMap<Port, bool> = HashMap::new();
+        let mut pending: Vec<Port> = Vec::new();
         for (id, node) in self.nodes.iter().enumerate() {
             let NodeKind::Box { op, params } = &node.kind else {
                 continue;
             };
+            let has_learned = !params.is_empty()
+                || node
+                    .args
+                    .iter()
+                    .any(|a| learned_in.get(a).copied().unwrap_or(false));
+            let port0 = Port { node: id, out: 0 };
+            let used0 = uses.get(&port0).copied().unwrap_or(0);
+            let is_output = self.outputs.contains(&port0);
+            let lanes_here = !matches!(op, Op::Param(_)) && !per_lane(params).is_empty();
+            let will_bind = node.types.len().max(1) > 1
+                || used0 != 1
+                || (node.names[0].is_some() && !is_output)
+                || lanes_here
+                || must_bind.contains(&port0);
+            // Learned boxes written inline in other pending expressions, older than this
+            // statement's, would be created after them: bind those expressions first, in node
+            // order (with this node's inline arguments older than one of them).
+            let newest_here = node
+                .args
+                .iter()
+                .filter(|a| pending.contains(a))
+                .map(|a| a.node)
+                .chain((!params.is_empty()).then_some(id))
+                .max();
+            let mut flush: Vec<Port> = Vec::new();
+            if has_learned
+                && will_bind
+                && let Some(here) = newest_here
+            {
+                let early: Vec<Port> = pending
+                    .iter()
+                    .copied()
+                    .filter(|p| !node.args.contains(p) && p.node < here)
+                    .collect();
+                if let Some(newest) = early.iter().map(|p| p.node).max() {
+                    flush = pending
+                        .iter()
+                        .copied()
+                        .filter(|p| early.contains(p) || p.node < newest)
+                        .collect();
+                    flush.sort();
+                }
+            }
+            // The rest of this node's inline arguments become part of its expression.
+            pending.retain(|p| !node.args.contains(p) && !flush.contains(p));
+            if !flush.is_empty() {
+                for p in flush {
+                    let name = names.fresh(None);
+                    let expr = text_of.get(&p).cloned().unwrap_or_else(|| "?".into());
+                    let _ = writeln!(out, "    {name} = {expr}");
+                    text_of.insert(p, name);
+                }
+            }
             let infix = is_infix(op);
             let args: Vec<String> = node
                 .args
@@ -420,16 +503,13 @@ impl Term {
                 expr = format!("simd {} {{ {expr} }}", self.axes.name(*a));
             }
             let outs = node.types.len().max(1);
-            let port0 = Port { node: id, out: 0 };
-            let used0 = uses.get(&port0).copied().unwrap_or(0);
-            let is_output = self.outputs.contains(&port0);
-            let bind = outs > 1
-                || used0 != 1
-                || (node.names[0].is_some() && !is_output)
-                || !lanes.is_empty()
-                || must_bind.contains(&port0);
+            let bind = will_bind;
             if !bind {
                 text_of.insert(port0, expr);
+                if has_learned {
+                    learned_in.insert(port0, true);
+                    pending.push(port0);
+                }
                 continue;
             }
             let bound: Vec<String> = (0..outs)
@@ -770,6 +850,10 @@ pub fn map_op(
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),
         Causal { query, key } => Causal {
+            query: f(*query),
+            key: f(*key),
+        },
+        CausalZero { query, key } => CausalZero {
             query: f(*query),
             key: f(*key),
         },

@@ -1023,7 +1023,7 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
-            Op::Causal { query, key } | Op::Exec(ExecOp::CausalBack { query, key }) => {
+            Op::Causal { query, key } | Op::CausalZero { query, key } => {
                 arity(1)?;
                 let value = if matches!(b.op, Op::Causal { .. }) {
                     f32::NEG_INFINITY

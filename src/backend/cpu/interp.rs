@@ -295,7 +295,7 @@ pub fn eval(
             }
             vec![t.aligned(&out(0))]
         }
-        Op::Exec(ExecOp::CausalBack { query, key }) => {
+        Op::CausalZero { query, key } => {
             let mut t = one(ins);
             let (q, k) = (t.pos(*query), t.pos(*key));
             for (idx, x) in t.data.indexed_iter_mut() {
