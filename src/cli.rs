@@ -376,6 +376,29 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Print the taxonomy of attention: the graph of the stdlib's derivations from primordial
+    /// attention to the literature's variants, each edge replayed and checked, labelled by its
+    /// rules, each node linked to its stdlib file. Which variants the paper's Figure 1 shows is
+    /// not known.
+    Taxonomy {
+        /// The output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: TaxonomyFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaxonomyFormat {
+    /// A Graphviz digraph.
+    Dot,
+    Json,
+    /// A picture, one row per distance from the root.
+    Svg,
+    /// The same picture rasterised (needs `--output`).
+    Png,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -583,6 +606,9 @@ fn run() -> i32 {
             draw,
         } => crate::rewrite::cli::derive(derivation, &rules, trace, list, draw),
         Command::Enumerate { output, check } => crate::rewrite::cli::enumerate(&output, check),
+        Command::Taxonomy { format, output } => {
+            crate::rewrite::cli::taxonomy(format, output.as_deref())
+        }
     }
 }
 

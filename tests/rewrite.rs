@@ -353,3 +353,58 @@ fn every_enumerated_mechanism_runs_with_finite_outputs() {
         assert!(out[0].data.iter().all(|x| x.is_finite()), "{name}");
     }
 }
+
+#[test]
+fn the_taxonomy_reaches_the_literature_variants_from_primordial_attention() {
+    use diagc::rewrite::taxonomy;
+    let t = taxonomy::build(&book()).unwrap();
+    assert_eq!(t.root, "attention.primordial");
+    let names: Vec<&str> = t.nodes.iter().map(|n| n.name.as_str()).collect();
+    for want in [
+        "attention.primordial",
+        "attention.bahdanau",
+        "attention.luong_general",
+        "attention.luong_dot",
+        "attention.synthesizer",
+        "attention.m1",
+        "attention.m0",
+    ] {
+        assert!(names.contains(&want), "{want} is missing from {names:?}");
+    }
+    // One edge per stdlib derivation, each from a node to a deeper node, with the weakest class
+    // of its steps.
+    assert_eq!(t.edges.len(), derive::STDLIB.len());
+    let depth = |n: &str| t.nodes.iter().find(|x| x.name == n).unwrap().depth;
+    for e in &t.edges {
+        assert!(depth(&e.to) > depth(&e.from), "{} -> {}", e.from, e.to);
+        assert!(!e.steps.is_empty());
+        if e.steps.iter().any(|s| s.class == "specialise") {
+            assert_eq!(e.class, "specialise");
+        }
+    }
+    let edge = |a: &str, b: &str| {
+        t.edges
+            .iter()
+            .find(|e| e.from == a && e.to == b)
+            .unwrap_or_else(|| panic!("no edge {a} -> {b}"))
+    };
+    assert_eq!(
+        edge("attention.primordial", "attention.synthesizer").steps[0].rule,
+        "delete_key_input"
+    );
+    assert_eq!(
+        edge("attention.luong_dot", "attention.m1").class,
+        "expressive"
+    );
+    // Every node links to its stdlib file, which exists.
+    let dot = taxonomy::dot(&t);
+    for n in &t.nodes {
+        assert!(std::path::Path::new(&n.file).exists(), "{}", n.file);
+        assert!(dot.contains(&format!("URL=\"{}\"", n.file)), "{}", n.name);
+    }
+    assert!(dot.contains("Figure 1 shows is not known"));
+    let json: serde_json::Value = serde_json::from_str(&taxonomy::json(&t)).unwrap();
+    assert_eq!(json["edges"].as_array().unwrap().len(), t.edges.len());
+    // The picture in the docs is the command's output, byte for byte.
+    golden("docs/taxonomy.svg", &taxonomy::svg(&t));
+}

@@ -327,3 +327,66 @@ pub fn enumerate(dir: &Path, check: bool) -> i32 {
     println!("{} mechanisms", ms.len());
     if stale { 1 } else { 0 }
 }
+
+/// `diagc taxonomy`.
+pub fn taxonomy(format: crate::cli::TaxonomyFormat, output: Option<&Path>) -> i32 {
+    use super::taxonomy;
+    use crate::cli::TaxonomyFormat;
+    let book = match RuleBook::stdlib() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    let t = match taxonomy::build(&book) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("diagc: the taxonomy does not hold: {e}");
+            return 1;
+        }
+    };
+    let bytes: Vec<u8> = match format {
+        TaxonomyFormat::Dot => taxonomy::dot(&t).into_bytes(),
+        TaxonomyFormat::Json => taxonomy::json(&t).into_bytes(),
+        TaxonomyFormat::Svg => taxonomy::svg(&t).into_bytes(),
+        TaxonomyFormat::Png => {
+            if output.is_none() {
+                eprintln!("diagc: `--format png` writes a file: give `--output FILE.png`");
+                return 2;
+            }
+            match crate::render::png::render(&taxonomy::svg(&t), 2.0) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("diagc: cannot rasterise the taxonomy: {e}");
+                    return 2;
+                }
+            }
+        }
+    };
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &bytes) {
+                eprintln!("diagc: cannot write {}: {e}", path.display());
+                return 2;
+            }
+            eprintln!(
+                "wrote {} ({} diagrams, {} derivations)",
+                path.display(),
+                t.nodes.len(),
+                t.edges.len()
+            );
+        }
+        None => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&bytes);
+        }
+    }
+    if !t.not_reached.is_empty() {
+        eprintln!(
+            "note: stdlib mechanisms no derivation reaches yet: {}",
+            t.not_reached.join(", ")
+        );
+    }
+    0
+}

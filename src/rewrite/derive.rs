@@ -89,7 +89,8 @@ pub fn load_diagram(spec: &str) -> Result<Term, String> {
     super::cli::term_of(&o.checked.program, diagram, what)
 }
 
-/// The text of a term with every non-input name erased, for comparisons up to naming.
+/// The text of a term with every non-input name erased and its nodes in structural order, for
+/// comparisons up to naming and the numbering of parameters.
 pub fn canonical(t: &Term) -> String {
     let mut c = t.clone();
     c.name = "canonical".into();
@@ -100,7 +101,7 @@ pub fn canonical(t: &Term) -> String {
             }
         }
     }
-    c.tidy();
+    c.sort_structurally();
     c.to_text()
 }
 

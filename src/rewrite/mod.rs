@@ -6,6 +6,8 @@
 //!   at a site of a term and replacing it by the right side.
 //! - [`verify`]: numeric comparison of two diagrams on the CPU interpreter (the oracle), used by
 //!   `diagc check --verify-rules`, derivations and the optimiser's tests.
+//! - [`derive`]: derivation files replayed step by step; [`taxonomy`]: the graph of the stdlib's
+//!   derivations from primordial attention; [`enumerate`]: the 14-mechanism recombination.
 
 pub mod term;
 pub mod rule;
@@ -13,3 +15,4 @@ pub mod cli;
 pub mod verify;
 pub mod derive;
 pub mod enumerate;
+pub mod taxonomy;

@@ -337,7 +337,47 @@ impl Term {
             }
         }
         let removed = n - order.len();
-        let mut new_id = vec![usize::MAX; n];
+        self.reorder(&order);
+        removed
+    }
+
+    /// Removes dead nodes and puts the rest in depth-first post-order from the outputs (the
+    /// arguments of a node in their order): an order that depends only on the structure of the
+    /// term, not on how it was built, for comparing terms up to the numbering of their
+    /// parameters ([`crate::rewrite::derive::canonical`]). Not for terms that will run: it may
+    /// reorder learned boxes.
+    pub fn sort_structurally(&mut self) {
+        self.tidy();
+        let n = self.nodes.len();
+        let mut order: Vec<usize> = (0..self.inputs.len()).collect();
+        let mut done = vec![false; n];
+        for d in done.iter_mut().take(self.inputs.len()) {
+            *d = true;
+        }
+        for root in self.outputs.iter().map(|p| p.node) {
+            let mut stack = vec![(root, 0usize)];
+            while let Some((v, i)) = stack.pop() {
+                if done[v] {
+                    continue;
+                }
+                if i < self.nodes[v].args.len() {
+                    stack.push((v, i + 1));
+                    let a = self.nodes[v].args[i].node;
+                    if !done[a] {
+                        stack.push((a, 0));
+                    }
+                } else {
+                    done[v] = true;
+                    order.push(v);
+                }
+            }
+        }
+        self.reorder(&order);
+    }
+
+    /// Keeps the nodes listed in `order` (a topological order), in that order.
+    fn reorder(&mut self, order: &[usize]) {
+        let mut new_id = vec![usize::MAX; self.nodes.len()];
         for (i, v) in order.iter().enumerate() {
             new_id[*v] = i;
         }
@@ -346,14 +386,13 @@ impl Term {
             out: p.out,
         };
         let mut nodes = Vec::with_capacity(order.len());
-        for v in &order {
+        for v in order {
             let mut node = self.nodes[*v].clone();
             node.args = node.args.into_iter().map(remap).collect();
             nodes.push(node);
         }
         self.nodes = nodes;
         self.outputs = self.outputs.iter().map(|p| remap(*p)).collect();
-        removed
     }
 
     /// The number of boxes (nodes that are not inputs).
