@@ -489,27 +489,12 @@ fn fold_const(c: &Const) -> Const {
     }
 }
 
-/// Replaces every use of `old` (by nodes and as an output) by `new`.
-fn redirect(t: &mut Term, old: Port, new: Port) {
-    for n in t.nodes.iter_mut() {
-        for a in n.args.iter_mut() {
-            if *a == old {
-                *a = new;
-            }
-        }
-    }
-    for o in t.outputs.iter_mut() {
-        if *o == old {
-            *o = new;
-        }
-    }
-}
-
 /// Pass 2: constant folding.
 fn fold_constants(t: &mut Term, report: &mut Report) -> usize {
     let mut changed = 0;
+    // Use counts, recounted after a change that rewires arguments.
+    let mut uses = t.uses();
     for id in 0..t.nodes.len() {
-        let uses = t.uses();
         let Some(op) = t.nodes[id].op().cloned() else {
             continue;
         };
@@ -555,17 +540,19 @@ fn fold_constants(t: &mut Term, report: &mut Report) -> usize {
                 what,
             });
             changed += 1;
+            uses = t.uses();
             continue;
         }
         let f = fold_const(&c);
         if f == Const::Num(unit) {
             let what = format!("{} does nothing", op_name(&op, t));
-            redirect(t, Port { node: id, out: 0 }, arg);
+            t.redirect(Port { node: id, out: 0 }, arg);
             report.changes.push(Change {
                 pass: "fold constants",
                 what,
             });
             changed += 1;
+            uses = t.uses();
         } else if f != c {
             let new_op = if matches!(op, Op::Scale(_)) {
                 Op::Scale(f)

@@ -550,19 +550,7 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
         out.nodes[new_root.node].names[new_root.out] =
             t.nodes[m.root.node].names[m.root.out].clone();
     }
-    let old = m.root;
-    for n in out.nodes.iter_mut() {
-        for a in n.args.iter_mut() {
-            if *a == old {
-                *a = new_root;
-            }
-        }
-    }
-    for o in out.outputs.iter_mut() {
-        if *o == old {
-            *o = new_root;
-        }
-    }
+    out.redirect(m.root, new_root);
     out.tidy();
     Ok(out)
 }

@@ -283,6 +283,22 @@ impl Term {
         uses
     }
 
+    /// Replaces every use of `old` (by nodes and as an output) by `new`.
+    pub fn redirect(&mut self, old: Port, new: Port) {
+        for n in self.nodes.iter_mut() {
+            for a in n.args.iter_mut() {
+                if *a == old {
+                    *a = new;
+                }
+            }
+        }
+        for o in self.outputs.iter_mut() {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
     /// Removes nodes no output depends on (inputs stay) and restores topological order.
     ///
     /// The order keeps learned and random boxes (whose parameters and dropout keys are
