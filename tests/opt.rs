@@ -12,6 +12,9 @@ use diagc::rewrite::verify::{self, Agreement};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod common;
+use common::golden;
+
 fn book() -> RuleBook {
     RuleBook::stdlib().expect("the stdlib rules load")
 }
@@ -21,19 +24,6 @@ fn sizes(pairs: &[(&str, u64)]) -> Options {
         sizes: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         ..Options::default()
     }
-}
-
-fn golden(path: &str, actual: &str) {
-    if std::env::var_os("DIAGC_BLESS").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
-    assert_eq!(
-        want, actual,
-        "{path} differs (DIAGC_BLESS=1 regenerates it)"
-    );
 }
 
 /// Checks a file and returns its program and the term of its last diagram.

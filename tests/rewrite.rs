@@ -7,21 +7,11 @@ use diagc::rewrite::rule::{self, RuleBook, Site};
 use diagc::rewrite::term::Term;
 use diagc::rewrite::verify::{self, Agreement};
 
+mod common;
+use common::golden;
+
 fn book() -> RuleBook {
     RuleBook::stdlib().expect("the stdlib rules load")
-}
-
-fn golden(path: &str, actual: &str) {
-    if std::env::var_os("DIAGC_BLESS").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
-    assert_eq!(
-        want, actual,
-        "{path} differs (DIAGC_BLESS=1 regenerates it)"
-    );
 }
 
 #[test]

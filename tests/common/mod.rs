@@ -1,4 +1,7 @@
-//! Helpers shared by the execution tests (`exec.rs`, `fast_exec.rs`, `jit.rs`).
+//! Helpers shared by the test files: bindings and instances for the execution tests
+//! (`exec.rs`, `fast_exec.rs`, `jit.rs`), golden files for the rewriting tests (`rewrite.rs`,
+//! `opt.rs`). Each test file uses some of them.
+#![allow(dead_code)]
 
 use diagc::driver;
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
@@ -24,4 +27,18 @@ pub fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> I
         o.checked.diagnostics.first()
     );
     instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
+}
+
+/// Compares `actual` with the file at `path`, or writes the file when `DIAGC_BLESS` is set.
+pub fn golden(path: &str, actual: &str) {
+    if std::env::var_os("DIAGC_BLESS").is_some() {
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
+    assert_eq!(
+        want, actual,
+        "{path} differs (DIAGC_BLESS=1 regenerates it)"
+    );
 }
