@@ -36,23 +36,8 @@ const SIZES: &[(&str, u64)] = &[
     ("vocab", 10000),
 ];
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
-    f(); // The first run touches every page of the workspace: keep it out of the figures.
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
+mod common;
+use common::time;
 
 fn lm(mech: &str, batch: Option<usize>) -> Instance {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

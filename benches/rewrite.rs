@@ -9,25 +9,10 @@
 use diagc::opt::{self, Options};
 use diagc::rewrite::rule::RuleBook;
 use diagc::rewrite::term::Term;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
-    f(); // warm up
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
+mod common;
+use common::time;
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
