@@ -320,32 +320,7 @@ enum Command {
     },
     /// Apply rewrite rules to a diagram and print the result as .diag text. Rules come from the
     /// stdlib (stdlib/rules/) and from --rules files; `diagc rewrite --list` lists them.
-    Rewrite {
-        #[arg(required_unless_present = "list")]
-        file: Option<PathBuf>,
-        /// The diagram to rewrite (default: the only diagram, or the last one, of FILE).
-        #[arg(long)]
-        diagram: Option<String>,
-        /// RULE or RULE@SITE, applied in order; SITE is a match number (1 = the first match,
-        /// the default) or the name of the wire the rule's left side outputs.
-        #[arg(long, value_name = "RULE[@SITE]")]
-        apply: Vec<String>,
-        /// Extra .diag files with `rule` declarations.
-        #[arg(long, value_name = "FILE")]
-        rules: Vec<PathBuf>,
-        /// Print every intermediate diagram, with the rule and site of each step.
-        #[arg(long)]
-        trace: bool,
-        /// Print where each rule applies in the diagram instead of rewriting.
-        #[arg(long)]
-        sites: bool,
-        /// List the known rules with their classes.
-        #[arg(long)]
-        list: bool,
-        /// Also draw each step (before and after, the site highlighted) as DIR/stepN.svg.
-        #[arg(long, value_name = "DIR")]
-        draw: Option<PathBuf>,
-    },
+    Rewrite(crate::rewrite::cli::RewriteArgs),
     /// Replay a derivation step by step, checking each: the rule applies at its site, the result
     /// types, `equal` steps agree numerically, and the end is the expected diagram. DERIVATION is
     /// a stdlib derivation's name (`diagc derive --list`) or a .derive file.
@@ -579,25 +554,7 @@ fn run() -> i32 {
             &highlight,
             color,
         ),
-        Command::Rewrite {
-            file,
-            diagram,
-            apply,
-            rules,
-            trace,
-            sites,
-            list,
-            draw,
-        } => crate::rewrite::cli::rewrite(crate::rewrite::cli::RewriteArgs {
-            file,
-            diagram,
-            apply,
-            rules,
-            trace,
-            sites,
-            list,
-            draw,
-        }),
+        Command::Rewrite(args) => crate::rewrite::cli::rewrite(args),
         Command::Derive {
             derivation,
             rules,

@@ -7,14 +7,32 @@ use crate::driver;
 use crate::ir::Program;
 use std::path::{Path, PathBuf};
 
+/// The arguments of `diagc rewrite`.
+#[derive(clap::Args)]
 pub struct RewriteArgs {
+    #[arg(required_unless_present = "list")]
     pub file: Option<PathBuf>,
+    /// The diagram to rewrite (default: the only diagram, or the last one, of FILE).
+    #[arg(long)]
     pub diagram: Option<String>,
+    /// RULE or RULE@SITE, applied in order; SITE is a match number (1 = the first match,
+    /// the default) or the name of the wire the rule's left side outputs.
+    #[arg(long, value_name = "RULE[@SITE]")]
     pub apply: Vec<String>,
+    /// Extra .diag files with `rule` declarations.
+    #[arg(long, value_name = "FILE")]
     pub rules: Vec<PathBuf>,
+    /// Print every intermediate diagram, with the rule and site of each step.
+    #[arg(long)]
     pub trace: bool,
+    /// Print where each rule applies in the diagram instead of rewriting.
+    #[arg(long)]
     pub sites: bool,
+    /// List the known rules with their classes.
+    #[arg(long)]
     pub list: bool,
+    /// Also draw each step (before and after, the site highlighted) as DIR/stepN.svg.
+    #[arg(long, value_name = "DIR")]
     pub draw: Option<PathBuf>,
 }
 
