@@ -741,6 +741,7 @@ fn compile(
             .collect(),
     };
     let mut text = String::new();
+    let mut book = None;
     for (i, d) in selected.iter().enumerate() {
         if i > 0 {
             text.push('\n');
@@ -772,7 +773,18 @@ fn compile(
                         return 2;
                     }
                 };
-                match crate::opt::optimise_diagram(program, &d.name, &opts) {
+                // The stdlib's rules, loaded once for all the file's diagrams.
+                if book.is_none() {
+                    match crate::rewrite::rule::RuleBook::stdlib() {
+                        Ok(b) => book = Some(b),
+                        Err(e) => {
+                            eprintln!("diagc: {e}");
+                            return 2;
+                        }
+                    }
+                }
+                let book = book.as_ref().expect("loaded above");
+                match crate::opt::optimise_diagram(book, program, &d.name, &opts) {
                     Ok((t, report)) => {
                         text.push_str(&report.comment());
                         text.push_str(&t.to_text());

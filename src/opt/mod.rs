@@ -424,12 +424,16 @@ fn rounds(
     Ok(((out, program), report))
 }
 
-/// Optimises diagram `name` of a checked program with the stdlib's rules (calls of diagrams
-/// without hyperparameters are inlined first).
-pub fn optimise_diagram(p: &Program, name: &str, opts: &Options) -> Result<(Term, Report), String> {
+/// Optimises diagram `name` of a checked program (calls of diagrams without hyperparameters
+/// are inlined first).
+pub fn optimise_diagram(
+    book: &RuleBook,
+    p: &Program,
+    name: &str,
+    opts: &Options,
+) -> Result<(Term, Report), String> {
     let t = Term::from_program(p, name)?;
-    let book = RuleBook::stdlib()?;
-    let (out, _, report) = optimise(&book, &t, opts)?;
+    let (out, _, report) = optimise(book, &t, opts)?;
     Ok((out, report))
 }
 
