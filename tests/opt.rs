@@ -291,3 +291,15 @@ fn compile_emits_optimized_ir() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn the_cost_before_counts_the_boxes_of_inlined_calls() {
+    let text = "axis a\n\
+                diagram f(x: [a]) -> [a] { exp(x) * 1.0 }\n\
+                diagram g(x: [a]) -> [a] { f(x) + 0.0 }\n";
+    let (_, t) = load("calls.diag", text);
+    let (_, _, report) = opt::optimise(&book(), &t, &sizes(&[("a", 10)])).unwrap();
+    // exp, the scaling and the shift before; exp alone after.
+    assert_eq!(report.cost_before, 30.0, "{}", report.comment());
+    assert_eq!(report.cost_after, 10.0, "{}", report.comment());
+}

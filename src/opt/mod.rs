@@ -323,8 +323,14 @@ pub fn optimise(
         }
     }
     let cost = Cost::new(&opts.sizes);
+    // Boxes of inlined calls are not typed yet; the cost model needs every type.
+    let typed = if t.nodes.iter().any(|n| n.types.iter().any(Option::is_none)) {
+        t.recheck()?.0
+    } else {
+        t.clone()
+    };
     let mut report = Report {
-        cost_before: cost.term(t),
+        cost_before: cost.term(&typed),
         ..Report::default()
     };
     let mut vars: Vec<String> = Vec::new();
