@@ -1,6 +1,7 @@
 //! Builds the lalrpop parser from `grammar/diag.lalrpop` into `$OUT_DIR/diag.rs`, and embeds the
 //! stdlib: every `.diag` file under `stdlib/` becomes an entry of `$OUT_DIR/stdlib_files.rs`, so
-//! the binary carries its standard library and works from any directory.
+//! the binary carries its standard library and works from any directory. The CUDA kernel sources
+//! of `kernels/` are embedded the same way (`$OUT_DIR/cuda_kernels.rs`).
 
 use std::{env, fs, path::Path};
 
@@ -53,6 +54,27 @@ fn main() {
     table.push_str("]\n");
     fs::write(Path::new(&out).join("stdlib_derivations.rs"), table).unwrap();
     println!("cargo:rerun-if-changed=stdlib");
+
+    // CUDA kernel sources (`kernels/*.cu`, `kernels/*.cuh`), compiled at run time by NVRTC.
+    let mut table = String::from("&[\n");
+    let dir = Path::new("kernels");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut kernels: Vec<_> = fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    kernels.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "cu" || x == "cuh"));
+    kernels.sort();
+    for f in &kernels {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let abs = fs::canonicalize(f).unwrap();
+        table.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            abs.to_string_lossy()
+        ));
+    }
+    table.push_str("]\n");
+    fs::write(Path::new(&out).join("cuda_kernels.rs"), table).unwrap();
 }
 
 fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

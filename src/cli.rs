@@ -53,6 +53,11 @@ enum Emit {
     /// what each pass did. `--size` gives the cost model its sizes (unbound ones are assumed:
     /// tok 1024, dm 512, head 4, dff 2048, vocab 10000, batch 20, any other 512).
     OptimizedIr,
+    /// The generated CUDA C of the executable form (as `instance`; needs `--size` for free
+    /// axes): the forward kernels and the gradient's, one kernel per step of the CPU plan with
+    /// its sizes and strides as constants, headed by the launch sequence. Self-contained: NVRTC
+    /// compiles it alone.
+    Cuda,
 }
 
 /// Sizes and hyperparameters that make a diagram concrete.
@@ -761,6 +766,34 @@ fn compile(
                     }
                 };
                 text.push_str(&print::diagram(&inst.diagram, &inst.axes));
+            }
+            Emit::Cuda => {
+                let inst = match instance
+                    .bindings()
+                    .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
+                {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("diagc: {e}");
+                        return 2;
+                    }
+                };
+                let sizes: Vec<String> = inst
+                    .axes
+                    .axes
+                    .iter()
+                    .zip(&inst.sizes)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(a, n)| format!("{}={n}", a.name))
+                    .collect();
+                let title = format!("`{}` of {} at {}", d.name, file.display(), sizes.join(" "));
+                match crate::backend::cuda::emit_instance(&inst, &title) {
+                    Ok((src, _)) => text.push_str(&src),
+                    Err(e) => {
+                        eprintln!("diagc: cannot generate CUDA for `{}`: {e}", d.name);
+                        return 2;
+                    }
+                }
             }
             Emit::OptimizedIr => {
                 let opts = match instance.bindings() {

@@ -2,3 +2,4 @@
 //! oracle every other backend (and every rewrite) is checked against.
 
 pub mod cpu;
+pub mod cuda;

@@ -45,7 +45,7 @@
 
 mod fuse;
 pub(crate) mod kernels;
-mod nest;
+pub(crate) mod nest;
 
 pub use super::interp::{RunError, RunOptions};
 use crate::ir::{AxisId, AxisTable, Const, Diagram, ExecOp, Op, WireType};
@@ -54,7 +54,7 @@ use nest::{Dim, Nest};
 
 /// Where a value's elements are at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loc {
+pub enum Loc {
     /// The caller's input slice `k` (read only).
     Input(usize),
     /// The plan's constant `k` (read only).
@@ -448,6 +448,36 @@ impl Plan {
                 Loc::Work(k) => &ws.bufs[k][..*len],
             })
             .collect()
+    }
+
+    /// The plan's kernels in order, with their operands (inputs, then outputs) and the label of
+    /// the box each belongs to: what another backend (`backend::cuda::codegen`) lowers. The
+    /// `check_finite` points are left out.
+    pub fn kernel_steps(&self) -> impl Iterator<Item = (&Kernel, &[Loc], &str)> {
+        self.steps.iter().filter_map(|s| match &s.action {
+            Action::Kernel(k) => Some((k, s.locs.as_slice(), s.label.as_str())),
+            Action::Check(_) => None,
+        })
+    }
+
+    /// The capacity (elements) of each workspace buffer.
+    pub fn buffer_lens(&self) -> &[usize] {
+        &self.buffers
+    }
+
+    /// The plan's constants (read-only buffers).
+    pub fn consts(&self) -> &[Vec<f32>] {
+        &self.consts
+    }
+
+    /// Each output's location and length.
+    pub fn output_locs(&self) -> &[(Loc, usize)] {
+        &self.outputs
+    }
+
+    /// How many inputs the plan takes.
+    pub fn input_count(&self) -> usize {
+        self.inputs.len()
     }
 
     /// A one-line-per-step listing of the plan, for debugging and curiosity.

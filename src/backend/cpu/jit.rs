@@ -179,6 +179,11 @@ impl DynNest {
         DynNest { dims: out, ops }
     }
 
+    /// The dimensions, outermost first: `(length, one stride per operand)`.
+    pub fn dims(&self) -> &[(usize, Vec<usize>)] {
+        &self.dims
+    }
+
     /// Points visited.
     pub fn len(&self) -> usize {
         self.dims.iter().map(|d| d.0).product()
@@ -297,6 +302,12 @@ impl std::fmt::Debug for Fused {
 }
 
 impl Fused {
+    /// The loop nest over the kernel's operands (inputs, outputs, then the element index that
+    /// dropout hashes).
+    pub fn nest(&self) -> &DynNest {
+        &self.nest
+    }
+
     /// Inputs and outputs.
     pub fn arity(&self) -> usize {
         self.program.inputs + self.program.stores.len()

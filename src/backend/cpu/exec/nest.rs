@@ -41,7 +41,7 @@ impl<const N: usize> Nest<N> {
         Nest { dims: out, empty }
     }
 
-    #[cfg(test)]
+    /// The normalised dimensions, outermost first (empty for a scalar).
     pub fn dims(&self) -> &[Dim<N>] {
         &self.dims
     }

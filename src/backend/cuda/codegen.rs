@@ -1,0 +1,951 @@
+//! CUDA C generated from a CPU plan: one kernel per step, specialised to its sizes and strides.
+//!
+//! The CPU executor's [`Plan`] is the lowered form of a diagram that both backends share: the
+//! layouts of the wires, the steps (each a [`Kernel`] over raw buffers, with its loop nests'
+//! lengths and strides), the elementwise groups the fuser made (the same groups the cranelift
+//! JIT compiles), and the memory plan (which buffer every value lives in). This module turns
+//! every step into CUDA C with those numbers as constants:
+//! - loop nests become one thread per point, the point's offsets computed from the thread index
+//!   by the nest's lengths and strides (innermost first);
+//! - a fused elementwise group becomes one kernel computing its program per element, with the
+//!   same functions (`expf`, `erff`...) and the same dropout mask as the CPU (the splitmix64 hash
+//!   of seed, box key and element index, `diagc_keep` in `kernels/common.cuh`);
+//! - lane-wise steps (softmax, normalisation, cumulative sums, layer norm, cross-entropy) run
+//!   one thread per lane, in the CPU kernel's order of operations;
+//! - reductions, the embedding's and layer norm's parameter gradients accumulate with
+//!   `atomicAdd` into a buffer zeroed first (their order of summation is not the CPU's);
+//! - products are [`Op::Gemm`]: for cuBLAS, with a generated kernel computing the same product
+//!   (`fallback`), used for layouts cuBLAS cannot take and by the selftest as a cross-check.
+//!
+//! The result is a self-contained source (`common.cuh`, the elementwise functions, the step
+//! kernels) that NVRTC compiles alone, and the launch sequence a runtime replays. Kernels that
+//! can meet bad input (an id outside the table, a target outside the classes) record a code in
+//! an error word; [`Generated::errors`] says what each code means.
+
+use crate::backend::cpu::exec::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
+use crate::backend::cpu::exec::nest::Nest;
+use crate::backend::cpu::exec::{Loc, Plan};
+use crate::backend::cpu::jit::{Inst, keep_threshold};
+use crate::ir::Func;
+use std::fmt::Write;
+
+/// Threads per block of every generated kernel.
+pub const BLOCK: u32 = 256;
+
+/// An argument of a launch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// The base pointer of a buffer (`float*`).
+    Buf(Loc),
+    U64(u64),
+    F32(f32),
+    /// The run's dropout seed (`unsigned long long`).
+    Seed,
+    /// Training mode (`int`: dropout active).
+    Train,
+    /// The error word (`int*`).
+    Err,
+}
+
+/// One kernel launch: `threads` threads in blocks of [`BLOCK`].
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub kernel: String,
+    pub threads: u64,
+    pub args: Vec<Arg>,
+}
+
+/// A product for cuBLAS: the CPU's [`Gemm`] (row-major strides, batch nest `[c, a, b]`) on
+/// these buffers; with `accumulate`, `c` already holds the bias and the product is added.
+#[derive(Clone, Debug)]
+pub struct GemmCall {
+    pub gemm: Gemm,
+    pub a: Loc,
+    pub b: Loc,
+    pub c: Loc,
+    pub accumulate: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Launch(Launch),
+    /// A product: cuBLAS where the layout allows it, else the generated `fallback`.
+    Gemm {
+        call: GemmCall,
+        fallback: Launch,
+    },
+}
+
+/// The launches of one plan step, in order.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub label: String,
+    pub ops: Vec<Op>,
+}
+
+/// A plan's CUDA: the source and the launch sequence.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub source: String,
+    pub steps: Vec<Step>,
+    /// `errors[k - 1]` explains error code `k`.
+    pub errors: Vec<String>,
+}
+
+/// An f32 literal that C reads back as the same float.
+fn lit(x: f32) -> String {
+    if x.is_nan() {
+        "__int_as_float(0x7fc00000)".into()
+    } else if x.is_infinite() {
+        if x > 0.0 {
+            "__int_as_float(0x7f800000)".into()
+        } else {
+            "__int_as_float(0xff800000)".into()
+        }
+    } else {
+        // `{:?}` is the shortest text that reads back as `x`, always with a `.` or an `e`.
+        format!("{x:?}f")
+    }
+}
+
+/// The elementwise functions and their derivatives, as the CPU's `func::single` computes them
+/// (same operations in the same order; the CUDA math library's `expf`, `erff`, `tanhf` differ
+/// from Rust's by an ulp or two).
+fn prelude() -> String {
+    let sqrt2 = lit(std::f32::consts::SQRT_2);
+    let sqrt2pi = lit((2.0 * std::f32::consts::PI).sqrt());
+    format!(
+        r#"
+// ---- elementwise functions (backend::cpu::func::single) ----
+__device__ __forceinline__ float dg_relu(float x) {{ return fmaxf(x, 0.0f); }}
+__device__ __forceinline__ float dg_gelu(float x) {{ return 0.5f * x * (1.0f + erff(x / {sqrt2})); }}
+__device__ __forceinline__ float dg_tanh(float x) {{ return tanhf(x); }}
+__device__ __forceinline__ float dg_exp(float x) {{ return expf(x); }}
+__device__ __forceinline__ float dg_log(float x) {{ return logf(x); }}
+__device__ __forceinline__ float dg_sqrt(float x) {{ return sqrtf(x); }}
+__device__ __forceinline__ float dg_elu1(float x) {{ return x > 0.0f ? x + 1.0f : expf(x); }}
+__device__ __forceinline__ float dg_sigmoid(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
+__device__ __forceinline__ float dg_recip(float x) {{ return 1.0f / x; }}
+__device__ __forceinline__ float dg_relu_d(float x) {{ return x > 0.0f ? 1.0f : 0.0f; }}
+__device__ __forceinline__ float dg_gelu_d(float x) {{
+    float cdf = 0.5f * (1.0f + erff(x / {sqrt2}));
+    float pdf = expf(-0.5f * x * x) / {sqrt2pi};
+    return cdf + x * pdf;
+}}
+__device__ __forceinline__ float dg_tanh_d(float x) {{ float t = tanhf(x); return 1.0f - t * t; }}
+__device__ __forceinline__ float dg_exp_d(float x) {{ return expf(x); }}
+__device__ __forceinline__ float dg_log_d(float x) {{ return 1.0f / x; }}
+__device__ __forceinline__ float dg_sqrt_d(float x) {{ return 0.5f / sqrtf(x); }}
+__device__ __forceinline__ float dg_elu1_d(float x) {{ return x > 0.0f ? 1.0f : expf(x); }}
+__device__ __forceinline__ float dg_sigmoid_d(float x) {{ float s = 1.0f / (1.0f + expf(-x)); return s * (1.0f - s); }}
+__device__ __forceinline__ float dg_recip_d(float x) {{ return -1.0f / (x * x); }}
+
+// Sets every element of p[0..n) to v.
+extern "C" __global__ void dg_fill(float* p, unsigned long long n, float v) {{
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = v;
+}}
+"#
+    )
+}
+
+/// `dg_NAME(x)`, and `dg_NAME_d(x)` for the derivative.
+fn func(f: Func, x: &str, derivative: bool) -> String {
+    format!("dg_{}{}({x})", f.name(), if derivative { "_d" } else { "" })
+}
+
+fn dims_of<const N: usize>(nest: &Nest<N>) -> Vec<(usize, Vec<usize>)> {
+    nest.dims().iter().map(|d| (d.n, d.s.to_vec())).collect()
+}
+
+/// Points a nest of `dims` visits (1 for no dimensions: a scalar).
+fn points(dims: &[(usize, Vec<usize>)]) -> u64 {
+    dims.iter().map(|d| d.0 as u64).product()
+}
+
+/// Declares `o0..o{ops-1}` (prefixed `pre`), the operands' offsets at point `idx` of a nest.
+fn offsets(out: &mut String, dims: &[(usize, Vec<usize>)], ops: usize, idx: &str, pre: &str) {
+    let names: Vec<String> = (0..ops).map(|k| format!("{pre}{k}")).collect();
+    let _ = writeln!(
+        out,
+        "    unsigned long long {pre}_r = {idx}, {};",
+        names
+            .iter()
+            .map(|n| format!("{n} = 0"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (n, s) in dims.iter().rev() {
+        let mut adds = String::new();
+        for (k, st) in s.iter().enumerate().take(ops) {
+            if *st != 0 {
+                let _ = write!(adds, " {}{k} += d * {st}ULL;", pre);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "    {{ unsigned long long d = {pre}_r % {n}ULL; {pre}_r /= {n}ULL;{adds} }}"
+        );
+    }
+    let _ = writeln!(out, "    (void){pre}_r;");
+}
+
+/// The signature `(float* p0, ..., extra)` of a step kernel with `n` buffers.
+fn params(n: usize, extra: &[&str]) -> String {
+    let mut v: Vec<String> = (0..n).map(|k| format!("float* p{k}")).collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.join(", ")
+}
+
+/// The opening of a one-thread-per-point kernel over `threads` points.
+fn open(out: &mut String, name: &str, params: &str, threads: u64) {
+    let _ = writeln!(
+        out,
+        "extern \"C\" __global__ void {name}({params}) {{\n    \
+         unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;\n    \
+         if (i >= {threads}ULL) return;"
+    );
+}
+
+struct Gen {
+    /// Prefixed to every step kernel's name, so that several plans share one module.
+    prefix: String,
+    src: String,
+    steps: Vec<Step>,
+    errors: Vec<String>,
+}
+
+fn bufs(locs: &[Loc]) -> Vec<Arg> {
+    locs.iter().map(|l| Arg::Buf(*l)).collect()
+}
+
+fn fill(loc: Loc, len: usize, v: f32) -> Op {
+    Op::Launch(Launch {
+        kernel: "dg_fill".into(),
+        threads: len as u64,
+        args: vec![Arg::Buf(loc), Arg::U64(len as u64), Arg::F32(v)],
+    })
+}
+
+impl Gen {
+    /// A new error code for `what`.
+    fn error(&mut self, what: String) -> usize {
+        self.errors.push(what);
+        self.errors.len()
+    }
+
+    /// Generates the kernels of step `i` and returns its launches.
+    fn step(&mut self, i: usize, k: &Kernel, locs: &[Loc], label: &str) -> Vec<Op> {
+        let name = format!("{}s{i}_{}", self.prefix, k.name().replace('-', "_"));
+        let s = &mut self.src;
+        let _ = writeln!(s, "\n// {}step {i}: {} ({label})", self.prefix, k.name());
+        let launch = |threads: u64, args: Vec<Arg>| {
+            Op::Launch(Launch {
+                kernel: name.clone(),
+                threads,
+                args,
+            })
+        };
+        match k {
+            Kernel::Copy(nest) | Kernel::Unary(_, nest) | Kernel::Dropout { nest, .. } => {
+                let dims = dims_of(nest);
+                let n = points(&dims);
+                if nest.len() == 0 {
+                    return vec![];
+                }
+                let dropout = matches!(k, Kernel::Dropout { .. });
+                let extra: &[&str] = if dropout {
+                    &["unsigned long long seed", "int train"]
+                } else {
+                    &[]
+                };
+                open(s, &name, &params(2, extra), n);
+                offsets(s, &dims, 2, "i", "o");
+                let x = "p0[o1]";
+                let body = match k {
+                    Kernel::Copy(_) => x.to_string(),
+                    Kernel::Unary(Unary::Scale(c), _) => format!("{x} * {}", lit(*c)),
+                    Kernel::Unary(Unary::Shift(c), _) => format!("{x} + {}", lit(*c)),
+                    Kernel::Unary(Unary::Map(f), _) => func(*f, x, false),
+                    Kernel::Dropout { p, key, .. } => {
+                        if *p == 0.0 {
+                            x.to_string()
+                        } else {
+                            format!(
+                                "train ? (diagc_keep(seed, {key}ULL, o0, {}ULL) ? {x} * {} : 0.0f) : {x}",
+                                keep_threshold(*p),
+                                lit((1.0 / (1.0 - p)) as f32)
+                            )
+                        }
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                let _ = writeln!(s, "    p1[o0] = {body};\n}}");
+                let mut args = bufs(locs);
+                if dropout {
+                    args.extend([Arg::Seed, Arg::Train]);
+                }
+                vec![launch(n, args)]
+            }
+            Kernel::Fill { value, len } => vec![fill(locs[0], *len, *value)],
+            Kernel::Binary(op, nest) => {
+                if nest.len() == 0 {
+                    return vec![];
+                }
+                let dims = dims_of(nest);
+                let n = points(&dims);
+                open(s, &name, &params(3, &[]), n);
+                offsets(s, &dims, 3, "i", "o");
+                let (a, b) = ("p0[o1]", "p1[o2]");
+                let body = match op {
+                    Binary::Add => format!("{a} + {b}"),
+                    Binary::Sub => format!("{a} - {b}"),
+                    Binary::Mul => format!("{a} * {b}"),
+                    Binary::Div => format!("{a} / {b}"),
+                    Binary::MapBack(Func::Relu) => format!("{a} > 0.0f ? {b} : 0.0f"),
+                    Binary::MapBack(f) => format!("{b} * {}", func(*f, a, true)),
+                };
+                let _ = writeln!(s, "    p2[o0] = {body};\n}}");
+                vec![launch(n, bufs(locs))]
+            }
+            Kernel::Fused(f) => {
+                let prog = &f.program;
+                let nest = f.nest();
+                let ops = f.arity();
+                let dims: Vec<(usize, Vec<usize>)> = nest.dims().to_vec();
+                let n = points(&dims);
+                if nest.len() == 0 {
+                    return vec![];
+                }
+                let dropout = prog
+                    .insts
+                    .iter()
+                    .any(|i| matches!(i, Inst::Dropout { p, .. } if *p != 0.0));
+                let extra: &[&str] = if dropout {
+                    &["unsigned long long seed", "int train"]
+                } else {
+                    &[]
+                };
+                let _ = writeln!(s, "// {}", prog.describe());
+                open(s, &name, &params(ops, extra), n);
+                // The last operand of the nest is the element index dropout hashes.
+                offsets(s, &dims, ops + 1, "i", "o");
+                for (j, inst) in prog.insts.iter().enumerate() {
+                    let e = match *inst {
+                        Inst::Load(k) => format!("p{k}[o{k}]"),
+                        Inst::Scale(x, c) => format!("v{x} * {}", lit(c)),
+                        Inst::Shift(x, c) => format!("v{x} + {}", lit(c)),
+                        Inst::Map(fu, x) => func(fu, &format!("v{x}"), false),
+                        Inst::Add(a, b) => format!("v{a} + v{b}"),
+                        Inst::Sub(a, b) => format!("v{a} - v{b}"),
+                        Inst::Mul(a, b) => format!("v{a} * v{b}"),
+                        Inst::Div(a, b) => format!("v{a} / v{b}"),
+                        Inst::MapBack(Func::Relu, x, g) => format!("v{x} > 0.0f ? v{g} : 0.0f"),
+                        Inst::MapBack(fu, x, g) => {
+                            format!("v{g} * {}", func(fu, &format!("v{x}"), true))
+                        }
+                        Inst::Dropout { p, key, x } => {
+                            if p == 0.0 {
+                                format!("v{x}")
+                            } else {
+                                format!(
+                                    "train ? (diagc_keep(seed, {key}ULL, o{ops}, {}ULL) ? v{x} * {} : 0.0f) : v{x}",
+                                    keep_threshold(p),
+                                    lit((1.0 / (1.0 - p)) as f32)
+                                )
+                            }
+                        }
+                    };
+                    let _ = writeln!(s, "    float v{j} = {e};");
+                }
+                for (j, v) in prog.stores.iter().enumerate() {
+                    let k = prog.inputs + j;
+                    let _ = writeln!(s, "    p{k}[o{k}] = v{v};");
+                }
+                let _ = writeln!(s, "}}");
+                let mut args = bufs(locs);
+                if dropout {
+                    args.extend([Arg::Seed, Arg::Train]);
+                }
+                vec![launch(n, args)]
+            }
+            Kernel::Causal {
+                value,
+                copy,
+                nq,
+                nk,
+                sq,
+                sk,
+                rest,
+            } => {
+                let mut ops = Vec::new();
+                if copy.len() > 0 {
+                    let dims = dims_of(copy);
+                    let n = points(&dims);
+                    open(s, &format!("{name}_copy"), &params(2, &[]), n);
+                    offsets(s, &dims, 2, "i", "o");
+                    let _ = writeln!(s, "    p1[o0] = p0[o1];\n}}");
+                    ops.push(Op::Launch(Launch {
+                        kernel: format!("{name}_copy"),
+                        threads: n,
+                        args: bufs(locs),
+                    }));
+                }
+                if rest.len() > 0 && *nq > 0 && *nk > 0 {
+                    // Points (rest, q, k); those with k > q get `value`.
+                    let mut dims = dims_of(rest);
+                    dims.push((*nq, vec![*sq]));
+                    dims.push((*nk, vec![*sk]));
+                    let n = points(&dims);
+                    open(s, &format!("{name}_mask"), &params(1, &[]), n);
+                    let _ = writeln!(
+                        s,
+                        "    unsigned long long k = i % {nk}ULL, q = (i / {nk}ULL) % {nq}ULL;\n    \
+                         if (k <= q) return;"
+                    );
+                    offsets(s, &dims, 1, "i", "o");
+                    let _ = writeln!(s, "    p0[o0] = {};\n}}", lit(*value));
+                    ops.push(Op::Launch(Launch {
+                        kernel: format!("{name}_mask"),
+                        threads: n,
+                        args: vec![Arg::Buf(locs[1])],
+                    }));
+                }
+                ops
+            }
+            Kernel::Reduce { nest, len } => {
+                let mut ops = vec![fill(locs[1], *len, 0.0)];
+                if nest.len() > 0 {
+                    let dims = dims_of(nest);
+                    let n = points(&dims);
+                    open(s, &name, &params(2, &[]), n);
+                    offsets(s, &dims, 2, "i", "o");
+                    let _ = writeln!(s, "    atomicAdd(&p1[o0], p0[o1]);\n}}");
+                    ops.push(launch(n, bufs(locs)));
+                }
+                ops
+            }
+            Kernel::Lane {
+                op,
+                outer,
+                n,
+                s: st,
+            } => {
+                if outer.len() == 0 {
+                    return vec![];
+                }
+                let dims = dims_of(outer);
+                let lanes = points(&dims);
+                let two = locs.len() == 3;
+                open(s, &name, &params(locs.len(), &[]), lanes);
+                offsets(s, &dims, 3, "i", "o");
+                let (out, b) = if two { ("p2", "p1") } else { ("p1", "p0") };
+                let _ = writeln!(
+                    s,
+                    "    float* po = {out} + o0; const float* pa = p0 + o1; const float* pb = {b} + o2; (void)pb;"
+                );
+                let (s0, s1, s2) = (st[0], st[1], st[2]);
+                let body = match op {
+                    LaneOp::Softmax => format!(
+                        "    float m = __int_as_float(0xff800000);\n    \
+                         for (int j = 0; j < {n}; j++) m = fmaxf(m, pa[j * {s1}]);\n    \
+                         if (isinf(m) || isnan(m)) m = 0.0f;\n    \
+                         float total = 0.0f;\n    \
+                         for (int j = 0; j < {n}; j++) {{ float e = expf(pa[j * {s1}] - m); po[j * {s0}] = e; total += e; }}\n    \
+                         for (int j = 0; j < {n}; j++) po[j * {s0}] /= total;"
+                    ),
+                    LaneOp::Normalise => format!(
+                        "    float total = 0.0f;\n    \
+                         for (int j = 0; j < {n}; j++) total += pa[j * {s1}];\n    \
+                         for (int j = 0; j < {n}; j++) po[j * {s0}] = pa[j * {s1}] / total;"
+                    ),
+                    LaneOp::SoftmaxBack => format!(
+                        "    float dot = 0.0f;\n    \
+                         for (int j = 0; j < {n}; j++) dot += pa[j * {s1}] * pb[j * {s2}];\n    \
+                         for (int j = 0; j < {n}; j++) {{ float y = pa[j * {s1}], g = pb[j * {s2}]; po[j * {s0}] = y * (g - dot); }}"
+                    ),
+                    LaneOp::NormaliseBack => format!(
+                        "    float total = 0.0f, dot = 0.0f;\n    \
+                         for (int j = 0; j < {n}; j++) total += pa[j * {s1}];\n    \
+                         for (int j = 0; j < {n}; j++) dot += pb[j * {s2}] * (pa[j * {s1}] / total);\n    \
+                         for (int j = 0; j < {n}; j++) po[j * {s0}] = (pb[j * {s2}] - dot) / total;"
+                    ),
+                };
+                let _ = writeln!(s, "{body}\n}}");
+                vec![launch(lanes, bufs(locs))]
+            }
+            Kernel::Cumsum {
+                reverse,
+                slab,
+                n,
+                s: st,
+            } => {
+                if slab.len() == 0 || *n == 0 {
+                    return vec![];
+                }
+                let dims = dims_of(slab);
+                let cols = points(&dims);
+                open(s, &name, &params(2, &[]), cols);
+                offsets(s, &dims, 2, "i", "o");
+                let (s0, s1) = (st[0], st[1]);
+                let (pos, prev) = if *reverse {
+                    (format!("({n} - 1 - t)"), format!("+ {s0}"))
+                } else {
+                    ("t".to_string(), format!("- {s0}"))
+                };
+                let _ = writeln!(
+                    s,
+                    "    for (unsigned long long t = 0; t < {n}ULL; t++) {{\n        \
+                     unsigned long long at = o0 + {pos} * {s0}ULL;\n        \
+                     float v = p0[o1 + {pos} * {s1}ULL];\n        \
+                     p1[at] = t == 0 ? v : v + p1[at {prev}];\n    }}\n}}"
+                );
+                vec![launch(cols, bufs(locs))]
+            }
+            Kernel::LayerNorm {
+                outer,
+                inner,
+                dense,
+            } => {
+                if outer.len() == 0 {
+                    return vec![];
+                }
+                // Pointers [x, gain, bias, out]; operands [out, x, gain, bias].
+                let dims = dims_of(outer);
+                let lanes = points(&dims);
+                let n = inner[0].len();
+                let t = tables(s, &name, inner, *dense);
+                open(s, &name, &params(4, &[]), lanes);
+                offsets(s, &dims, 4, "i", "o");
+                let _ = writeln!(
+                    s,
+                    "    float mean = 0.0f, var = 0.0f;\n    \
+                     for (int j = 0; j < {n}; j++) mean += p0[o1 + {x}];\n    \
+                     mean /= {cnt};\n    \
+                     for (int j = 0; j < {n}; j++) {{ float c = p0[o1 + {x}] - mean; var += c * c; }}\n    \
+                     var /= {cnt};\n    \
+                     float inv = 1.0f / sqrtf(var + {eps});\n    \
+                     for (int j = 0; j < {n}; j++) {{\n        \
+                     float xhat = (p0[o1 + {x}] - mean) * inv;\n        \
+                     p3[o0 + {o}] = xhat * p1[o2 + {g}] + p2[o3 + {b}];\n    }}\n}}",
+                    o = t[0],
+                    x = t[1],
+                    g = t[2],
+                    b = t[3],
+                    cnt = lit(n as f32),
+                    eps = lit(LN_EPS),
+                );
+                vec![launch(lanes, bufs(locs))]
+            }
+            Kernel::LayerNormBack {
+                outer,
+                inner,
+                lens,
+                dense,
+            } => {
+                // Pointers [x, gain, gy, gx, ggain, gbias]; operands [gx, x, gain, gy, ggain,
+                // gbias].
+                let mut ops = vec![fill(locs[4], lens[0], 0.0), fill(locs[5], lens[1], 0.0)];
+                if outer.len() == 0 {
+                    return ops;
+                }
+                let dims = dims_of(outer);
+                let lanes = points(&dims);
+                let n = inner[0].len();
+                let t = tables(s, &name, inner, *dense);
+                open(s, &name, &params(6, &[]), lanes);
+                offsets(s, &dims, 6, "i", "o");
+                let _ = writeln!(
+                    s,
+                    "    float mean = 0.0f, var = 0.0f, m1 = 0.0f, m2 = 0.0f;\n    \
+                     for (int j = 0; j < {n}; j++) mean += p0[o1 + {x}];\n    \
+                     mean /= {cnt};\n    \
+                     for (int j = 0; j < {n}; j++) {{ float c = p0[o1 + {x}] - mean; var += c * c; }}\n    \
+                     var /= {cnt};\n    \
+                     float inv = 1.0f / sqrtf(var + {eps});\n    \
+                     for (int j = 0; j < {n}; j++) {{\n        \
+                     float gyg = p2[o3 + {gy}] * p1[o2 + {g}];\n        \
+                     m1 += gyg; m2 += gyg * ((p0[o1 + {x}] - mean) * inv);\n    }}\n    \
+                     m1 /= {cnt}; m2 /= {cnt};\n    \
+                     for (int j = 0; j < {n}; j++) {{\n        \
+                     float xhat = (p0[o1 + {x}] - mean) * inv;\n        \
+                     atomicAdd(&p4[o4 + {gg}], p2[o3 + {gy}] * xhat);\n        \
+                     atomicAdd(&p5[o5 + {gb}], p2[o3 + {gy}]);\n    }}\n    \
+                     // gx may be x's or gy's buffer: every read of the lane is above.\n    \
+                     for (int j = 0; j < {n}; j++) {{\n        \
+                     float xhat = (p0[o1 + {x}] - mean) * inv;\n        \
+                     p3[o0 + {gx}] = inv * (p2[o3 + {gy}] * p1[o2 + {g}] - m1 - xhat * m2);\n    }}\n}}",
+                    gx = t[0],
+                    x = t[1],
+                    g = t[2],
+                    gy = t[3],
+                    gg = t[4],
+                    gb = t[5],
+                    cnt = lit(n as f32),
+                    eps = lit(LN_EPS),
+                );
+                ops.push(launch(lanes, bufs(locs)));
+                ops
+            }
+            Kernel::Gemm(g) => {
+                let accumulate = g.bias.is_some();
+                let mut ops = Vec::new();
+                let c = locs[locs.len() - 1];
+                if let Some(bias) = &g.bias
+                    && bias.len() > 0
+                {
+                    let dims = dims_of(bias);
+                    let n = points(&dims);
+                    open(s, &format!("{name}_bias"), &params(2, &[]), n);
+                    offsets(s, &dims, 2, "i", "o");
+                    let _ = writeln!(s, "    p1[o0] = p0[o1];\n}}");
+                    ops.push(Op::Launch(Launch {
+                        kernel: format!("{name}_bias"),
+                        threads: n,
+                        args: vec![Arg::Buf(locs[2]), Arg::Buf(c)],
+                    }));
+                }
+                // The fallback: one thread per element of C, a dot product of length k.
+                let bdims = dims_of(&g.batch);
+                let n = points(&bdims) * (g.m * g.n) as u64;
+                let _ = writeln!(
+                    s,
+                    "// C[{m}x{nn}] {op} A[{m}x{k}] B[{k}x{nn}], batch {b}; A strides {a:?}, B {bs:?}, C {cs:?}",
+                    m = g.m,
+                    nn = g.n,
+                    k = g.k,
+                    op = if accumulate { "+=" } else { "=" },
+                    b = g.batch.len(),
+                    a = g.a,
+                    bs = g.b,
+                    cs = g.c
+                );
+                open(s, &name, "const float* a, const float* b, float* c", n);
+                let _ = writeln!(
+                    s,
+                    "    long long col = (long long)(i % {nn}ULL), row = (long long)((i / {nn}ULL) % {m}ULL);\n    \
+                     unsigned long long bi = i / {mn}ULL;",
+                    nn = g.n,
+                    m = g.m,
+                    mn = g.m * g.n
+                );
+                offsets(s, &bdims, 3, "bi", "o");
+                let _ = writeln!(
+                    s,
+                    "    float acc = 0.0f;\n    \
+                     for (long long kk = 0; kk < {k}; kk++)\n        \
+                     acc += a[o1 + row * {a0}LL + kk * {a1}LL] * b[o2 + kk * {b0}LL + col * {b1}LL];\n    \
+                     float* pc = c + o0 + row * {c0}LL + col * {c1}LL;\n    \
+                     *pc = {acc};\n}}",
+                    k = g.k,
+                    a0 = g.a[0],
+                    a1 = g.a[1],
+                    b0 = g.b[0],
+                    b1 = g.b[1],
+                    c0 = g.c[0],
+                    c1 = g.c[1],
+                    acc = if accumulate { "*pc + acc" } else { "acc" }
+                );
+                ops.push(Op::Gemm {
+                    call: GemmCall {
+                        gemm: g.clone(),
+                        a: locs[0],
+                        b: locs[1],
+                        c,
+                        accumulate,
+                    },
+                    fallback: Launch {
+                        kernel: name.clone(),
+                        threads: n,
+                        args: vec![Arg::Buf(locs[0]), Arg::Buf(locs[1]), Arg::Buf(c)],
+                    },
+                });
+                ops
+            }
+            Kernel::Embed {
+                ids,
+                row,
+                vocab,
+                vstride,
+            } => {
+                if ids.len() == 0 || row.len() == 0 {
+                    return vec![];
+                }
+                let code = self.error(format!(
+                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
+                ));
+                let s = &mut self.src;
+                let (idims, rdims) = (dims_of(ids), dims_of(row));
+                let per = points(&rdims);
+                let n = points(&idims) * per;
+                open(s, &name, &params(3, &["int* err"]), n);
+                let _ = writeln!(
+                    s,
+                    "    unsigned long long ii = i / {per}ULL, ri = i % {per}ULL;"
+                );
+                offsets(s, &idims, 2, "ii", "a");
+                offsets(s, &rdims, 2, "ri", "r");
+                let _ = writeln!(
+                    s,
+                    "    float id = p0[a1];\n    \
+                     if (!(id >= 0.0f && id < {vocab}.0f && id == floorf(id))) {{ atomicCAS(err, 0, {code}); p2[a0 + r0] = 0.0f; return; }}\n    \
+                     p2[a0 + r0] = p1[(unsigned long long)id * {vstride}ULL + r1];\n}}"
+                );
+                let mut args = bufs(locs);
+                args.push(Arg::Err);
+                vec![launch(n, args)]
+            }
+            Kernel::EmbedBack {
+                ids,
+                row,
+                vocab,
+                vstride,
+                len,
+            } => {
+                let mut ops = vec![fill(locs[2], *len, 0.0)];
+                if ids.len() == 0 || row.len() == 0 {
+                    return ops;
+                }
+                let code = self.error(format!(
+                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
+                ));
+                let s = &mut self.src;
+                // Pointers [ids, gy, gtable]; `ids` operands [gy, ids], `row` [gtable, gy].
+                let (idims, rdims) = (dims_of(ids), dims_of(row));
+                let per = points(&rdims);
+                let n = points(&idims) * per;
+                open(s, &name, &params(3, &["int* err"]), n);
+                let _ = writeln!(
+                    s,
+                    "    unsigned long long ii = i / {per}ULL, ri = i % {per}ULL;"
+                );
+                offsets(s, &idims, 2, "ii", "a");
+                offsets(s, &rdims, 2, "ri", "r");
+                let _ = writeln!(
+                    s,
+                    "    float id = p0[a1];\n    \
+                     if (!(id >= 0.0f && id < {vocab}.0f && id == floorf(id))) {{ atomicCAS(err, 0, {code}); return; }}\n    \
+                     atomicAdd(&p2[(unsigned long long)id * {vstride}ULL + r0], p1[a0 + r1]);\n}}"
+                );
+                let mut args = bufs(locs);
+                args.push(Arg::Err);
+                ops.push(launch(n, args));
+                ops
+            }
+            Kernel::CrossEntropy {
+                back,
+                pos,
+                n,
+                s: st,
+            } => {
+                let out = locs[locs.len() - 1];
+                let mut ops = Vec::new();
+                if !back {
+                    ops.push(fill(out, 1, 0.0));
+                }
+                if pos.len() == 0 || *n == 0 {
+                    return ops;
+                }
+                let code = self.error(format!(
+                    "{label}: a target is not a whole number in 0..{n} (the classes)"
+                ));
+                let s = &mut self.src;
+                let dims = dims_of(pos);
+                let rows = points(&dims);
+                let np = if *back { 4 } else { 3 };
+                open(s, &name, &params(np, &["int* err"]), rows);
+                offsets(s, &dims, 3, "i", "o");
+                let (s0, s1) = (st[0], st[1]);
+                let _ = writeln!(
+                    s,
+                    "    float t = p1[o1];\n    \
+                     if (!(t >= 0.0f && t < {n}.0f && t == floorf(t))) {{ atomicCAS(err, 0, {code}); return; }}\n    \
+                     unsigned long long ti = (unsigned long long)t;\n    \
+                     const float* l = p0 + o0;\n    \
+                     float m = __int_as_float(0xff800000);\n    \
+                     for (unsigned long long j = 0; j < {n}ULL; j++) m = fmaxf(m, l[j * {s0}ULL]);\n    \
+                     float z = 0.0f;\n    \
+                     for (unsigned long long j = 0; j < {n}ULL; j++) z += expf(l[j * {s0}ULL] - m);"
+                );
+                if *back {
+                    let _ = writeln!(
+                        s,
+                        "    float gy = p2[0];\n    \
+                         float k = gy / z;\n    \
+                         float* po = p3 + o2;\n    \
+                         for (unsigned long long j = 0; j < {n}ULL; j++) po[j * {s1}ULL] = k * expf(l[j * {s0}ULL] - m);\n    \
+                         po[ti * {s1}ULL] -= gy;\n}}"
+                    );
+                } else {
+                    let _ = writeln!(s, "    atomicAdd(p2, m + logf(z) - l[ti * {s0}ULL]);\n}}");
+                }
+                let mut args = bufs(locs);
+                args.push(Arg::Err);
+                ops.push(launch(rows, args));
+                ops
+            }
+        }
+    }
+}
+
+/// For a lane-wise step over offset tables: declares the non-trivial tables as device arrays
+/// and returns, per operand, the expression of the offset of element `j` (`j` itself when every
+/// table is `0, 1, 2...`).
+fn tables(s: &mut String, name: &str, inner: &[Vec<usize>], dense: bool) -> Vec<String> {
+    inner
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            if dense || t.iter().enumerate().all(|(j, o)| j == *o) {
+                "j".to_string()
+            } else {
+                let body: Vec<String> = t.iter().map(|o| o.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "__device__ const unsigned int {name}_t{k}[{}] = {{{}}};",
+                    t.len().max(1),
+                    if body.is_empty() {
+                        "0".to_string()
+                    } else {
+                        body.join(", ")
+                    }
+                );
+                format!("{name}_t{k}[j]")
+            }
+        })
+        .collect()
+}
+
+fn loc_text(l: &Loc) -> String {
+    match l {
+        Loc::Input(k) => format!("in{k}"),
+        Loc::Const(k) => format!("const{k}"),
+        Loc::Work(k) => format!("buf{k}"),
+    }
+}
+
+fn arg_text(a: &Arg) -> String {
+    match a {
+        Arg::Buf(l) => loc_text(l),
+        Arg::U64(v) => format!("{v}"),
+        Arg::F32(v) => lit(*v),
+        Arg::Seed => "seed".into(),
+        Arg::Train => "train".into(),
+        Arg::Err => "err".into(),
+    }
+}
+
+/// One plan's part of a generated module.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// The prefix of its kernels' names (`fwd_`).
+    pub prefix: String,
+    pub title: String,
+    pub steps: Vec<Step>,
+    /// `errors[k - 1]` explains error code `k`.
+    pub errors: Vec<String>,
+}
+
+/// Generates the CUDA of a plan. `title` heads the source (what diagram, which sizes).
+pub fn generate(plan: &Plan, title: &str) -> Generated {
+    let (source, mut parts) = generate_module(&[("", plan, title)]);
+    let part = parts.pop().expect("one part");
+    Generated {
+        source,
+        steps: part.steps,
+        errors: part.errors,
+    }
+}
+
+/// Generates one self-contained module for several plans `(prefix, plan, title)`: the shared
+/// helpers once, then each plan's kernels, their names prefixed. Returns the source and, per
+/// plan, its launch sequence.
+pub fn generate_module(plans: &[(&str, &Plan, &str)]) -> (String, Vec<Part>) {
+    let mut head = String::new();
+    let mut body = String::new();
+    let mut parts = Vec::new();
+    let _ = writeln!(head, "// Generated by diagc {}.", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        head,
+        "// Self-contained: NVRTC compiles it alone (kernels/common.cuh is included below)."
+    );
+    for (prefix, plan, title) in plans {
+        let mut g = Gen {
+            prefix: prefix.to_string(),
+            src: String::new(),
+            steps: Vec::new(),
+            errors: Vec::new(),
+        };
+        for (i, (k, locs, label)) in plan.kernel_steps().enumerate() {
+            let ops = g.step(i, k, locs, label);
+            g.steps.push(Step {
+                label: label.to_string(),
+                ops,
+            });
+        }
+        describe(&mut head, prefix, plan, title, &g.steps, &g.errors);
+        body.push_str(&g.src);
+        parts.push(Part {
+            prefix: prefix.to_string(),
+            title: title.to_string(),
+            steps: g.steps,
+            errors: g.errors,
+        });
+    }
+    let source = format!(
+        "{head}\n// ---- kernels/common.cuh ----\n{}\n{}{}",
+        super::kernels::common(),
+        prelude(),
+        body
+    );
+    (source, parts)
+}
+
+/// The header comment of one plan: its buffers and launch sequence, for a reader.
+fn describe(
+    head: &mut String,
+    prefix: &str,
+    plan: &Plan,
+    title: &str,
+    steps: &[Step],
+    errors: &[String],
+) {
+    let _ = writeln!(head, "//\n// {title} (kernels `{prefix}s*`)");
+    let _ = writeln!(
+        head,
+        "// Buffers: in0..in{} (the inputs), {} workspace buffers (elements: {:?}), {} constants.",
+        plan.input_count().saturating_sub(1),
+        plan.buffer_lens().len(),
+        plan.buffer_lens(),
+        plan.consts().len()
+    );
+    let outs: Vec<String> = plan
+        .output_locs()
+        .iter()
+        .map(|(l, n)| format!("{} ({n})", loc_text(l)))
+        .collect();
+    let _ = writeln!(head, "// Outputs: {}", outs.join(", "));
+    let _ = writeln!(
+        head,
+        "// Launch sequence ({BLOCK} threads per block; gemm: cuBLAS, or the kernel named):"
+    );
+    for (i, st) in steps.iter().enumerate() {
+        for op in &st.ops {
+            let (what, l) = match op {
+                Op::Launch(l) => ("", l),
+                Op::Gemm { fallback, .. } => ("gemm ", fallback),
+            };
+            let args: Vec<String> = l.args.iter().map(arg_text).collect();
+            let _ = writeln!(
+                head,
+                "//   {i:3} {what}{}<<<{}, {BLOCK}>>>({})",
+                l.kernel,
+                l.threads.div_ceil(BLOCK as u64),
+                args.join(", ")
+            );
+        }
+    }
+    for (k, e) in errors.iter().enumerate() {
+        let _ = writeln!(head, "// error code {}: {e}", k + 1);
+    }
+}
