@@ -29,6 +29,9 @@ use crate::backend::cpu::jit::{Inst, keep_threshold};
 use crate::ir::Func;
 use std::fmt::Write;
 
+/// The first lines of a kernel with dropout: the run's seed and mode, read from device memory.
+const SEED_LOADS: &str = "    unsigned long long seed = *seedp; int train = *trainp;";
+
 /// Threads per block of every generated kernel.
 pub const BLOCK: u32 = 256;
 
@@ -39,9 +42,10 @@ pub enum Arg {
     Buf(Loc),
     U64(u64),
     F32(f32),
-    /// The run's dropout seed (`unsigned long long`).
+    /// Where the run's dropout seed is (`const unsigned long long*`: device memory, so that a
+    /// captured CUDA graph reads each run's seed).
     Seed,
-    /// Training mode (`int`: dropout active).
+    /// Where the training flag is (`const int*`, nonzero: dropout active).
     Train,
     /// The error word (`int*`).
     Err,
@@ -255,11 +259,14 @@ impl Gen {
                 }
                 let dropout = matches!(k, Kernel::Dropout { .. });
                 let extra: &[&str] = if dropout {
-                    &["unsigned long long seed", "int train"]
+                    &["const unsigned long long* seedp", "const int* trainp"]
                 } else {
                     &[]
                 };
                 open(s, &name, &params(2, extra), n);
+                if dropout {
+                    let _ = writeln!(s, "{SEED_LOADS}");
+                }
                 offsets(s, &dims, 2, "i", "o");
                 let x = "p0[o1]";
                 let body = match k {
@@ -322,12 +329,15 @@ impl Gen {
                     .iter()
                     .any(|i| matches!(i, Inst::Dropout { p, .. } if *p != 0.0));
                 let extra: &[&str] = if dropout {
-                    &["unsigned long long seed", "int train"]
+                    &["const unsigned long long* seedp", "const int* trainp"]
                 } else {
                     &[]
                 };
                 let _ = writeln!(s, "// {}", prog.describe());
                 open(s, &name, &params(ops, extra), n);
+                if dropout {
+                    let _ = writeln!(s, "{SEED_LOADS}");
+                }
                 // The last operand of the nest is the element index dropout hashes.
                 offsets(s, &dims, ops + 1, "i", "o");
                 for (j, inst) in prog.insts.iter().enumerate() {
@@ -746,9 +756,7 @@ impl Gen {
                 if pos.len() == 0 || *n == 0 {
                     return ops;
                 }
-                let code = self.error(format!(
-                    "{label}: a target is not a whole number in 0..{n} (the classes)"
-                ));
+                let code = self.error(format!("{label}: a target is outside the {n} classes"));
                 let s = &mut self.src;
                 let dims = dims_of(pos);
                 let rows = points(&dims);
@@ -759,8 +767,8 @@ impl Gen {
                 let _ = writeln!(
                     s,
                     "    float t = p1[o1];\n    \
-                     if (!(t >= 0.0f && t < {n}.0f && t == floorf(t))) {{ atomicCAS(err, 0, {code}); return; }}\n    \
-                     unsigned long long ti = (unsigned long long)t;\n    \
+                     if (!(t >= 0.0f && t < {n}.0f)) {{ atomicCAS(err, 0, {code}); return; }}\n    \
+                     unsigned long long ti = (unsigned long long)t; // truncated, as on the CPU\n    \
                      const float* l = p0 + o0;\n    \
                      float m = __int_as_float(0xff800000);\n    \
                      for (unsigned long long j = 0; j < {n}ULL; j++) m = fmaxf(m, l[j * {s0}ULL]);\n    \

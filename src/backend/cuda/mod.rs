@@ -14,6 +14,7 @@
 pub mod codegen;
 pub mod kernels;
 pub mod nvrtc;
+pub mod runtime;
 
 /// The GPU diagc would run on.
 #[derive(Debug, Clone)]

@@ -1,0 +1,509 @@
+//! Running a plan on the GPU: the generated module compiled to CUBIN, every buffer allocated
+//! once, the launch sequence replayed (eagerly, or captured once as a CUDA graph).
+//!
+//! Memory is the CPU plan's: one device buffer per workspace buffer of [`Plan`] (so the same
+//! liveness-based reuse and the same peak), the plan's constants uploaded once, and one device
+//! buffer per input that the caller fills before a run. The dropout seed and the training flag
+//! live in device memory, so a captured graph reads each run's values. Products go to cuBLAS
+//! (fp32, or TF32 tensor cores with [`Precision::Tf32`]) when each operand's layout is one cuBLAS
+//! takes, else to the generated kernel that computes the same product.
+//!
+//! Nothing here has run on a GPU yet in this repository's history unless the closing notes of
+//! issue 5 say so: the selftest (`diagc selftest --device cuda`) is what checks it against the
+//! CPU executor.
+
+use super::codegen::{self, Arg, GemmCall, Launch, Op};
+use super::{DeviceInfo, nvrtc};
+use crate::backend::cpu::exec::{Loc, Plan};
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg, sys,
+};
+use std::sync::Arc;
+
+/// How products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// IEEE fp32 throughout.
+    #[default]
+    Fp32,
+    /// cuBLAS may use TF32 tensor cores for products (10-bit mantissa inputs, fp32
+    /// accumulation); every other kernel stays fp32.
+    Tf32,
+}
+
+/// An open device: context, stream and cuBLAS handle.
+pub struct Gpu {
+    pub info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
+}
+
+fn drv(e: impl std::fmt::Debug) -> String {
+    format!("CUDA: {e:?}")
+}
+
+impl Gpu {
+    /// Probes and opens device 0. The error is one line for the user.
+    pub fn open(precision: Precision) -> Result<Gpu, String> {
+        let info = super::probe()?;
+        let ctx = CudaContext::new(0).map_err(drv)?;
+        // One stream, raw pointers: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: every buffer of this module is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(drv)?;
+        let mode = match precision {
+            Precision::Fp32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: the handle is valid for the life of `blas`.
+        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
+            .result()
+            .map_err(drv)?;
+        Ok(Gpu {
+            info,
+            ctx,
+            stream,
+            blas,
+        })
+    }
+
+    pub fn synchronize(&self) -> Result<(), String> {
+        self.stream.synchronize().map_err(drv)
+    }
+
+    /// Loads a CUBIN (compiled for this device) as a module.
+    fn load(&self, src: &str, name: &str) -> Result<Arc<cudarc::driver::CudaModule>, String> {
+        let bin = nvrtc::cached_cubin(src, name, &self.info.arch()).map_err(|e| e.to_string())?;
+        self.ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
+            .map_err(drv)
+    }
+}
+
+/// A cuBLAS call worked out at load time: column-major operands as cuBLAS sees them.
+#[derive(Clone, Debug)]
+struct BlasCall {
+    transa: blas_sys::cublasOperation_t,
+    transb: blas_sys::cublasOperation_t,
+    m: i32,
+    n: i32,
+    k: i32,
+    lda: i32,
+    ldb: i32,
+    ldc: i32,
+    /// Offsets (elements) of every batch group's first matrices `[c, a, b]`, the group's length
+    /// and its strides: one strided-batched call per group.
+    groups: Vec<([usize; 3], usize, [usize; 3])>,
+    /// cuBLAS's first operand is the plan's `a` (else its `b`: the product is transposed).
+    a_first: bool,
+    beta: f32,
+}
+
+/// A matrix of `rows x cols` with strides `[row, col]` as cuBLAS takes it: `(transposed, ld)`
+/// for its column-major view, or `None` when neither stride is 1 where it matters.
+fn col_major(rows: usize, cols: usize, st: [isize; 2]) -> Option<(bool, usize)> {
+    let ok = |ld: isize, min: usize| ld >= min.max(1) as isize;
+    // Column-major: unit row stride (or one row), leading dimension the column stride.
+    if (st[0] == 1 || rows == 1) && (cols == 1 || ok(st[1], rows)) {
+        return Some((false, st[1].max(rows.max(1) as isize) as usize));
+    }
+    // Row-major: as column-major it is the transpose, leading dimension the row stride.
+    if (st[1] == 1 || cols == 1) && (rows == 1 || ok(st[0], cols)) {
+        return Some((true, st[0].max(cols.max(1) as isize) as usize));
+    }
+    None
+}
+
+/// Maps a CPU product to cuBLAS, or `None` when a layout does not fit.
+fn blas_call(call: &GemmCall) -> Option<BlasCall> {
+    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    let g = &call.gemm;
+    let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    if g.m == 0 || g.n == 0 || g.k == 0 {
+        return None;
+    }
+    let too_big = |x: usize| x > i32::MAX as usize;
+    if [g.m, g.n, g.k].iter().any(|x| too_big(*x)) {
+        return None;
+    }
+    // C = A B with C column-major, or C^T = B^T A^T with C row-major.
+    let (a_first, (ta, lda), (tb, ldb), ldc, m, n) =
+        if let Some((false, ldc)) = col_major(g.m, g.n, g.c) {
+            (
+                true,
+                col_major(g.m, g.k, g.a)?,
+                col_major(g.k, g.n, g.b)?,
+                ldc,
+                g.m,
+                g.n,
+            )
+        } else {
+            let (t, ldc) = col_major(g.n, g.m, [g.c[1], g.c[0]])?;
+            if t {
+                return None;
+            }
+            (
+                false,
+                col_major(g.n, g.k, [g.b[1], g.b[0]])?,
+                col_major(g.k, g.m, [g.a[1], g.a[0]])?,
+                ldc,
+                g.n,
+                g.m,
+            )
+        };
+    if [lda, ldb, ldc].iter().any(|x| too_big(*x)) {
+        return None;
+    }
+    // Batch groups: the innermost batch dimension is one strided-batched call; the outer ones
+    // are enumerated.
+    let dims = g.batch.dims();
+    let (outer, inner) = match dims.split_last() {
+        Some((last, rest)) => (rest, Some(last)),
+        None => (&[][..], None),
+    };
+    let mut bases = vec![[0usize; 3]];
+    for d in outer {
+        bases = bases
+            .iter()
+            .flat_map(|b| {
+                (0..d.n).map(move |i| [b[0] + i * d.s[0], b[1] + i * d.s[1], b[2] + i * d.s[2]])
+            })
+            .collect();
+    }
+    let groups = bases
+        .into_iter()
+        .map(|b| match inner {
+            Some(d) => (b, d.n, d.s),
+            None => (b, 1, [0, 0, 0]),
+        })
+        .collect();
+    let (transa, transb) = (op(ta), op(tb));
+    Some(BlasCall {
+        transa,
+        transb,
+        m: m as i32,
+        n: n as i32,
+        k: g.k as i32,
+        lda: lda as i32,
+        ldb: ldb as i32,
+        ldc: ldc as i32,
+        groups,
+        a_first,
+        beta: if call.accumulate { 1.0 } else { 0.0 },
+    })
+}
+
+/// One operation of a loaded plan.
+enum RtOp {
+    Launch {
+        f: CudaFunction,
+        grid: u32,
+        args: Vec<Arg>,
+    },
+    Blas {
+        call: BlasCall,
+        a: Loc,
+        b: Loc,
+        c: Loc,
+    },
+}
+
+/// A plan loaded on a device.
+pub struct GpuPlan {
+    ops: Vec<RtOp>,
+    work: Vec<CudaSlice<f32>>,
+    consts: Vec<CudaSlice<f32>>,
+    inputs: Vec<CudaSlice<f32>>,
+    outputs: Vec<(Loc, usize)>,
+    seed: CudaSlice<u64>,
+    train: CudaSlice<i32>,
+    err: CudaSlice<i32>,
+    errors: Vec<String>,
+    graph: Option<CudaGraph>,
+    /// Bytes of device memory the plan holds (workspace, constants, inputs).
+    pub bytes: usize,
+    /// Products that run on the generated kernel because cuBLAS cannot take their layout.
+    pub fallback_gemms: usize,
+}
+
+fn ptr(s: &CudaSlice<f32>, stream: &CudaStream) -> u64 {
+    s.device_ptr(stream).0
+}
+
+impl GpuPlan {
+    /// Generates, compiles (cached) and loads the plan's CUDA, and allocates its memory.
+    /// `force_fallback` computes every product with the generated kernel (for cross-checks).
+    pub fn new(
+        gpu: &Gpu,
+        plan: &Plan,
+        title: &str,
+        force_fallback: bool,
+    ) -> Result<GpuPlan, String> {
+        let g = codegen::generate(plan, title);
+        let module = gpu.load(&g.source, "plan.cu")?;
+        let st = &gpu.stream;
+        let mut ops = Vec::new();
+        let mut fallback_gemms = 0;
+        let load = |l: &Launch| -> Result<RtOp, String> {
+            Ok(RtOp::Launch {
+                f: module.load_function(&l.kernel).map_err(drv)?,
+                grid: u32::try_from(l.threads.div_ceil(codegen::BLOCK as u64))
+                    .map_err(|_| format!("{}: too many threads", l.kernel))?,
+                args: l.args.clone(),
+            })
+        };
+        for step in &g.steps {
+            for op in &step.ops {
+                match op {
+                    Op::Launch(l) => {
+                        if l.threads > 0 {
+                            ops.push(load(l)?);
+                        }
+                    }
+                    Op::Gemm { call, fallback } => match blas_call(call) {
+                        Some(b) if !force_fallback => ops.push(RtOp::Blas {
+                            call: b,
+                            a: call.a,
+                            b: call.b,
+                            c: call.c,
+                        }),
+                        _ => {
+                            fallback_gemms += 1;
+                            ops.push(load(fallback)?);
+                        }
+                    },
+                }
+            }
+        }
+        let alloc = |n: usize| st.alloc_zeros::<f32>(n.max(1)).map_err(drv);
+        let work: Vec<_> = plan
+            .buffer_lens()
+            .iter()
+            .map(|n| alloc(*n))
+            .collect::<Result<_, _>>()?;
+        let consts: Vec<_> = plan
+            .consts()
+            .iter()
+            .map(|c| {
+                if c.is_empty() {
+                    alloc(1)
+                } else {
+                    st.clone_htod(c).map_err(drv)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let inputs: Vec<_> = (0..plan.input_count())
+            .map(|k| alloc(plan.input_len(k)))
+            .collect::<Result<_, _>>()?;
+        let bytes = 4
+            * (plan.buffer_lens().iter().sum::<usize>()
+                + plan.consts().iter().map(Vec::len).sum::<usize>()
+                + (0..plan.input_count())
+                    .map(|k| plan.input_len(k))
+                    .sum::<usize>());
+        Ok(GpuPlan {
+            ops,
+            work,
+            consts,
+            inputs,
+            outputs: plan.output_locs().to_vec(),
+            seed: st.alloc_zeros::<u64>(1).map_err(drv)?,
+            train: st.alloc_zeros::<i32>(1).map_err(drv)?,
+            err: st.alloc_zeros::<i32>(1).map_err(drv)?,
+            errors: g.errors,
+            graph: None,
+            bytes,
+            fallback_gemms,
+        })
+    }
+
+    /// Copies input `k` to the device (its length must be the plan's).
+    pub fn set_input(&mut self, gpu: &Gpu, k: usize, data: &[f32]) -> Result<(), String> {
+        let dst = self
+            .inputs
+            .get_mut(k)
+            .ok_or_else(|| format!("input {k} does not exist"))?;
+        if dst.len() != data.len().max(1) && !(data.is_empty() && dst.len() == 1) {
+            return Err(format!(
+                "input {k}: {} elements given, {} expected",
+                data.len(),
+                dst.len()
+            ));
+        }
+        if !data.is_empty() {
+            gpu.stream.memcpy_htod(data, dst).map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    fn loc_ptr(&self, l: Loc, st: &CudaStream) -> u64 {
+        match l {
+            Loc::Input(k) => ptr(&self.inputs[k], st),
+            Loc::Const(k) => ptr(&self.consts[k], st),
+            Loc::Work(k) => ptr(&self.work[k], st),
+        }
+    }
+
+    /// Enqueues every operation on the stream.
+    fn enqueue(&self, gpu: &Gpu) -> Result<(), String> {
+        let st = &gpu.stream;
+        let seed = self.seed.device_ptr(st).0;
+        let train = self.train.device_ptr(st).0;
+        let err = self.err.device_ptr(st).0;
+        for op in &self.ops {
+            match op {
+                RtOp::Launch { f, grid, args } => {
+                    // Every argument is 8 bytes but `F32`, which is 4: kept alive in `vals`.
+                    let mut words: Vec<u64> = Vec::with_capacity(args.len());
+                    let mut floats: Vec<f32> = Vec::new();
+                    for a in args {
+                        match a {
+                            Arg::Buf(l) => words.push(self.loc_ptr(*l, st)),
+                            Arg::U64(v) => words.push(*v),
+                            Arg::F32(v) => floats.push(*v),
+                            Arg::Seed => words.push(seed),
+                            Arg::Train => words.push(train),
+                            Arg::Err => words.push(err),
+                        }
+                    }
+                    let mut b = st.launch_builder(f);
+                    let (mut wi, mut fi) = (0, 0);
+                    for a in args {
+                        if matches!(a, Arg::F32(_)) {
+                            b.arg(&floats[fi]);
+                            fi += 1;
+                        } else {
+                            b.arg(&words[wi]);
+                            wi += 1;
+                        }
+                    }
+                    let cfg = LaunchConfig {
+                        grid_dim: (*grid, 1, 1),
+                        block_dim: (codegen::BLOCK, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: the kernel's parameters are the generated signature's, in order
+                    // (pointers as 64-bit device addresses); every offset it computes was
+                    // bounds-checked against these buffers' lengths when the CPU plan was built.
+                    unsafe { b.launch(cfg) }.map_err(drv)?;
+                }
+                RtOp::Blas { call, a, b, c } => {
+                    let (pa, pb, pc) = (
+                        self.loc_ptr(*a, st),
+                        self.loc_ptr(*b, st),
+                        self.loc_ptr(*c, st),
+                    );
+                    let alpha = 1.0f32;
+                    for (base, count, strides) in &call.groups {
+                        let at = |p: u64, off: usize| (p + 4 * off as u64) as *const f32;
+                        let (x, y, sx, sy) = if call.a_first {
+                            (at(pa, base[1]), at(pb, base[2]), strides[1], strides[2])
+                        } else {
+                            (at(pb, base[2]), at(pa, base[1]), strides[2], strides[1])
+                        };
+                        // SAFETY: the operands' extents were bounds-checked by the CPU plan;
+                        // `alpha` and `beta` are host scalars (the handle's default pointer mode).
+                        unsafe {
+                            blas::sgemm_strided_batched(
+                                *gpu.blas.handle(),
+                                call.transa,
+                                call.transb,
+                                call.m,
+                                call.n,
+                                call.k,
+                                &alpha,
+                                x,
+                                call.lda,
+                                sx as i64,
+                                y,
+                                call.ldb,
+                                sy as i64,
+                                &call.beta,
+                                at(pc, base[0]) as *mut f32,
+                                call.ldc,
+                                strides[0] as i64,
+                                *count as i32,
+                            )
+                        }
+                        .map_err(drv)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+        let st = &gpu.stream;
+        st.memcpy_htod(&[seed], &mut self.seed).map_err(drv)?;
+        st.memcpy_htod(&[train as i32], &mut self.train)
+            .map_err(drv)?;
+        st.memcpy_htod(&[0i32], &mut self.err).map_err(drv)?;
+        Ok(())
+    }
+
+    fn check(&self, gpu: &Gpu) -> Result<(), String> {
+        let mut e = [0i32];
+        gpu.stream.memcpy_dtoh(&self.err, &mut e).map_err(drv)?;
+        gpu.synchronize()?;
+        match e[0] {
+            0 => Ok(()),
+            k => Err(self
+                .errors
+                .get(k as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| format!("kernel error code {k}"))),
+        }
+    }
+
+    /// Runs the plan once, launch by launch, and waits for it.
+    pub fn run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+        self.set_run(gpu, train, seed)?;
+        self.enqueue(gpu)?;
+        self.check(gpu)
+    }
+
+    /// Runs the plan through a CUDA graph: captured on the first call, replayed after (the
+    /// launch sequence and buffers never change; the seed and mode are read from device memory).
+    pub fn run_graph(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+        self.set_run(gpu, train, seed)?;
+        if self.graph.is_none() {
+            gpu.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(drv)?;
+            let enq = self.enqueue(gpu);
+            let graph = gpu
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(drv)?;
+            enq?;
+            self.graph = Some(graph.ok_or("the CUDA graph capture recorded nothing")?);
+        }
+        if let Some(g) = &self.graph {
+            g.launch().map_err(drv)?;
+        }
+        self.check(gpu)
+    }
+
+    /// Output `k` of the last run, copied to the host.
+    pub fn output(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, String> {
+        let (loc, len) = *self
+            .outputs
+            .get(k)
+            .ok_or_else(|| format!("output {k} does not exist"))?;
+        let src = match loc {
+            Loc::Input(i) => &self.inputs[i],
+            Loc::Const(i) => &self.consts[i],
+            Loc::Work(i) => &self.work[i],
+        };
+        let mut host = vec![0f32; src.len()];
+        gpu.stream.memcpy_dtoh(src, &mut host).map_err(drv)?;
+        gpu.synchronize()?;
+        host.truncate(len);
+        Ok(host)
+    }
+}
