@@ -217,3 +217,54 @@ fn emit_cuda_prints_a_self_contained_source() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("diagc:"));
 }
+
+#[test]
+fn selftest_says_plainly_when_there_is_no_gpu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(["selftest", "--device", "cuda", "--quick"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match diagc::backend::cuda::probe() {
+        Err(why) => {
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
+            assert!(stderr.contains(&why), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        }
+        // On a GPU machine the selftest runs: every check reported, exit 0 or 1.
+        Ok(_) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+            assert!(stdout.contains(" checks, "), "{stdout}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(["selftest", "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn asking_for_cuda_falls_back_to_the_cpu_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args([
+            "bench",
+            "m1",
+            "--steps",
+            "1",
+            "--device",
+            "cuda",
+            "--batch-size",
+            "2",
+            "--bptt",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--device cuda:"), "{stderr}");
+    assert!(stderr.contains("running on the CPU"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tokens/s"));
+}

@@ -321,7 +321,7 @@ impl Gen {
                 let ops = f.arity();
                 let dims: Vec<(usize, Vec<usize>)> = nest.dims().to_vec();
                 let n = points(&dims);
-                if nest.len() == 0 {
+                if nest.is_empty() {
                     return vec![];
                 }
                 let dropout = prog

@@ -15,6 +15,7 @@ pub mod codegen;
 pub mod kernels;
 pub mod nvrtc;
 pub mod runtime;
+pub mod selftest;
 
 /// The GPU diagc would run on.
 #[derive(Debug, Clone)]

@@ -75,7 +75,15 @@ impl Gpu {
         self.stream.synchronize().map_err(drv)
     }
 
-    /// Loads a CUBIN (compiled for this device) as a module.
+    /// Loads a CUBIN (compiled for this device's architecture).
+    pub fn load_cubin(&self, bin: Vec<u8>) -> Result<(), String> {
+        self.ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
+            .map(|_| ())
+            .map_err(drv)
+    }
+
+    /// Compiles (cached) and loads a module.
     fn load(&self, src: &str, name: &str) -> Result<Arc<cudarc::driver::CudaModule>, String> {
         let bin = nvrtc::cached_cubin(src, name, &self.info.arch()).map_err(|e| e.to_string())?;
         self.ctx

@@ -1,0 +1,323 @@
+//! `diagc selftest --device cuda`: the CUDA backend checked against the CPU executor (the
+//! oracle) on this machine's GPU.
+//!
+//! 1. the hand-written kernel modules of `kernels/` compile for the device and load;
+//! 2. every primitive (`tests/exec/primitives.diag`, embedded) and every stdlib mechanism,
+//!    forward and gradient, in evaluation and training mode, on the same random inputs on both
+//!    devices: each output must agree within `|gpu - cpu| <= ATOL + RTOL |cpu|` elementwise;
+//!    each diagram runs three ways on the GPU: launch by launch with cuBLAS, replayed from a
+//!    captured CUDA graph, and with every product on the generated GEMM kernel;
+//! 3. one training step (forward and backward through the loss) of the 1-layer language model
+//!    at the protocol's sizes, M1 and M0: the loss and every parameter's gradient agree within
+//!    the looser LM tolerances (sums of 700 x 10,000 terms in another order).
+//!
+//! Not yet here (issue 5): 200 training steps on both devices with matching losses, which
+//! needs the training loop on the GPU.
+
+use super::runtime::{Gpu, GpuPlan, Precision};
+use crate::backend::cpu::exec::{Plan, Workspace};
+use crate::backend::cpu::harness::{self, Rng};
+use crate::backend::cpu::interp::RunOptions;
+use crate::ir::instance::{Bindings, Instance, instantiate};
+
+/// Elementwise tolerance of diagram outputs: relative, and absolute for values near zero.
+pub const RTOL: f64 = 1e-4;
+pub const ATOL: f64 = 1e-5;
+/// The language model's tolerances (long reductions summed in another order).
+pub const LM_RTOL: f64 = 1e-3;
+pub const LM_ATOL: f64 = 1e-5;
+
+const PRIMITIVES: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/exec/primitives.diag"
+));
+
+/// What one check found.
+pub struct Outcome {
+    pub what: String,
+    /// The largest `|gpu - cpu| / (ATOL + RTOL |cpu|)` (pass: at most 1).
+    pub worst: f64,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.worst <= 1.0
+    }
+}
+
+/// The worst ratio of error to tolerance between two outputs.
+fn worst(gpu: &[f32], cpu: &[f32], rtol: f64, atol: f64) -> f64 {
+    if gpu.len() != cpu.len() {
+        return f64::INFINITY;
+    }
+    gpu.iter()
+        .zip(cpu)
+        .map(|(g, c)| {
+            let (g, c) = (*g as f64, *c as f64);
+            if g.is_nan() && c.is_nan() {
+                0.0
+            } else {
+                let e = (g - c).abs() / (atol + rtol * c.abs());
+                if e.is_nan() { f64::INFINITY } else { e }
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn flat(inputs: &[crate::backend::cpu::tensor::Tensor]) -> Vec<Vec<f32>> {
+    inputs
+        .iter()
+        .map(|t| {
+            t.data
+                .as_standard_layout()
+                .iter()
+                .map(|x| *x as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `plan` on both devices with `inputs`; returns the worst ratio over all outputs.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    gpu: &Gpu,
+    plan: &Plan,
+    inputs: &[Vec<f32>],
+    title: &str,
+    opts: RunOptions,
+    graph: bool,
+    fallback: bool,
+    tol: (f64, f64),
+) -> Result<f64, String> {
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let cpu = plan
+        .run(&mut Workspace::default(), &refs, opts)
+        .map_err(|e| format!("CPU: {e}"))?;
+    let mut gp = GpuPlan::new(gpu, plan, title, fallback)?;
+    for (k, x) in inputs.iter().enumerate() {
+        gp.set_input(gpu, k, x)?;
+    }
+    if graph {
+        // Twice: the capture run and a replay.
+        gp.run_graph(gpu, opts.train, opts.seed)?;
+        gp.run_graph(gpu, opts.train, opts.seed)?;
+    } else {
+        gp.run(gpu, opts.train, opts.seed)?;
+    }
+    let mut w: f64 = 0.0;
+    for (k, c) in cpu.iter().enumerate() {
+        let g = gp.output(gpu, k)?;
+        w = w.max(worst(&g, c, tol.0, tol.1));
+    }
+    Ok(w)
+}
+
+/// Forward and gradient of an instance, eval and train, three GPU paths each.
+fn check_instance(gpu: &Gpu, name: &str, inst: &Instance, seed: u64) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    let fail = |what: String, e: String| Outcome {
+        what,
+        worst: f64::INFINITY,
+        error: Some(e),
+    };
+    let forward = match Plan::for_instance(inst) {
+        Ok(p) => p,
+        Err(e) => return vec![fail(name.to_string(), e)],
+    };
+    let grad = match crate::autodiff::gradient(&inst.diagram)
+        .and_then(|g| Plan::new(&g.diagram, &inst.axes, &inst.sizes))
+    {
+        Ok(p) => p,
+        Err(e) => return vec![fail(name.to_string(), e)],
+    };
+    let inputs = flat(&harness::random_inputs(inst, seed));
+    let mut gin = inputs.clone();
+    let mut rng = Rng::new(seed ^ 0xABCD);
+    let f = &inst.diagram;
+    for w in &f.outputs {
+        let ty = &f.wire(*w).ty;
+        if ty.index_of.is_none() {
+            gin.extend(flat(&[harness::random_tensor(inst, ty, &mut rng)]));
+        }
+    }
+    for train in [false, true] {
+        let opts = RunOptions {
+            train,
+            seed: seed.wrapping_mul(31).wrapping_add(7),
+            check_finite: false,
+        };
+        for (kind, plan, ins) in [("forward", &forward, &inputs), ("gradient", &grad, &gin)] {
+            for (path, graph, fb) in [
+                ("", false, false),
+                (" graph", true, false),
+                (" gemm-kernel", false, true),
+            ] {
+                let what = format!(
+                    "{name} {kind} {}{path}",
+                    if train { "train" } else { "eval" }
+                );
+                out.push(
+                    match compare(gpu, plan, ins, &what, opts, graph, fb, (RTOL, ATOL)) {
+                        Ok(w) => Outcome {
+                            what,
+                            worst: w,
+                            error: None,
+                        },
+                        Err(e) => fail(what, e),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+fn bindings(sizes: &[(&str, u64)]) -> Bindings {
+    Bindings {
+        sizes: sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        hypers: Default::default(),
+    }
+}
+
+/// Runs every check, printing a line per check through `say`; returns the outcomes.
+pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome> {
+    let mut all = Vec::new();
+    let mut push = |o: Outcome, all: &mut Vec<Outcome>| {
+        say(&o);
+        all.push(o);
+    };
+    // 1. The hand-written modules.
+    for (file, src) in super::kernels::modules() {
+        let r = super::nvrtc::cached_cubin(&src, file, &gpu.info.arch())
+            .map_err(|e| e.to_string())
+            .and_then(|bin| gpu.load_cubin(bin));
+        push(
+            Outcome {
+                what: format!("kernels/{file} compiles and loads"),
+                worst: 0.0,
+                error: r.err(),
+            },
+            &mut all,
+        );
+    }
+    // 2. Primitives and mechanisms.
+    let prims = crate::driver::check_text("primitives.diag", PRIMITIVES);
+    match prims {
+        o if o.checked.is_ok() => {
+            let p = &o.checked.program;
+            for d in &p.diagrams {
+                match instantiate(
+                    p,
+                    &d.name,
+                    &bindings(&[("a", 3), ("b", 4), ("c", 2), ("v", 5)]),
+                ) {
+                    Ok(inst) => {
+                        for o in check_instance(gpu, &format!("primitive {}", d.name), &inst, 5) {
+                            push(o, &mut all);
+                        }
+                    }
+                    Err(e) => push(
+                        Outcome {
+                            what: format!("primitive {}", d.name),
+                            worst: f64::INFINITY,
+                            error: Some(e),
+                        },
+                        &mut all,
+                    ),
+                }
+            }
+        }
+        _ => push(
+            Outcome {
+                what: "primitives.diag".into(),
+                worst: f64::INFINITY,
+                error: Some("the embedded primitives do not check".into()),
+            },
+            &mut all,
+        ),
+    }
+    let sizes: &[(&str, u64)] = if quick {
+        &[("tok", 8), ("dm", 16), ("head", 2)]
+    } else {
+        &[("tok", 35), ("dm", 64), ("head", 4)]
+    };
+    for m in crate::stdlib::mechanisms() {
+        let inst = crate::stdlib::module(&format!("attention.{m}"))
+            .ok_or_else(|| format!("no stdlib module attention.{m}"))
+            .and_then(|(path, text)| {
+                let o = crate::driver::check_text(path, text);
+                if o.checked.is_ok() {
+                    instantiate(&o.checked.program, &m, &bindings(sizes))
+                } else {
+                    Err("does not check".into())
+                }
+            });
+        match inst {
+            Ok(inst) => {
+                for o in check_instance(gpu, &format!("mechanism {m}"), &inst, 3) {
+                    push(o, &mut all);
+                }
+            }
+            Err(e) => push(
+                Outcome {
+                    what: format!("mechanism {m}"),
+                    worst: f64::INFINITY,
+                    error: Some(e),
+                },
+                &mut all,
+            ),
+        }
+    }
+    // 3. One training step of the LM.
+    for mech in ["m1", "m0"] {
+        let cfg = crate::train::model::ModelConfig {
+            mech: mech.into(),
+            layers: 1,
+            ..Default::default()
+        };
+        let what = format!("LM {mech} 1 layer, one training step (loss and every gradient)");
+        let r = crate::train::model::train_graph(&cfg).and_then(|tg| {
+            let f = &tg.forward;
+            let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
+            let mut inputs = flat(&harness::random_inputs(f, 11));
+            inputs.push(vec![1.0]); // the loss seed
+            let opts = RunOptions {
+                train: true,
+                seed: 11,
+                check_finite: false,
+            };
+            compare(
+                gpu,
+                &plan,
+                &inputs,
+                &what,
+                opts,
+                true,
+                false,
+                (LM_RTOL, LM_ATOL),
+            )
+        });
+        push(
+            match r {
+                Ok(w) => Outcome {
+                    what,
+                    worst: w,
+                    error: None,
+                },
+                Err(e) => Outcome {
+                    what,
+                    worst: f64::INFINITY,
+                    error: Some(e),
+                },
+            },
+            &mut all,
+        );
+    }
+    all
+}
+
+/// Opens the GPU for the selftest (fp32: the comparisons' tolerances assume it).
+pub fn open() -> Result<Gpu, String> {
+    Gpu::open(Precision::Fp32)
+}
