@@ -92,23 +92,26 @@ impl Gpu {
     }
 }
 
-/// A cuBLAS call worked out at load time: column-major operands as cuBLAS sees them.
+/// A cuBLAS call worked out at load time: column-major operands as cuBLAS sees them
+/// (`cublasSgemmStridedBatched(transa, transb, m, n, k, 1, X, lda, sx, Y, ldb, sy, beta, C,
+/// ldc, sc, count)` per group, `X` the plan's `a` when `a_first`, else its `b`).
 #[derive(Clone, Debug)]
-struct BlasCall {
-    transa: blas_sys::cublasOperation_t,
-    transb: blas_sys::cublasOperation_t,
-    m: i32,
-    n: i32,
-    k: i32,
-    lda: i32,
-    ldb: i32,
-    ldc: i32,
+pub struct BlasCall {
+    /// Whether cuBLAS's first and second operands are transposed (`CUBLAS_OP_T`).
+    pub ta: bool,
+    pub tb: bool,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub lda: i32,
+    pub ldb: i32,
+    pub ldc: i32,
     /// Offsets (elements) of every batch group's first matrices `[c, a, b]`, the group's length
     /// and its strides: one strided-batched call per group.
-    groups: Vec<([usize; 3], usize, [usize; 3])>,
+    pub groups: Vec<([usize; 3], usize, [usize; 3])>,
     /// cuBLAS's first operand is the plan's `a` (else its `b`: the product is transposed).
-    a_first: bool,
-    beta: f32,
+    pub a_first: bool,
+    pub beta: f32,
 }
 
 /// A matrix of `rows x cols` with strides `[row, col]` as cuBLAS takes it: `(transposed, ld)`
@@ -126,11 +129,10 @@ fn col_major(rows: usize, cols: usize, st: [isize; 2]) -> Option<(bool, usize)> 
     None
 }
 
-/// Maps a CPU product to cuBLAS, or `None` when a layout does not fit.
-fn blas_call(call: &GemmCall) -> Option<BlasCall> {
-    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+/// Maps a CPU product to cuBLAS, or `None` when a layout does not fit (the generated kernel
+/// computes it then). Public for the tests, which replay the mapping with a reference GEMM.
+pub fn blas_call(call: &GemmCall) -> Option<BlasCall> {
     let g = &call.gemm;
-    let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
     if g.m == 0 || g.n == 0 || g.k == 0 {
         return None;
     }
@@ -189,10 +191,9 @@ fn blas_call(call: &GemmCall) -> Option<BlasCall> {
             None => (b, 1, [0, 0, 0]),
         })
         .collect();
-    let (transa, transb) = (op(ta), op(tb));
     Some(BlasCall {
-        transa,
-        transb,
+        ta,
+        tb,
         m: m as i32,
         n: n as i32,
         k: g.k as i32,
@@ -406,6 +407,13 @@ impl GpuPlan {
                         self.loc_ptr(*c, st),
                     );
                     let alpha = 1.0f32;
+                    let op = |t: bool| {
+                        if t {
+                            blas_sys::cublasOperation_t::CUBLAS_OP_T
+                        } else {
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N
+                        }
+                    };
                     for (base, count, strides) in &call.groups {
                         let at = |p: u64, off: usize| (p + 4 * off as u64) as *const f32;
                         let (x, y, sx, sy) = if call.a_first {
@@ -418,8 +426,8 @@ impl GpuPlan {
                         unsafe {
                             blas::sgemm_strided_batched(
                                 *gpu.blas.handle(),
-                                call.transa,
-                                call.transb,
+                                op(call.ta),
+                                op(call.tb),
                                 call.m,
                                 call.n,
                                 call.k,
