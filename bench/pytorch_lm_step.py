@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""PyTorch side of the CPU training-step benchmark (issue 3): the Transformer LM of
-../shared/docs/experiment.md with M0 or M1 attention, timed for one training step
-(forward, backward, Adam update) at the protocol's sizes.
+"""PyTorch side of the training-step benchmarks (issue 3 on the CPU, issue 5 on CUDA): the
+Transformer LM of ../shared/docs/experiment.md with M0 or M1 attention, timed for one training
+step (forward, backward, clipping, Adam update) at the protocol's sizes.
 
 Usage:
     python3 bench/pytorch_lm_step.py [--mech m1|m0] [--layers 1] [--batch 20] [--bptt 35]
                                      [--threads 2] [--steps 20] [--warmup 3] [--json]
+                                     [--device cpu|cuda] [--compile] [--tf32]
 
 Prints tokens per second (batch * bptt / median step time) for forward+backward alone and for
-the whole step, and the peak resident memory of the process. Needs PyTorch; nothing else.
+the whole step, and the peak memory: resident memory of the process on the CPU, the CUDA
+allocator's peak (torch.cuda.max_memory_allocated) on a GPU. On CUDA every timed region ends
+with torch.cuda.synchronize(). `--compile` wraps the model in torch.compile (default mode);
+`--tf32` lets matmuls use TF32 (fp32 otherwise). Needs PyTorch; nothing else.
 """
 import argparse
 import json
@@ -94,22 +98,36 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = LM(a.vocab, a.d_model, a.heads, a.d_ff, a.layers, 0.1, a.mech, a.bptt)
+    dev = torch.device(a.device)
+    cuda = a.device == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
+    model = LM(a.vocab, a.d_model, a.heads, a.d_ff, a.layers, 0.1, a.mech, a.bptt).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-    ids = torch.randint(0, a.vocab, (a.batch, a.bptt))
-    targets = torch.randint(0, a.vocab, (a.batch, a.bptt))
+    run = torch.compile(model) if a.compile else model
+    ids = torch.randint(0, a.vocab, (a.batch, a.bptt), device=dev)
+    targets = torch.randint(0, a.vocab, (a.batch, a.bptt), device=dev)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     fb, full = [], []
     for step in range(a.warmup + a.steps):
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(ids).reshape(-1, a.vocab), targets.reshape(-1))
+        loss = F.cross_entropy(run(ids).reshape(-1, a.vocab), targets.reshape(-1))
         loss.backward()
+        sync()
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
         t2 = time.perf_counter()
         if step >= a.warmup:
             fb.append(t1 - t0)
@@ -124,14 +142,21 @@ def main():
         "fwd_bwd_tokens_per_s": tokens / statistics.median(fb),
         "step_tokens_per_s": tokens / statistics.median(full),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "compiled": a.compile,
+        "tf32": a.tf32,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"PyTorch {res['torch']} {a.mech} {a.layers} layer(s), {a.threads} threads, {res['params']:,} parameters")
+        how = ("torch.compile" if a.compile else "eager") + (", TF32" if a.tf32 else "")
+        print(f"PyTorch {res['torch']} {a.mech} {a.layers} layer(s), {res['device']}, {how}, {a.threads} threads, {res['params']:,} parameters")
         print(f"  forward+backward: {res['fwd_bwd_tokens_per_s']:8.0f} tokens/s")
         print(f"  whole step (+clip, Adam): {res['step_tokens_per_s']:8.0f} tokens/s")
         print(f"  peak RSS: {res['peak_rss_mib']:.0f} MiB")
+        if cuda:
+            print(f"  peak GPU memory (allocator): {res['peak_gpu_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

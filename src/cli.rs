@@ -40,6 +40,12 @@ enum ColorChoice {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Tf32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Emit {
     /// The typed IR with SIMD regions visible.
     Ir,
@@ -206,10 +212,13 @@ enum Command {
         /// cranelift-fused elementwise kernels.
         #[arg(long)]
         no_jit: bool,
-        /// cpu, cuda or auto (auto means cpu). Training on the GPU is not built yet: `cuda` says
-        /// so (and whether a GPU is there) and runs on the CPU.
+        /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
+        /// per step); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Products on the GPU: fp32, or tf32 (tensor cores, 10-bit mantissa inputs).
+        #[arg(long, value_enum, default_value = "fp32")]
+        precision: PrecisionArg,
     },
     /// Train a language model around a mechanism on Penn Treebank (the protocol of
     /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
@@ -373,13 +382,15 @@ enum Command {
     /// Check the CUDA backend against the CPU executor on this machine's GPU: every kernel
     /// module compiles and loads; every primitive and stdlib mechanism, forward and gradient,
     /// agrees with the CPU (launch by launch, from a CUDA graph, and with products on the
-    /// generated kernel); one training step of the 1-layer LM (M1, M0) agrees. Exit 0 when all
-    /// pass, 1 when one fails, 3 when there is no GPU.
+    /// generated kernel); one training step of the 1-layer LM (M1, M0) agrees; 200 training
+    /// steps on both devices give the same losses. Exit 0 when all pass, 1 when one fails, 3
+    /// when there is no GPU.
     Selftest {
         /// The backend to check; only `cuda` exists (the CPU executor is the reference).
         #[arg(long, default_value = "cuda")]
         device: String,
-        /// Smaller mechanism sizes (tok 8, dm 16, head 2 instead of 35, 64, 4).
+        /// Smaller mechanism sizes (tok 8, dm 16, head 2 instead of 35, 64, 4) and 20 training
+        /// steps instead of 200.
         #[arg(long)]
         quick: bool,
     },
@@ -474,6 +485,7 @@ fn run() -> i32 {
             pytorch,
             no_jit,
             device,
+            precision,
         } => bench_cmd(
             &mech,
             layers,
@@ -482,6 +494,7 @@ fn run() -> i32 {
             (steps, !no_jit),
             pytorch,
             &device,
+            precision,
         ),
         Command::Train {
             mech,
@@ -1102,6 +1115,7 @@ fn draw(
     0
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_cmd(
     mech: &str,
     layers: usize,
@@ -1110,10 +1124,8 @@ fn bench_cmd(
     (steps, jit): (usize, bool),
     pytorch: bool,
     device: &str,
+    precision: PrecisionArg,
 ) -> i32 {
-    if !cpu_device(device) {
-        return 2;
-    }
     let cfg = crate::train::model::ModelConfig {
         mech: mech.to_string(),
         layers,
@@ -1121,6 +1133,24 @@ fn bench_cmd(
         bptt,
         ..Default::default()
     };
+    match device {
+        "cpu" | "auto" => {}
+        "cuda" => {
+            use crate::backend::cuda::runtime::{Gpu, Precision};
+            let p = match precision {
+                PrecisionArg::Fp32 => Precision::Fp32,
+                PrecisionArg::Tf32 => Precision::Tf32,
+            };
+            match Gpu::open(p) {
+                Ok(gpu) => return bench_cuda(&gpu, &cfg, steps.max(1), pytorch, precision),
+                Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+            }
+        }
+        other => {
+            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
+            return 2;
+        }
+    }
     let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit) {
         Ok(r) => r,
         Err(e) => {
@@ -1157,70 +1187,143 @@ fn bench_cmd(
         println!("    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3);
     }
     if pytorch {
-        let script = Path::new("bench/pytorch_lm_step.py");
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .args([
-                "--mech",
-                mech,
-                "--layers",
-                &layers.to_string(),
-                "--batch",
-                &batch.to_string(),
-                "--bptt",
-                &bptt.to_string(),
-            ])
-            .args([
-                "--steps",
-                &steps.max(1).to_string(),
-                "--threads",
-                "2",
-                "--json",
-            ])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let line = String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_string();
-                match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(v) => {
-                        let (pf, ps) = (
-                            v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
-                            v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
-                        );
-                        println!(
-                            "PyTorch {} in the same run:",
-                            v["torch"].as_str().unwrap_or("?")
-                        );
-                        println!(
-                            "  forward+backward:         {pf:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                            r.fwd_bwd_tokens_per_s() / pf
-                        );
-                        println!(
-                            "  whole step (+clip, Adam): {ps:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                            r.step_tokens_per_s() / ps
-                        );
-                        println!(
-                            "  peak RSS: {:.0} MiB",
-                            v["peak_rss_mib"].as_f64().unwrap_or(0.0)
-                        );
-                    }
-                    Err(_) => {
-                        eprintln!("diagc: could not read the PyTorch script's output: {line}")
-                    }
-                }
+        match run_pytorch(&cfg, steps.max(1), &["--threads", "2"]) {
+            Ok(v) => {
+                let (pf, ps) = (
+                    v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
+                    v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
+                );
+                println!(
+                    "PyTorch {} in the same run:",
+                    v["torch"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "  forward+backward:         {pf:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                    r.fwd_bwd_tokens_per_s() / pf
+                );
+                println!(
+                    "  whole step (+clip, Adam): {ps:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                    r.step_tokens_per_s() / ps
+                );
+                println!(
+                    "  peak RSS: {:.0} MiB",
+                    v["peak_rss_mib"].as_f64().unwrap_or(0.0)
+                );
             }
-            Ok(o) => eprintln!(
-                "diagc: the PyTorch side failed (is torch installed?): {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            ),
-            Err(e) => eprintln!("diagc: cannot run python3: {e}"),
+            Err(e) => eprintln!("diagc: {e}"),
+        }
+    }
+    0
+}
+
+/// Runs `bench/pytorch_lm_step.py` for `cfg` with `extra` arguments; its JSON line.
+fn run_pytorch(
+    cfg: &crate::train::model::ModelConfig,
+    steps: usize,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("python3")
+        .arg("bench/pytorch_lm_step.py")
+        .args(["--mech", &cfg.mech, "--layers", &cfg.layers.to_string()])
+        .args([
+            "--batch",
+            &cfg.batch.to_string(),
+            "--bptt",
+            &cfg.bptt.to_string(),
+        ])
+        .args(["--steps", &steps.to_string(), "--json"])
+        .args(extra)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the PyTorch side failed (is torch installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ));
+    }
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_str(&line)
+        .map_err(|_| format!("could not read the PyTorch script's output: {line}"))
+}
+
+/// `diagc bench --device cuda`: the training step on the GPU, and PyTorch's (eager and
+/// torch.compile) in the same run with `--pytorch`.
+fn bench_cuda(
+    gpu: &crate::backend::cuda::runtime::Gpu,
+    cfg: &crate::train::model::ModelConfig,
+    steps: usize,
+    pytorch: bool,
+    precision: PrecisionArg,
+) -> i32 {
+    let (step, fb, bytes) = match crate::backend::cuda::train::bench(gpu, cfg, steps, 0) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("diagc: {e}");
+            return 2;
+        }
+    };
+    let tokens = (cfg.batch * cfg.bptt) as f64;
+    let tf32 = matches!(precision, PrecisionArg::Tf32);
+    println!(
+        "diagc (CUDA, {}, one CUDA graph per step) {}, {} layer(s), batch {} x {}, on {} ({})",
+        if tf32 { "TF32 products" } else { "fp32" },
+        cfg.mech,
+        cfg.layers,
+        cfg.batch,
+        cfg.bptt,
+        gpu.info.name,
+        gpu.info.arch()
+    );
+    println!("  forward+backward:         {:10.0} tokens/s", tokens / fb);
+    println!(
+        "  whole step (+clip, Adam): {:10.0} tokens/s",
+        tokens / step
+    );
+    println!(
+        "  device memory held (plan buffers, parameters, gradients, Adam moments): {:.0} MiB",
+        bytes as f64 / (1u64 << 20) as f64
+    );
+    if pytorch {
+        for (label, extra) in [
+            ("eager", vec!["--device", "cuda"]),
+            ("torch.compile", vec!["--device", "cuda", "--compile"]),
+        ] {
+            let mut extra = extra;
+            if tf32 {
+                extra.push("--tf32");
+            }
+            match run_pytorch(cfg, steps, &extra) {
+                Ok(v) => {
+                    let (pf, ps) = (
+                        v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
+                        v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
+                    );
+                    println!(
+                        "PyTorch {} {label} in the same run:",
+                        v["torch"].as_str().unwrap_or("?")
+                    );
+                    println!(
+                        "  forward+backward:         {pf:10.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                        tokens / fb / pf
+                    );
+                    println!(
+                        "  whole step (+clip, Adam): {ps:10.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+                        tokens / step / ps
+                    );
+                    println!(
+                        "  peak GPU memory (allocator): {:.0} MiB",
+                        v["peak_gpu_mib"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                Err(e) => eprintln!("diagc: {e}"),
+            }
         }
     }
     0

@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod nvrtc;
 pub mod runtime;
 pub mod selftest;
+pub mod train;
 
 /// The GPU diagc would run on.
 #[derive(Debug, Clone)]

@@ -36,12 +36,12 @@ pub enum Precision {
 /// An open device: context, stream and cuBLAS handle.
 pub struct Gpu {
     pub info: DeviceInfo,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
 }
 
-fn drv(e: impl std::fmt::Debug) -> String {
+pub(crate) fn drv(e: impl std::fmt::Debug) -> String {
     format!("CUDA: {e:?}")
 }
 
@@ -84,7 +84,11 @@ impl Gpu {
     }
 
     /// Compiles (cached) and loads a module.
-    fn load(&self, src: &str, name: &str) -> Result<Arc<cudarc::driver::CudaModule>, String> {
+    pub(crate) fn load(
+        &self,
+        src: &str,
+        name: &str,
+    ) -> Result<Arc<cudarc::driver::CudaModule>, String> {
         let bin = nvrtc::cached_cubin(src, name, &self.info.arch()).map_err(|e| e.to_string())?;
         self.ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
@@ -358,7 +362,7 @@ impl GpuPlan {
     }
 
     /// Enqueues every operation on the stream.
-    fn enqueue(&self, gpu: &Gpu) -> Result<(), String> {
+    pub(crate) fn enqueue(&self, gpu: &Gpu) -> Result<(), String> {
         let st = &gpu.stream;
         let seed = self.seed.device_ptr(st).0;
         let train = self.train.device_ptr(st).0;
@@ -453,7 +457,7 @@ impl GpuPlan {
         Ok(())
     }
 
-    fn set_run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+    pub(crate) fn set_run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
         let st = &gpu.stream;
         st.memcpy_htod(&[seed], &mut self.seed).map_err(drv)?;
         st.memcpy_htod(&[train as i32], &mut self.train)
@@ -462,7 +466,7 @@ impl GpuPlan {
         Ok(())
     }
 
-    fn check(&self, gpu: &Gpu) -> Result<(), String> {
+    pub(crate) fn check(&self, gpu: &Gpu) -> Result<(), String> {
         let mut e = [0i32];
         gpu.stream.memcpy_dtoh(&self.err, &mut e).map_err(drv)?;
         gpu.synchronize()?;
@@ -503,6 +507,29 @@ impl GpuPlan {
             g.launch().map_err(drv)?;
         }
         self.check(gpu)
+    }
+
+    /// The device address of input `k` (its buffer stays for the plan's life).
+    pub fn input_ptr(&self, gpu: &Gpu, k: usize) -> Option<u64> {
+        self.inputs.get(k).map(|s| ptr(s, &gpu.stream))
+    }
+
+    /// The device address and length of output `k`.
+    pub fn output_ptr(&self, gpu: &Gpu, k: usize) -> Option<(u64, usize)> {
+        let (loc, len) = *self.outputs.get(k)?;
+        Some((self.loc_ptr(loc, &gpu.stream), len))
+    }
+
+    /// Input `k`, copied to the host.
+    pub fn input(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, String> {
+        let src = self
+            .inputs
+            .get(k)
+            .ok_or_else(|| format!("input {k} does not exist"))?;
+        let mut host = vec![0f32; src.len()];
+        gpu.stream.memcpy_dtoh(src, &mut host).map_err(drv)?;
+        gpu.synchronize()?;
+        Ok(host)
     }
 
     /// Output `k` of the last run, copied to the host.
