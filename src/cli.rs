@@ -273,8 +273,8 @@ enum Command {
         /// Continue the run in this directory from its last checkpoint.
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
-        /// cpu, cuda or auto (auto means cpu). Training on the GPU is not built yet: `cuda` says
-        /// so (and whether a GPU is there) and runs on the CPU.
+        /// cpu, cuda or auto (auto means cpu). `cuda` trains on the GPU (each step one CUDA graph;
+        /// validation and test on the CPU); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
         device: String,
         /// Run every step on the precompiled kernels (the interpreter path), without the
@@ -1383,6 +1383,19 @@ fn train_cmd(
         }
     };
     trainer.plan_options.jit = jit;
+    if device == "cuda" {
+        match crate::backend::cuda::runtime::Gpu::open(Default::default()) {
+            Ok(gpu) => {
+                eprintln!(
+                    "diagc: training on {} ({}); evaluation runs on the CPU",
+                    gpu.info.name,
+                    gpu.info.arch()
+                );
+                trainer.use_gpu(gpu);
+            }
+            Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+        }
+    }
     if let Some(ck) = &ck
         && let Err(e) = trainer.restore(ck)
     {
@@ -1472,24 +1485,11 @@ fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
     }
 }
 
-/// Resolves `--device` for training and benchmarks: whether to go on (on the CPU), saying
-/// plainly why the CPU is used when CUDA was asked for. Training on the GPU is not built yet
-/// (issue 5: the kernels, the generated code and the runtime are; the training loop is not), so
-/// `cuda` falls back to the CPU with a message, with or without a GPU.
+/// Whether `--device` names a device (`cpu`, `cuda` or `auto`, which means the CPU); otherwise
+/// says so. What `cuda` does without a GPU (run on the CPU, saying why) is the caller's.
 fn cpu_device(device: &str) -> bool {
     match device {
-        "cpu" | "auto" => true,
-        "cuda" => {
-            match crate::backend::cuda::probe() {
-                Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
-                Ok(info) => eprintln!(
-                    "diagc: --device cuda: {} found, but training on the GPU is not built yet \
-                     (`diagc selftest --device cuda` checks the kernels); running on the CPU",
-                    info.name
-                ),
-            }
-            true
-        }
+        "cpu" | "auto" | "cuda" => true,
         other => {
             eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
             false

@@ -268,3 +268,61 @@ fn asking_for_cuda_falls_back_to_the_cpu_with_a_message() {
     assert!(stderr.contains("running on the CPU"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("tokens/s"));
 }
+
+#[test]
+fn train_on_cuda_uses_the_gpu_or_says_why_not() {
+    let out_dir = std::env::temp_dir().join(format!("diagc-cuda-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args([
+            "train",
+            "m1",
+            "--layers",
+            "1",
+            "--epochs",
+            "1",
+            "--d-model",
+            "64",
+        ])
+        .args([
+            "--heads",
+            "2",
+            "--d-ff",
+            "128",
+            "--bptt",
+            "16",
+            "--batch-size",
+            "8",
+        ])
+        .args([
+            "--steps",
+            "2",
+            "--train-tokens",
+            "3000",
+            "--eval-tokens",
+            "500",
+        ])
+        .args(["--device", "cuda", "--out"])
+        .arg(&out_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    let device = summary["device"].as_str().unwrap();
+    match diagc::backend::cuda::probe() {
+        Err(why) => {
+            assert!(stderr.contains(&why), "{stderr}");
+            assert!(stderr.contains("running on the CPU"), "{stderr}");
+            assert_eq!(device, "cpu");
+        }
+        Ok(info) => {
+            assert!(stderr.contains("training on"), "{stderr}");
+            assert!(device.contains(&info.name), "{device}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -91,6 +91,16 @@ pub struct Trainer {
     train: Batched,
     /// How plans are compiled (JIT fusion on by default); set before the first step.
     pub plan_options: PlanOptions,
+    /// Training on a GPU ([`Trainer::use_gpu`]); `None`: on the CPU.
+    gpu: Option<GpuTraining>,
+}
+
+/// The GPU side of a run: one training step per window length, and which of them holds the
+/// live parameters and Adam state (the host copies are stale while one does).
+struct GpuTraining {
+    gpu: crate::backend::cuda::runtime::Gpu,
+    steps: HashMap<usize, (crate::backend::cuda::train::GpuStep, Vec<String>)>,
+    live: Option<usize>,
 }
 
 /// How a run ended.
@@ -202,7 +212,84 @@ impl Trainer {
             eval_graphs: HashMap::new(),
             plan_options: PlanOptions::default(),
             train,
+            gpu: None,
         })
+    }
+
+    /// Trains on this GPU from now on (evaluation stays on the CPU, with the parameters copied
+    /// back first).
+    pub fn use_gpu(&mut self, gpu: crate::backend::cuda::runtime::Gpu) {
+        self.gpu = Some(GpuTraining {
+            gpu,
+            steps: HashMap::new(),
+            live: None,
+        });
+    }
+
+    /// The device this run trains on: `cpu`, or the GPU's name.
+    pub fn device(&self) -> String {
+        self.gpu
+            .as_ref()
+            .map_or("cpu".to_string(), |g| format!("cuda ({})", g.gpu.info.name))
+    }
+
+    /// Brings the parameters and Adam's state back from the GPU, if it holds them.
+    pub fn sync_from_gpu(&mut self) -> Result<(), String> {
+        if let Some(g) = &mut self.gpu
+            && let Some(len) = g.live.take()
+        {
+            let (step, _) = g.steps.get(&len).ok_or("no GPU step for the live length")?;
+            step.store_state(&g.gpu, &mut self.params, &mut self.adam)?;
+        }
+        Ok(())
+    }
+
+    /// [`Trainer::train_step`] on the GPU: the step of this window length (built on first use)
+    /// takes the live state, then runs as one CUDA graph.
+    fn train_step_gpu(&mut self, w: &Window, seed: u64, lr: f64) -> Result<f64, String> {
+        let len = w.len;
+        let needs = self
+            .gpu
+            .as_ref()
+            .is_some_and(|g| !g.steps.contains_key(&len));
+        if needs {
+            let m = model_for(
+                &self.cfg,
+                self.corpus.vocab.len(),
+                len,
+                self.cfg.model.batch,
+            );
+            let forward = with_loss(
+                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
+                "vocab",
+            )?;
+            let gradient = autodiff::gradient(&forward.diagram)?;
+            let axes = ids_axes(&forward);
+            let tg = super::model::TrainGraph { forward, gradient };
+            let g = self.gpu.as_mut().ok_or("no GPU")?;
+            let step = crate::backend::cuda::train::GpuStep::new(
+                &g.gpu,
+                &tg,
+                &self.params,
+                self.cfg.clip,
+            )?;
+            g.steps.insert(len, (step, axes));
+        }
+        if self.gpu.as_ref().is_some_and(|g| g.live != Some(len)) {
+            self.sync_from_gpu()?;
+            let g = self.gpu.as_mut().ok_or("no GPU")?;
+            let (step, _) = g.steps.get_mut(&len).ok_or("no GPU step")?;
+            step.load_state(&g.gpu, &self.params, &self.adam)?;
+            g.live = Some(len);
+        }
+        let columns = self.cfg.model.batch;
+        let g = self.gpu.as_mut().ok_or("no GPU")?;
+        let (step, axes) = g.steps.get_mut(&len).ok_or("no GPU step")?;
+        let ids = layout(&w.inputs, len, columns, axes);
+        let targets = layout(&w.targets, len, columns, axes);
+        step.set_batch(&g.gpu, &ids, &targets)?;
+        step.step(&g.gpu, lr, seed)?;
+        Ok(step.loss(&g.gpu)? as f64)
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -284,6 +371,17 @@ impl Trainer {
             self.cfg.lr_scale,
         );
         let step = self.step as u64 + 1;
+        if self.gpu.is_some() {
+            let lr = noam(step, d, warmup, scale);
+            let loss = self.train_step_gpu(w, seed, lr)?;
+            if !loss.is_finite() {
+                return Err(format!(
+                    "the loss became {loss} at step {step}; the last good checkpoint is kept"
+                ));
+            }
+            self.step += 1;
+            return Ok(loss);
+        }
         self.train_graph(w.len)?;
         let g = self
             .train_graphs
@@ -331,6 +429,7 @@ impl Trainer {
 
     /// Perplexity on a split (`valid` or `test`): exp(total NLL / target tokens), eval mode.
     pub fn perplexity(&mut self, split: &str) -> Result<f64, String> {
+        self.sync_from_gpu()?;
         let tokens = match split {
             "valid" => self.corpus.valid.clone(),
             "test" => self.corpus.test.clone(),
@@ -483,6 +582,7 @@ impl Trainer {
                 .collect();
             for w in windows {
                 if stop.load(Ordering::SeqCst) {
+                    self.sync_from_gpu()?;
                     checkpoint::save(out, "last", &self.checkpoint())?;
                     bar.abandon_with_message(
                         "interrupted: state saved in last.*; continue with --resume",
@@ -527,6 +627,7 @@ impl Trainer {
                 last_valid = Some(v);
                 bar.println(format!("epoch {}: valid perplexity {v:.2}", self.epoch));
             }
+            self.sync_from_gpu()?;
             checkpoint::save(out, "last", &self.checkpoint())?;
         }
         if last_valid.is_none() {
@@ -545,6 +646,10 @@ impl Trainer {
         }
         let test = self.perplexity("test")?;
         self.params = current;
+        if let Some(g) = &mut self.gpu {
+            // The GPU's state was brought back before the best checkpoint was loaded.
+            g.live = None;
+        }
         let wall = started.elapsed().as_secs_f64();
         let workspace: usize = self
             .train_graphs
@@ -556,7 +661,7 @@ impl Trainer {
         let summary = serde_json::json!({
             "config": self.cfg,
             "parameters": self.parameter_count(),
-            "device": "cpu",
+            "device": self.device(),
             "precision": "f32",
             "steps": self.step,
             "epochs_done": self.epoch,
@@ -590,6 +695,7 @@ impl Trainer {
         );
         if self.best_valid.is_none_or(|b| v < b) {
             self.best_valid = Some(v);
+            // `perplexity` brought the state back from the GPU.
             checkpoint::save(out, "best", &self.checkpoint())?;
         }
         Ok(v)

@@ -35,7 +35,8 @@ pub struct GpuStep {
     sum_squares: CudaFunction,
     clip: CudaFunction,
     graph: Option<CudaGraph>,
-    /// Adam's constants and step count, as the CPU's.
+    /// Adam's constants and step count, as the CPU's (its moments are on the device; the host
+    /// vectors of this value stay empty).
     pub opt: Adam,
     pub max_norm: f64,
 }
@@ -104,7 +105,7 @@ impl GpuStep {
             sum_squares: func("diagc_sum_squares")?,
             clip: func("diagc_clip_factor")?,
             graph: None,
-            opt: Adam::new(&lens),
+            opt: Adam::new(&[]),
             max_norm,
         })
     }
@@ -237,6 +238,56 @@ impl GpuStep {
         gpu.stream.memcpy_dtoh(&self.norm, &mut h).map_err(drv)?;
         gpu.synchronize()?;
         Ok(h[0])
+    }
+
+    /// Makes the device state the host's: parameters, Adam's moments and step count.
+    pub fn load_state(
+        &mut self,
+        gpu: &Gpu,
+        params: &[Vec<f32>],
+        adam: &Adam,
+    ) -> Result<(), String> {
+        if params.len() != self.np || adam.m.len() != self.np || adam.v.len() != self.np {
+            return Err("the state has another number of parameters".into());
+        }
+        for (k, p) in params.iter().enumerate() {
+            self.plan.set_input(gpu, 2 + k, p)?;
+            if adam.m[k].len() != self.lens[k] || adam.v[k].len() != self.lens[k] {
+                return Err(format!("parameter {k}: the moments have another length"));
+            }
+            gpu.stream
+                .memcpy_htod(&adam.m[k], &mut self.m[k])
+                .map_err(drv)?;
+            gpu.stream
+                .memcpy_htod(&adam.v[k], &mut self.v[k])
+                .map_err(drv)?;
+        }
+        self.opt.step = adam.step;
+        gpu.synchronize()
+    }
+
+    /// Copies the device state to the host: parameters, Adam's moments and step count.
+    pub fn store_state(
+        &self,
+        gpu: &Gpu,
+        params: &mut [Vec<f32>],
+        adam: &mut Adam,
+    ) -> Result<(), String> {
+        for (k, param) in params.iter_mut().enumerate().take(self.np) {
+            let mut p = self.plan.input(gpu, 2 + k)?;
+            p.truncate(self.lens[k]);
+            *param = p;
+            let (mut m, mut v) = (vec![0f32; self.m[k].len()], vec![0f32; self.v[k].len()]);
+            gpu.stream.memcpy_dtoh(&self.m[k], &mut m).map_err(drv)?;
+            gpu.stream.memcpy_dtoh(&self.v[k], &mut v).map_err(drv)?;
+            gpu.synchronize()?;
+            m.truncate(self.lens[k]);
+            v.truncate(self.lens[k]);
+            adam.m[k] = m;
+            adam.v[k] = v;
+        }
+        adam.step = self.opt.step;
+        Ok(())
     }
 
     /// The current parameters, copied to the host.
