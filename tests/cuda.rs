@@ -82,7 +82,8 @@ fn plans_of(inst: &diagc::ir::instance::Instance) -> (Plan, Plan) {
 
 /// Generates one module for all `(name, instance)` (forward and gradient each) and compiles
 /// it; checks that every kernel a launch names is defined in the source.
-fn compile_all(what: &str, insts: &[(String, diagc::ir::instance::Instance)]) {
+/// Returns how many launches are of hand-written kernels.
+fn compile_all(what: &str, insts: &[(String, diagc::ir::instance::Instance)]) -> usize {
     let plans: Vec<(String, Plan, Plan)> = insts
         .iter()
         .map(|(n, i)| {
@@ -103,12 +104,29 @@ fn compile_all(what: &str, insts: &[(String, diagc::ir::instance::Instance)]) {
     let defined: std::collections::HashSet<String> =
         kernels::entry_points(&src).into_iter().collect();
     let mut launches = 0;
+    let mut hand = 0;
     for part in &parts {
         for step in &part.steps {
             for op in &step.ops {
                 let l = match op {
                     codegen::Op::Launch(l) => l,
                     codegen::Op::Gemm { fallback, .. } => fallback,
+                    codegen::Op::Hand(h) => {
+                        let (_, src) = kernels::modules()
+                            .into_iter()
+                            .find(|(n, _)| *n == h.file)
+                            .unwrap_or_else(|| panic!("kernels/{} is missing", h.file));
+                        assert!(
+                            kernels::entry_points(&src).iter().any(|e| e == h.kernel),
+                            "{}: kernels/{} does not define {}",
+                            part.title,
+                            h.file,
+                            h.kernel
+                        );
+                        hand += 1;
+                        launches += 1;
+                        continue;
+                    }
                 };
                 assert!(
                     defined.contains(&l.kernel),
@@ -122,6 +140,7 @@ fn compile_all(what: &str, insts: &[(String, diagc::ir::instance::Instance)]) {
     }
     assert!(launches > insts.len(), "{what}: {launches} launches");
     compile(&src, what);
+    hand
 }
 
 #[test]

@@ -59,6 +59,8 @@ fn c_arg(a: &Arg, i: usize) -> String {
         Arg::Seed => format!("(const unsigned long long*)a[{i}]"),
         Arg::Train => format!("(const int*)a[{i}]"),
         Arg::Err => format!("(int*)a[{i}]"),
+        Arg::I32(_) => format!("(int)a[{i}]"),
+        Arg::Flag(_) => format!("(int*)a[{i}]"),
     }
 }
 
@@ -163,7 +165,8 @@ fn emulate(
     opts: RunOptions,
     blas: bool,
 ) -> Result<(Vec<Vec<f32>>, usize), String> {
-    let g = codegen::generate(plan, "emulated");
+    // Generated kernels only: the hand-written ones need real threads (tests/cuda_kernels.rs).
+    let g = codegen::generate_with(plan, "emulated", false);
     let mut src = g.source.clone();
     let mut seen = std::collections::HashSet::new();
     for step in &g.steps {
@@ -171,6 +174,10 @@ fn emulate(
             let l = match op {
                 Op::Launch(l) => l,
                 Op::Gemm { fallback, .. } => fallback,
+                Op::Hand(h) => panic!(
+                    "a hand-written kernel ({}) in a generated-only plan",
+                    h.kernel
+                ),
             };
             if seen.insert(l.kernel.clone()) {
                 src.push_str(&wrapper(l));
@@ -203,6 +210,8 @@ fn emulate(
                 Arg::Seed => &seed as *const u64 as u64,
                 Arg::Train => &train as *const i32 as u64,
                 Arg::Err => err as u64,
+                Arg::I32(v) => *v as u32 as u64,
+                Arg::Flag(_) => panic!("a flag argument in a generated kernel"),
             })
             .collect();
         let grid = l.threads.div_ceil(codegen::BLOCK as u64) as u32;
@@ -219,6 +228,7 @@ fn emulate(
         for op in &step.ops {
             match op {
                 Op::Launch(l) => launch(l, &mut ptr, &mut err),
+                Op::Hand(h) => return Err(format!("hand-written kernel {}", h.kernel)),
                 Op::Gemm { call, fallback } => match blas_call(call).filter(|_| blas) {
                     None => launch(fallback, &mut ptr, &mut err),
                     Some(b) => {

@@ -47,8 +47,12 @@ pub enum Arg {
     Seed,
     /// Where the training flag is (`const int*`, nonzero: dropout active).
     Train,
-    /// The error word (`int*`).
+    /// The error word (`int*`) of generated kernels: they store an error code in it.
     Err,
+    /// `int`.
+    I32(i32),
+    /// The flag (`int*`, set to nonzero) of a hand-written kernel's check: error code `k`.
+    Flag(usize),
 }
 
 /// One kernel launch: `threads` threads in blocks of [`BLOCK`].
@@ -70,9 +74,21 @@ pub struct GemmCall {
     pub accumulate: bool,
 }
 
+/// A launch of a hand-written kernel of `kernels/` (`file`), with its own launch shape.
+#[derive(Clone, Debug)]
+pub struct HandLaunch {
+    pub file: &'static str,
+    pub kernel: &'static str,
+    pub grid: u32,
+    pub block: u32,
+    pub args: Vec<Arg>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     Launch(Launch),
+    /// A hand-written kernel in place of a generated one: what the step computes is the same.
+    Hand(HandLaunch),
     /// A product: cuBLAS where the layout allows it, else the generated `fallback`.
     Gemm {
         call: GemmCall,
@@ -214,6 +230,8 @@ fn open(out: &mut String, name: &str, params: &str, threads: u64) {
 struct Gen {
     /// Prefixed to every step kernel's name, so that several plans share one module.
     prefix: String,
+    /// Use the hand-written kernels where a step's layout is theirs.
+    hand: bool,
     src: String,
     steps: Vec<Step>,
     errors: Vec<String>,
@@ -239,7 +257,212 @@ impl Gen {
     }
 
     /// Generates the kernels of step `i` and returns its launches.
+    /// The hand-written kernels of `kernels/` for steps whose layout is theirs (contiguous rows):
+    /// cross-entropy, layer norm and the embedding, forward and backward. `None`: generate.
+    fn hand(&mut self, k: &Kernel, locs: &[Loc], label: &str) -> Option<Vec<Op>> {
+        let one = |dims: &[(usize, Vec<usize>)]| -> Option<(usize, Vec<usize>)> {
+            match dims {
+                [] => None,
+                [d] => Some(d.clone()),
+                _ => None,
+            }
+        };
+        let i32_of = |x: usize| i32::try_from(x).ok();
+        let hand = |file, kernel, grid: usize, block: u32, args: Vec<Arg>| {
+            Op::Hand(HandLaunch {
+                file,
+                kernel,
+                grid: grid.clamp(1, 65_535) as u32,
+                block,
+                args,
+            })
+        };
+        match k {
+            Kernel::CrossEntropy { back, pos, n, s } => {
+                let (rows, st) = one(&dims_of(pos))?;
+                let n32 = i32_of(*n)?;
+                let r32 = i32_of(rows)?;
+                let out = locs[locs.len() - 1];
+                if s[0] != 1 || st[0] != *n || st[1] != 1 {
+                    return None;
+                }
+                if *back {
+                    if s[1] != 1 || st[2] != *n {
+                        return None;
+                    }
+                    Some(vec![hand(
+                        "cross_entropy.cu",
+                        "diagc_xent_bwd",
+                        rows,
+                        256,
+                        vec![
+                            Arg::Buf(locs[0]),
+                            Arg::Buf(locs[1]),
+                            Arg::Buf(locs[2]),
+                            Arg::Buf(out),
+                            Arg::I32(r32),
+                            Arg::I32(n32),
+                        ],
+                    )])
+                } else {
+                    let code = self.error(format!("{label}: a target is outside the {n} classes"));
+                    Some(vec![
+                        fill(out, 1, 0.0),
+                        hand(
+                            "cross_entropy.cu",
+                            "diagc_xent_fwd",
+                            rows,
+                            256,
+                            vec![
+                                Arg::Buf(locs[0]),
+                                Arg::Buf(locs[1]),
+                                Arg::Buf(out),
+                                Arg::Flag(code),
+                                Arg::I32(r32),
+                                Arg::I32(n32),
+                            ],
+                        ),
+                    ])
+                }
+            }
+            Kernel::LayerNorm {
+                outer,
+                inner,
+                dense: true,
+            } => {
+                let n = inner[0].len();
+                let (rows, st) = one(&dims_of(outer))?;
+                // Operands [out, x, gain, bias]: rows of n, one gain and bias for all.
+                if st != [n, n, 0, 0] || locs.len() != 4 {
+                    return None;
+                }
+                Some(vec![hand(
+                    "layernorm.cu",
+                    "diagc_layernorm_fwd",
+                    rows,
+                    if n >= 1024 { 256 } else { 128 },
+                    vec![
+                        Arg::Buf(locs[0]),
+                        Arg::Buf(locs[1]),
+                        Arg::Buf(locs[2]),
+                        Arg::Buf(locs[3]),
+                        Arg::I32(i32_of(rows)?),
+                        Arg::I32(i32_of(n)?),
+                    ],
+                )])
+            }
+            Kernel::LayerNormBack {
+                outer,
+                inner,
+                lens,
+                dense: true,
+            } => {
+                let n = inner[0].len();
+                let (rows, st) = one(&dims_of(outer))?;
+                // Operands [gx, x, gain, gy, ggain, gbias].
+                if st != [n, n, 0, n, 0, 0] || *lens != [n, n] || locs.len() != 6 {
+                    return None;
+                }
+                Some(vec![
+                    fill(locs[4], n, 0.0),
+                    fill(locs[5], n, 0.0),
+                    hand(
+                        "layernorm.cu",
+                        "diagc_layernorm_bwd",
+                        rows.min(264),
+                        if n >= 1024 { 256 } else { 128 },
+                        vec![
+                            Arg::Buf(locs[0]),
+                            Arg::Buf(locs[1]),
+                            Arg::Buf(locs[2]),
+                            Arg::Buf(locs[3]),
+                            Arg::Buf(locs[4]),
+                            Arg::Buf(locs[5]),
+                            Arg::I32(i32_of(rows)?),
+                            Arg::I32(i32_of(n)?),
+                        ],
+                    ),
+                ])
+            }
+            Kernel::Embed {
+                ids,
+                row,
+                vocab,
+                vstride,
+            } => {
+                let (count, si) = one(&dims_of(ids))?;
+                let (dim, sr) = one(&dims_of(row))?;
+                // Ids contiguous, rows of `dim` contiguous in the output and the table.
+                if si != [dim, 1] || sr != [1, 1] || *vstride != dim {
+                    return None;
+                }
+                let code = self.error(format!(
+                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
+                ));
+                Some(vec![hand(
+                    "embedding.cu",
+                    "diagc_embed_fwd",
+                    (count * dim).div_ceil(256),
+                    256,
+                    vec![
+                        Arg::Buf(locs[0]),
+                        Arg::Buf(locs[1]),
+                        Arg::Buf(locs[2]),
+                        Arg::Flag(code),
+                        Arg::I32(i32_of(count)?),
+                        Arg::I32(i32_of(dim)?),
+                        Arg::I32(i32_of(*vocab)?),
+                    ],
+                )])
+            }
+            Kernel::EmbedBack {
+                ids,
+                row,
+                vocab,
+                vstride,
+                len,
+            } => {
+                let (count, si) = one(&dims_of(ids))?;
+                let (dim, sr) = one(&dims_of(row))?;
+                // Ids operands [gy, ids], rows [gtable, gy].
+                if si != [dim, 1] || sr != [1, 1] || *vstride != dim || *len != vocab * dim {
+                    return None;
+                }
+                // Invalid ids are skipped by the kernel; the forward reported them.
+                Some(vec![
+                    fill(locs[2], *len, 0.0),
+                    hand(
+                        "embedding.cu",
+                        "diagc_embed_bwd",
+                        (count * dim).div_ceil(256),
+                        256,
+                        vec![
+                            Arg::Buf(locs[0]),
+                            Arg::Buf(locs[1]),
+                            Arg::Buf(locs[2]),
+                            Arg::I32(i32_of(count)?),
+                            Arg::I32(i32_of(dim)?),
+                            Arg::I32(i32_of(*vocab)?),
+                        ],
+                    ),
+                ])
+            }
+            _ => None,
+        }
+    }
+
     fn step(&mut self, i: usize, k: &Kernel, locs: &[Loc], label: &str) -> Vec<Op> {
+        if self.hand
+            && let Some(ops) = self.hand(k, locs, label)
+        {
+            let _ = writeln!(
+                self.src,
+                "\n// {}step {i}: {} ({label}): hand-written kernel",
+                self.prefix,
+                k.name()
+            );
+            return ops;
+        }
         let name = format!("{}s{i}_{}", self.prefix, k.name().replace('-', "_"));
         let s = &mut self.src;
         let _ = writeln!(s, "\n// {}step {i}: {} ({label})", self.prefix, k.name());
@@ -840,6 +1063,8 @@ fn arg_text(a: &Arg) -> String {
         Arg::Seed => "seed".into(),
         Arg::Train => "train".into(),
         Arg::Err => "err".into(),
+        Arg::I32(v) => format!("{v}"),
+        Arg::Flag(k) => format!("&flag[{k}]"),
     }
 }
 
@@ -856,7 +1081,13 @@ pub struct Part {
 
 /// Generates the CUDA of a plan. `title` heads the source (what diagram, which sizes).
 pub fn generate(plan: &Plan, title: &str) -> Generated {
-    let (source, mut parts) = generate_module(&[("", plan, title)]);
+    generate_with(plan, title, true)
+}
+
+/// [`generate`], choosing whether hand-written kernels replace generated ones where they apply
+/// (`hand`); without, every launch is of the generated source.
+pub fn generate_with(plan: &Plan, title: &str, hand: bool) -> Generated {
+    let (source, mut parts) = generate_module_with(&[("", plan, title)], hand);
     let part = parts.pop().expect("one part");
     Generated {
         source,
@@ -869,6 +1100,11 @@ pub fn generate(plan: &Plan, title: &str) -> Generated {
 /// helpers once, then each plan's kernels, their names prefixed. Returns the source and, per
 /// plan, its launch sequence.
 pub fn generate_module(plans: &[(&str, &Plan, &str)]) -> (String, Vec<Part>) {
+    generate_module_with(plans, true)
+}
+
+/// [`generate_module`], choosing whether hand-written kernels are used (see [`generate_with`]).
+pub fn generate_module_with(plans: &[(&str, &Plan, &str)], hand: bool) -> (String, Vec<Part>) {
     let mut head = String::new();
     let mut body = String::new();
     let mut parts = Vec::new();
@@ -880,6 +1116,7 @@ pub fn generate_module(plans: &[(&str, &Plan, &str)]) -> (String, Vec<Part>) {
     for (prefix, plan, title) in plans {
         let mut g = Gen {
             prefix: prefix.to_string(),
+            hand,
             src: String::new(),
             steps: Vec::new(),
             errors: Vec::new(),
@@ -942,6 +1179,19 @@ fn describe(
             let (what, l) = match op {
                 Op::Launch(l) => ("", l),
                 Op::Gemm { fallback, .. } => ("gemm ", fallback),
+                Op::Hand(h) => {
+                    let args: Vec<String> = h.args.iter().map(arg_text).collect();
+                    let _ = writeln!(
+                        head,
+                        "//   {i:3} kernels/{}: {}<<<{}, {}>>>({})",
+                        h.file,
+                        h.kernel,
+                        h.grid,
+                        h.block,
+                        args.join(", ")
+                    );
+                    continue;
+                }
             };
             let args: Vec<String> = l.args.iter().map(arg_text).collect();
             let _ = writeln!(

@@ -215,6 +215,7 @@ enum RtOp {
     Launch {
         f: CudaFunction,
         grid: u32,
+        block: u32,
         args: Vec<Arg>,
     },
     Blas {
@@ -223,6 +224,24 @@ enum RtOp {
         b: Loc,
         c: Loc,
     },
+}
+
+/// How a plan is loaded: the defaults are the fast path; the others exist for cross-checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Every product on the generated GEMM kernel instead of cuBLAS.
+    pub gemm_kernel: bool,
+    /// Use the hand-written kernels where they apply (else only generated ones).
+    pub hand: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            gemm_kernel: false,
+            hand: true,
+        }
+    }
 }
 
 /// A plan loaded on a device.
@@ -250,13 +269,8 @@ fn ptr(s: &CudaSlice<f32>, stream: &CudaStream) -> u64 {
 impl GpuPlan {
     /// Generates, compiles (cached) and loads the plan's CUDA, and allocates its memory.
     /// `force_fallback` computes every product with the generated kernel (for cross-checks).
-    pub fn new(
-        gpu: &Gpu,
-        plan: &Plan,
-        title: &str,
-        force_fallback: bool,
-    ) -> Result<GpuPlan, String> {
-        let g = codegen::generate(plan, title);
+    pub fn new(gpu: &Gpu, plan: &Plan, title: &str, opts: LoadOptions) -> Result<GpuPlan, String> {
+        let g = codegen::generate_with(plan, title, opts.hand);
         let module = gpu.load(&g.source, "plan.cu")?;
         let st = &gpu.stream;
         let mut ops = Vec::new();
@@ -266,9 +280,12 @@ impl GpuPlan {
                 f: module.load_function(&l.kernel).map_err(drv)?,
                 grid: u32::try_from(l.threads.div_ceil(codegen::BLOCK as u64))
                     .map_err(|_| format!("{}: too many threads", l.kernel))?,
+                block: codegen::BLOCK,
                 args: l.args.clone(),
             })
         };
+        // The hand-written modules this plan uses, each compiled (cached) and loaded once.
+        let mut hand_modules = std::collections::HashMap::new();
         for step in &g.steps {
             for op in &step.ops {
                 match op {
@@ -277,8 +294,26 @@ impl GpuPlan {
                             ops.push(load(l)?);
                         }
                     }
+                    Op::Hand(h) => {
+                        if !hand_modules.contains_key(h.file) {
+                            let (_, src) = super::kernels::modules()
+                                .into_iter()
+                                .find(|(n, _)| *n == h.file)
+                                .ok_or_else(|| {
+                                    format!("kernels/{} is not in the binary", h.file)
+                                })?;
+                            hand_modules.insert(h.file, gpu.load(&src, h.file)?);
+                        }
+                        let m = &hand_modules[h.file];
+                        ops.push(RtOp::Launch {
+                            f: m.load_function(h.kernel).map_err(drv)?,
+                            grid: h.grid,
+                            block: h.block,
+                            args: h.args.clone(),
+                        });
+                    }
                     Op::Gemm { call, fallback } => match blas_call(call) {
-                        Some(b) if !force_fallback => ops.push(RtOp::Blas {
+                        Some(b) if !opts.gemm_kernel => ops.push(RtOp::Blas {
                             call: b,
                             a: call.a,
                             b: call.b,
@@ -326,7 +361,7 @@ impl GpuPlan {
             outputs: plan.output_locs().to_vec(),
             seed: st.alloc_zeros::<u64>(1).map_err(drv)?,
             train: st.alloc_zeros::<i32>(1).map_err(drv)?,
-            err: st.alloc_zeros::<i32>(1).map_err(drv)?,
+            err: st.alloc_zeros::<i32>(g.errors.len() + 1).map_err(drv)?,
             errors: g.errors,
             graph: None,
             bytes,
@@ -369,34 +404,50 @@ impl GpuPlan {
         let err = self.err.device_ptr(st).0;
         for op in &self.ops {
             match op {
-                RtOp::Launch { f, grid, args } => {
-                    // Every argument is 8 bytes but `F32`, which is 4: kept alive in `vals`.
+                RtOp::Launch {
+                    f,
+                    grid,
+                    block,
+                    args,
+                } => {
+                    // Pointers and 64-bit integers are 8 bytes, `F32` and `I32` 4: each kind
+                    // is kept alive in its own vector until the launch.
                     let mut words: Vec<u64> = Vec::with_capacity(args.len());
                     let mut floats: Vec<f32> = Vec::new();
+                    let mut ints: Vec<i32> = Vec::new();
                     for a in args {
                         match a {
                             Arg::Buf(l) => words.push(self.loc_ptr(*l, st)),
                             Arg::U64(v) => words.push(*v),
                             Arg::F32(v) => floats.push(*v),
+                            Arg::I32(v) => ints.push(*v),
                             Arg::Seed => words.push(seed),
                             Arg::Train => words.push(train),
                             Arg::Err => words.push(err),
+                            Arg::Flag(k) => words.push(err + 4 * *k as u64),
                         }
                     }
                     let mut b = st.launch_builder(f);
-                    let (mut wi, mut fi) = (0, 0);
+                    let (mut wi, mut fi, mut ii) = (0, 0, 0);
                     for a in args {
-                        if matches!(a, Arg::F32(_)) {
-                            b.arg(&floats[fi]);
-                            fi += 1;
-                        } else {
-                            b.arg(&words[wi]);
-                            wi += 1;
+                        match a {
+                            Arg::F32(_) => {
+                                b.arg(&floats[fi]);
+                                fi += 1;
+                            }
+                            Arg::I32(_) => {
+                                b.arg(&ints[ii]);
+                                ii += 1;
+                            }
+                            _ => {
+                                b.arg(&words[wi]);
+                                wi += 1;
+                            }
                         }
                     }
                     let cfg = LaunchConfig {
                         grid_dim: (*grid, 1, 1),
-                        block_dim: (codegen::BLOCK, 1, 1),
+                        block_dim: (*block, 1, 1),
                         shared_mem_bytes: 0,
                     };
                     // SAFETY: the kernel's parameters are the generated signature's, in order
@@ -462,22 +513,26 @@ impl GpuPlan {
         st.memcpy_htod(&[seed], &mut self.seed).map_err(drv)?;
         st.memcpy_htod(&[train as i32], &mut self.train)
             .map_err(drv)?;
-        st.memcpy_htod(&[0i32], &mut self.err).map_err(drv)?;
+        st.memset_zeros(&mut self.err).map_err(drv)?;
         Ok(())
     }
 
+    /// Reads the error words: `err[0]` holds a generated kernel's code, `err[k]` the flag of
+    /// a hand-written kernel's check `k`.
     pub(crate) fn check(&self, gpu: &Gpu) -> Result<(), String> {
-        let mut e = [0i32];
+        let mut e = vec![0i32; self.err.len()];
         gpu.stream.memcpy_dtoh(&self.err, &mut e).map_err(drv)?;
         gpu.synchronize()?;
-        match e[0] {
-            0 => Ok(()),
-            k => Err(self
-                .errors
-                .get(k as usize - 1)
-                .cloned()
-                .unwrap_or_else(|| format!("kernel error code {k}"))),
-        }
+        let code = match e.iter().position(|x| *x != 0) {
+            None => return Ok(()),
+            Some(0) => e[0] as usize,
+            Some(k) => k,
+        };
+        Err(self
+            .errors
+            .get(code.wrapping_sub(1))
+            .cloned()
+            .unwrap_or_else(|| format!("kernel error code {code}")))
     }
 
     /// Runs the plan once, launch by launch, and waits for it.

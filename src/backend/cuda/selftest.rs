@@ -5,8 +5,9 @@
 //! 2. every primitive (`tests/exec/primitives.diag`, embedded) and every stdlib mechanism,
 //!    forward and gradient, in evaluation and training mode, on the same random inputs on both
 //!    devices: each output must agree within `|gpu - cpu| <= ATOL + RTOL |cpu|` elementwise;
-//!    each diagram runs three ways on the GPU: launch by launch with cuBLAS, replayed from a
-//!    captured CUDA graph, and with every product on the generated GEMM kernel;
+//!    each diagram runs four ways on the GPU: launch by launch with cuBLAS and the hand-written
+//!    kernels where they apply, replayed from a captured CUDA graph, with every product on the
+//!    generated GEMM kernel, and with generated kernels only;
 //! 3. one training step (forward and backward through the loss) of the 1-layer language model
 //!    at the protocol's sizes, M1 and M0: the loss and every parameter's gradient agree within
 //!    the looser LM tolerances (sums of 700 x 10,000 terms in another order).
@@ -15,7 +16,7 @@
 //!    the same parameters, batches and dropout seeds: every step's loss agrees within
 //!    [`LOSS_RTOL`] (the GPU step is one CUDA graph: plan, clipping, Adam).
 
-use super::runtime::{Gpu, GpuPlan, Precision};
+use super::runtime::{Gpu, GpuPlan, LoadOptions, Precision};
 use crate::backend::cpu::exec::{Plan, Workspace};
 use crate::backend::cpu::harness::{self, Rng};
 use crate::backend::cpu::interp::RunOptions;
@@ -88,14 +89,14 @@ fn compare(
     title: &str,
     opts: RunOptions,
     graph: bool,
-    fallback: bool,
+    load: LoadOptions,
     tol: (f64, f64),
 ) -> Result<f64, String> {
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let cpu = plan
         .run(&mut Workspace::default(), &refs, opts)
         .map_err(|e| format!("CPU: {e}"))?;
-    let mut gp = GpuPlan::new(gpu, plan, title, fallback)?;
+    let mut gp = GpuPlan::new(gpu, plan, title, load)?;
     for (k, x) in inputs.iter().enumerate() {
         gp.set_input(gpu, k, x)?;
     }
@@ -149,17 +150,34 @@ fn check_instance(gpu: &Gpu, name: &str, inst: &Instance, seed: u64) -> Vec<Outc
             check_finite: false,
         };
         for (kind, plan, ins) in [("forward", &forward, &inputs), ("gradient", &grad, &gin)] {
-            for (path, graph, fb) in [
-                ("", false, false),
-                (" graph", true, false),
-                (" gemm-kernel", false, true),
-            ] {
+            let fast = LoadOptions::default();
+            let paths = [
+                ("", false, fast),
+                (" graph", true, fast),
+                (
+                    " gemm-kernel",
+                    false,
+                    LoadOptions {
+                        gemm_kernel: true,
+                        ..fast
+                    },
+                ),
+                (
+                    " generated-only",
+                    false,
+                    LoadOptions {
+                        hand: false,
+                        ..fast
+                    },
+                ),
+            ];
+            for (path, graph, load) in paths {
                 let what = format!(
                     "{name} {kind} {}{path}",
                     if train { "train" } else { "eval" }
                 );
                 out.push(
-                    match compare(gpu, plan, ins, &what, opts, graph, fb, (RTOL, ATOL)) {
+                    match compare(gpu, plan, ins, &what, opts, graph, load, (RTOL, ATOL)) {
                         Ok(w) => Outcome {
                             what,
                             worst: w,
@@ -295,7 +313,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                 &what,
                 opts,
                 true,
-                false,
+                LoadOptions::default(),
                 (LM_RTOL, LM_ATOL),
             )
         });

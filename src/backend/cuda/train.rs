@@ -63,7 +63,7 @@ impl GpuStep {
                 params.len()
             ));
         }
-        let mut gp = GpuPlan::new(gpu, &plan, "LM training step", false)?;
+        let mut gp = GpuPlan::new(gpu, &plan, "LM training step", Default::default())?;
         for (k, p) in params.iter().enumerate() {
             gp.set_input(gpu, 2 + k, p)?;
         }
