@@ -448,19 +448,22 @@ fn module(file: &str) -> &'static Module {
     cells
         .get(file)
         .unwrap_or_else(|| panic!("no kernel file {file}"))
-        .get_or_init(|| build(file))
+        .get_or_init(|| {
+            let src = kernels::modules()
+                .into_iter()
+                .find(|(n, _)| *n == file)
+                .unwrap()
+                .1;
+            build(file, &src)
+        })
 }
 
-fn build(file: &str) -> Module {
-    let src = kernels::modules()
-        .into_iter()
-        .find(|(n, _)| *n == file)
-        .unwrap()
-        .1;
-    let mut full = src.clone();
+/// Compiles `src` (its `extern "C"` kernels get launchers) with the shim.
+fn build(file: &str, src: &str) -> Module {
+    let mut full = src.to_string();
     let mut sigs = BTreeMap::new();
     for name in kernels::entry_points(&src) {
-        let ps = params(&src, &name);
+        let ps = params(src, &name);
         full.push_str(&wrapper(&name, &ps));
         sigs.insert(name, ps.into_iter().map(|p| p.1).collect());
     }
@@ -506,6 +509,12 @@ impl Module {
     /// Launches kernel `name` on `grid` blocks of `block` threads; panics on an argument that
     /// does not match its signature or on an error the emulator reported.
     fn launch(&self, name: &str, grid: u32, block: u32, args: &[A]) {
+        let err = self.try_launch(name, grid, block, args);
+        assert!(err.is_empty(), "{name} (grid {grid}, block {block}): {err}");
+    }
+
+    /// [`Module::launch`], returning the emulator's error (empty if none).
+    fn try_launch(&self, name: &str, grid: u32, block: u32, args: &[A]) -> String {
         // One launch at a time in the process: each spawns `block` threads.
         static RUN: Mutex<()> = Mutex::new(());
         let sig = self
@@ -519,7 +528,7 @@ impl Module {
         // SAFETY: the launcher's signature is the one `wrapper` generated; the arguments match
         // the kernel's parameters (checked above) and the buffers are as long as each test's
         // launch requires.
-        let err = unsafe {
+        unsafe {
             let f: libloading::Symbol<unsafe extern "C" fn(*const u64, u32, u32)> =
                 self.lib.get(format!("launch_{name}").as_bytes()).unwrap();
             f(words.as_ptr(), grid, block);
@@ -530,11 +539,7 @@ impl Module {
                 self.lib.get(b"emu_clear").unwrap();
             clear();
             msg
-        };
-        assert!(
-            err.is_empty(),
-            "{name} (grid {grid}, block {block}): {err}"
-        );
+        }
     }
 }
 
@@ -609,6 +614,125 @@ fn check_bits(what: &str, got: &[f32], want: &[f32]) {
 
 fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+// ---- the emulator itself ----
+
+const SELFTEST: &str = r#"
+#define FULL 0xffffffffu
+// Per thread i (lane l): xor 5, lane 31 - l, down 3, up 2, and a double butterfly sum.
+extern "C" __global__ void emu_shuffles(const float* x, float* out, double* sums) {
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x, l = threadIdx.x & 31;
+    const float v = x[i];
+    out[4 * i + 0] = __shfl_xor_sync(FULL, v, 5);
+    out[4 * i + 1] = __shfl_sync(FULL, v, 31 - l);
+    out[4 * i + 2] = __shfl_down_sync(FULL, v, 3);
+    out[4 * i + 3] = __shfl_up_sync(FULL, v, 2);
+    double d = (double)v;
+    for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(FULL, d, o);
+    sums[i] = d;
+}
+// Shared memory through barriers: out = x reversed within the block, then each element plus
+// its block's sum (one thread sums after a barrier; the others read it after another).
+extern "C" __global__ void emu_shared(const float* x, float* out) {
+    __shared__ float buf[1024];
+    __shared__ float total;
+    const unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    buf[t] = x[i];
+    __syncthreads();
+    const float r = buf[blockDim.x - 1 - t];
+    __syncthreads();
+    buf[t] = r;
+    __syncthreads();
+    if (t == 0) {
+        float s = 0.0f;
+        for (unsigned j = 0; j < blockDim.x; ++j) s += buf[j];
+        total = s;
+    }
+    __syncthreads();
+    out[i] = buf[t] + total;
+}
+extern "C" __global__ void emu_atomics(float* f, double* d, int* c, int* m, int loops) {
+    for (int k = 0; k < loops; ++k) {
+        atomicAdd(f, 1.0f);
+        atomicAdd(d, 0.5);
+        atomicAdd(c, 1);
+        atomicMax(m, (int)(blockIdx.x * blockDim.x + threadIdx.x));
+    }
+}
+extern "C" __global__ void emu_divergent_sync(int* out) {
+    if (threadIdx.x < 32) __syncthreads();
+    else __syncthreads();
+    out[0] = 1;
+}
+extern "C" __global__ void emu_divergent_warp(float* out) {
+    const unsigned l = threadIdx.x & 31;
+    if (l < 16) out[threadIdx.x] = __shfl_xor_sync(FULL, 1.0f, 1);
+    else out[threadIdx.x] = __shfl_xor_sync(FULL, 2.0f, 1);
+}
+extern "C" __global__ void emu_exited_lane(float* out) {
+    if ((threadIdx.x & 31) == 3) return;
+    out[threadIdx.x] = __shfl_xor_sync(FULL, 1.0f, 1);
+}
+extern "C" __global__ void emu_partial_mask(float* out) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffu, 1.0f, 1);
+}
+"#;
+
+#[test]
+fn the_emulator_runs_shuffles_barriers_and_atomics_as_cuda_does() {
+    let m = build("selftest.cu", SELFTEST);
+    let (grid, block) = (3usize, 128usize);
+    let n = grid * block;
+    let x: Vec<f32> = (0..n).map(|i| (i * 7 % 101) as f32).collect();
+    let mut o = vec![0.0f32; 4 * n];
+    let mut sums = vec![0.0f64; n];
+    m.launch(
+        "emu_shuffles",
+        grid as u32,
+        block as u32,
+        &[inp(&x), out(&mut o), out(&mut sums)],
+    );
+    for i in 0..n {
+        let (w, l) = (i - i % 32, i % 32);
+        let down = if l + 3 < 32 { x[i + 3] } else { x[i] };
+        let up = if l >= 2 { x[i - 2] } else { x[i] };
+        let want = [x[w + (l ^ 5)], x[w + 31 - l], down, up];
+        assert_eq!(o[4 * i..4 * i + 4], want, "shuffles of thread {i}");
+        let sum: f64 = x[w..w + 32].iter().map(|v| *v as f64).sum();
+        assert_eq!(sums[i], sum, "butterfly sum of thread {i}");
+    }
+
+    let mut o = vec![0.0f32; n];
+    m.launch("emu_shared", grid as u32, block as u32, &[inp(&x), out(&mut o)]);
+    for b in 0..grid {
+        let total: f32 = x[b * block..(b + 1) * block].iter().sum();
+        for t in 0..block {
+            let i = b * block + t;
+            assert_eq!(o[i], x[b * block + block - 1 - t] + total, "thread {i}");
+        }
+    }
+
+    let (mut f, mut d, mut c, mut mx) = (vec![0.0f32], vec![0.0f64], vec![0i32], vec![-1i32]);
+    m.launch(
+        "emu_atomics",
+        2,
+        256,
+        &[out(&mut f), out(&mut d), out(&mut c), out(&mut mx), A::I(100)],
+    );
+    assert_eq!((f[0], d[0], c[0], mx[0]), (51200.0, 25600.0, 51200, 511));
+
+    // What is undefined on the device is reported.
+    let mut flag = vec![0i32];
+    let err = m.try_launch("emu_divergent_sync", 1, 64, &[out(&mut flag)]);
+    assert!(err.contains("divergent __syncthreads"), "{err}");
+    let mut o = vec![0.0f32; 64];
+    let err = m.try_launch("emu_divergent_warp", 1, 64, &[out(&mut o)]);
+    assert!(err.contains("divergent warp"), "{err}");
+    let err = m.try_launch("emu_exited_lane", 1, 64, &[out(&mut o)]);
+    assert!(err.contains("has returned"), "{err}");
+    let err = m.try_launch("emu_partial_mask", 1, 32, &[out(&mut o)]);
+    assert!(err.contains("leaves out"), "{err}");
 }
 
 // ---- layer normalisation ----

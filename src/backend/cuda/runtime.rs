@@ -49,6 +49,16 @@ impl Gpu {
     /// Probes and opens device 0. The error is one line for the user.
     pub fn open(precision: Precision) -> Result<Gpu, String> {
         let info = super::probe()?;
+        // cudarc panics when it cannot load a library: check cuBLAS and NVRTC first.
+        // SAFETY: only tries to load the library.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(
+                "cuBLAS (libcublas.so.13) was not found on the loader's path; add the CUDA \
+                 toolkit's lib64 folder to LD_LIBRARY_PATH"
+                    .into(),
+            );
+        }
+        nvrtc::load()?;
         let ctx = CudaContext::new(0).map_err(drv)?;
         // One stream, raw pointers: cudarc's per-buffer event tracking is not needed.
         // SAFETY: every buffer of this module is used on `stream` only.
