@@ -13,10 +13,11 @@ mod common;
 
 use common::{bindings, instance_of};
 use diagc::backend::cpu::exec::{Loc, Plan, Workspace};
-use diagc::backend::cpu::harness::{self, Rng};
+use diagc::backend::cpu::harness;
 use diagc::backend::cpu::interp::RunOptions;
 use diagc::backend::cuda::codegen::{self, Arg, Launch, Op};
 use diagc::backend::cuda::runtime::blas_call;
+use diagc::backend::cuda::selftest::worst;
 use diagc::ir::instance::{Instance, instantiate};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -282,50 +283,13 @@ fn fxhash(s: &str) -> u64 {
     })
 }
 
-fn flat(ts: &[diagc::backend::cpu::tensor::Tensor]) -> Vec<Vec<f32>> {
-    ts.iter()
-        .map(|t| {
-            t.data
-                .as_standard_layout()
-                .iter()
-                .map(|x| *x as f32)
-                .collect()
-        })
-        .collect()
-}
-
-/// The worst `|emulated - cpu| / (atol + rtol |cpu|)`.
-fn worst(a: &[f32], b: &[f32], rtol: f64, atol: f64) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let (x, y) = (*x as f64, *y as f64);
-            if x.is_nan() && y.is_nan() {
-                0.0
-            } else {
-                let e = (x - y).abs() / (atol + rtol * y.abs());
-                if e.is_nan() { f64::INFINITY } else { e }
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
 /// Forward and gradient plans of an instance, eval and train, both product paths: the failures.
 fn check(name: &str, inst: &Instance, seed: u64, tol: (f64, f64)) -> (Vec<String>, usize) {
     let mut failures = Vec::new();
     let forward = Plan::for_instance(inst).unwrap();
     let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
     let backward = Plan::new(&grad.diagram, &inst.axes, &inst.sizes).unwrap();
-    let inputs = flat(&harness::random_inputs(inst, seed));
-    let mut gin = inputs.clone();
-    let mut rng = Rng::new(seed ^ 0xABCD);
-    for w in &inst.diagram.outputs {
-        let ty = &inst.diagram.wire(*w).ty;
-        if ty.index_of.is_none() {
-            gin.extend(flat(&[harness::random_tensor(inst, ty, &mut rng)]));
-        }
-    }
+    let (inputs, gin) = harness::plan_inputs(inst, seed);
     let mut mapped = 0;
     for train in [false, true] {
         let opts = RunOptions {
@@ -355,6 +319,7 @@ fn check(name: &str, inst: &Instance, seed: u64, tol: (f64, f64)) -> (Vec<String
                         mapped += m;
                         for (k, (o, c)) in outs.iter().zip(&cpu).enumerate() {
                             let w = worst(o, c, tol.0, tol.1);
+                            assert_eq!(o.len(), c.len());
                             if w > 1.0 {
                                 failures
                                     .push(format!("{what}: output {k} off by {w:.2} tolerances"));
@@ -446,7 +411,7 @@ fn a_bad_token_id_is_reported_by_the_generated_embedding() {
     );
     let inst = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b);
     let plan = Plan::for_instance(&inst).unwrap();
-    let mut inputs = flat(&harness::random_inputs(&inst, 1));
+    let mut inputs = harness::to_f32(&harness::random_inputs(&inst, 1));
     inputs[0][1] = 7.0; // the vocabulary has 5 entries
     let opts = RunOptions {
         train: false,

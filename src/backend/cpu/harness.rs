@@ -66,6 +66,36 @@ pub fn random_inputs(inst: &Instance, seed: u64) -> Vec<Tensor> {
     out
 }
 
+/// Tensors as the f32 buffers the fast executor (and the CUDA backend) take: each in its
+/// wire's layout (row-major in its axis order).
+pub fn to_f32(ts: &[Tensor]) -> Vec<Vec<f32>> {
+    ts.iter()
+        .map(|t| {
+            t.data
+                .as_standard_layout()
+                .iter()
+                .map(|x| *x as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Seeded inputs for an instance's forward plan and for its gradient plan, as f32 buffers:
+/// the forward inputs ([`random_inputs`]), and the same followed by one random seed per value
+/// output (what [`crate::autodiff::gradient`]'s diagram takes).
+pub fn plan_inputs(inst: &Instance, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let inputs = to_f32(&random_inputs(inst, seed));
+    let mut gin = inputs.clone();
+    let mut rng = Rng::new(seed ^ 0xABCD);
+    for w in &inst.diagram.outputs {
+        let ty = &inst.diagram.wire(*w).ty;
+        if ty.index_of.is_none() {
+            gin.extend(to_f32(&[random_tensor(inst, ty, &mut rng)]));
+        }
+    }
+    (inputs, gin)
+}
+
 /// Runs the instance on random inputs and parameters.
 pub fn run_random(inst: &Instance, seed: u64, opts: RunOptions) -> Result<Vec<Tensor>, RunError> {
     interp::run(

@@ -48,8 +48,9 @@ impl Outcome {
     }
 }
 
-/// The worst ratio of error to tolerance between two outputs.
-fn worst(gpu: &[f32], cpu: &[f32], rtol: f64, atol: f64) -> f64 {
+/// The worst ratio of error to tolerance between two outputs: `|gpu - cpu| / (atol + rtol
+/// |cpu|)`, the largest over the elements (two NaNs agree; a length mismatch is infinite).
+pub fn worst(gpu: &[f32], cpu: &[f32], rtol: f64, atol: f64) -> f64 {
     if gpu.len() != cpu.len() {
         return f64::INFINITY;
     }
@@ -65,19 +66,6 @@ fn worst(gpu: &[f32], cpu: &[f32], rtol: f64, atol: f64) -> f64 {
             }
         })
         .fold(0.0, f64::max)
-}
-
-fn flat(inputs: &[crate::backend::cpu::tensor::Tensor]) -> Vec<Vec<f32>> {
-    inputs
-        .iter()
-        .map(|t| {
-            t.data
-                .as_standard_layout()
-                .iter()
-                .map(|x| *x as f32)
-                .collect()
-        })
-        .collect()
 }
 
 /// Runs `plan` on both devices with `inputs`; returns the worst ratio over all outputs.
@@ -133,16 +121,7 @@ fn check_instance(gpu: &Gpu, name: &str, inst: &Instance, seed: u64) -> Vec<Outc
         Ok(p) => p,
         Err(e) => return vec![fail(name.to_string(), e)],
     };
-    let inputs = flat(&harness::random_inputs(inst, seed));
-    let mut gin = inputs.clone();
-    let mut rng = Rng::new(seed ^ 0xABCD);
-    let f = &inst.diagram;
-    for w in &f.outputs {
-        let ty = &f.wire(*w).ty;
-        if ty.index_of.is_none() {
-            gin.extend(flat(&[harness::random_tensor(inst, ty, &mut rng)]));
-        }
-    }
+    let (inputs, gin) = harness::plan_inputs(inst, seed);
     for train in [false, true] {
         let opts = RunOptions {
             train,
@@ -299,7 +278,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
         let r = crate::train::model::train_graph(&cfg).and_then(|tg| {
             let f = &tg.forward;
             let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
-            let mut inputs = flat(&harness::random_inputs(f, 11));
+            let mut inputs = harness::to_f32(&harness::random_inputs(f, 11));
             inputs.push(vec![1.0]); // the loss seed
             let opts = RunOptions {
                 train: true,
@@ -381,7 +360,7 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
     let f = &tg.forward;
     let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
     let mut ws = plan.workspace();
-    let init = flat(&harness::random_inputs(f, 21));
+    let init = harness::to_f32(&harness::random_inputs(f, 21));
     let np = f.params.len();
     let mut params: Vec<Vec<f32>> = init[2..2 + np].to_vec();
     let mut gstep = super::train::GpuStep::new(gpu, &tg, &params, 1.0)?;
