@@ -2,18 +2,19 @@
 //! prepended to one `.cu` file, as `kernels::modules()` builds it) is compiled as C++20 by g++
 //! with a shim that emulates the CUDA execution model: the blocks of a launch run one after
 //! another, and within a block every CUDA thread is an OS thread, so `__shared__` memory
-//! (function-local statics), `__syncthreads()` (a block barrier), warp shuffles (a per-warp
-//! exchange between two per-warp barriers) and atomics (under a lock) behave as on the device.
-//! The emulator also reports what would be undefined on the device: divergent `__syncthreads`,
-//! shuffles with a divergent warp, an exited lane or a mask that leaves out lanes, and
-//! deadlocks. Every kernel is checked against a CPU reference (f64 where it matters; bitwise
-//! where the kernel claims the CPU's roundings), with sentinels after every buffer so that
-//! writes out of bounds and elements never written are caught.
+//! (function-local statics, poisoned before every block as the device leaves it
+//! uninitialised), `__syncthreads()` (a block barrier), warp shuffles (a per-warp exchange
+//! between two per-warp barriers) and atomics (under a lock) behave as on the device. The
+//! emulator also reports what is undefined on the device: divergent `__syncthreads`, shuffles
+//! with a divergent warp, an exited lane or a mask that leaves out lanes; a deadlock (no
+//! barrier released for a minute) aborts the process with a message. Every kernel is checked
+//! against a CPU reference (f64 where it matters; bitwise where the kernel claims the CPU's
+//! roundings), with sentinels after every buffer so that writes out of bounds and elements
+//! never written are caught, on its documented launch configuration and on capped grids.
 //!
 //! What this does not check: the CUDA compiler (tests/cuda.rs compiles every kernel with
-//! NVRTC), the device's `expf`/`logf` (the host's libm stands in), schedules the OS does not
-//! happen to produce, and shared memory left uninitialised between blocks (here a block sees
-//! what the previous one left).
+//! NVRTC), the device's `expf`/`logf`/`fmaf` (the host's libm stands in), and schedules the OS
+//! does not happen to produce (a race shows up only when two threads do interleave there).
 
 use diagc::backend::cpu::harness::Rng;
 use diagc::backend::cpu::{interp, jit};
@@ -237,6 +238,15 @@ EMU_CAS(int)
 EMU_CAS(unsigned)
 EMU_CAS(unsigned long long)
 
+// ---- shared memory: poisoned (0xff bytes: NaN, -1) before every block, as on the device,
+// where a block finds its shared memory uninitialised. The test finds the kernels' __shared__
+// statics in the library's symbol table and registers them here.
+static std::vector<std::pair<char*, size_t>> emu_shared_mem;
+extern "C" void emu_set_shared(const unsigned long long* a, unsigned n) {
+    emu_shared_mem.clear();
+    for (unsigned i = 0; i < n; ++i) emu_shared_mem.emplace_back((char*)a[2 * i], (size_t)a[2 * i + 1]);
+}
+
 // ---- launches ----
 inline float emu_f32(unsigned long long w) { return __uint_as_float((unsigned)w); }
 inline double emu_f64(unsigned long long w) { double d; std::memcpy(&d, &w, 8); return d; }
@@ -255,6 +265,7 @@ template <class F> static void emu_run_grid(unsigned grid, unsigned block, F f) 
     b.warps.reset(new emu_warp[nw]);
     for (unsigned i = 0; i < nw; ++i) b.warps[i].lanes = std::min(32u, block - 32 * i);
     auto reset = [&b, nw, block] {
+        for (auto& r : emu_shared_mem) std::memset(r.first, 0xff, r.second);
         b.bar.expected = block;
         std::fill(b.gone.begin(), b.gone.end(), 0);
         for (unsigned i = 0; i < nw; ++i) {
@@ -462,7 +473,7 @@ fn module(file: &str) -> &'static Module {
 fn build(file: &str, src: &str) -> Module {
     let mut full = src.to_string();
     let mut sigs = BTreeMap::new();
-    for name in kernels::entry_points(&src) {
+    for name in kernels::entry_points(src) {
         let ps = params(src, &name);
         full.push_str(&wrapper(&name, &ps));
         sigs.insert(name, ps.into_iter().map(|p| p.1).collect());
@@ -502,7 +513,83 @@ fn build(file: &str, src: &str) -> Module {
     // SAFETY: a library built from the kernels and the shim above; its initialisers only set
     // statics.
     let lib = unsafe { libloading::Library::new(&so) }.unwrap();
+    let ranges = shared_statics(&so, src, &lib);
+    // Every declaration (one per line) has at least one static (templates have one per
+    // instance).
+    let decls = src
+        .lines()
+        .filter(|l| l.trim_start().starts_with("__shared__"))
+        .count();
+    assert!(
+        ranges.len() / 2 >= decls,
+        "{file}: {decls} __shared__ declarations, {} in the library's symbols",
+        ranges.len() / 2
+    );
+    // SAFETY: `emu_set_shared(const unsigned long long*, unsigned)` reads `n` (address, size)
+    // pairs, each a static of the library.
+    unsafe {
+        let set: libloading::Symbol<unsafe extern "C" fn(*const u64, u32)> =
+            lib.get(b"emu_set_shared").unwrap();
+        set(ranges.as_ptr(), (ranges.len() / 2) as u32);
+    }
     Module { lib, sigs }
+}
+
+/// The `__shared__` arrays of `src` in the loaded `lib`, as (address, size) pairs: the
+/// function-local statics (`_ZZ<len><function>...`) of the functions `src` defines, read
+/// from the symbol table with `nm` and moved by the library's load address.
+fn shared_statics(so: &std::path::Path, src: &str, lib: &libloading::Library) -> Vec<u64> {
+    let res = std::process::Command::new("nm")
+        .args(["-S", "--defined-only"])
+        .arg(so)
+        .output()
+        .expect("nm runs");
+    assert!(res.status.success(), "nm failed on {}", so.display());
+    let text = String::from_utf8_lossy(&res.stdout);
+    let syms: Vec<(u64, u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [a, n, _, name] => Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(n, 16).ok()?,
+                    name,
+                )),
+                [a, _, name] => Some((u64::from_str_radix(a, 16).ok()?, 0, name)),
+                _ => None,
+            }
+        })
+        .collect();
+    let probe = syms
+        .iter()
+        .find(|s| s.2 == "emu_error")
+        .expect("emu_error in the symbol table")
+        .0;
+    // SAFETY: only the address of the function is taken.
+    let at = unsafe {
+        let f: libloading::Symbol<unsafe extern "C" fn()> = lib.get(b"emu_error").unwrap();
+        *f as usize as u64
+    };
+    let base = at - probe;
+    let mut out = Vec::new();
+    for (addr, size, name) in syms {
+        let Some(rest) = name.strip_prefix("_ZZ") else {
+            continue;
+        };
+        let rest = rest.strip_prefix('L').unwrap_or(rest);
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        let Ok(len) = rest[..digits].parse::<usize>() else {
+            continue;
+        };
+        let Some(func) = rest.get(digits..digits + len) else {
+            continue;
+        };
+        if size > 0 && src.contains(&format!(" {func}(")) {
+            out.extend([base + addr, size]);
+        }
+    }
+    out
 }
 
 impl Module {
@@ -522,7 +609,10 @@ impl Module {
             .get(name)
             .unwrap_or_else(|| panic!("no kernel {name}"));
         let kinds: Vec<Kind> = args.iter().map(|a| a.kind()).collect();
-        assert_eq!(&kinds, sig, "{name}: the arguments do not match the signature");
+        assert_eq!(
+            &kinds, sig,
+            "{name}: the arguments do not match the signature"
+        );
         let words: Vec<u64> = args.iter().map(|a| a.word()).collect();
         let _run = RUN.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the launcher's signature is the one `wrapper` generated; the arguments match
@@ -584,7 +674,8 @@ fn check(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (*g as f64 - w).abs();
         let lim = atol + rtol * w.abs();
-        if !(err <= lim) {
+        // A NaN error (a NaN or a sentinel read back) fails too.
+        if err.is_nan() || err > lim {
             bad.push(i);
         }
         if err.is_finite() {
@@ -608,7 +699,13 @@ fn check(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
 fn check_bits(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        panic!("{what}: element {i} is {} (bits {:#x}), want {} (bits {:#x})", got[i], got[i].to_bits(), want[i], want[i].to_bits());
+        panic!(
+            "{what}: element {i} is {} (bits {:#x}), want {} (bits {:#x})",
+            got[i],
+            got[i].to_bits(),
+            want[i],
+            want[i].to_bits()
+        );
     }
 }
 
@@ -660,6 +757,13 @@ extern "C" __global__ void emu_atomics(float* f, double* d, int* c, int* m, int 
         atomicMax(m, (int)(blockIdx.x * blockDim.x + threadIdx.x));
     }
 }
+// Block 0 writes its shared array, block 1 does not: it must find it uninitialised.
+extern "C" __global__ void emu_uninit(float* out) {
+    __shared__ float s[64];
+    if (blockIdx.x == 0) s[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
 extern "C" __global__ void emu_divergent_sync(int* out) {
     if (threadIdx.x < 32) __syncthreads();
     else __syncthreads();
@@ -704,7 +808,12 @@ fn the_emulator_runs_shuffles_barriers_and_atomics_as_cuda_does() {
     }
 
     let mut o = vec![0.0f32; n];
-    m.launch("emu_shared", grid as u32, block as u32, &[inp(&x), out(&mut o)]);
+    m.launch(
+        "emu_shared",
+        grid as u32,
+        block as u32,
+        &[inp(&x), out(&mut o)],
+    );
     for b in 0..grid {
         let total: f32 = x[b * block..(b + 1) * block].iter().sum();
         for t in 0..block {
@@ -718,9 +827,24 @@ fn the_emulator_runs_shuffles_barriers_and_atomics_as_cuda_does() {
         "emu_atomics",
         2,
         256,
-        &[out(&mut f), out(&mut d), out(&mut c), out(&mut mx), A::I(100)],
+        &[
+            out(&mut f),
+            out(&mut d),
+            out(&mut c),
+            out(&mut mx),
+            A::I(100),
+        ],
     );
     assert_eq!((f[0], d[0], c[0], mx[0]), (51200.0, 25600.0, 51200, 511));
+
+    // Shared memory is uninitialised at the start of every block (here: NaN).
+    let mut o = vec![0.0f32; 128];
+    m.launch("emu_uninit", 2, 64, &[out(&mut o)]);
+    assert!(
+        o[..64].iter().all(|v| *v == 1.0),
+        "block 0 reads what it wrote"
+    );
+    assert!(o[64..].iter().all(|v| v.is_nan()), "block 1 reads poison");
 
     // What is undefined on the device is reported.
     let mut flag = vec![0i32];
@@ -775,9 +899,21 @@ fn layernorm_ref(
     (o, gx, gg, gb)
 }
 
-/// Forward and backward of `rows` rows of `n` on blocks of `block` threads, the backward on
-/// `bgrid` blocks; `in_place` writes out over x and gx over gy (both allowed by the kernels).
-fn layernorm_case(seed: u64, rows: usize, n: usize, block: u32, bgrid: u32, in_place: bool) {
+/// Where the layernorm kernels write (the header allows out = x, gx = x and gx = gy).
+#[derive(Clone, Copy, PartialEq)]
+enum Alias {
+    /// Buffers of their own.
+    None,
+    /// out over x, gx over gy.
+    Gy,
+    /// out over x, gx over x.
+    X,
+}
+
+/// Forward and backward of `rows` rows of `n` on `grid` blocks of `block` threads (blocks
+/// stride over the rows when `grid < rows`).
+fn layernorm_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, alias: Alias) {
+    let in_place = alias != Alias::None;
     let m = module("layernorm.cu");
     let mut rng = Rng::new(seed);
     // Rows with an offset and a spread of their own, so that mean and variance matter.
@@ -800,21 +936,32 @@ fn layernorm_case(seed: u64, rows: usize, n: usize, block: u32, bgrid: u32, in_p
     let ob_ptr = out(ob);
     m.launch(
         "diagc_layernorm_fwd",
-        rows as u32,
+        grid,
         block,
-        &[inp(&xb), inp(&gain), inp(&bias), ob_ptr, A::I(r32), A::I(n32)],
+        &[
+            inp(&xb),
+            inp(&gain),
+            inp(&bias),
+            ob_ptr,
+            A::I(r32),
+            A::I(n32),
+        ],
     );
     let o = if in_place { &xb } else { &o };
     check(&format!("{what}: out"), body("out", o), &ro, 1e-4, 1e-5);
 
-    let xb = guarded(x);
+    let mut xb = guarded(x);
     let mut gyb = guarded(gy);
     let mut gx = unwritten(rows * n);
     let (mut gg, mut gb) = (guarded(vec![0.0; n]), guarded(vec![0.0; n]));
-    let gx_ptr = if in_place { out(&mut gyb) } else { out(&mut gx) };
+    let gx_ptr = match alias {
+        Alias::None => out(&mut gx),
+        Alias::Gy => out(&mut gyb),
+        Alias::X => out(&mut xb),
+    };
     m.launch(
         "diagc_layernorm_bwd",
-        bgrid,
+        grid,
         block,
         &[
             inp(&xb),
@@ -827,25 +974,43 @@ fn layernorm_case(seed: u64, rows: usize, n: usize, block: u32, bgrid: u32, in_p
             A::I(n32),
         ],
     );
-    let gx = if in_place { &gyb } else { &gx };
+    let gx = match alias {
+        Alias::None => &gx,
+        Alias::Gy => &gyb,
+        Alias::X => &xb,
+    };
     let tol = 1e-5 * max_abs(&rgx).max(1.0);
     check(&format!("{what}: gx"), body("gx", gx), &rgx, 1e-4, tol);
     let tol = 1e-5 * max_abs(&rgg).max(1.0);
-    check(&format!("{what}: ggain"), body("ggain", &gg), &rgg, 1e-4, tol);
+    check(
+        &format!("{what}: ggain"),
+        body("ggain", &gg),
+        &rgg,
+        1e-4,
+        tol,
+    );
     let tol = 1e-5 * max_abs(&rgb).max(1.0);
-    check(&format!("{what}: gbias"), body("gbias", &gb), &rgb, 1e-4, tol);
+    check(
+        &format!("{what}: gbias"),
+        body("gbias", &gb),
+        &rgb,
+        1e-4,
+        tol,
+    );
 }
 
 #[test]
 fn layernorm_forward_and_backward_match_the_cpu_formulas() {
     // n = 512 with the documented block of 128; n = 100 (not a multiple of 32) leaves threads
-    // without columns; a backward grid smaller than the rows makes blocks stride.
-    layernorm_case(1, 37, 512, 128, 37, false);
-    layernorm_case(2, 37, 100, 128, 37, false);
-    layernorm_case(3, 37, 100, 128, 5, true);
-    layernorm_case(4, 37, 512, 128, 8, true);
+    // without columns; a grid smaller than the rows makes blocks stride.
+    layernorm_case(1, 37, 512, 128, 37, Alias::None);
+    layernorm_case(2, 37, 100, 128, 37, Alias::None);
+    layernorm_case(3, 37, 100, 128, 5, Alias::Gy);
+    layernorm_case(4, 37, 512, 128, 8, Alias::X);
     // Beyond 4096 columns the backward accumulates ggain and gbias with atomics.
-    layernorm_case(5, 3, 4100, 256, 2, false);
+    layernorm_case(5, 3, 4100, 256, 2, Alias::None);
+    // Fewer columns than a warp.
+    layernorm_case(6, 5, 7, 32, 5, Alias::Gy);
 }
 
 // ---- cross-entropy ----
@@ -862,7 +1027,10 @@ fn xent_ref(logits: &[f32], targets: &[f32], gy: f64, n: usize) -> (f64, Vec<f64
             continue;
         }
         let t = t as usize;
-        let l: Vec<f64> = logits[r * n..(r + 1) * n].iter().map(|v| *v as f64).collect();
+        let l: Vec<f64> = logits[r * n..(r + 1) * n]
+            .iter()
+            .map(|v| *v as f64)
+            .collect();
         let m = l.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
         let z: f64 = l.iter().map(|v| (v - m).exp()).sum();
         loss += m + z.ln() - l[t];
@@ -873,7 +1041,15 @@ fn xent_ref(logits: &[f32], targets: &[f32], gy: f64, n: usize) -> (f64, Vec<f64
     (loss, g)
 }
 
-fn xent_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, bad_row: Option<usize>) {
+/// Forward and backward on `grid` blocks of `block` threads; `bad_row` gets an invalid target;
+/// `in_place` writes glogits over the logits (allowed by the kernel).
+fn xent_case(
+    seed: u64,
+    (rows, n): (usize, usize),
+    (block, grid): (u32, u32),
+    bad_row: Option<usize>,
+    in_place: bool,
+) {
     let m = module("cross_entropy.cu");
     let mut rng = Rng::new(seed);
     let logits = rand_vec(&mut rng, rows * n, -4.0, 4.0);
@@ -886,7 +1062,7 @@ fn xent_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, bad_row: O
     let gy = 0.7f32;
     let (rl, rg) = xent_ref(&logits, &targets, gy as f64, n);
     let what = format!("xent rows={rows} n={n} block={block} grid={grid}");
-    let (logits, targets, gyb) = (guarded(logits), guarded(targets), guarded(vec![gy]));
+    let (mut logits, targets, gyb) = (guarded(logits), guarded(targets), guarded(vec![gy]));
     let mut loss = guarded(vec![0.0]);
     let mut bad = vec![0i32; 2];
     m.launch(
@@ -903,8 +1079,19 @@ fn xent_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, bad_row: O
         ],
     );
     assert_eq!(bad, [bad_row.is_some() as i32, 0], "{what}: *bad");
-    check(&format!("{what}: loss"), body("loss", &loss), &[rl], 1e-5, 1e-5);
+    check(
+        &format!("{what}: loss"),
+        body("loss", &loss),
+        &[rl],
+        1e-5,
+        1e-5,
+    );
     let mut g = unwritten(rows * n);
+    let gp = if in_place {
+        out(&mut logits)
+    } else {
+        out(&mut g)
+    };
     m.launch(
         "diagc_xent_bwd",
         grid,
@@ -913,27 +1100,34 @@ fn xent_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, bad_row: O
             inp(&logits),
             inp(&targets),
             inp(&gyb),
-            out(&mut g),
+            gp,
             A::I(rows as i32),
             A::I(n as i32),
         ],
     );
-    check(&format!("{what}: glogits"), body("glogits", &g), &rg, 1e-4, 1e-8);
+    let g = if in_place { &logits } else { &g };
+    check(
+        &format!("{what}: glogits"),
+        body("glogits", g),
+        &rg,
+        1e-4,
+        1e-8,
+    );
 }
 
 #[test]
 fn cross_entropy_forward_and_backward_match_the_reference() {
-    xent_case(11, 13, 10000, 256, 13, None);
-    xent_case(12, 13, 10000, 512, 4, None);
-    xent_case(13, 13, 37, 256, 13, None);
-    xent_case(14, 13, 37, 128, 3, None);
+    xent_case(11, (13, 10000), (256, 13), None, false);
+    xent_case(12, (13, 10000), (512, 4), None, true);
+    xent_case(13, (13, 37), (256, 13), None, false);
+    xent_case(14, (13, 37), (128, 3), None, true);
 }
 
 #[test]
 fn cross_entropy_flags_a_target_outside_the_classes() {
     // The rejected row adds nothing to the loss and gets a zero gradient.
-    xent_case(15, 13, 37, 256, 13, Some(4));
-    xent_case(16, 13, 10000, 256, 5, Some(12));
+    xent_case(15, (13, 37), (256, 13), Some(4), false);
+    xent_case(16, (13, 10000), (256, 5), Some(12), true);
     // Negative and NaN targets are rejected too.
     let m = module("cross_entropy.cu");
     for t in [-1.0f32, f32::NAN, -0.5] {
@@ -1020,6 +1214,32 @@ fn embedding_gathers_and_scatter_adds_repeated_ids() {
         check("embedding gradient", body("gtable", &g), &gwant, 1e-5, 1e-6);
     }
 
+    // Contention: every thread of a block adds to the same two elements (a plain `+=` instead
+    // of atomicAdd loses updates here even on two cores).
+    let (count2, dim2) = (8192usize, 2usize);
+    let ids2: Vec<f32> = (0..count2).map(|i| (i % 2) as f32).collect();
+    let gy2 = vec![1.0f32; count2 * dim2];
+    let (idb2, gyb2) = (guarded(ids2), guarded(gy2));
+    let mut g = guarded(vec![0.0; 2 * dim2]);
+    m.launch(
+        "diagc_embed_bwd",
+        (count2 * dim2).div_ceil(256) as u32,
+        256,
+        &[
+            inp(&idb2),
+            inp(&gyb2),
+            out(&mut g),
+            A::I(count2 as i32),
+            A::I(dim2 as i32),
+            A::I(2),
+        ],
+    );
+    check_bits(
+        "embedding gradient under contention",
+        body("gtable", &g),
+        &[(count2 / 2) as f32; 4],
+    );
+
     // Invalid ids (out of range, fractional, negative, NaN): the forward zeroes their rows and
     // sets *bad, the backward skips them.
     for badid in [vocab as f32, 2.5, -1.0, f32::NAN] {
@@ -1052,7 +1272,13 @@ fn embedding_gathers_and_scatter_adds_repeated_ids() {
         for c in 0..dim {
             gw[id * dim + c] -= body("gy", &gyb)[7 * dim + c] as f64;
         }
-        check("embedding gradient, bad id skipped", body("gtable", &g), &gw, 1e-5, 1e-6);
+        check(
+            "embedding gradient, bad id skipped",
+            body("gtable", &g),
+            &gw,
+            1e-5,
+            1e-6,
+        );
     }
 }
 
@@ -1065,7 +1291,13 @@ fn dropout_is_bitwise_the_cpu_mask_times_the_scale() {
     let n = 10007usize;
     let x = rand_vec(&mut rng, n, -3.0, 3.0);
     for (p, seed, key, grid, in_place) in [
-        (0.1f64, 0x1234_5678_9abc_def0u64, 3u64, n.div_ceil(256) as u32, false),
+        (
+            0.1f64,
+            0x1234_5678_9abc_def0u64,
+            3u64,
+            n.div_ceil(256) as u32,
+            false,
+        ),
         (0.5, 42, 0xdead_beef, 7, true),
         (0.9, u64::MAX, 0, n.div_ceil(256) as u32, false),
         (1.0 / 3.0, 7, 11, 1, false),
@@ -1147,10 +1379,19 @@ fn adam_is_bitwise_the_cpu_update() {
     let mut rng = Rng::new(41);
     let lens = [1000usize, 77];
     let mut cpu = Adam::new(&lens);
-    let mut params: Vec<Vec<f32>> = lens.iter().map(|n| rand_vec(&mut rng, *n, -1.0, 1.0)).collect();
+    let mut params: Vec<Vec<f32>> = lens
+        .iter()
+        .map(|n| rand_vec(&mut rng, *n, -1.0, 1.0))
+        .collect();
     let mut dev: Vec<[Vec<f32>; 3]> = params
         .iter()
-        .map(|p| [guarded(p.clone()), guarded(vec![0.0; p.len()]), guarded(vec![0.0; p.len()])])
+        .map(|p| {
+            [
+                guarded(p.clone()),
+                guarded(vec![0.0; p.len()]),
+                guarded(vec![0.0; p.len()]),
+            ]
+        })
         .collect();
     let lr = 3e-3;
     for (step, k) in [1.0f32, 0.37, 1.0, 0.81].into_iter().enumerate() {
@@ -1196,10 +1437,19 @@ fn sum_of_squares_clip_factor_and_device_adam_match_the_cpu() {
     let mut rng = Rng::new(51);
     let lens = [100_003usize, 300];
     let mut cpu = Adam::new(&lens);
-    let mut params: Vec<Vec<f32>> = lens.iter().map(|n| rand_vec(&mut rng, *n, -1.0, 1.0)).collect();
+    let mut params: Vec<Vec<f32>> = lens
+        .iter()
+        .map(|n| rand_vec(&mut rng, *n, -1.0, 1.0))
+        .collect();
     let mut dev: Vec<[Vec<f32>; 3]> = params
         .iter()
-        .map(|p| [guarded(p.clone()), guarded(vec![0.0; p.len()]), guarded(vec![0.0; p.len()])])
+        .map(|p| {
+            [
+                guarded(p.clone()),
+                guarded(vec![0.0; p.len()]),
+                guarded(vec![0.0; p.len()]),
+            ]
+        })
         .collect();
     let lr = 1e-3;
     for step in 0..3 {
@@ -1208,11 +1458,7 @@ fn sum_of_squares_clip_factor_and_device_adam_match_the_cpu() {
             .map(|n| rand_vec(&mut rng, *n, -3.0, 3.0))
             .collect();
         let views: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-        let exact: f64 = grads
-            .iter()
-            .flatten()
-            .map(|x| *x as f64 * *x as f64)
-            .sum();
+        let exact: f64 = grads.iter().flatten().map(|x| *x as f64 * *x as f64).sum();
         let (norm, _) = clip_factor(&views, 0.0);
         // Clipping on, off (the norm is within it) and disabled.
         let max = [0.5 * norm, 1e9, 0.0][step];
@@ -1221,7 +1467,11 @@ fn sum_of_squares_clip_factor_and_device_adam_match_the_cpu() {
         for (i, g) in grads.iter().enumerate() {
             let gb = guarded(g.clone());
             // A capped grid (blocks stride) for the big buffer.
-            let grid = if i == 0 { 3 } else { g.len().div_ceil(256) as u32 };
+            let grid = if i == 0 {
+                3
+            } else {
+                g.len().div_ceil(256) as u32
+            };
             m.launch(
                 "diagc_sum_squares",
                 grid,
@@ -1257,7 +1507,11 @@ fn sum_of_squares_clip_factor_and_device_adam_match_the_cpu() {
         } else {
             1.0
         };
-        assert_eq!(k.to_bits(), want_k.to_bits(), "clip factor from the device norm");
+        assert_eq!(
+            k.to_bits(),
+            want_k.to_bits(),
+            "clip factor from the device norm"
+        );
         // The device's norm may differ from the CPU's in the last bits: k within an ulp.
         assert!(
             (k.to_bits() as i64 - ck.to_bits() as i64).abs() <= 1,
@@ -1304,7 +1558,15 @@ struct Attn {
 }
 
 /// Naive causal softmax attention in f64 and its gradients for the upstream gradient `g`.
-fn attention_ref(bh: usize, t: usize, d: usize, q: &[f32], k: &[f32], v: &[f32], g: &[f32]) -> Attn {
+fn attention_ref(
+    bh: usize,
+    t: usize,
+    d: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: &[f32],
+) -> Attn {
     let scale = 1.0 / (d as f64).sqrt();
     let at = |x: &[f32], b: usize, i: usize, c: usize| x[(b * t + i) * d + c] as f64;
     let n = bh * t * d;
@@ -1381,17 +1643,20 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
     );
     let tol = |x: &[f64]| 1e-5 * max_abs(x).max(1.0);
     check(&format!("{what}: o"), body("o", &o), &r.o, 1e-4, tol(&r.o));
-    check(&format!("{what}: lse"), body("lse", &lse), &r.lse, 1e-5, 1e-5);
+    check(
+        &format!("{what}: lse"),
+        body("lse", &lse),
+        &r.lse,
+        1e-5,
+        1e-5,
+    );
 
     // The backward from the reference's o and lse (rounded to f32), so that it is checked on
     // its own.
     let ob = guarded(r.o.iter().map(|x| *x as f32).collect());
     let lb = guarded(r.lse.iter().map(|x| *x as f32).collect());
     let (mut dq, mut dk, mut dv) = (unwritten(n), unwritten(n), unwritten(n));
-    for (kernel, grid) in [
-        ("dq", bh * t.div_ceil(tq)),
-        ("dkdv", bh * t.div_ceil(tk)),
-    ] {
+    for (kernel, grid) in [("dq", bh * t.div_ceil(tq)), ("dkdv", bh * t.div_ceil(tk))] {
         let mut args = vec![
             inp(&qb),
             inp(&kb),
@@ -1404,11 +1669,34 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
             out(&mut dv),
         ];
         args.extend(dims);
-        m.launch(&format!("diagc_flash_bwd_{kernel}_d{d}"), grid as u32, 128, &args);
+        m.launch(
+            &format!("diagc_flash_bwd_{kernel}_d{d}"),
+            grid as u32,
+            128,
+            &args,
+        );
     }
-    check(&format!("{what}: dq"), body("dq", &dq), &r.dq, 1e-4, tol(&r.dq));
-    check(&format!("{what}: dk"), body("dk", &dk), &r.dk, 1e-4, tol(&r.dk));
-    check(&format!("{what}: dv"), body("dv", &dv), &r.dv, 1e-4, tol(&r.dv));
+    check(
+        &format!("{what}: dq"),
+        body("dq", &dq),
+        &r.dq,
+        1e-4,
+        tol(&r.dq),
+    );
+    check(
+        &format!("{what}: dk"),
+        body("dk", &dk),
+        &r.dk,
+        1e-4,
+        tol(&r.dk),
+    );
+    check(
+        &format!("{what}: dv"),
+        body("dv", &dv),
+        &r.dv,
+        1e-4,
+        tol(&r.dv),
+    );
 }
 
 #[test]
@@ -1505,8 +1793,9 @@ fn linattn_ref(
                     r.dqf[(b * t + i) * d + a] += bij * k(j, a);
                     r.dkf[(b * t + j) * d + a] += bij * q(i, a);
                 }
-                for c in 0..e {
-                    r.dv[(b * t + j) * e + c] += aij * dn[c];
+                let row = &mut r.dv[(b * t + j) * e..(b * t + j + 1) * e];
+                for (x, y) in row.iter_mut().zip(&dn) {
+                    *x += aij * y;
                 }
             }
         }
@@ -1576,8 +1865,20 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
         &args,
     );
     let tol = |x: &[f64]| 1e-5 * max_abs(x).max(1.0);
-    check(&format!("{what}: out"), body("out", &o), &r.out, 1e-4, tol(&r.out));
-    check(&format!("{what}: den"), body("den", &den), &r.den, 1e-5, 0.0);
+    check(
+        &format!("{what}: out"),
+        body("out", &o),
+        &r.out,
+        1e-4,
+        tol(&r.out),
+    );
+    check(
+        &format!("{what}: den"),
+        body("den", &den),
+        &r.den,
+        1e-5,
+        0.0,
+    );
 
     // The backward from the reference's out and den (rounded to f32).
     let ob = guarded(r.out.iter().map(|x| *x as f32).collect());
@@ -1605,9 +1906,27 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
         128,
         &args,
     );
-    check(&format!("{what}: dqf"), body("dqf", &dq), &r.dqf, 1e-4, tol(&r.dqf));
-    check(&format!("{what}: dkf"), body("dkf", &dk), &r.dkf, 1e-4, tol(&r.dkf));
-    check(&format!("{what}: dv"), body("dv", &dv), &r.dv, 1e-4, tol(&r.dv));
+    check(
+        &format!("{what}: dqf"),
+        body("dqf", &dq),
+        &r.dqf,
+        1e-4,
+        tol(&r.dqf),
+    );
+    check(
+        &format!("{what}: dkf"),
+        body("dkf", &dk),
+        &r.dkf,
+        1e-4,
+        tol(&r.dkf),
+    );
+    check(
+        &format!("{what}: dv"),
+        body("dv", &dv),
+        &r.dv,
+        1e-4,
+        tol(&r.dv),
+    );
 }
 
 #[test]
@@ -1622,4 +1941,54 @@ fn linear_attention_matches_the_m0_formula() {
     // Widths that are not multiples of 32, and several slices with a partial last one.
     linattn_case(seed, 2, 35, 20, 24);
     linattn_case(seed + 1, 2, 17, 40, 72);
+    // The largest widths the kernels take.
+    linattn_case(seed + 2, 1, 20, 128, 128);
+    // Beyond them the kernels return without writing.
+    let m = module("linear_attention.cu");
+    for (d, e) in [(129, 8), (8, 129)] {
+        let (t, bh) = (2usize, 1usize);
+        let (qf, kf) = (guarded(vec![0.5; t * d]), guarded(vec![0.5; t * d]));
+        let (v, g) = (guarded(vec![0.5; t * e]), guarded(vec![0.5; t * e]));
+        let dims = [
+            A::I(bh as i32),
+            A::I(t as i32),
+            A::I(d as i32),
+            A::I(e as i32),
+        ];
+        let (mut o, mut den) = (unwritten(t * e), unwritten(t));
+        let mut args = vec![inp(&qf), inp(&kf), inp(&v), out(&mut o), out(&mut den)];
+        args.extend(dims);
+        m.launch("diagc_linattn_fwd", e.div_ceil(32) as u32, 128, &args);
+        let (mut dq, mut dk, mut dv) = (unwritten(t * d), unwritten(t * d), unwritten(t * e));
+        let mut args = vec![
+            inp(&qf),
+            inp(&kf),
+            inp(&v),
+            inp(&o),
+            inp(&den),
+            inp(&g),
+            out(&mut dq),
+            out(&mut dk),
+            out(&mut dv),
+        ];
+        args.extend(dims);
+        m.launch(
+            "diagc_linattn_bwd",
+            (2 * d.div_ceil(32) + e.div_ceil(32)) as u32,
+            128,
+            &args,
+        );
+        for (what, buf) in [
+            ("out", &o),
+            ("den", &den),
+            ("dqf", &dq),
+            ("dkf", &dk),
+            ("dv", &dv),
+        ] {
+            assert!(
+                buf.iter().all(|x| x.to_bits() == SENTINEL),
+                "D={d} E={e}: {what} written"
+            );
+        }
+    }
 }
