@@ -1137,6 +1137,26 @@ pub fn generate_module_with(plans: &[(&str, &Plan, &str)], hand: bool) -> (Strin
             errors: g.errors,
         });
     }
+    // The hand-written kernels the launches use, so that the module is complete: their files
+    // (after common.cuh, which they share) follow the generated kernels.
+    let mut files: Vec<&str> = parts
+        .iter()
+        .flat_map(|p| &p.steps)
+        .flat_map(|s| &s.ops)
+        .filter_map(|o| match o {
+            Op::Hand(h) => Some(h.file),
+            _ => None,
+        })
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    for f in files {
+        let text = super::kernels::FILES
+            .iter()
+            .find(|(n, _)| *n == f)
+            .map_or("", |(_, t)| *t);
+        let _ = write!(body, "\n// ---- kernels/{f} (hand-written) ----\n{text}");
+    }
     let source = format!(
         "{head}\n// ---- kernels/common.cuh ----\n{}\n{}{}",
         super::kernels::common(),

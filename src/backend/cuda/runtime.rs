@@ -294,8 +294,6 @@ impl GpuPlan {
                 args: l.args.clone(),
             })
         };
-        // The hand-written modules this plan uses, each compiled (cached) and loaded once.
-        let mut hand_modules = std::collections::HashMap::new();
         for step in &g.steps {
             for op in &step.ops {
                 match op {
@@ -304,17 +302,9 @@ impl GpuPlan {
                             ops.push(load(l)?);
                         }
                     }
+                    // The hand-written kernels are in the same module (after the generated ones).
                     Op::Hand(h) => {
-                        if !hand_modules.contains_key(h.file) {
-                            let (_, src) = super::kernels::modules()
-                                .into_iter()
-                                .find(|(n, _)| *n == h.file)
-                                .ok_or_else(|| {
-                                    format!("kernels/{} is not in the binary", h.file)
-                                })?;
-                            hand_modules.insert(h.file, gpu.load(&src, h.file)?);
-                        }
-                        let m = &hand_modules[h.file];
+                        let m = &module;
                         ops.push(RtOp::Launch {
                             f: m.load_function(h.kernel).map_err(drv)?,
                             grid: h.grid,
