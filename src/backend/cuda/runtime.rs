@@ -39,7 +39,13 @@ pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
+    /// cuBLAS's workspace, given explicitly so that a captured graph never asks cuBLAS to
+    /// allocate (as PyTorch does for graph capture).
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of cuBLAS workspace (what PyTorch gives cuBLAS on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 pub(crate) fn drv(e: impl std::fmt::Debug) -> String {
     format!("CUDA: {e:?}")
@@ -73,11 +79,24 @@ impl Gpu {
         unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
             .result()
             .map_err(drv)?;
+        let workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(drv)?;
+        let wptr = workspace.device_ptr(&stream).0;
+        // SAFETY: the workspace outlives the handle's use (both live in this `Gpu`).
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                wptr as *mut std::ffi::c_void,
+                BLAS_WORKSPACE,
+            )
+        }
+        .result()
+        .map_err(drv)?;
         Ok(Gpu {
             info,
             ctx,
             stream,
             blas,
+            _blas_workspace: workspace,
         })
     }
 
