@@ -1188,28 +1188,13 @@ fn bench_cmd(
     }
     if pytorch {
         match run_pytorch(&cfg, steps.max(1), &["--threads", "2"]) {
-            Ok(v) => {
-                let (pf, ps) = (
-                    v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
-                    v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
-                );
-                println!(
-                    "PyTorch {} in the same run:",
-                    v["torch"].as_str().unwrap_or("?")
-                );
-                println!(
-                    "  forward+backward:         {pf:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                    r.fwd_bwd_tokens_per_s() / pf
-                );
-                println!(
-                    "  whole step (+clip, Adam): {ps:8.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                    r.step_tokens_per_s() / ps
-                );
-                println!(
-                    "  peak RSS: {:.0} MiB",
-                    v["peak_rss_mib"].as_f64().unwrap_or(0.0)
-                );
-            }
+            Ok(v) => print_pytorch(
+                &v,
+                "",
+                8,
+                (r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s()),
+                ("peak RSS", "peak_rss_mib"),
+            ),
             Err(e) => eprintln!("diagc: {e}"),
         }
     }
@@ -1251,6 +1236,35 @@ fn run_pytorch(
         .to_string();
     serde_json::from_str(&line)
         .map_err(|_| format!("could not read the PyTorch script's output: {line}"))
+}
+
+/// Prints PyTorch's figures from its JSON line `v` beside diagc's tokens/s `(forward+backward,
+/// whole step)`, with the ratios: `label` follows the version (` eager`), `width` is the
+/// figures' column width, `memory` the memory line's text and JSON key.
+fn print_pytorch(
+    v: &serde_json::Value,
+    label: &str,
+    width: usize,
+    (fb, step): (f64, f64),
+    (memory, key): (&str, &str),
+) {
+    let (pf, ps) = (
+        v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
+        v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "PyTorch {}{label} in the same run:",
+        v["torch"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  forward+backward:         {pf:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+        fb / pf
+    );
+    println!(
+        "  whole step (+clip, Adam): {ps:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+        step / ps
+    );
+    println!("  {memory}: {:.0} MiB", v[key].as_f64().unwrap_or(0.0));
 }
 
 /// `diagc bench --device cuda`: the training step on the GPU, and PyTorch's (eager and
@@ -1300,28 +1314,13 @@ fn bench_cuda(
                 extra.push("--tf32");
             }
             match run_pytorch(cfg, steps, &extra) {
-                Ok(v) => {
-                    let (pf, ps) = (
-                        v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
-                        v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
-                    );
-                    println!(
-                        "PyTorch {} {label} in the same run:",
-                        v["torch"].as_str().unwrap_or("?")
-                    );
-                    println!(
-                        "  forward+backward:         {pf:10.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                        tokens / fb / pf
-                    );
-                    println!(
-                        "  whole step (+clip, Adam): {ps:10.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-                        tokens / step / ps
-                    );
-                    println!(
-                        "  peak GPU memory (allocator): {:.0} MiB",
-                        v["peak_gpu_mib"].as_f64().unwrap_or(0.0)
-                    );
-                }
+                Ok(v) => print_pytorch(
+                    &v,
+                    &format!(" {label}"),
+                    10,
+                    (tokens / fb, tokens / step),
+                    ("peak GPU memory (allocator)", "peak_gpu_mib"),
+                ),
                 Err(e) => eprintln!("diagc: {e}"),
             }
         }
