@@ -396,9 +396,7 @@ impl Gen {
                 if si != [dim, 1] || sr != [1, 1] || *vstride != dim {
                     return None;
                 }
-                let code = self.error(format!(
-                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
-                ));
+                let code = self.id_error(label, *vocab);
                 Some(vec![hand(
                     "embedding.cu",
                     "diagc_embed_fwd",
@@ -449,6 +447,45 @@ impl Gen {
             }
             _ => None,
         }
+    }
+
+    /// The error code of a bad id in the embedding of step `label`.
+    fn id_error(&mut self, label: &str, vocab: usize) -> usize {
+        self.error(format!(
+            "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
+        ))
+    }
+
+    /// Opens a one-thread-per-(id, row element) kernel, the embedding's and its gradient's:
+    /// offsets `a*` over `ids` (the id at `p0[a1]`), `r*` over `row`, then the id check, which
+    /// records the error code, runs `on_bad` and returns. Returns the threads to launch.
+    fn open_by_id(
+        &mut self,
+        name: &str,
+        ids: &Nest<2>,
+        row: &Nest<2>,
+        vocab: usize,
+        label: &str,
+        on_bad: &str,
+    ) -> u64 {
+        let code = self.id_error(label, vocab);
+        let s = &mut self.src;
+        let (idims, rdims) = (dims_of(ids), dims_of(row));
+        let per = points(&rdims);
+        let n = points(&idims) * per;
+        open(s, name, &params(3, &["int* err"]), n);
+        let _ = writeln!(
+            s,
+            "    unsigned long long ii = i / {per}ULL, ri = i % {per}ULL;"
+        );
+        offsets(s, &idims, 2, "ii", "a");
+        offsets(s, &rdims, 2, "ri", "r");
+        let _ = writeln!(
+            s,
+            "    float id = p0[a1];\n    \
+             if (!(id >= 0.0f && id < {vocab}.0f && id == floorf(id))) {{ atomicCAS(err, 0, {code}); {on_bad}return; }}"
+        );
+        n
     }
 
     fn step(&mut self, i: usize, k: &Kernel, locs: &[Loc], label: &str) -> Vec<Op> {
@@ -904,25 +941,11 @@ impl Gen {
                 if ids.len() == 0 || row.len() == 0 {
                     return vec![];
                 }
-                let code = self.error(format!(
-                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
-                ));
-                let s = &mut self.src;
-                let (idims, rdims) = (dims_of(ids), dims_of(row));
-                let per = points(&rdims);
-                let n = points(&idims) * per;
-                open(s, &name, &params(3, &["int* err"]), n);
+                // Pointers [ids, table, out]; `ids` operands [out, ids], `row` [out, table].
+                let n = self.open_by_id(&name, ids, row, *vocab, label, "p2[a0 + r0] = 0.0f; ");
                 let _ = writeln!(
-                    s,
-                    "    unsigned long long ii = i / {per}ULL, ri = i % {per}ULL;"
-                );
-                offsets(s, &idims, 2, "ii", "a");
-                offsets(s, &rdims, 2, "ri", "r");
-                let _ = writeln!(
-                    s,
-                    "    float id = p0[a1];\n    \
-                     if (!(id >= 0.0f && id < {vocab}.0f && id == floorf(id))) {{ atomicCAS(err, 0, {code}); p2[a0 + r0] = 0.0f; return; }}\n    \
-                     p2[a0 + r0] = p1[(unsigned long long)id * {vstride}ULL + r1];\n}}"
+                    self.src,
+                    "    p2[a0 + r0] = p1[(unsigned long long)id * {vstride}ULL + r1];\n}}"
                 );
                 let mut args = bufs(locs);
                 args.push(Arg::Err);
@@ -939,26 +962,11 @@ impl Gen {
                 if ids.len() == 0 || row.len() == 0 {
                     return ops;
                 }
-                let code = self.error(format!(
-                    "{label}: an id is not a whole number in 0..{vocab} (the table's rows)"
-                ));
-                let s = &mut self.src;
                 // Pointers [ids, gy, gtable]; `ids` operands [gy, ids], `row` [gtable, gy].
-                let (idims, rdims) = (dims_of(ids), dims_of(row));
-                let per = points(&rdims);
-                let n = points(&idims) * per;
-                open(s, &name, &params(3, &["int* err"]), n);
+                let n = self.open_by_id(&name, ids, row, *vocab, label, "");
                 let _ = writeln!(
-                    s,
-                    "    unsigned long long ii = i / {per}ULL, ri = i % {per}ULL;"
-                );
-                offsets(s, &idims, 2, "ii", "a");
-                offsets(s, &rdims, 2, "ri", "r");
-                let _ = writeln!(
-                    s,
-                    "    float id = p0[a1];\n    \
-                     if (!(id >= 0.0f && id < {vocab}.0f && id == floorf(id))) {{ atomicCAS(err, 0, {code}); return; }}\n    \
-                     atomicAdd(&p2[(unsigned long long)id * {vstride}ULL + r0], p1[a0 + r1]);\n}}"
+                    self.src,
+                    "    atomicAdd(&p2[(unsigned long long)id * {vstride}ULL + r0], p1[a0 + r1]);\n}}"
                 );
                 let mut args = bufs(locs);
                 args.push(Arg::Err);
