@@ -253,16 +253,7 @@ impl Trainer {
             .as_ref()
             .is_some_and(|g| !g.steps.contains_key(&len));
         if needs {
-            let m = model_for(
-                &self.cfg,
-                self.corpus.vocab.len(),
-                len,
-                self.cfg.model.batch,
-            );
-            let forward = with_loss(
-                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
-                "vocab",
-            )?;
+            let forward = self.loss_instance(len, self.cfg.model.batch)?;
             let gradient = autodiff::gradient(&forward.diagram)?;
             let axes = ids_axes(&forward);
             let tg = super::model::TrainGraph { forward, gradient };
@@ -296,19 +287,20 @@ impl Trainer {
         self.params.iter().map(Vec::len).sum()
     }
 
+    /// The LM with its loss for windows of `len` tokens and `batch` columns: what the training
+    /// plans (CPU and GPU) differentiate and the evaluation plans run.
+    fn loss_instance(&self, len: usize, batch: usize) -> Result<Instance, String> {
+        let m = model_for(&self.cfg, self.corpus.vocab.len(), len, batch);
+        with_loss(
+            &lift_batch(&language_model(&m)?, "batch", m.batch)?,
+            "vocab",
+        )
+    }
+
     /// The compiled training graph for windows of `len` tokens.
     fn train_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
         if !self.train_graphs.contains_key(&len) {
-            let m = model_for(
-                &self.cfg,
-                self.corpus.vocab.len(),
-                len,
-                self.cfg.model.batch,
-            );
-            let inst = with_loss(
-                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
-                "vocab",
-            )?;
+            let inst = self.loss_instance(len, self.cfg.model.batch)?;
             let names: Vec<&String> = inst.params.iter().map(|p| &p.name).collect();
             if names != self.names.iter().collect::<Vec<_>>() {
                 return Err("the parameters differ between window lengths (a bug)".into());
@@ -335,11 +327,7 @@ impl Trainer {
 
     fn eval_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
         if !self.eval_graphs.contains_key(&len) {
-            let m = model_for(&self.cfg, self.corpus.vocab.len(), len, self.cfg.eval_batch);
-            let inst = with_loss(
-                &lift_batch(&language_model(&m)?, "batch", m.batch)?,
-                "vocab",
-            )?;
+            let inst = self.loss_instance(len, self.cfg.eval_batch)?;
             let plan =
                 Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
             let ws = plan.workspace();
