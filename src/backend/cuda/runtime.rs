@@ -104,6 +104,24 @@ impl Gpu {
         self.stream.synchronize().map_err(drv)
     }
 
+    /// Captures what `enqueue` puts on the stream as a CUDA graph (nothing runs yet). The capture
+    /// is ended even when `enqueue` fails, and its error is returned.
+    pub(crate) fn capture(
+        &self,
+        enqueue: impl FnOnce() -> Result<(), String>,
+    ) -> Result<CudaGraph, String> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv)?;
+        let enq = enqueue();
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(drv)?;
+        enq?;
+        graph.ok_or_else(|| "the CUDA graph capture recorded nothing".to_string())
+    }
+
     /// Loads a CUBIN (compiled for this device's architecture).
     pub fn load_cubin(&self, bin: Vec<u8>) -> Result<(), String> {
         self.ctx
@@ -566,16 +584,7 @@ impl GpuPlan {
     pub fn run_graph(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
         self.set_run(gpu, train, seed)?;
         if self.graph.is_none() {
-            gpu.stream
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(drv)?;
-            let enq = self.enqueue(gpu);
-            let graph = gpu
-                .stream
-                .end_capture(sys::CUgraphInstantiate_flags(0))
-                .map_err(drv)?;
-            enq?;
-            self.graph = Some(graph.ok_or("the CUDA graph capture recorded nothing")?);
+            self.graph = Some(gpu.capture(|| self.enqueue(gpu))?);
         }
         if let Some(g) = &self.graph {
             g.launch().map_err(drv)?;

@@ -12,9 +12,7 @@
 use super::runtime::{Gpu, GpuPlan, drv};
 use crate::train::model::{ModelConfig, TrainGraph};
 use crate::train::optim::Adam;
-use cudarc::driver::{
-    CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg, sys,
-};
+use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 const BLOCK: u32 = 256;
 
@@ -202,19 +200,11 @@ impl GpuStep {
             .memcpy_htod(&hyper, &mut self.hyper)
             .map_err(drv)?;
         if self.graph.is_none() {
-            gpu.stream
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(drv)?;
-            let enq = self
-                .plan
-                .enqueue(gpu)
-                .and_then(|()| self.enqueue_update(gpu));
-            let graph = gpu
-                .stream
-                .end_capture(sys::CUgraphInstantiate_flags(0))
-                .map_err(drv)?;
-            enq?;
-            self.graph = Some(graph.ok_or("the CUDA graph capture recorded nothing")?);
+            let graph = gpu.capture(|| {
+                self.plan.enqueue(gpu)?;
+                self.enqueue_update(gpu)
+            })?;
+            self.graph = Some(graph);
         }
         if let Some(g) = &self.graph {
             g.launch().map_err(drv)?;
