@@ -7,7 +7,7 @@
 //! prints:
 //! - tokens per second, `35 / (median time of forward + backward)`;
 //! - a GEMM-only lower bound: the contractions' floating-point operations divided by the
-//!   GFLOP/s `matrixmultiply::sgemm` itself reaches on a large square product on this machine,
+//!   GFLOP/s the `gemm` crate (the executor's GEMM) itself reaches on a large square product on this machine,
 //!   i.e. the time the step would take if every GEMM ran at that rate and nothing else cost
 //!   anything;
 //! - where the time goes, per kind of kernel (one profiled run);
@@ -70,21 +70,26 @@ fn sgemm_rate(n: usize, runs: usize) -> f64 {
         let t = Instant::now();
         // SAFETY: three n x n row-major matrices.
         unsafe {
-            matrixmultiply::sgemm(
+            gemm::gemm(
                 n,
                 n,
                 n,
-                1.0,
-                a.as_ptr(),
-                n as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                0.0,
                 c.as_mut_ptr(),
-                n as isize,
                 1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
             );
         }
         best = best.min(t.elapsed());
@@ -213,7 +218,7 @@ fn main() {
     let runs = if quick { 5 } else { 21 };
     let rate = sgemm_rate(1024, if quick { 5 } else { 15 });
     println!(
-        "sgemm (matrixmultiply, threading): {rate:.1} GFLOP/s on 1024 x 1024 x 1024 (best run); {} threads available",
+        "sgemm (gemm crate, every core): {rate:.1} GFLOP/s on 1024 x 1024 x 1024 (best run); {} threads available",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for m in &mechs {

@@ -9,13 +9,13 @@
 //!   merge whose output layout is its input's memory order, are aliases of their input's buffer
 //!   (the buffer then lives until the last alias is consumed); only a genuine change of memory
 //!   order is a copy;
-//! - contractions (`dot`, `outer`, `linear`, `einsum`) run on `matrixmultiply::sgemm` (threaded:
-//!   both cores), reading their operands in place through strides whenever each operand's axes
+//! - contractions (`dot`, `outer`, `linear`, `einsum`) run on the `gemm` crate (its AVX-512
+//!   kernels where the CPU has them, chosen at run time; one product over every core, a batch
+//!   of products split over the cores by batch), reading their operands in place through strides whenever each operand's axes
 //!   of a role (rows, columns, contracted) collapse into one stride, and copying an operand to a
 //!   contiguous temporary only when they do not. Each product is oriented so that its longer
-//!   output side is the rows, which is what matrixmultiply splits over threads (35 tokens
-//!   against 10,000 vocabulary columns would otherwise run on one core). Matrix-vector and outer
-//!   products, which sgemm's packing only slows down, are direct loops; a linear map's bias is
+//!   output side is the rows. Matrix-vector and outer products, which a GEMM's packing only
+//!   slows down, are direct loops; a linear map's bias is
 //!   written first and the product accumulated onto it;
 //! - every other op is a loop nest over strided layouts (`nest::Nest`: length-1 axes dropped,
 //!   axes contiguous for every operand merged, so the inner loop is long and usually has stride 1
@@ -819,10 +819,10 @@ impl Builder<'_> {
             [self.group_stride(y, &contr), self.group_stride(y, &cols)],
             [self.group_stride(c, &rows), self.group_stride(c, &cols)],
         );
-        // matrixmultiply spreads a product over threads by blocks of rows, so a product with
-        // few rows (35 tokens against 10,000 vocabulary columns) would run on one core: the
-        // longer side of the result becomes the rows, computing the transpose `y' x'` when it
-        // is the columns. Strides make the transposition free.
+        // The longer side of the result becomes the rows, computing the transpose `y' x'` when
+        // it is the columns (strides make the transposition free): a GEMM splits its rows over
+        // threads most evenly (matrixmultiply, used before the `gemm` crate, split only rows, so
+        // 35 tokens against 10,000 vocabulary columns ran on one core).
         let flip = m < n;
         let (first, second) = if flip { (y, x) } else { (x, y) };
         let gemm = Gemm {
