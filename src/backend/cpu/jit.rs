@@ -6,12 +6,16 @@
 //! intermediate values never reach memory. This module compiles such programs to machine code
 //! with cranelift and runs them.
 //!
-//! A compiled program is one function over one *row*: `f(ptrs, n, idx0, seed, train)` reads
+//! A compiled program is one function over one *row*: `f(ptrs, n, train)` reads
 //! each input at `ptrs[k] + i * stride[k]` and writes each output at `ptrs[k] + i * stride[k]`
 //! for `i in 0..n`, where the strides of the innermost loop dimension are constants of the
-//! code. When every stride is 0 or 1 and no instruction needs a scalar call or the dropout hash,
-//! the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and splat),
-//! with a scalar tail; otherwise it is a scalar loop. The outer dimensions are walked by
+//! code. Dropout reads its keep mask (one 32-bit word per element, all ones where the element
+//! is kept) from further pointers after the operands, one per dropout instruction: the runner
+//! hashes the masks of a chunk of the row ([`keep_mask`], compiled for the CPU's widest SIMD:
+//! the 64-bit multiplies of the hash have no 128-bit vector form for cranelift to use) and then
+//! calls the code on that chunk. When every stride is 0 or 1 and no instruction needs a scalar
+//! call, the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and
+//! splat), with a scalar tail; otherwise it is a scalar loop. The outer dimensions are walked by
 //! [`Fused::run`] (an odometer over a [`DynNest`]), split over the cores by the outermost
 //! dimension when the kernel is large, each thread writing a disjoint part of every output.
 //!
@@ -79,12 +83,11 @@ impl Inst {
         }
     }
 
-    /// Whether the instruction needs the scalar loop (a call, or the 64-bit hash).
+    /// Whether the instruction needs the scalar loop (a call).
     fn scalar_only(&self) -> bool {
         match *self {
             Inst::Map(f, _) => !matches!(f, Func::Relu | Func::Sqrt | Func::Recip),
             Inst::MapBack(f, _, _) => f != Func::Relu,
-            Inst::Dropout { .. } => true,
             _ => false,
         }
     }
@@ -122,6 +125,18 @@ impl Program {
             return Err("too many operands".into());
         }
         Ok(())
+    }
+
+    /// The dropout instructions, in order: the `k`th reads mask pointer `k` (after the
+    /// operands).
+    fn dropouts(&self) -> Vec<(f64, u64)> {
+        self.insts
+            .iter()
+            .filter_map(|i| match *i {
+                Inst::Dropout { p, key, .. } => Some((p, key)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn vectorisable(&self, strides: &[usize]) -> bool {
@@ -264,7 +279,7 @@ impl DynNest {
 }
 
 /// The generated row function.
-type RowFn = unsafe extern "C" fn(*const *mut f32, usize, usize, u64, u64);
+type RowFn = unsafe extern "C" fn(*const *mut f32, usize, u64);
 
 /// Machine code of one plan's fused kernels; freed when the last kernel using it is dropped.
 struct Code(Option<JITModule>);
@@ -292,7 +307,32 @@ pub struct Fused {
     f: RowFn,
     nest: DynNest,
     pub program: Program,
+    /// Per dropout instruction (mask pointer): its key and [`keep_threshold`], `None` when
+    /// `p = 0` (the code ignores that mask).
+    drops: Vec<Option<(u64, u64)>>,
     _code: Arc<Code>,
+}
+
+/// Elements per chunk of a row whose dropout masks are hashed before the code runs on it:
+/// small enough for the masks to stay in the first-level cache.
+const MASK_CHUNK: usize = 2048;
+
+simd_targets! {
+/// The keep mask of dropout box `key` for `out.len()` elements of a row, the `i`th at element
+/// index `idx0 + i stride`: all ones where [`crate::backend::cpu::interp::keep`] keeps the
+/// element (the same SplitMix64 hash, compared as integers with `threshold` =
+/// [`keep_threshold`]`(p)`), else 0.
+pub fn keep_mask(seed: u64, key: u64, idx0: u64, stride: u64, threshold: u64, out: &mut [u32]) {
+    let sk = seed ^ key.wrapping_mul(H1);
+    for (i, o) in out.iter_mut().enumerate() {
+        let index = idx0.wrapping_add((i as u64).wrapping_mul(stride));
+        let mut z = sk ^ index.wrapping_mul(H2);
+        z = (z ^ (z >> 30)).wrapping_mul(H3);
+        z = (z ^ (z >> 27)).wrapping_mul(H4);
+        z ^= z >> 31;
+        *o = if z >> 11 >= threshold { u32::MAX } else { 0 };
+    }
+}
 }
 
 impl std::fmt::Debug for Fused {
@@ -343,17 +383,50 @@ impl Fused {
         bases[..ops].copy_from_slice(&p[..ops]);
         let bases = Shared(bases);
         let work = self.nest.len() * self.program.insts.len().max(1) / 2;
+        let strides = self.nest.inner_strides();
         let body = |base: &[usize], part: &DynNest| {
             let bases = bases.get();
-            let mut ptrs = [std::ptr::null_mut::<f32>(); MAX_OPERANDS];
+            // The operands' pointers, then the dropout masks'.
+            let mut ptrs = vec![std::ptr::null_mut::<f32>(); ops + self.drops.len()];
+            if self.drops.is_empty() {
+                part.rows(base, |off, n| {
+                    for k in 0..ops {
+                        // SAFETY: the offsets are within the operands (checked at plan time).
+                        ptrs[k] = unsafe { bases[k].add(off[k]) };
+                    }
+                    // SAFETY: the code reads and writes `n` points of each operand at its
+                    // stride from these pointers, all within bounds.
+                    unsafe { (self.f)(ptrs.as_ptr(), n, train as u64) };
+                });
+                return;
+            }
+            // Out of training the masks are read but not used: zeros will do.
+            let mut masks = vec![0u32; self.drops.len() * MASK_CHUNK];
             part.rows(base, |off, n| {
-                for k in 0..ops {
-                    // SAFETY: the offsets are within the operands (checked at plan time).
-                    ptrs[k] = unsafe { bases[k].add(off[k]) };
+                let mut start = 0;
+                while start < n {
+                    let len = (n - start).min(MASK_CHUNK);
+                    let idx0 = off[ops] + start * strides[ops];
+                    for (k, p) in ptrs[..ops].iter_mut().enumerate() {
+                        // SAFETY: within the operands, as the whole row is.
+                        *p = unsafe { bases[k].add(off[k] + start * strides[k]) };
+                    }
+                    for (d, (drop, mask)) in self
+                        .drops
+                        .iter()
+                        .zip(masks.chunks_exact_mut(MASK_CHUNK))
+                        .enumerate()
+                    {
+                        if let (Some((key, threshold)), true) = (drop, train) {
+                            let m = &mut mask[..len];
+                            keep_mask(seed, *key, idx0 as u64, strides[ops] as u64, *threshold, m);
+                        }
+                        ptrs[ops + d] = mask.as_mut_ptr() as *mut f32;
+                    }
+                    // SAFETY: as above; each mask holds `MASK_CHUNK >= len` words.
+                    unsafe { (self.f)(ptrs.as_ptr(), len, train as u64) };
+                    start += len;
                 }
-                // SAFETY: the code reads and writes `n` points of each operand at its stride
-                // from these pointers, all within bounds.
-                unsafe { (self.f)(ptrs.as_ptr(), n, off[ops], seed, train as u64) };
             });
         };
         let zero = vec![0usize; ops + 1];
@@ -421,7 +494,7 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, St
     let target = module.target_config();
     let ptr = target.pointer_type();
     let mut sig = module.make_signature();
-    for _ in 0..5 {
+    for _ in 0..3 {
         sig.params.push(AbiParam::new(types::I64));
     }
     let mut call_sig = module.make_signature();
@@ -470,10 +543,15 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, St
         .zip(fns)
         .map(|((program, nest), f)| {
             f.map(|f| Fused {
-                // SAFETY: the function was compiled with exactly this signature (five 64-bit
+                // SAFETY: the function was compiled with exactly this signature (three 64-bit
                 // integer parameters, no results) in the platform's C calling convention.
                 f: unsafe { std::mem::transmute::<*const u8, RowFn>(f) },
                 nest,
+                drops: program
+                    .dropouts()
+                    .into_iter()
+                    .map(|(p, key)| (p != 0.0).then(|| (key, keep_threshold(p))))
+                    .collect(),
                 program,
                 _code: code.clone(),
             })
@@ -537,10 +615,13 @@ fn emit(
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let params = b.block_params(entry).to_vec();
-    let (ptrs, n, idx0, seed, train) = (params[0], params[1], params[2], params[3], params[4]);
+    let (ptrs, n, train) = (params[0], params[1], params[2]);
     let ops = prog.inputs + prog.stores.len();
     let bases: Vec<Value> = (0..ops)
         .map(|k| b.ins().load(ptr, mem, ptrs, (8 * k) as i32))
+        .collect();
+    let masks: Vec<Value> = (0..prog.dropouts().len())
+        .map(|d| b.ins().load(ptr, mem, ptrs, (8 * (ops + d)) as i32))
         .collect();
     let sigref = b.import_signature(call_sig.clone());
     let eval = b.ins().icmp_imm_s(IntCC::Equal, train, 0);
@@ -580,13 +661,19 @@ fn emit(
         b.switch_to_block(vbody);
         let i = b.block_params(vbody)[0];
         let byte = b.ins().ishl_imm_s(i, 2);
-        let vals = values(b, prog, types::F32X4, &|b, k| match splats[k] {
+        let load = |b: &mut FunctionBuilder, k: usize| match splats[k] {
             Some(v) => v,
             None => {
                 let a = b.ins().iadd(bases[k], byte);
                 b.ins().load(types::F32X4, mem, a, 0)
             }
-        });
+        };
+        let mask = |b: &mut FunctionBuilder, d: usize| {
+            let a = b.ins().iadd(masks[d], byte);
+            let m = b.ins().load(types::I32X4, mem, a, 0);
+            b.ins().bitcast(types::F32X4, MemFlagsData::new(), m)
+        };
+        let vals = values(b, prog, types::F32X4, &load, &mask, eval);
         for (j, s) in prog.stores.iter().enumerate() {
             let k = prog.inputs + j;
             let a = b.ins().iadd(bases[k], byte);
@@ -606,12 +693,13 @@ fn emit(
         let off = b.ins().imul_imm_s(i, (4 * strides[k]) as i64);
         b.ins().iadd(bases[k], off)
     };
-    let index = {
-        let s = strides[ops] as i64;
-        let o = b.ins().imul_imm_s(i, s);
-        b.ins().iadd(idx0, o)
+    let keeps = |b: &mut FunctionBuilder, d: usize| {
+        let off = b.ins().ishl_imm_s(i, 2);
+        let a = b.ins().iadd(masks[d], off);
+        let m = b.ins().load(types::I32, mem, a, 0);
+        b.ins().icmp_imm_s(IntCC::NotEqual, m, 0)
     };
-    let vals = scalar_values(b, prog, &hoisted, &addr, index, seed, eval, sigref);
+    let vals = scalar_values(b, prog, &hoisted, &addr, &keeps, eval, sigref);
     for (j, s) in prog.stores.iter().enumerate() {
         let a = addr(b, prog.inputs + j);
         b.ins().store(mem, vals[*s], a, 0);
@@ -623,14 +711,18 @@ fn emit(
     b.ins().return_(&[]);
 }
 
-/// The vector body: every instruction on `ty` lanes (no calls, no dropout).
+/// The vector body: every instruction on `ty` lanes (no calls). `mask(b, d)` is dropout `d`'s
+/// keep mask as lanes of all ones or zeros (in `ty`); `eval` is nonzero out of training.
 fn values(
     b: &mut FunctionBuilder,
     prog: &Program,
     ty: Type,
     load: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
+    mask: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
+    eval: Value,
 ) -> Vec<Value> {
     let mut v: Vec<Value> = Vec::with_capacity(prog.insts.len());
+    let mut drop = 0;
     let fconst = |b: &mut FunctionBuilder, c: f32| {
         let s = b.ins().f32const(c);
         b.ins().splat(ty, s)
@@ -667,6 +759,19 @@ fn values(
                 let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
                 b.ins().bitselect(c, v[g], z)
             }
+            Inst::Dropout { p, x, .. } => {
+                drop += 1;
+                if p == 0.0 {
+                    v[x]
+                } else {
+                    let keep = mask(b, drop - 1);
+                    let scale = fconst(b, (1.0 / (1.0 - p)) as f32);
+                    let scaled = b.ins().fmul(v[x], scale);
+                    let z = fconst(b, 0.0);
+                    let dropped = b.ins().bitselect(keep, scaled, z);
+                    b.ins().select(eval, v[x], dropped)
+                }
+            }
             // `Program::vectorisable` keeps everything else on the scalar path; a zero
             // keeps the SSA well formed should it ever be asked for.
             _ => fconst(b, 0.0),
@@ -676,20 +781,19 @@ fn values(
     v
 }
 
-/// The scalar body.
-#[allow(clippy::too_many_arguments)]
+/// The scalar body. `keeps(b, d)` is whether dropout `d` keeps this element (from its mask).
 fn scalar_values(
     b: &mut FunctionBuilder,
     prog: &Program,
     hoisted: &[Option<Value>],
     addr: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
-    index: Value,
-    seed: Value,
+    keeps: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
     eval: Value,
     sigref: cranelift_codegen::ir::SigRef,
 ) -> Vec<Value> {
     let mem = MemFlagsData::new().with_notrap();
     let mut v: Vec<Value> = Vec::with_capacity(prog.insts.len());
+    let mut drop = 0;
     let call = |b: &mut FunctionBuilder, f: Func, back: bool, x: Value| -> Value {
         let callee = b.ins().iconst(types::I64, shim(f, back) as i64);
         let c = b.ins().call_indirect(sigref, callee, &[x]);
@@ -736,24 +840,12 @@ fn scalar_values(
                 let d = call(b, f, true, v[x]);
                 b.ins().fmul(v[g], d)
             }
-            Inst::Dropout { p, key, x } => {
+            Inst::Dropout { p, x, .. } => {
+                drop += 1;
                 if p == 0.0 {
                     v[x]
                 } else {
-                    let k = b.ins().iconst(types::I64, key.wrapping_mul(H1) as i64);
-                    let sk = b.ins().bxor(seed, k);
-                    let ih = b.ins().imul_imm_s(index, H2 as i64);
-                    let mut z = b.ins().bxor(sk, ih);
-                    for (sh, m) in [(30, Some(H3)), (27, Some(H4)), (31, None)] {
-                        let t = b.ins().ushr_imm_s(z, sh);
-                        z = b.ins().bxor(z, t);
-                        if let Some(m) = m {
-                            z = b.ins().imul_imm_s(z, m as i64);
-                        }
-                    }
-                    let m = b.ins().ushr_imm_s(z, 11);
-                    let t = b.ins().iconst(types::I64, keep_threshold(p) as i64);
-                    let keep = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, m, t);
+                    let keep = keeps(b, drop - 1);
                     let scale = b.ins().f32const((1.0 / (1.0 - p)) as f32);
                     let scaled = b.ins().fmul(v[x], scale);
                     let z = b.ins().f32const(0.0);
@@ -884,16 +976,40 @@ mod tests {
             inputs: 1,
             stores: vec![1],
         };
-        let got = run(prog.clone(), std::slice::from_ref(&b), &[1, 1], n, true);
-        let scale = (1.0 / (1.0 - 0.3f64)) as f32;
-        for i in 0..n {
-            let want = if keep(11, 5, i as u64, 0.3) {
-                b[i] * scale
-            } else {
-                0.0
-            };
-            assert_eq!(got[i], want);
+        // A row of several mask chunks, and one that ends inside the vector loop.
+        for n in [n, 2 * MASK_CHUNK + 37] {
+            let b: Vec<f32> = (0..n).map(|i| 0.25 + i as f32).collect();
+            let got = run(prog.clone(), std::slice::from_ref(&b), &[1, 1], n, true);
+            let scale = (1.0 / (1.0 - 0.3f64)) as f32;
+            for i in 0..n {
+                let want = if keep(11, 5, i as u64, 0.3) {
+                    b[i] * scale
+                } else {
+                    0.0
+                };
+                assert_eq!(got[i], want, "element {i} of {n}");
+            }
+            assert_eq!(
+                run(prog.clone(), std::slice::from_ref(&b), &[1, 1], n, false),
+                b
+            );
         }
-        assert_eq!(run(prog, std::slice::from_ref(&b), &[1, 1], n, false), b);
+    }
+
+    #[test]
+    fn the_keep_mask_is_the_interpreters() {
+        for (idx0, stride, p) in [
+            (0u64, 1u64, 0.1),
+            (12_345, 7, 0.5),
+            (3, 0, 0.9),
+            (1, 1, 0.0),
+        ] {
+            let mut m = vec![7u32; 301];
+            keep_mask(99, 4, idx0, stride, keep_threshold(p), &mut m);
+            for (i, w) in m.iter().enumerate() {
+                let want = keep(99, 4, idx0 + i as u64 * stride, p);
+                assert_eq!(*w, if want { u32::MAX } else { 0 }, "i {i} p {p}");
+            }
+        }
     }
 }

@@ -257,6 +257,7 @@ unsafe fn sl_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
 
 /// A sum with eight partial accumulators: it vectorises, and it loses less precision than a
 /// running sum on long rows.
+#[inline]
 fn sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = v.chunks_exact(8);
@@ -271,6 +272,44 @@ fn sum(v: &[f32]) -> f32 {
         s += x;
     }
     s
+}
+
+simd_targets! {
+/// The largest element of `v` (`-inf` when empty; NaNs are skipped as `f32::max` does).
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for a in acc.iter().chain(rest) {
+        m = m.max(*a);
+    }
+    m
+}
+}
+
+simd_targets! {
+/// `e[j] = exp(x[j] - m)` ([`fast_exp`]) for every `j`, returning their [`sum`].
+fn exp_shifted(x: &[f32], m: f32, e: &mut [f32]) -> f32 {
+    for (ej, xj) in e.iter_mut().zip(x) {
+        *ej = fast_exp(*xj - m);
+    }
+    sum(&e[..x.len()])
+}
+}
+
+simd_targets! {
+/// `v[j] *= k` for every `j`.
+fn scale(v: &mut [f32], k: f32) {
+    for x in v {
+        *x *= k;
+    }
+}
 }
 
 /// `f(0) + ... + f(n - 1)` with eight partial sums: the same benefits as [`sum`], for values
@@ -1109,6 +1148,8 @@ impl Kernel {
                         let mut total = 0.0f64;
                         let mut bad = None;
                         let mut e = vec![0.0f32; n];
+                        // A strided lane is gathered here first.
+                        let mut g = vec![0.0f32; if s[0] == 1 { 0 } else { n }];
                         part.each(base, |o| {
                             let t = *tg.add(o[1]);
                             if !(t >= 0.0 && (t as usize) < n) {
@@ -1117,21 +1158,25 @@ impl Kernel {
                             }
                             let t = t as usize;
                             let l = lg.add(o[0]);
-                            let mut m = f32::NEG_INFINITY;
-                            for j in 0..n {
-                                m = m.max(*l.add(j * s[0]));
-                            }
-                            // Two loops that vectorise: the exponentials, then their sum.
-                            if s[0] == 1 {
-                                for (ej, x) in e.iter_mut().zip(sl(l, n)) {
-                                    *ej = fast_exp(*x - m);
-                                }
+                            // The lane, contiguous: read in place, or gathered into `e` first.
+                            let lane = if s[0] == 1 {
+                                sl(l, n)
                             } else {
-                                for (j, ej) in e.iter_mut().enumerate() {
-                                    *ej = fast_exp(*l.add(j * s[0]) - m);
+                                for (j, gj) in g.iter_mut().enumerate() {
+                                    *gj = *l.add(j * s[0]);
                                 }
+                                &g[..]
+                            };
+                            let m = lane_max(lane);
+                            if back && s[1] == 1 {
+                                // The exponentials straight into the output, then scaled.
+                                let po = sl_mut(out.add(o[2]), n);
+                                let z = exp_shifted(lane, m, po);
+                                scale(po, gy / z);
+                                po[t] -= gy;
+                                return;
                             }
-                            let z = sum(&e);
+                            let z = exp_shifted(lane, m, &mut e);
                             if back {
                                 let po = out.add(o[2]);
                                 let k = gy / z;
