@@ -208,6 +208,11 @@ enum Command {
         /// Also run bench/pytorch_lm_step.py with the same configuration and print the ratio.
         #[arg(long)]
         pytorch: bool,
+        /// Repeat the measurement this many times, alternating diagc and PyTorch (with
+        /// `--pytorch`), and report every round and the median ratio: on a shared machine the
+        /// load changes within a minute, and alternating exposes both sides to it alike.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
         /// Run every step on the precompiled kernels (the interpreter path), without the
         /// cranelift-fused elementwise kernels.
         #[arg(long)]
@@ -483,6 +488,7 @@ fn run() -> i32 {
             bptt,
             steps,
             pytorch,
+            rounds,
             no_jit,
             device,
             precision,
@@ -491,7 +497,7 @@ fn run() -> i32 {
             layers,
             batch_size,
             bptt,
-            (steps, !no_jit),
+            (steps, !no_jit, rounds as usize),
             pytorch,
             &device,
             precision,
@@ -1121,7 +1127,7 @@ fn bench_cmd(
     layers: usize,
     batch: usize,
     bptt: usize,
-    (steps, jit): (usize, bool),
+    (steps, jit, rounds): (usize, bool, usize),
     pytorch: bool,
     device: &str,
     precision: PrecisionArg,
@@ -1151,17 +1157,62 @@ fn bench_cmd(
             return 2;
         }
     }
-    let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 2;
+    let mut rows: Vec<Round> = Vec::new();
+    for round in 0..rounds {
+        let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("diagc: {e}");
+                return 2;
+            }
+        };
+        if round == 0 {
+            print_cpu_bench(&r, &cfg, jit);
         }
-    };
+        let mut theirs = None;
+        if pytorch {
+            match run_pytorch(&cfg, steps.max(1), &["--threads", "2"]) {
+                Ok(v) => {
+                    if round == 0 {
+                        print_pytorch(
+                            &v,
+                            "",
+                            8,
+                            (r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s()),
+                            ("peak RSS", "peak_rss_mib"),
+                        );
+                    }
+                    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                    theirs = Some((f("fwd_bwd_tokens_per_s"), f("step_tokens_per_s")));
+                }
+                Err(e) => {
+                    eprintln!("diagc: {e}");
+                    return 2;
+                }
+            }
+        }
+        rows.push((r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s(), theirs));
+    }
+    if rounds > 1 {
+        print_rounds(&rows);
+    }
+    0
+}
+
+/// The CPU benchmark's report of one round.
+fn print_cpu_bench(
+    r: &crate::train::bench::BenchReport,
+    cfg: &crate::train::model::ModelConfig,
+    jit: bool,
+) {
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     println!(
-        "diagc (CPU, f32, {}) {mech}, {layers} layer(s), batch {batch} x {bptt}, {} parameters, {} threads available",
+        "diagc (CPU, f32, {}) {}, {} layer(s), batch {} x {}, {} parameters, {} threads available",
         if jit { "fused JIT kernels" } else { "no JIT" },
+        cfg.mech,
+        cfg.layers,
+        cfg.batch,
+        cfg.bptt,
         r.params,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -1186,19 +1237,63 @@ fn bench_cmd(
     for (kind, secs, n) in r.profile.iter().take(8) {
         println!("    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3);
     }
-    if pytorch {
-        match run_pytorch(&cfg, steps.max(1), &["--threads", "2"]) {
-            Ok(v) => print_pytorch(
-                &v,
-                "",
-                8,
-                (r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s()),
-                ("peak RSS", "peak_rss_mib"),
+}
+
+/// One round of `bench --rounds`: diagc's tokens/s (forward+backward, whole step), and
+/// PyTorch's when it ran.
+type Round = (f64, f64, Option<(f64, f64)>);
+
+/// Every round of `bench --rounds` (diagc's tokens/s, forward+backward and whole step, and
+/// PyTorch's when it ran), then the median of each column and of the per-round ratios.
+fn print_rounds(rows: &[Round]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let torch = rows.iter().all(|r| r.2.is_some());
+    println!(
+        "{} rounds, tokens/s (forward+backward / whole step){}:",
+        rows.len(),
+        if torch {
+            ", diagc then PyTorch in each"
+        } else {
+            ""
+        }
+    );
+    for (k, (fb, st, t)) in rows.iter().enumerate() {
+        match t {
+            Some((pf, ps)) => println!(
+                "  round {:2}: diagc {fb:6.0} / {st:6.0}   PyTorch {pf:6.0} / {ps:6.0}   ratio {:.2}x / {:.2}x",
+                k + 1,
+                fb / pf,
+                st / ps
             ),
-            Err(e) => eprintln!("diagc: {e}"),
+            None => println!("  round {:2}: diagc {fb:6.0} / {st:6.0}", k + 1),
         }
     }
-    0
+    let col = |f: &dyn Fn(&Round) -> f64| median(rows.iter().map(f).collect());
+    print!(
+        "  median:   diagc {:6.0} / {:6.0}",
+        col(&|r| r.0),
+        col(&|r| r.1)
+    );
+    if torch {
+        let t = |r: &Round| r.2.unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "   PyTorch {:6.0} / {:6.0}   ratio {:.2}x / {:.2}x (median of the rounds' ratios)",
+            col(&|r| t(r).0),
+            col(&|r| t(r).1),
+            col(&|r| r.0 / t(r).0),
+            col(&|r| r.1 / t(r).1)
+        );
+    } else {
+        println!();
+    }
 }
 
 /// Runs `bench/pytorch_lm_step.py` for `cfg` with `extra` arguments; its JSON line.

@@ -3,6 +3,20 @@
 //!
 //! The modules are the pipeline, in order; each depends only on the ones above it.
 
+/// Compiles a function for the widest SIMD the CPU offers (AVX-512 on the development
+/// machines, AVX2 and FMA on most others), chosen at run time by `multiversion`; each loop
+/// keeps its order of operations, so every version gives bitwise the same result (Rust never
+/// contracts a multiply and an add into an FMA on its own).
+macro_rules! simd_targets {
+    ($item:item) => {
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma+bmi1+bmi2+lzcnt+popcnt",
+            "x86_64+avx2+fma+bmi1+bmi2+lzcnt+popcnt",
+        ))]
+        $item
+    };
+}
+
 pub mod source;
 pub mod diagnostic;
 pub mod syntax;

@@ -182,3 +182,25 @@ fn bench_refuses_unknown_devices_and_mechanisms() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("m1"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn bench_rounds_report_every_round_and_the_median() {
+    let small = ["--steps", "2", "--batch-size", "2", "--bptt", "5"];
+    let mut args = vec!["bench", "m0", "--rounds", "3"];
+    args.extend(small);
+    let o = diagc(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("3 rounds"), "{out}");
+    for k in 1..=3 {
+        assert!(out.contains(&format!("round  {k}: diagc")), "{out}");
+    }
+    assert!(out.contains("median:"), "{out}");
+    // One round (the default) prints no table; zero rounds is refused.
+    let mut args = vec!["bench", "m0"];
+    args.extend(small);
+    assert!(!text(&diagc(&args).stdout).contains("median:"));
+    let mut args = vec!["bench", "m0", "--rounds", "0"];
+    args.extend(small);
+    assert_eq!(diagc(&args).status.code(), Some(2));
+}
