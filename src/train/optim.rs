@@ -55,17 +55,11 @@ pub fn clip_factor(grads: &[&[f32]], max: f64) -> (f64, f32) {
         total += if cores < 2 || g.len() < 1 << 16 {
             sum_sq(g)
         } else {
+            use rayon::prelude::*;
             let chunk = g.len().div_ceil(cores);
-            std::thread::scope(|scope| {
-                let parts: Vec<_> = g
-                    .chunks(chunk)
-                    .map(|c| scope.spawn(move || sum_sq(c)))
-                    .collect();
-                parts
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(f64::NAN))
-                    .sum::<f64>()
-            })
+            // The parts' sums are added in order, so the norm does not depend on scheduling.
+            let parts: Vec<f64> = g.par_chunks(chunk).map(sum_sq).collect();
+            parts.into_iter().sum::<f64>()
         };
     }
     let norm = total.sqrt();
@@ -131,11 +125,11 @@ impl Adam {
                 continue;
             }
             let chunk = p.len().div_ceil(cores);
-            std::thread::scope(|scope| {
+            rayon::scope(|scope| {
                 let moments = m.chunks_mut(chunk).zip(v.chunks_mut(chunk));
                 for ((p, g), (m, v)) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(moments) {
                     let update = &update;
-                    scope.spawn(move || update(p, g, m, v));
+                    scope.spawn(move |_| update(p, g, m, v));
                 }
             });
         }

@@ -439,10 +439,11 @@ impl Fused {
             body(&zero, &self.nest);
             return;
         }
-        std::thread::scope(|scope| {
+        // On rayon's pool, as the executor's other parallel steps (`exec::kernels::par`).
+        rayon::scope(|scope| {
             let body = &body;
             for (base, sub) in &parts[1..] {
-                scope.spawn(move || body(base, sub));
+                scope.spawn(move |_| body(base, sub));
             }
             body(&parts[0].0, &parts[0].1);
         });

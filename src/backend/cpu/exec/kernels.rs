@@ -230,10 +230,12 @@ fn par<const N: usize>(nest: &Nest<N>, work: usize, f: impl Fn([usize; N], &Nest
         f([0; N], nest);
         return;
     }
-    std::thread::scope(|scope| {
+    // On rayon's pool, which the GEMMs use too: one set of threads for every parallel step,
+    // none started per step, none spinning beside another set.
+    rayon::scope(|scope| {
         let f = &f;
         for (base, sub) in &parts[1..] {
-            scope.spawn(move || f(*base, sub));
+            scope.spawn(move |_| f(*base, sub));
         }
         f(parts[0].0, &parts[0].1);
     });
