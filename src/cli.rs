@@ -1171,7 +1171,9 @@ fn bench_cmd(
         }
         let mut theirs = None;
         if pytorch {
-            match run_pytorch(&cfg, steps.max(1), &["--threads", "2"]) {
+            // PyTorch gets as many threads as diagc's pool.
+            let threads = crate::backend::cpu::exec::kernels::cores().to_string();
+            match run_pytorch(&cfg, steps.max(1), &["--threads", &threads]) {
                 Ok(v) => {
                     if round == 0 {
                         print_pytorch(
@@ -1214,7 +1216,7 @@ fn print_cpu_bench(
         cfg.batch,
         cfg.bptt,
         r.params,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        crate::backend::cpu::exec::kernels::cores()
     );
     println!(
         "  forward+backward:         {:8.0} tokens/s",

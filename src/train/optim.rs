@@ -49,7 +49,7 @@ pub fn clip_factor(grads: &[&[f32]], max: f64) -> (f64, f32) {
         (acc[0] + acc[1]) + (acc[2] + acc[3]) + rest
     }
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::backend::cpu::exec::kernels::cores();
     let mut total = 0.0;
     for g in grads {
         total += if cores < 2 || g.len() < 1 << 16 {
@@ -117,7 +117,7 @@ impl Adam {
             adam_update(p, g, m, v, [k, b1f, b2f, eps, step_size, c2_sqrt]);
         };
         // Elementwise and independent: large tensors are split over the cores.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::backend::cpu::exec::kernels::cores();
         let state = self.m.iter_mut().zip(self.v.iter_mut());
         for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(state) {
             if cores < 2 || p.len() < 1 << 16 {

@@ -375,9 +375,7 @@ impl Fused {
     /// As `Kernel::run`: the pointers cover the lengths checked by [`Fused::check_bounds`], and
     /// an output shares an input's buffer only where both have the same layout.
     pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64, par_min: usize) {
-        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cores =
-            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cores = crate::backend::cpu::exec::kernels::cores();
         let ops = self.arity();
         let mut bases = [std::ptr::null_mut::<f32>(); MAX_OPERANDS];
         bases[..ops].copy_from_slice(&p[..ops]);

@@ -211,10 +211,10 @@ impl<T: Copy> Shared<T> {
     }
 }
 
-/// The number of cores this process may use (asked once).
-fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// The threads the CPU backend splits work over: rayon's pool (every core this process may
+/// use, or `RAYON_NUM_THREADS`), shared by the GEMMs, the parallel kernels and Adam.
+pub fn cores() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Runs `f(base, part)` over the parts of `nest` split by its outermost dimension, on every
