@@ -3,7 +3,8 @@
 //! several steps; optionally the PyTorch script of `bench/` in the same run, for the ratio.
 
 use super::model::{ModelConfig, train_graph};
-use super::optim::{Adam, clip_factor, noam};
+use super::optim::{Adam, noam};
+use super::run::cpu_step;
 use crate::backend::cpu::exec::{Plan, PlanOptions};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
@@ -48,50 +49,26 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<Be
     let f = &tg.forward;
     let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
     let mut ws = plan.workspace();
-    let inputs = harness::random_inputs(f, seed);
-    let mut flat: Vec<Vec<f32>> = inputs
-        .iter()
-        .map(|t| {
-            t.data
-                .as_standard_layout()
-                .iter()
-                .map(|x| *x as f32)
-                .collect()
-        })
-        .collect();
-    flat.push(vec![1.0]); // the loss seed
+    let mut flat = harness::to_f32(&harness::random_inputs(f, seed));
     let np = f.params.len();
-    let lengths: Vec<usize> = flat[2..2 + np].iter().map(Vec::len).collect();
+    let grad_of: Vec<usize> = (0..np)
+        .map(|k| tg.gradient.grad_of[2 + k])
+        .collect::<Option<_>>()
+        .ok_or("a parameter has no gradient")?;
+    let mut params: Vec<Vec<f32>> = flat.drain(2..2 + np).collect();
+    let (ids, targets) = (&flat[0], &flat[1]);
+    let lengths: Vec<usize> = params.iter().map(Vec::len).collect();
     let mut adam = Adam::new(&lengths);
     let (mut fb, mut full) = (Vec::new(), Vec::new());
     for s in 0..=steps {
-        let opts = RunOptions {
-            train: true,
-            seed: seed.wrapping_add(s as u64),
-            check_finite: false,
-        };
         let t0 = Instant::now();
-        let (inputs, state) = flat.split_at_mut(2);
-        let (params, seed_in) = state.split_at_mut(np);
-        let mut refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-        refs.extend(params.iter().map(|v| v.as_slice()));
-        refs.push(seed_in[0].as_slice());
-        plan.run_in_place(&mut ws, &refs, opts)
-            .map_err(|e| e.to_string())?;
-        drop(refs);
-        let t1 = Instant::now();
-        // The gradients stay in the workspace: the norm is read there and the clipping factor
-        // applied inside Adam's update.
-        let grads: Vec<&[f32]> = (0..np)
-            .map(|k| {
-                tg.gradient.grad_of[2 + k]
-                    .and_then(|o| plan.output_in(&ws, o))
-                    .ok_or("a parameter's gradient is not in the workspace")
-            })
-            .collect::<Result<_, _>>()?;
-        let (_, k) = clip_factor(&grads, 1.0);
         let lr = noam(adam.step + 1, cfg.d_model, 4000, 1.0);
-        adam.update_scaled(params, &grads, lr, k);
+        let (_, t1) = cpu_step(
+            (&plan, &mut ws, &grad_of),
+            [ids, targets],
+            (&mut params, &mut adam),
+            (seed.wrapping_add(s as u64), lr, 1.0),
+        )?;
         let t2 = Instant::now();
         if s > 0 {
             fb.push(t1 - t0);
@@ -99,7 +76,10 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<Be
         }
     }
     let nparams: usize = lengths.iter().sum();
-    let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+    let one = [1.0f32];
+    let mut refs: Vec<&[f32]> = vec![ids, targets];
+    refs.extend(params.iter().map(Vec::as_slice));
+    refs.push(&one);
     let opts = RunOptions {
         train: true,
         seed,

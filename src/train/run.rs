@@ -377,42 +377,20 @@ impl Trainer {
             .ok_or("no plan for this window length")?;
         let ids = layout(&w.inputs, w.len, columns, &g.ids_axes);
         let targets = layout(&w.targets, w.len, columns, &g.ids_axes);
-        let one = [1.0f32];
-        let mut refs: Vec<&[f32]> = vec![&ids, &targets];
-        refs.extend(self.params.iter().map(|p| p.as_slice()));
-        refs.push(&one);
-        let opts = RunOptions {
-            train: true,
-            seed,
-            check_finite: false,
-        };
-        g.plan
-            .run_in_place(&mut g.ws, &refs, opts)
-            .map_err(|e| e.to_string())?;
-        drop(refs);
-        let loss = g
-            .plan
-            .output_in(&g.ws, 0)
-            .and_then(|l| l.first())
-            .map_or(f64::NAN, |l| *l as f64);
+        let lr = noam(step, d, warmup, scale);
+        let (loss, _) = cpu_step(
+            (&g.plan, &mut g.ws, &g.grad_of),
+            [&ids, &targets],
+            (&mut self.params, &mut self.adam),
+            (seed, lr, clip),
+        )?;
         if !loss.is_finite() {
             return Err(format!(
                 "the loss became {loss} at step {step}; the last good checkpoint is kept"
             ));
         }
-        // The gradients are read where the executor left them; clipping is a factor applied
-        // inside Adam's update (the same f32 products as scaling them first).
-        let grads: Vec<&[f32]> = g
-            .grad_of
-            .iter()
-            .map(|k| g.plan.output_in(&g.ws, *k))
-            .collect::<Option<_>>()
-            .ok_or("a parameter's gradient is not in the workspace")?;
-        let (_, k) = clip_factor(&grads, clip);
-        let lr = noam(step, d, warmup, scale);
-        self.adam.update_scaled(&mut self.params, &grads, lr, k);
         self.step += 1;
-        Ok(loss)
+        Ok(loss as f64)
     }
 
     /// Perplexity on a split (`valid` or `test`): exp(total NLL / target tokens), eval mode.
@@ -715,4 +693,47 @@ pub fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
         "runs/{}-{}l-seed{}",
         cfg.model.mech, cfg.model.layers, cfg.seed
     ))
+}
+
+/// One training step on the CPU, the one the trainer, `diagc bench` and the CUDA selftest's
+/// reference all take: runs the gradient plan (`grad_of[k]`: the plan output holding parameter
+/// `k`'s gradient) on `(ids, targets, params..., 1)` in training mode with dropout `seed`, then,
+/// if the loss is finite, clips the gradients to global norm `clip` and applies Adam with
+/// learning rate `lr`. The gradients are read where the executor left them; clipping is a factor
+/// applied inside Adam's update (the same f32 products as scaling them first). Returns the loss
+/// (before the update; no update when it is not finite) and when the gradients were ready.
+pub fn cpu_step(
+    (plan, ws, grad_of): (&Plan, &mut Workspace, &[usize]),
+    [ids, targets]: [&[f32]; 2],
+    (params, adam): (&mut [Vec<f32>], &mut Adam),
+    (seed, lr, clip): (u64, f64, f64),
+) -> Result<(f32, Instant), String> {
+    let one = [1.0f32];
+    let mut refs: Vec<&[f32]> = vec![ids, targets];
+    refs.extend(params.iter().map(|p| p.as_slice()));
+    refs.push(&one);
+    let opts = RunOptions {
+        train: true,
+        seed,
+        check_finite: false,
+    };
+    plan.run_in_place(ws, &refs, opts)
+        .map_err(|e| e.to_string())?;
+    drop(refs);
+    let ready = Instant::now();
+    let loss = plan
+        .output_in(ws, 0)
+        .and_then(|l| l.first().copied())
+        .unwrap_or(f32::NAN);
+    if !loss.is_finite() {
+        return Ok((loss, ready));
+    }
+    let grads: Vec<&[f32]> = grad_of
+        .iter()
+        .map(|k| plan.output_in(ws, *k))
+        .collect::<Option<_>>()
+        .ok_or("a parameter's gradient is not in the workspace")?;
+    let (_, k) = clip_factor(&grads, clip);
+    adam.update_scaled(params, &grads, lr, k);
+    Ok((loss, ready))
 }

@@ -350,7 +350,7 @@ pub fn training_matches(gpu: &Gpu, mech: &str, steps: usize) -> Outcome {
 pub const LOSS_RTOL: f64 = 1e-3;
 
 fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
-    use crate::train::optim::{Adam, clip_factor, noam};
+    use crate::train::optim::{Adam, noam};
     let cfg = crate::train::model::ModelConfig {
         mech: mech.into(),
         layers: 1,
@@ -362,6 +362,10 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
     let mut ws = plan.workspace();
     let init = harness::to_f32(&harness::random_inputs(f, 21));
     let np = f.params.len();
+    let grad_of: Vec<usize> = (0..np)
+        .map(|k| tg.gradient.grad_of[2 + k])
+        .collect::<Option<_>>()
+        .ok_or("a parameter has no gradient")?;
     let mut params: Vec<Vec<f32>> = init[2..2 + np].to_vec();
     let mut gstep = super::train::GpuStep::new(gpu, &tg, &params, 1.0)?;
     let mut adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
@@ -377,37 +381,21 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
         let (ids, targets) = (batch(), batch());
         let seed = 1000 + s as u64;
         let lr = noam(adam.step + 1, cfg.d_model, 4000, 1.0);
-        // CPU.
-        let opts = RunOptions {
-            train: true,
-            seed,
-            check_finite: false,
-        };
-        let one = [1.0f32];
-        let mut refs: Vec<&[f32]> = vec![&ids, &targets];
-        refs.extend(params.iter().map(Vec::as_slice));
-        refs.push(&one);
-        plan.run_in_place(&mut ws, &refs, opts)
-            .map_err(|e| format!("CPU step {s}: {e}"))?;
-        let cpu_loss = plan.output_in(&ws, 0).and_then(|o| o.first().copied());
-        let grads: Vec<Vec<f32>> = (0..np)
-            .map(|k| {
-                tg.gradient.grad_of[2 + k]
-                    .and_then(|o| plan.output_in(&ws, o))
-                    .map(<[f32]>::to_vec)
-                    .ok_or("a gradient is missing")
-            })
-            .collect::<Result<_, _>>()?;
-        let views: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-        let (_, k) = clip_factor(&views, 1.0);
-        adam.update_scaled(&mut params, &views, lr, k);
+        // CPU: the trainer's step.
+        let (cpu_loss, _) = crate::train::run::cpu_step(
+            (&plan, &mut ws, &grad_of),
+            [&ids, &targets],
+            (&mut params, &mut adam),
+            (seed, lr, 1.0),
+        )
+        .map_err(|e| format!("CPU step {s}: {e}"))?;
         // GPU.
         gstep.set_batch(gpu, &ids, &targets)?;
         gstep
             .step(gpu, lr, seed)
             .map_err(|e| format!("GPU step {s}: {e}"))?;
         let gpu_loss = gstep.loss(gpu)?;
-        let c = cpu_loss.ok_or("the CPU loss is missing")? as f64;
+        let c = cpu_loss as f64;
         let d = ((gpu_loss as f64 - c) / c.abs().max(1e-12)).abs();
         worst = worst.max(if d.is_nan() { f64::INFINITY } else { d });
     }
