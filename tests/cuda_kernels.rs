@@ -652,6 +652,19 @@ fn unwritten(n: usize) -> Vec<f32> {
 }
 
 /// The buffer without its sentinels, after checking that none was overwritten.
+/// [`check`] of the guarded buffer `got` (output `name` of case `what`) against `want`, with
+/// the kernels' usual tolerance: 1e-4 relative plus 1e-5 of the largest expected magnitude.
+fn check_rel(what: &str, name: &str, got: &[f32], want: &[f64]) {
+    let atol = 1e-5 * max_abs(want).max(1.0);
+    check(
+        &format!("{what}: {name}"),
+        body(name, got),
+        want,
+        1e-4,
+        atol,
+    );
+}
+
 fn body<'a>(what: &str, v: &'a [f32]) -> &'a [f32] {
     let n = v.len() - GUARD;
     if let Some(i) = v[n..].iter().position(|x| x.to_bits() != SENTINEL) {
@@ -979,24 +992,9 @@ fn layernorm_case(seed: u64, rows: usize, n: usize, block: u32, grid: u32, alias
         Alias::Gy => &gyb,
         Alias::X => &xb,
     };
-    let tol = 1e-5 * max_abs(&rgx).max(1.0);
-    check(&format!("{what}: gx"), body("gx", gx), &rgx, 1e-4, tol);
-    let tol = 1e-5 * max_abs(&rgg).max(1.0);
-    check(
-        &format!("{what}: ggain"),
-        body("ggain", &gg),
-        &rgg,
-        1e-4,
-        tol,
-    );
-    let tol = 1e-5 * max_abs(&rgb).max(1.0);
-    check(
-        &format!("{what}: gbias"),
-        body("gbias", &gb),
-        &rgb,
-        1e-4,
-        tol,
-    );
+    check_rel(&what, "gx", gx, &rgx);
+    check_rel(&what, "ggain", &gg, &rgg);
+    check_rel(&what, "gbias", &gb, &rgb);
 }
 
 #[test]
@@ -1373,17 +1371,17 @@ fn adam_scalars(opt: &Adam, t: i32, lr: f64) -> [f32; 5] {
     ]
 }
 
-#[test]
-fn adam_is_bitwise_the_cpu_update() {
-    let m = module("adam.cu");
-    let mut rng = Rng::new(41);
-    let lens = [1000usize, 77];
-    let mut cpu = Adam::new(&lens);
-    let mut params: Vec<Vec<f32>> = lens
+/// Adam's CPU state for tensors of `lens` elements, random parameters, and the device's copy of
+/// each tensor's parameters and zeroed moments (guarded buffers); the generator goes on.
+#[allow(clippy::type_complexity)]
+fn adam_setup(seed: u64, lens: &[usize]) -> (Rng, Adam, Vec<Vec<f32>>, Vec<[Vec<f32>; 3]>) {
+    let mut rng = Rng::new(seed);
+    let cpu = Adam::new(lens);
+    let params: Vec<Vec<f32>> = lens
         .iter()
         .map(|n| rand_vec(&mut rng, *n, -1.0, 1.0))
         .collect();
-    let mut dev: Vec<[Vec<f32>; 3]> = params
+    let dev = params
         .iter()
         .map(|p| {
             [
@@ -1393,6 +1391,14 @@ fn adam_is_bitwise_the_cpu_update() {
             ]
         })
         .collect();
+    (rng, cpu, params, dev)
+}
+
+#[test]
+fn adam_is_bitwise_the_cpu_update() {
+    let m = module("adam.cu");
+    let lens = [1000usize, 77];
+    let (mut rng, mut cpu, mut params, mut dev) = adam_setup(41, &lens);
     let lr = 3e-3;
     for (step, k) in [1.0f32, 0.37, 1.0, 0.81].into_iter().enumerate() {
         let grads: Vec<Vec<f32>> = lens
@@ -1434,23 +1440,8 @@ fn adam_is_bitwise_the_cpu_update() {
 #[test]
 fn sum_of_squares_clip_factor_and_device_adam_match_the_cpu() {
     let m = module("adam.cu");
-    let mut rng = Rng::new(51);
     let lens = [100_003usize, 300];
-    let mut cpu = Adam::new(&lens);
-    let mut params: Vec<Vec<f32>> = lens
-        .iter()
-        .map(|n| rand_vec(&mut rng, *n, -1.0, 1.0))
-        .collect();
-    let mut dev: Vec<[Vec<f32>; 3]> = params
-        .iter()
-        .map(|p| {
-            [
-                guarded(p.clone()),
-                guarded(vec![0.0; p.len()]),
-                guarded(vec![0.0; p.len()]),
-            ]
-        })
-        .collect();
+    let (mut rng, mut cpu, mut params, mut dev) = adam_setup(51, &lens);
     let lr = 1e-3;
     for step in 0..3 {
         let grads: Vec<Vec<f32>> = lens
@@ -1641,8 +1632,7 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
         128,
         &args,
     );
-    let tol = |x: &[f64]| 1e-5 * max_abs(x).max(1.0);
-    check(&format!("{what}: o"), body("o", &o), &r.o, 1e-4, tol(&r.o));
+    check_rel(&what, "o", &o, &r.o);
     check(
         &format!("{what}: lse"),
         body("lse", &lse),
@@ -1676,27 +1666,9 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
             &args,
         );
     }
-    check(
-        &format!("{what}: dq"),
-        body("dq", &dq),
-        &r.dq,
-        1e-4,
-        tol(&r.dq),
-    );
-    check(
-        &format!("{what}: dk"),
-        body("dk", &dk),
-        &r.dk,
-        1e-4,
-        tol(&r.dk),
-    );
-    check(
-        &format!("{what}: dv"),
-        body("dv", &dv),
-        &r.dv,
-        1e-4,
-        tol(&r.dv),
-    );
+    check_rel(&what, "dq", &dq, &r.dq);
+    check_rel(&what, "dk", &dk, &r.dk);
+    check_rel(&what, "dv", &dv, &r.dv);
 }
 
 #[test]
@@ -1864,14 +1836,7 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
         128,
         &args,
     );
-    let tol = |x: &[f64]| 1e-5 * max_abs(x).max(1.0);
-    check(
-        &format!("{what}: out"),
-        body("out", &o),
-        &r.out,
-        1e-4,
-        tol(&r.out),
-    );
+    check_rel(&what, "out", &o, &r.out);
     check(
         &format!("{what}: den"),
         body("den", &den),
@@ -1906,27 +1871,9 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
         128,
         &args,
     );
-    check(
-        &format!("{what}: dqf"),
-        body("dqf", &dq),
-        &r.dqf,
-        1e-4,
-        tol(&r.dqf),
-    );
-    check(
-        &format!("{what}: dkf"),
-        body("dkf", &dk),
-        &r.dkf,
-        1e-4,
-        tol(&r.dkf),
-    );
-    check(
-        &format!("{what}: dv"),
-        body("dv", &dv),
-        &r.dv,
-        1e-4,
-        tol(&r.dv),
-    );
+    check_rel(&what, "dqf", &dq, &r.dqf);
+    check_rel(&what, "dkf", &dk, &r.dkf);
+    check_rel(&what, "dv", &dv, &r.dv);
 }
 
 #[test]
