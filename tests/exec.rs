@@ -122,17 +122,23 @@ fn affine(inst: &Instance, x: &[Vec<f64>], w: &Tensor, b: &Tensor) -> Vec<Vec<f6
         .collect()
 }
 
-#[test]
-fn m1_matches_a_naive_causal_softmax_attention() {
+/// Runs the stdlib mechanism `mech` (tok 5, dm 8, head 2) on the interpreter with random inputs
+/// and compares its output with a naive computation: the q, k and v projections of the input,
+/// then `heads(q, k, v, head, dk)` (the attention of each head, concatenated per token), then
+/// the output projection.
+fn mechanism_matches_naive(
+    mech: &str,
+    seed: u64,
+    heads: impl Fn(&[Vec<f64>], &[Vec<f64>], &[Vec<f64>], usize, usize) -> Vec<Vec<f64>>,
+) {
     let (t, dm, h) = (5usize, 8usize, 2usize);
-    let dk = dm / h;
     let inst = instance_of(
-        "stdlib/attention/m1.diag",
+        &format!("stdlib/attention/{mech}.diag"),
         &[],
-        "m1",
+        mech,
         &bindings(MECH_SIZES, &[]),
     );
-    let ins = harness::random_inputs(&inst, 5);
+    let ins = harness::random_inputs(&inst, seed);
     let out = interp::run(
         &inst.diagram,
         &inst.axes,
@@ -151,99 +157,76 @@ fn m1_matches_a_naive_causal_softmax_attention() {
     // Parameters in order of appearance: q, k, v, output.
     let w = |k: usize| &ins[1 + 2 * k];
     let bias = |k: usize| &ins[2 + 2 * k];
-    let (q, kk, v) = (
+    let (q, k, v) = (
         affine(&inst, &x, w(0), bias(0)),
         affine(&inst, &x, w(1), bias(1)),
         affine(&inst, &x, w(2), bias(2)),
     );
-    let mut heads = vec![vec![0.0; dm]; t];
-    for hh in 0..h {
-        for i in 0..t {
-            let scores: Vec<f64> = (0..=i)
-                .map(|j| {
-                    (0..dk)
-                        .map(|d| q[i][hh * dk + d] * kk[j][hh * dk + d])
-                        .sum::<f64>()
-                        / (dk as f64).sqrt()
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for d in 0..dk {
-                heads[i][hh * dk + d] = (0..=i).map(|j| e[j] / z * v[j][hh * dk + d]).sum();
-            }
-        }
-    }
-    let y = affine(&inst, &heads, w(3), bias(3));
+    let y = affine(&inst, &heads(&q, &k, &v, h, dm / h), w(3), bias(3));
     for (i, row) in y.iter().enumerate() {
         for (j, want) in row.iter().enumerate() {
             let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
-            assert!((got - want).abs() < 1e-12, "({i}, {j}): {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{mech} ({i}, {j}): {got} vs {want}"
+            );
         }
     }
 }
 
 #[test]
-fn m0_matches_a_naive_causal_linear_attention() {
-    let (t, dm, h) = (5usize, 8usize, 2usize);
-    let dk = dm / h;
-    let inst = instance_of(
-        "stdlib/attention/m0.diag",
-        &[],
-        "m0",
-        &bindings(MECH_SIZES, &[]),
-    );
-    let ins = harness::random_inputs(&inst, 6);
-    let out = interp::run(
-        &inst.diagram,
-        &inst.axes,
-        &inst.sizes,
-        ins.clone(),
-        RunOptions::default(),
-    )
-    .unwrap();
-    let x: Vec<Vec<f64>> = (0..t)
-        .map(|i| {
-            (0..dm)
-                .map(|j| at(&inst, &ins[0], &[("tok", i), ("dm", j)]))
-                .collect()
-        })
-        .collect();
-    let w = |k: usize| &ins[1 + 2 * k];
-    let bias = |k: usize| &ins[2 + 2 * k];
-    let phi = |z: f64| if z > 0.0 { z + 1.0 } else { z.exp() };
-    let (q, kk, v) = (
-        affine(&inst, &x, w(0), bias(0)),
-        affine(&inst, &x, w(1), bias(1)),
-        affine(&inst, &x, w(2), bias(2)),
-    );
-    let mut heads = vec![vec![0.0; dm]; t];
-    for hh in 0..h {
-        for i in 0..t {
-            let fq: Vec<f64> = (0..dk).map(|d| phi(q[i][hh * dk + d])).collect();
-            let mut den = 1e-6;
-            let mut num = vec![0.0; dk];
-            for j in 0..=i {
-                let fk: Vec<f64> = (0..dk).map(|d| phi(kk[j][hh * dk + d])).collect();
-                let s: f64 = fq.iter().zip(&fk).map(|(a, b)| a * b).sum();
-                den += s;
-                for e in 0..dk {
-                    num[e] += s * v[j][hh * dk + e];
+fn m1_matches_a_naive_causal_softmax_attention() {
+    mechanism_matches_naive("m1", 5, |q, kk, v, h, dk| {
+        let t = q.len();
+        let mut heads = vec![vec![0.0; h * dk]; t];
+        for hh in 0..h {
+            for i in 0..t {
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..dk)
+                            .map(|d| q[i][hh * dk + d] * kk[j][hh * dk + d])
+                            .sum::<f64>()
+                            / (dk as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..dk {
+                    heads[i][hh * dk + d] = (0..=i).map(|j| e[j] / z * v[j][hh * dk + d]).sum();
                 }
             }
-            for e in 0..dk {
-                heads[i][hh * dk + e] = num[e] / den;
+        }
+        heads
+    });
+}
+
+#[test]
+fn m0_matches_a_naive_causal_linear_attention() {
+    let phi = |z: f64| if z > 0.0 { z + 1.0 } else { z.exp() };
+    mechanism_matches_naive("m0", 6, |q, kk, v, h, dk| {
+        let t = q.len();
+        let mut heads = vec![vec![0.0; h * dk]; t];
+        for hh in 0..h {
+            for i in 0..t {
+                let fq: Vec<f64> = (0..dk).map(|d| phi(q[i][hh * dk + d])).collect();
+                let mut den = 1e-6;
+                let mut num = vec![0.0; dk];
+                for j in 0..=i {
+                    let fk: Vec<f64> = (0..dk).map(|d| phi(kk[j][hh * dk + d])).collect();
+                    let s: f64 = fq.iter().zip(&fk).map(|(a, b)| a * b).sum();
+                    den += s;
+                    for e in 0..dk {
+                        num[e] += s * v[j][hh * dk + e];
+                    }
+                }
+                for e in 0..dk {
+                    heads[i][hh * dk + e] = num[e] / den;
+                }
             }
         }
-    }
-    let y = affine(&inst, &heads, w(3), bias(3));
-    for (i, row) in y.iter().enumerate() {
-        for (j, want) in row.iter().enumerate() {
-            let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
-            assert!((got - want).abs() < 1e-12, "({i}, {j}): {got} vs {want}");
-        }
-    }
+        heads
+    });
 }
 
 #[test]
