@@ -213,6 +213,10 @@ enum Command {
         /// load changes within a minute, and alternating exposes both sides to it alike.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
+        /// Also list the N slowest steps of one forward+backward on the CPU, each with the
+        /// boxes it computes (and the GFLOP/s of a product): where a mechanism's time goes.
+        #[arg(long, default_value_t = 0)]
+        top: usize,
         /// Run every step on the precompiled kernels (the interpreter path), without the
         /// cranelift-fused elementwise kernels.
         #[arg(long)]
@@ -489,6 +493,7 @@ fn run() -> i32 {
             steps,
             pytorch,
             rounds,
+            top,
             no_jit,
             device,
             precision,
@@ -497,7 +502,7 @@ fn run() -> i32 {
             layers,
             batch_size,
             bptt,
-            (steps, !no_jit, rounds as usize),
+            (steps, !no_jit, rounds as usize, top),
             pytorch,
             &device,
             precision,
@@ -1127,7 +1132,7 @@ fn bench_cmd(
     layers: usize,
     batch: usize,
     bptt: usize,
-    (steps, jit, rounds): (usize, bool, usize),
+    (steps, jit, rounds, top): (usize, bool, usize, usize),
     pytorch: bool,
     device: &str,
     precision: PrecisionArg,
@@ -1167,7 +1172,7 @@ fn bench_cmd(
             }
         };
         if round == 0 {
-            print_cpu_bench(&r, &cfg, jit);
+            print_cpu_bench(&r, &cfg, jit, top);
         }
         let mut theirs = None;
         if pytorch {
@@ -1206,6 +1211,7 @@ fn print_cpu_bench(
     r: &crate::train::bench::BenchReport,
     cfg: &crate::train::model::ModelConfig,
     jit: bool,
+    top: usize,
 ) {
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     println!(
@@ -1238,6 +1244,17 @@ fn print_cpu_bench(
     );
     for (kind, secs, n) in r.profile.iter().take(8) {
         println!("    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3);
+    }
+    if top > 0 {
+        println!("  the {} slowest steps:", top.min(r.steps.len()));
+    }
+    for (label, kind, secs, flops) in r.steps.iter().take(top) {
+        let rate = if *flops > 0 && *secs > 0.0 {
+            format!("{:6.0} GFLOP/s", *flops as f64 / secs / 1e9)
+        } else {
+            String::new()
+        };
+        println!("    {kind:<20} {:8.2} ms {rate:>14}  {label}", secs * 1e3);
     }
 }
 

@@ -184,7 +184,7 @@ fn bench_refuses_unknown_devices_and_mechanisms() {
 }
 
 #[test]
-fn bench_rounds_report_every_round_and_the_median() {
+fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
     let small = ["--steps", "2", "--batch-size", "2", "--bptt", "5"];
     let mut args = vec!["bench", "m0", "--rounds", "3"];
     args.extend(small);
@@ -196,10 +196,24 @@ fn bench_rounds_report_every_round_and_the_median() {
         assert!(out.contains(&format!("round  {k}: diagc")), "{out}");
     }
     assert!(out.contains("median:"), "{out}");
-    // One round (the default) prints no table; zero rounds is refused.
-    let mut args = vec!["bench", "m0"];
+    // One round (the default) prints no table; `--top 3` lists three steps with their boxes.
+    let mut args = vec!["bench", "m0", "--top", "3"];
     args.extend(small);
-    assert!(!text(&diagc(&args).stdout).contains("median:"));
+    let out = text(&diagc(&args).stdout);
+    assert!(!out.contains("median:"), "{out}");
+    let listed: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("the 3 slowest steps:"))
+        .skip(1)
+        .collect();
+    assert_eq!(listed.len(), 3, "{out}");
+    assert!(
+        listed
+            .iter()
+            .all(|l| l.contains(" ms ") && l.contains("box ")),
+        "{out}"
+    );
+    // Zero rounds is refused.
     let mut args = vec!["bench", "m0", "--rounds", "0"];
     args.extend(small);
     assert_eq!(diagc(&args).status.code(), Some(2));

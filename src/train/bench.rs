@@ -5,7 +5,7 @@
 use super::model::{ModelConfig, train_graph};
 use super::optim::{Adam, noam};
 use super::run::cpu_step;
-use crate::backend::cpu::exec::{Plan, PlanOptions};
+use crate::backend::cpu::exec::{Plan, PlanOptions, by_kind};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ pub struct BenchReport {
     pub state: usize,
     /// Time per kind of kernel in one forward+backward (profiled run), largest first.
     pub profile: Vec<(&'static str, f64, usize)>,
+    /// Every step of that run, slowest first: the boxes it computes, its kind, seconds, and
+    /// the floating-point operations of a product (0 otherwise).
+    pub steps: Vec<(String, &'static str, f64, u64)>,
     /// Median seconds of clipping and the Adam update.
     pub update: f64,
 }
@@ -85,12 +88,18 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<Be
         seed,
         check_finite: false,
     };
-    let profile = plan
-        .run_profiled(&mut ws, &refs, opts)
-        .map_err(|e| e.to_string())?
+    let timed = plan
+        .run_timed(&mut ws, &refs, opts)
+        .map_err(|e| e.to_string())?;
+    let profile = by_kind(&timed)
         .into_iter()
         .map(|(k, d, n)| (k, d.as_secs_f64(), n))
         .collect();
+    let mut steps: Vec<(String, &'static str, f64, u64)> = timed
+        .iter()
+        .map(|t| (t.label.to_string(), t.kind, t.time.as_secs_f64(), t.flops))
+        .collect();
+    steps.sort_by(|a, b| b.2.total_cmp(&a.2));
     let update = median(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
     Ok(BenchReport {
         params: nparams,
@@ -101,6 +110,7 @@ pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<Be
         workspace_no_reuse: plan.no_reuse_bytes(),
         state: nparams * 4 * 4,
         profile,
+        steps,
         update,
     })
 }

@@ -162,6 +162,35 @@ impl Default for PlanOptions {
     }
 }
 
+/// The time one kernel step took ([`Plan::run_timed`]).
+#[derive(Clone, Debug)]
+pub struct StepTime<'a> {
+    /// The boxes the step computes: `box 69 (einsum)`, or a fused group's first and last.
+    pub label: &'a str,
+    /// The kind of kernel (`gemm`, `fused`, `cross-entropy`...).
+    pub kind: &'static str,
+    pub time: std::time::Duration,
+    /// Floating-point operations of a product (0 for other kernels).
+    pub flops: u64,
+}
+
+/// Step times summed per kind of kernel, with the number of steps of each kind, most
+/// expensive first.
+pub fn by_kind(times: &[StepTime]) -> Vec<(&'static str, std::time::Duration, usize)> {
+    let mut prof: Vec<(&'static str, std::time::Duration, usize)> = Vec::new();
+    for t in times {
+        match prof.iter_mut().find(|e| e.0 == t.kind) {
+            Some(e) => {
+                e.1 += t.time;
+                e.2 += 1;
+            }
+            None => prof.push((t.kind, t.time, 1)),
+        }
+    }
+    prof.sort_by_key(|p| std::cmp::Reverse(p.1));
+    prof
+}
+
 /// The mutable memory of runs: the plan's buffers. Reuse one across runs to avoid allocating;
 /// [`Plan::run`] (re)sizes it for the plan it is given.
 #[derive(Clone, Debug, Default)]
@@ -351,18 +380,28 @@ impl Plan {
         inputs: &[&[f32]],
         opts: RunOptions,
     ) -> Result<Vec<(&'static str, std::time::Duration, usize)>, RunError> {
-        let mut prof = Vec::new();
-        self.execute(ws, inputs, opts, Some(&mut prof))?;
-        prof.sort_by_key(|p| std::cmp::Reverse(p.1));
-        Ok(prof)
+        Ok(by_kind(&self.run_timed(ws, inputs, opts)?))
     }
 
-    fn execute(
+    /// Runs the plan as [`Plan::run_views`] does, timing every kernel step: one record per
+    /// step, in plan order (`diagc bench --top`).
+    pub fn run_timed(
         &self,
         ws: &mut Workspace,
         inputs: &[&[f32]],
         opts: RunOptions,
-        mut prof: Option<&mut Vec<(&'static str, std::time::Duration, usize)>>,
+    ) -> Result<Vec<StepTime<'_>>, RunError> {
+        let mut times = Vec::new();
+        self.execute(ws, inputs, opts, Some(&mut times))?;
+        Ok(times)
+    }
+
+    fn execute<'a>(
+        &'a self,
+        ws: &mut Workspace,
+        inputs: &[&[f32]],
+        opts: RunOptions,
+        mut prof: Option<&mut Vec<StepTime<'a>>>,
     ) -> Result<(), RunError> {
         if inputs.len() != self.inputs.len() {
             return Err(RunError(format!(
@@ -409,15 +448,15 @@ impl Plan {
                     unsafe { k.run(p, opts.train, opts.seed) }
                         .map_err(|e| RunError(format!("{}: {e}", step.label)))?;
                     if let (Some(prof), Some(start)) = (prof.as_deref_mut(), start) {
-                        let name = k.name();
-                        let spent = start.elapsed();
-                        match prof.iter_mut().find(|e| e.0 == name) {
-                            Some(e) => {
-                                e.1 += spent;
-                                e.2 += 1;
-                            }
-                            None => prof.push((name, spent, 1)),
-                        }
+                        prof.push(StepTime {
+                            label: &step.label,
+                            kind: k.name(),
+                            time: start.elapsed(),
+                            flops: match k {
+                                Kernel::Gemm(g) => g.flops(),
+                                _ => 0,
+                            },
+                        });
                     }
                 }
                 Action::Check(c) => {
