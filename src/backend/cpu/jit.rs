@@ -14,7 +14,8 @@
 //! hashes the masks of a chunk of the row ([`keep_mask`], compiled for the CPU's widest SIMD:
 //! the 64-bit multiplies of the hash have no 128-bit vector form for cranelift to use) and then
 //! calls the code on that chunk. When every stride is 0 or 1 and no instruction needs a scalar
-//! call, the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and
+//! call (`exp`, `gelu`, `log`, `sigmoid`, `elu1` and their derivatives do; `relu`, `sqrt`, `recip`
+//! and `tanh` are emitted inline), the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and
 //! splat), with a scalar tail; otherwise it is a scalar loop. The outer dimensions are walked by
 //! [`Fused::run`] (an odometer over a [`DynNest`]), split over the cores by the outermost
 //! dimension when the kernel is large, each thread writing a disjoint part of every output.
@@ -86,8 +87,8 @@ impl Inst {
     /// Whether the instruction needs the scalar loop (a call).
     fn scalar_only(&self) -> bool {
         match *self {
-            Inst::Map(f, _) => !matches!(f, Func::Relu | Func::Sqrt | Func::Recip),
-            Inst::MapBack(f, _, _) => f != Func::Relu,
+            Inst::Map(f, _) => !matches!(f, Func::Relu | Func::Sqrt | Func::Recip | Func::Tanh),
+            Inst::MapBack(f, _, _) => !matches!(f, Func::Relu | Func::Tanh),
             _ => false,
         }
     }
@@ -758,6 +759,15 @@ fn values(
                 let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
                 b.ins().bitselect(c, v[g], z)
             }
+            Inst::Map(Func::Tanh, x) => tanh_lanes(b, v[x], &fconst),
+            Inst::MapBack(Func::Tanh, x, g) => {
+                // gy * (1 - t t), as `derivative(Tanh)` computes it.
+                let t = tanh_lanes(b, v[x], &fconst);
+                let tt = b.ins().fmul(t, t);
+                let one = fconst(b, 1.0);
+                let d = b.ins().fsub(one, tt);
+                b.ins().fmul(v[g], d)
+            }
             Inst::Dropout { p, x, .. } => {
                 drop += 1;
                 if p == 0.0 {
@@ -778,6 +788,34 @@ fn values(
         v.push(r);
     }
     v
+}
+
+/// `func::single::tanh` on vector lanes: the same operations in the same order (the clamp as
+/// max then min, which agree with `f32::clamp` except on a NaN's payload).
+fn tanh_lanes(
+    b: &mut FunctionBuilder,
+    x: Value,
+    fconst: &dyn Fn(&mut FunctionBuilder, f32) -> Value,
+) -> Value {
+    use crate::backend::cpu::func::single::{TANH_CLAMP, TANH_P, TANH_Q};
+    let lo = fconst(b, -TANH_CLAMP);
+    let hi = fconst(b, TANH_CLAMP);
+    let c = b.ins().fmax(x, lo);
+    let c = b.ins().fmin(c, hi);
+    let x2 = b.ins().fmul(c, c);
+    let horner = |b: &mut FunctionBuilder, coef: &[f32]| {
+        let mut p = fconst(b, coef[0]);
+        for k in &coef[1..] {
+            let m = b.ins().fmul(p, x2);
+            let k = fconst(b, *k);
+            p = b.ins().fadd(m, k);
+        }
+        p
+    };
+    let p = horner(b, &TANH_P);
+    let q = horner(b, &TANH_Q);
+    let n = b.ins().fmul(c, p);
+    b.ins().fdiv(n, q)
 }
 
 /// The scalar body. `keeps(b, d)` is whether dropout `d` keeps this element (from its mask).
@@ -947,12 +985,12 @@ mod tests {
         for i in 0..n {
             assert_eq!(got[i], (a[i] * b[i] + 2.0).max(0.0) / b[i]);
         }
-        // tanh(a) + broadcast scalar, scalar path with a call.
+        // gelu(a) + broadcast scalar, scalar path with a call.
         let prog = Program {
             insts: vec![
                 Inst::Load(0),
                 Inst::Load(1),
-                Inst::Map(Func::Tanh, 0),
+                Inst::Map(Func::Gelu, 0),
                 Inst::Add(2, 1),
             ],
             inputs: 2,
@@ -960,7 +998,37 @@ mod tests {
         };
         let got = run(prog, &[a.clone(), vec![3.0]], &[1, 0, 1], n, true);
         for i in 0..n {
-            assert_eq!(got[i], apply(Func::Tanh, a[i]) + 3.0);
+            assert_eq!(got[i], apply(Func::Gelu, a[i]) + 3.0);
+        }
+        // tanh and its gradient on vector lanes, bit for bit the scalar functions, from tiny to
+        // saturated arguments (and on the scalar path, through a stride of 2).
+        let xs: Vec<f32> = (-4001..4000)
+            .map(|i| i as f32 * 2.5e-3 * (1.0 + (i % 7) as f32))
+            .chain([0.0, -0.0, 1e-30, -1e-30, 7.9, 8.0, 1e6, -1e6])
+            .collect();
+        let gy: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 5) as f32).collect();
+        let prog = Program {
+            insts: vec![
+                Inst::Load(0),
+                Inst::Load(1),
+                Inst::Map(Func::Tanh, 0),
+                Inst::MapBack(Func::Tanh, 0, 1),
+                Inst::Add(2, 3),
+            ],
+            inputs: 2,
+            stores: vec![4],
+        };
+        let n = xs.len();
+        let got = run(prog.clone(), &[xs.clone(), gy.clone()], &[1, 1, 1], n, true);
+        for i in 0..n {
+            let want = apply(Func::Tanh, xs[i]) + gy[i] * derivative(Func::Tanh, xs[i]);
+            assert_eq!(got[i].to_bits(), want.to_bits(), "x = {}", xs[i]);
+        }
+        let half = n / 2;
+        let got = run(prog, &[xs.clone(), gy.clone()], &[2, 2, 1], half, true);
+        for i in 0..half {
+            let want = apply(Func::Tanh, xs[2 * i]) + gy[2 * i] * derivative(Func::Tanh, xs[2 * i]);
+            assert_eq!(got[i].to_bits(), want.to_bits(), "x = {}", xs[2 * i]);
         }
         // Dropout: the interpreter's mask, identity out of training.
         let prog = Program {
