@@ -14,15 +14,17 @@
 //! hashes the masks of a chunk of the row ([`keep_mask`], compiled for the CPU's widest SIMD:
 //! the 64-bit multiplies of the hash have no 128-bit vector form for cranelift to use) and then
 //! calls the code on that chunk. When every stride is 0 or 1 and no instruction needs a scalar
-//! call (`exp`, `gelu`, `log`, `sigmoid`, `elu1` and their derivatives do; `relu`, `sqrt`, `recip`
-//! and `tanh` are emitted inline), the row runs four lanes at a time (`f32x4`; inputs of stride 0 are loaded once and
-//! splat), with a scalar tail; otherwise it is a scalar loop. The outer dimensions are walked by
-//! [`Fused::run`] (an odometer over a [`DynNest`]), split over the cores by the outermost
-//! dimension when the kernel is large, each thread writing a disjoint part of every output.
+//! call (`exp`, `gelu`, `log`, `sigmoid`, `elu1` and their derivatives do; `relu`, `sqrt`,
+//! `recip` and `tanh` are emitted inline), the row runs four lanes at a time (`f32x4`; inputs
+//! of stride 0 are loaded once and splat), with a scalar tail; otherwise it is a scalar loop.
+//! The outer dimensions are walked by [`Fused::run`] (an odometer over a [`DynNest`]), split
+//! over the cores by the outermost dimension when the kernel is large, each thread writing a
+//! disjoint part of every output.
 //!
 //! Every instruction computes exactly what the interpreter-path kernel of the same op computes
-//! (same f32 operations in the same order, the same functions for `exp`, `tanh`, `gelu`..., which
-//! the code calls, and the same dropout mask: an integer compare equal to the float compare of
+//! (same f32 operations in the same order, the same functions for `exp`, `gelu`..., which the
+//! code calls, `func::single::tanh` repeated operation for operation, and the same dropout
+//! mask: an integer compare equal to the float compare of
 //! [`crate::backend::cpu::interp::keep`]), so a fused plan's results equal the unfused plan's
 //! bit for bit (up to the sign of a zero and the payload of a NaN). `tests/jit.rs` checks it.
 //!
