@@ -11,7 +11,7 @@
 //! writes the same position, and the contiguous fast paths below never build a shared and a
 //! mutable slice over the same memory: they test for the in-place case first.
 
-use super::nest::Nest;
+use super::nest::{Dim, Nest};
 use crate::backend::cpu::interp;
 use crate::ir::Func;
 
@@ -19,7 +19,7 @@ use crate::ir::Func;
 pub const LN_EPS: f32 = 1e-5;
 
 #[cfg(test)]
-mod exp_tests {
+mod tests {
     #[test]
     fn fast_exp_is_within_two_ulp() {
         let mut worst = 0u32;
@@ -36,6 +36,38 @@ mod exp_tests {
         assert_eq!(super::fast_exp(100.0), f32::INFINITY);
         assert!(super::fast_exp(f32::NAN).is_nan());
         assert_eq!(super::fast_exp(0.0), 1.0);
+    }
+
+    /// Transposing copies (tiled) and plain ones visit every point exactly as a naive loop.
+    #[test]
+    fn copies_in_tiles_equal_the_naive_copy() {
+        use super::{Dim, Nest, copy};
+        // out[a, b, c] = x[c, a, b] for sizes (a, b, c), over ragged tile edges, and the same
+        // with the middle axis of length 1 (dropped by the nest).
+        for (na, nb, nc) in [(3, 45, 70), (2, 1, 33), (1, 40, 40), (2, 31, 80)] {
+            let x: Vec<f32> = (0..na * nb * nc).map(|i| i as f32).collect();
+            let dims = vec![
+                Dim {
+                    n: na,
+                    s: [nb * nc, nb],
+                },
+                Dim { n: nb, s: [nc, 1] },
+                Dim {
+                    n: nc,
+                    s: [1, na * nb],
+                },
+            ];
+            let mut out = vec![-1.0f32; na * nb * nc];
+            unsafe { copy(&Nest::new(dims), [0, 0], x.as_ptr(), out.as_mut_ptr()) };
+            for a in 0..na {
+                for b in 0..nb {
+                    for c in 0..nc {
+                        let want = x[c * na * nb + a * nb + b];
+                        assert_eq!(out[a * nb * nc + b * nc + c], want, "({a}, {b}, {c})");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -494,12 +526,49 @@ unsafe fn par_copy(nest: &Nest<2>, x: *const f32, out: *mut f32) {
     });
 }
 
+/// The side of the square tiles in which [`copy`] transposes.
+const TILE: usize = 32;
+
 /// `out = x` over a nest with operands `[out, x]`; nothing to do when it runs in place.
 ///
 /// # Safety
 /// As [`map1`].
 unsafe fn copy(nest: &Nest<2>, base: [usize; 2], x: *const f32, out: *mut f32) {
     if std::ptr::eq(out, x) {
+        return;
+    }
+    // A transposition: the output's rows run across the input's. Walked row by row, every read
+    // would touch another cache line; in square tiles of both dimensions, each line is read
+    // (and written) once per tile.
+    let dims = nest.dims();
+    if let Some((inner, rest)) = dims.split_last()
+        && inner.s[0] == 1
+        && inner.s[1] != 1
+        && inner.n >= TILE
+        && let Some(j) = rest.iter().position(|d| d.s[1] == 1 && d.n >= TILE)
+    {
+        let across = rest[j];
+        let others: Vec<Dim<2>> = rest
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != j)
+            .map(|(_, d)| *d)
+            .collect();
+        Nest::new(others).each(base, |o| unsafe {
+            for a0 in (0..across.n).step_by(TILE) {
+                for i0 in (0..inner.n).step_by(TILE) {
+                    for a in a0..(a0 + TILE).min(across.n) {
+                        let (po, px) = (
+                            out.add(o[0] + a * across.s[0]),
+                            x.add(o[1] + a * across.s[1]),
+                        );
+                        for i in i0..(i0 + TILE).min(inner.n) {
+                            *po.add(i) = *px.add(i * inner.s[1]);
+                        }
+                    }
+                }
+            }
+        });
         return;
     }
     nest.rows(base, |o, n, s| unsafe {
