@@ -38,6 +38,49 @@ mod tests {
         assert_eq!(super::fast_exp(0.0), 1.0);
     }
 
+    /// A reduction split over the cores by its kept inner axis gives the serial loop's bits.
+    #[test]
+    fn split_reductions_equal_the_serial_one() {
+        use super::{Dim, Nest, PAR_MIN, par_reduce, reduce};
+        // [rows (summed), cols (kept)], and [kept, summed, kept] in x's row-major order.
+        let cases = [
+            vec![
+                Dim {
+                    n: 700,
+                    s: [0, 1000],
+                },
+                Dim { n: 1000, s: [1, 1] },
+            ],
+            vec![
+                Dim {
+                    n: 3,
+                    s: [100, 90_000],
+                },
+                Dim {
+                    n: 900,
+                    s: [0, 100],
+                },
+                Dim { n: 100, s: [1, 1] },
+            ],
+        ];
+        for dims in cases {
+            let nest = Nest::new(dims);
+            assert!(nest.len() >= PAR_MIN);
+            let x: Vec<f32> = (0..nest.reach(1) + 1)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+                .collect();
+            let n_out = nest.reach(0) + 1;
+            let (mut a, mut b) = (vec![0f32; n_out], vec![0f32; n_out]);
+            unsafe {
+                par_reduce(&nest, x.as_ptr(), a.as_mut_ptr());
+                reduce(&nest, [0, 0], x.as_ptr(), b.as_mut_ptr());
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b));
+            assert!(b.iter().any(|v| *v != 0.0));
+        }
+    }
+
     /// Transposing copies (tiled) and plain ones visit every point exactly as a naive loop.
     #[test]
     fn copies_in_tiles_equal_the_naive_copy() {
@@ -526,6 +569,65 @@ unsafe fn par_copy(nest: &Nest<2>, x: *const f32, out: *mut f32) {
     });
 }
 
+/// `out += x` reduced over a nest with operands `[out, x]` (in `x`'s order; `out`'s stride is
+/// 0 along the summed axes). When the innermost axis is kept and long, its range is split over
+/// the cores: each thread owns a slice of the outputs and adds into each in the serial order,
+/// so the result does not depend on the number of threads.
+///
+/// # Safety
+/// As [`map1`]; `out` holds the starting values (zeros).
+unsafe fn par_reduce(nest: &Nest<2>, x: *const f32, out: *mut f32) {
+    let dims = nest.dims();
+    let parts = match dims.last() {
+        Some(inner) if inner.s[0] != 0 && nest.len() >= PAR_MIN => cores().min(inner.n / 32),
+        _ => 1,
+    };
+    if parts <= 1 {
+        unsafe { reduce(nest, [0, 0], x, out) };
+        return;
+    }
+    let inner = dims[dims.len() - 1];
+    let (x, out) = (Shared(x), Shared(out));
+    rayon::scope(|scope| {
+        for t in 0..parts {
+            let (lo, hi) = (inner.n * t / parts, inner.n * (t + 1) / parts);
+            let mut d = dims.to_vec();
+            let last = d.len() - 1;
+            d[last].n = hi - lo;
+            let sub = Nest::new(d);
+            let base = [lo * inner.s[0], lo * inner.s[1]];
+            // SAFETY: distinct ranges of a kept axis are distinct outputs.
+            scope.spawn(move |_| unsafe { reduce(&sub, base, x.get(), out.get()) });
+        }
+    });
+}
+
+/// The serial loop of [`par_reduce`] from offsets `base`.
+///
+/// # Safety
+/// As [`par_reduce`].
+unsafe fn reduce(nest: &Nest<2>, base: [usize; 2], x: *const f32, out: *mut f32) {
+    nest.rows(base, |o, n, s| unsafe {
+        let (po, px) = (out.add(o[0]), x.add(o[1]));
+        if s[0] == 0 {
+            let acc = if s[1] == 1 {
+                sum(sl(px, n))
+            } else {
+                (0..n).map(|i| *px.add(i * s[1])).sum()
+            };
+            *po += acc;
+        } else if s == [1, 1] {
+            for (v, x) in sl_mut(po, n).iter_mut().zip(sl(px, n)) {
+                *v += *x;
+            }
+        } else {
+            for i in 0..n {
+                *po.add(i * s[0]) += *px.add(i * s[1]);
+            }
+        }
+    });
+}
+
 /// The side of the square tiles in which [`copy`] transposes.
 const TILE: usize = 32;
 
@@ -876,25 +978,7 @@ impl Kernel {
                 Kernel::Reduce { nest, len } => {
                     let (x, out) = (p[0] as *const f32, p[1]);
                     sl_mut(out, *len).fill(0.0);
-                    nest.rows([0, 0], |o, n, s| {
-                        let (po, px) = (out.add(o[0]), x.add(o[1]));
-                        if s[0] == 0 {
-                            let acc = if s[1] == 1 {
-                                sum(sl(px, n))
-                            } else {
-                                (0..n).map(|i| *px.add(i * s[1])).sum()
-                            };
-                            *po += acc;
-                        } else if s == [1, 1] {
-                            for (v, x) in sl_mut(po, n).iter_mut().zip(sl(px, n)) {
-                                *v += *x;
-                            }
-                        } else {
-                            for i in 0..n {
-                                *po.add(i * s[0]) += *px.add(i * s[1]);
-                            }
-                        }
-                    });
+                    par_reduce(nest, x, out);
                 }
                 Kernel::Lane { op, outer, n, s } => {
                     let n = *n;
