@@ -21,7 +21,8 @@
 //!   axes contiguous for every operand merged, so the inner loop is long and usually has stride 1
 //!   for a contiguous fast path); large elementwise, dropout, copy, cumulative-sum and
 //!   matrix-vector steps split their outer loop over the cores, each thread writing a disjoint
-//!   part of the output;
+//!   part of the output, and reductions split a kept innermost axis (each output summed whole,
+//!   in the serial order, by one thread);
 //! - a memory planner gives every computed value a buffer from a small pool by liveness (a value
 //!   lives from the step that writes it to the last step that reads it or an alias of it), and
 //!   lets an elementwise or lane-wise step write over an input that dies there when both have
