@@ -105,16 +105,7 @@ fn the_fast_executor_agrees_on_the_training_step() {
     let want = interp::run(&tg.gradient.diagram, &f.axes, &f.sizes, gin.clone(), opts).unwrap();
     let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes).unwrap();
     let mut ws = plan.workspace();
-    let flat: Vec<Vec<f32>> = gin
-        .iter()
-        .map(|t| {
-            t.data
-                .as_standard_layout()
-                .iter()
-                .map(|x| *x as f32)
-                .collect()
-        })
-        .collect();
+    let flat: Vec<Vec<f32>> = harness::to_f32(&gin);
     let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
     let got = plan.run(&mut ws, &refs, opts).unwrap();
     assert_eq!(got.len(), want.len());

@@ -305,16 +305,8 @@ pub fn bench(
     use std::time::Instant;
     let tg = crate::train::model::train_graph(cfg)?;
     let f = &tg.forward;
-    let inputs: Vec<Vec<f32>> = crate::backend::cpu::harness::random_inputs(f, seed)
-        .iter()
-        .map(|t| {
-            t.data
-                .as_standard_layout()
-                .iter()
-                .map(|x| *x as f32)
-                .collect()
-        })
-        .collect();
+    use crate::backend::cpu::harness;
+    let inputs: Vec<Vec<f32>> = harness::to_f32(&harness::random_inputs(f, seed));
     let np = f.params.len();
     let mut s = GpuStep::new(gpu, &tg, &inputs[2..2 + np], 1.0)?;
     s.set_batch(gpu, &inputs[0], &inputs[1])?;
