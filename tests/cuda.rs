@@ -176,14 +176,14 @@ fn the_generated_cuda_of_every_stdlib_mechanism_compiles() {
 #[test]
 fn the_generated_cuda_of_the_training_model_compiles() {
     // The 1-layer LM with its loss at the protocol's sizes (what `diagc train --device cuda`
-    // runs), for M1 and M0.
-    for mech in ["m1", "m0"] {
+    // runs, with attention fused), for M1 and M0, and M1 unfused.
+    for (mech, fused) in [("m1", true), ("m1", false), ("m0", true)] {
         let cfg = diagc::train::model::ModelConfig {
             mech: mech.into(),
             layers: 1,
             ..Default::default()
         };
-        let tg = diagc::train::model::train_graph(&cfg).unwrap();
+        let tg = diagc::train::model::train_graph_with(&cfg, fused).unwrap();
         let f = &tg.forward;
         let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes).unwrap();
         let g = codegen::generate(&plan, &format!("{mech} LM training step"));
@@ -191,7 +191,12 @@ fn the_generated_cuda_of_the_training_model_compiles() {
             !g.errors.is_empty(),
             "the embedding and loss check their ids"
         );
-        compile(&g.source, &format!("lm-{mech}"));
+        assert_eq!(
+            g.source.contains("attention_back"),
+            fused && mech == "m1",
+            "{mech}: fused attention kernels"
+        );
+        compile(&g.source, &format!("lm-{mech}-{fused}"));
     }
 }
 

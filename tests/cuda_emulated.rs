@@ -400,6 +400,45 @@ fn the_generated_cuda_of_the_language_model_computes_what_the_cpu_does() {
 }
 
 #[test]
+fn the_generated_cuda_of_fused_attention_computes_what_the_cpu_does() {
+    // `ir::fuse` makes M1's attention one step (forward) and one step (gradient), which the
+    // code generator writes as per-query and per-key kernels: the mechanism and the batched LM.
+    use diagc::ir::instance::{HyperValue, lift_batch};
+    let mut failures = Vec::new();
+    let m1 = instance_of(
+        "stdlib/attention/m1.diag",
+        &[],
+        "m1",
+        &bindings(&[("tok", 7), ("dm", 8), ("head", 2)], &[]),
+    );
+    let b = bindings(
+        &[
+            ("tok", 5),
+            ("dm", 8),
+            ("head", 2),
+            ("dff", 12),
+            ("vocab", 11),
+        ],
+        &[
+            ("layers", HyperValue::Num(2.0)),
+            ("mech", HyperValue::Diagram("m1".into())),
+        ],
+    );
+    let lm = lift_batch(
+        &instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b),
+        "batch",
+        3,
+    )
+    .unwrap();
+    for (what, inst, n) in [("m1", m1, 1), ("batched lm m1", lm, 2)] {
+        let (fused, count) = diagc::ir::fuse::fuse_attention(&inst);
+        assert_eq!(count, n, "{what}");
+        failures.extend(check(&format!("{what}, attention fused"), &fused, 4, TOL).0);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
 fn a_bad_token_id_is_reported_by_the_generated_embedding() {
     use diagc::ir::instance::HyperValue;
     let b = bindings(

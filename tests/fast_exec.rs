@@ -231,6 +231,32 @@ fn the_batched_language_model_matches_the_interpreter() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[test]
+fn fused_attention_matches_the_interpreter() {
+    // `ir::fuse` turns M1's attention into one `attention` box (and its gradient into one
+    // `attention_back`): the executor's fused kernels against the interpreter's, on the
+    // mechanism, the two-layer LM and the batched LM, at a length where the causal rows differ.
+    let mut failures = Vec::new();
+    let m1 = instance_of(
+        "stdlib/attention/m1.diag",
+        &[],
+        "m1",
+        &bindings(&[("tok", 6), ("dm", 8), ("head", 2)], &[]),
+    );
+    let two = lm("m1", 2.0, LM_SIZES);
+    let batched = diagc::ir::instance::lift_batch(&lm("m1", 1.0, LM_SIZES), "batch", 3).unwrap();
+    for (what, inst, layers) in [("m1", m1, 1), ("lm", two, 2), ("batched lm", batched, 1)] {
+        let (fused, n) = diagc::ir::fuse::fuse_attention(&inst);
+        assert_eq!(n, layers, "{what}: fused chains");
+        failures.extend(check_instance(
+            &format!("{what}, attention fused"),
+            &fused,
+            17,
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Layouts the stdlib does not produce: outputs in transposed orders, merges of axes that are
 /// not adjacent, contractions whose row or column axes do not collapse in some operand (so an
 /// operand or the result goes through a temporary), ops along an axis that is not innermost.

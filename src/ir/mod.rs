@@ -16,6 +16,7 @@
 //!   other axis of its inputs lane-wise, and binary ops align their inputs by axis name.
 
 pub mod build;
+pub mod fuse;
 pub mod instance;
 pub mod lower;
 pub mod print;
@@ -407,6 +408,30 @@ pub enum ExecOp {
     CrossEntropy { classes: AxisId },
     /// `(logits, targets, gy) -> glogits = gy * (softmax(logits) - onehot(targets))`.
     CrossEntropyBack { classes: AxisId },
+    /// `(q, k, v) -> (o, lse)`: causal scaled dot-product attention as one box, the fusion
+    /// (`ir::fuse`) of `dot[src](softmax[src](causal[tok, src](scale * dot[dk](q, k))), v)`.
+    /// `lse` is the log-sum-exp of each query's masked, scaled scores (over the output's axes
+    /// less the value feature), which the gradient reuses.
+    Attention(Attention),
+    /// `(q, k, v, o, lse, go) -> (gq, gk, gv)` for [`ExecOp::Attention`].
+    AttentionBack(Attention),
+}
+
+/// The axes and scale of a fused attention box. Every other axis of `q`, `k` and `v` is a lane
+/// (batch, heads), present in all three and in the output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attention {
+    /// Query positions: in `q`, `o` and `lse`.
+    pub query: AxisId,
+    /// Key positions: in `k` and `v`; the same size as `query` (key `j` is seen by query `i`
+    /// when `j <= i`).
+    pub key: AxisId,
+    /// The feature summed in the scores: in `q` and `k`.
+    pub feat: AxisId,
+    /// The value feature: in `v` and `o` (may be `feat`).
+    pub vfeat: AxisId,
+    /// Multiplies the scores before the mask (`1 / sqrt(dk)` in M1).
+    pub scale: f64,
 }
 
 /// The four kinds of box.

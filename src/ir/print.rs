@@ -286,5 +286,18 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
         ExecOp::EmbedBack { vocab } => format!("embed_back[{}]", n(vocab)),
         ExecOp::CrossEntropy { classes } => format!("cross_entropy[{}]", n(classes)),
         ExecOp::CrossEntropyBack { classes } => format!("cross_entropy_back[{}]", n(classes)),
+        ExecOp::Attention(a) | ExecOp::AttentionBack(a) => format!(
+            "{}[{}, {}, {}, {}, scale = {}]",
+            if matches!(op, ExecOp::Attention(_)) {
+                "attention"
+            } else {
+                "attention_back"
+            },
+            n(&a.query),
+            n(&a.key),
+            n(&a.feat),
+            n(&a.vfeat),
+            a.scale
+        ),
     }
 }

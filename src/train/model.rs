@@ -231,9 +231,19 @@ pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, String> {
 
 /// The batched LM with its loss, and the gradient diagram.
 pub fn train_graph(cfg: &ModelConfig) -> Result<TrainGraph, String> {
+    train_graph_with(cfg, false)
+}
+
+/// [`train_graph`], with causal dot-product attention fused into one box per layer when
+/// `fuse_attention` (`ir::fuse`: the same function, computed without materialising the
+/// scores; what the CUDA backend runs, on flash-attention kernels).
+pub fn train_graph_with(cfg: &ModelConfig, fuse_attention: bool) -> Result<TrainGraph, String> {
     let lm = language_model(cfg)?;
     let batched = instance::lift_batch(&lm, "batch", cfg.batch)?;
-    let forward = with_loss(&batched, "vocab")?;
+    let mut forward = with_loss(&batched, "vocab")?;
+    if fuse_attention {
+        forward = crate::ir::fuse::fuse_attention(&forward).0;
+    }
     let gradient = autodiff::gradient(&forward.diagram)?;
     Ok(TrainGraph { forward, gradient })
 }

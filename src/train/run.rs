@@ -253,7 +253,9 @@ impl Trainer {
             .as_ref()
             .is_some_and(|g| !g.steps.contains_key(&len));
         if needs {
-            let forward = self.loss_instance(len, self.cfg.model.batch)?;
+            // The GPU runs attention fused (flash-attention kernels); the CPU does not.
+            let forward =
+                crate::ir::fuse::fuse_attention(&self.loss_instance(len, self.cfg.model.batch)?).0;
             let gradient = autodiff::gradient(&forward.diagram)?;
             let axes = ids_axes(&forward);
             let tg = super::model::TrainGraph { forward, gradient };

@@ -44,6 +44,7 @@
 //! the kernels of `kernels.rs`: the interpreter path that the JIT path is checked against.
 //! The planner, the GEMM steps and the run loop are the same on both paths.
 
+pub(crate) mod attention;
 mod fuse;
 pub(crate) mod kernels;
 pub(crate) mod nest;
@@ -1160,6 +1161,63 @@ impl Builder<'_> {
                 }
                 self.consts.push(data);
                 vec![v]
+            }
+            Op::Exec(ExecOp::Attention(at)) | Op::Exec(ExecOp::AttentionBack(at)) => {
+                let back = matches!(b.op, Op::Exec(ExecOp::AttentionBack(_)));
+                arity(if back { 6 } else { 3 })?;
+                if self.size(at.query) != self.size(at.key) {
+                    return Err(
+                        "fused attention between query and key axes of different sizes".into(),
+                    );
+                }
+                let mut ops: Vec<usize> = ins.clone();
+                let outs: Vec<usize> = (0..if back { 3 } else { 2 })
+                    .map(|k| self.fresh(oa(k)))
+                    .collect::<Result<_, _>>()?;
+                ops.extend(&outs);
+                // Each operand's position and feature axes (lse has no feature).
+                let role = |k: usize| -> (AxisId, Option<AxisId>) {
+                    match k {
+                        0 | 6 => (at.query, Some(at.feat)),
+                        1 | 7 => (at.key, Some(at.feat)),
+                        2 | 8 => (at.key, Some(at.vfeat)),
+                        3 | 5 => (at.query, Some(at.vfeat)),
+                        _ => (at.query, None),
+                    }
+                };
+                let lse = ops[4];
+                let lanes: Vec<AxisId> = self.vals[lse]
+                    .axes
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != at.query)
+                    .collect();
+                let mut st = [0; attention::BACK];
+                let mut sf = [0; attention::BACK];
+                for (k, v) in ops.iter().enumerate() {
+                    let (pos, feat) = role(k);
+                    st[k] = self.stride(*v, pos);
+                    sf[k] = feat.map_or(0, |f| self.stride(*v, f));
+                }
+                let which: [Option<usize>; attention::BACK] =
+                    std::array::from_fn(|k| ops.get(k).copied());
+                let attn = attention::Attn {
+                    back,
+                    lanes: Nest::new(self.dims(&lanes, which)),
+                    t: self.size(at.query),
+                    d: self.size(at.feat),
+                    e: self.size(at.vfeat),
+                    st,
+                    sf,
+                    scale: at.scale as f32,
+                };
+                self.push(
+                    Kernel::Attention(Box::new(attn)),
+                    ins.clone(),
+                    outs.clone(),
+                    vec![],
+                );
+                outs
             }
             Op::Exec(ExecOp::Zeros) => {
                 arity(0)?;

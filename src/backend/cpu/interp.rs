@@ -582,6 +582,48 @@ pub fn eval(
             let gx = t.mul_broadcast(&inv_std);
             vec![gx.aligned(&out(0)), ggain, gbias]
         }
+        Op::Exec(ExecOp::Attention(at)) => {
+            let v = ins.pop().expect("three inputs");
+            let k = ins.pop().expect("three inputs");
+            let q = ins.pop().expect("three inputs");
+            let scores = attention_scores(&q, &k, at, &out(1), sizes);
+            // The log-sum-exp of each query's masked scores. Key 0 is never masked, so the
+            // maximum is finite.
+            let kp = scores.pos(at.key);
+            let mut lse_axes = scores.axes.clone();
+            lse_axes.remove(kp);
+            let lse = Tensor {
+                axes: lse_axes,
+                data: scores.data.map_axis(Axis(kp), |lane| {
+                    let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                    m + lane.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+                }),
+            };
+            let p = scores.sub_broadcast(&lse).map(f64::exp);
+            vec![einsum(&p, &v, &out(0), sizes), lse.aligned(&out(1))]
+        }
+        Op::Exec(ExecOp::AttentionBack(at)) => {
+            // With P = exp(S - lse): dP = go v^T, D = rowsum(go * o), dS = P * (dP - D),
+            // gq = scale dS k, gk = scale dS^T q, gv = P^T go.
+            let go = ins.pop().expect("six inputs");
+            let lse = ins.pop().expect("six inputs");
+            let o = ins.pop().expect("six inputs");
+            let v = ins.pop().expect("six inputs");
+            let k = ins.pop().expect("six inputs");
+            let q = ins.pop().expect("six inputs");
+            let scores = attention_scores(&q, &k, at, &lse.axes, sizes);
+            let p = scores.sub_broadcast(&lse).map(f64::exp);
+            let dp = einsum(&go, &v, &p.axes, sizes);
+            let d = einsum(&go, &o, &lse.axes, sizes);
+            let ds = Tensor {
+                axes: p.axes.clone(),
+                data: &p.data * &dp.sub_broadcast(&d).data,
+            };
+            let gq = einsum(&ds, &k, &out(0), sizes).map(|x| x * at.scale);
+            let gk = einsum(&ds, &q, &out(1), sizes).map(|x| x * at.scale);
+            let gv = einsum(&p, &go, &out(2), sizes);
+            vec![gq, gk, gv]
+        }
         Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
             return Err("this box must be instantiated before it runs".into());
         }
@@ -589,6 +631,27 @@ pub fn eval(
             return Err("region ports must be lowered before running".into());
         }
     })
+}
+
+/// The scaled, causally masked scores of fused attention, over `lanes_query` (the lanes and the
+/// query axis: `lse`'s axes) then the key axis.
+fn attention_scores(
+    q: &Tensor,
+    k: &Tensor,
+    at: &crate::ir::Attention,
+    lanes_query: &[AxisId],
+    sizes: &[usize],
+) -> Tensor {
+    let mut axes = lanes_query.to_vec();
+    axes.push(at.key);
+    let mut s = einsum(q, k, &axes, sizes).map(|x| x * at.scale);
+    let (qp, kp) = (s.pos(at.query), s.pos(at.key));
+    for (idx, x) in s.data.indexed_iter_mut() {
+        if idx[kp] > idx[qp] {
+            *x = f64::NEG_INFINITY;
+        }
+    }
+    s
 }
 
 const LN_EPS: f64 = 1e-5;

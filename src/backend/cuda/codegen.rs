@@ -1023,6 +1023,101 @@ impl Gen {
                 ops.push(launch(rows, args));
                 ops
             }
+            Kernel::Attention(a) => {
+                let lanes = dims_of(&a.lanes);
+                let count = points(&lanes) * a.t as u64;
+                if count == 0 {
+                    return vec![];
+                }
+                let (t, d, e) = (a.t, a.d, a.e);
+                let (st, sf) = (a.st, a.sf);
+                let ops = a.arity();
+                // Element (i, f) of operand k in its lane: pk[ok + i * st + f * sf].
+                let el = |k: usize, i: &str, f: &str| {
+                    format!("p{k}[o{k} + {i} * {}ULL + {f} * {}ULL]", st[k], sf[k])
+                };
+                let scale = lit(a.scale);
+                // scale * q_i . k_j, as the CPU sums it.
+                let score = format!(
+                    "float sc = 0.0f; for (int f = 0; f < {d}; f++) sc += {} * {}; sc *= {scale};",
+                    el(0, "qi", "f"),
+                    el(1, "kj", "f")
+                );
+                let kernel = |s: &mut String, kname: &str, pos: &str, body: String| {
+                    open(s, kname, &params(ops, &[]), count);
+                    let _ = writeln!(s, "    int {pos} = (int)(i % {t}ULL);");
+                    offsets(s, &lanes, ops, &format!("(i / {t}ULL)"), "o");
+                    let _ = writeln!(s, "{body}}}");
+                    Op::Launch(Launch {
+                        kernel: kname.to_string(),
+                        threads: count,
+                        args: bufs(locs),
+                    })
+                };
+                if !a.back {
+                    // One thread per (lane, query): the maximum, then the weights and the sum.
+                    let body = format!(
+                        "    float m = __int_as_float(0xff800000);\n    \
+                         for (int kj = 0; kj <= qi; kj++) {{ {score} m = fmaxf(m, sc); }}\n    \
+                         float acc[{e}];\n    \
+                         for (int f = 0; f < {e}; f++) acc[f] = 0.0f;\n    \
+                         float l = 0.0f;\n    \
+                         for (int kj = 0; kj <= qi; kj++) {{\n        \
+                         {score}\n        \
+                         float w = expf(sc - m); l += w;\n        \
+                         for (int f = 0; f < {e}; f++) acc[f] += w * {v};\n    }}\n    \
+                         for (int f = 0; f < {e}; f++) {o} = acc[f] / l;\n    \
+                         p4[o4 + qi * {lst}ULL] = m + logf(l);\n",
+                        v = el(2, "kj", "f"),
+                        o = el(3, "qi", "f"),
+                        lst = st[4],
+                    );
+                    return vec![kernel(s, &name, "qi", body)];
+                }
+                // Backward: p_ij recomputed from lse, D_i = go_i . o_i, ds_ij = p_ij (go_i .
+                // v_j - D_i). One kernel per query for gq, one per key for gk and gv: each
+                // thread owns its output rows, so nothing is accumulated across threads.
+                let prob = format!(
+                    "{score} float p = expf(sc - p4[o4 + qi * {}ULL]);\n        \
+                     float dp = 0.0f; for (int f = 0; f < {e}; f++) dp += {} * {};\n        \
+                     float di = 0.0f; for (int f = 0; f < {e}; f++) di += {} * {};\n        \
+                     float ds = p * (dp - di) * {scale};",
+                    st[4],
+                    el(5, "qi", "f"),
+                    el(2, "kj", "f"),
+                    el(5, "qi", "f"),
+                    el(3, "qi", "f"),
+                );
+                let dq = format!(
+                    "    float acc[{d}];\n    \
+                     for (int f = 0; f < {d}; f++) acc[f] = 0.0f;\n    \
+                     for (int kj = 0; kj <= qi; kj++) {{\n        \
+                     {prob}\n        \
+                     for (int f = 0; f < {d}; f++) acc[f] += ds * {k};\n    }}\n    \
+                     for (int f = 0; f < {d}; f++) {gq} = acc[f];\n",
+                    k = el(1, "kj", "f"),
+                    gq = el(6, "qi", "f"),
+                );
+                let dkdv = format!(
+                    "    float ak[{d}], av[{e}];\n    \
+                     for (int f = 0; f < {d}; f++) ak[f] = 0.0f;\n    \
+                     for (int f = 0; f < {e}; f++) av[f] = 0.0f;\n    \
+                     for (int qi = kj; qi < {t}; qi++) {{\n        \
+                     {prob}\n        \
+                     for (int f = 0; f < {d}; f++) ak[f] += ds * {q};\n        \
+                     for (int f = 0; f < {e}; f++) av[f] += p * {go};\n    }}\n    \
+                     for (int f = 0; f < {d}; f++) {gk} = ak[f];\n    \
+                     for (int f = 0; f < {e}; f++) {gv} = av[f];\n",
+                    q = el(0, "qi", "f"),
+                    go = el(5, "qi", "f"),
+                    gk = el(7, "kj", "f"),
+                    gv = el(8, "kj", "f"),
+                );
+                vec![
+                    kernel(s, &format!("{name}_dq"), "qi", dq),
+                    kernel(s, &format!("{name}_dkdv"), "kj", dkdv),
+                ]
+            }
         }
     }
 }

@@ -256,6 +256,14 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                 for o in check_instance(gpu, &format!("mechanism {m}"), &inst, 3) {
                     push(o, &mut all);
                 }
+                // Its causal attention fused into one box (what the GPU trains), if any.
+                let (fused, n) = crate::ir::fuse::fuse_attention(&inst);
+                if n > 0 {
+                    let what = format!("mechanism {m}, attention fused");
+                    for o in check_instance(gpu, &what, &fused, 3) {
+                        push(o, &mut all);
+                    }
+                }
             }
             Err(e) => push(
                 Outcome {
@@ -268,14 +276,17 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
         }
     }
     // 3. The LM: one step's loss and gradients, then training on both devices.
-    for mech in ["m1", "m0"] {
+    for (mech, fused) in [("m1", false), ("m1", true), ("m0", false)] {
         let cfg = crate::train::model::ModelConfig {
             mech: mech.into(),
             layers: 1,
             ..Default::default()
         };
-        let what = format!("LM {mech} 1 layer, one training step (loss and every gradient)");
-        let r = crate::train::model::train_graph(&cfg).and_then(|tg| {
+        let what = format!(
+            "LM {mech}{} 1 layer, one training step (loss and every gradient)",
+            if fused { " (attention fused)" } else { "" }
+        );
+        let r = crate::train::model::train_graph_with(&cfg, fused).and_then(|tg| {
             let f = &tg.forward;
             let plan = Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
             let mut inputs = harness::to_f32(&harness::random_inputs(f, 11));
@@ -326,7 +337,8 @@ pub fn open() -> Result<Gpu, String> {
     Gpu::open(Precision::Fp32)
 }
 
-/// `steps` training steps of the 1-layer LM (`mech`) at the protocol's sizes on both devices,
+/// `steps` training steps of the 1-layer LM (`mech`) at the protocol's sizes on both devices
+/// (the GPU with attention fused, as `diagc train --device cuda` runs it; the CPU without),
 /// from the same initial parameters, on the same random batches with the same dropout seeds and
 /// the protocol's schedule (Noam, warmup 4000, clipping at 1): the worst relative difference
 /// of the per-step losses, as an outcome against `LOSS_RTOL`.
@@ -367,7 +379,9 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
         .collect::<Option<_>>()
         .ok_or("a parameter has no gradient")?;
     let mut params: Vec<Vec<f32>> = init[2..2 + np].to_vec();
-    let mut gstep = super::train::GpuStep::new(gpu, &tg, &params, 1.0)?;
+    // Fusion keeps the inputs and parameters in order.
+    let fused = crate::train::model::train_graph_with(&cfg, true)?;
+    let mut gstep = super::train::GpuStep::new(gpu, &fused, &params, 1.0)?;
     let mut adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
     let (n_ids, vocab) = (init[0].len(), cfg.vocab as u64);
     let mut rng = Rng::new(99);

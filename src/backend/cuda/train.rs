@@ -303,7 +303,7 @@ pub fn bench(
     seed: u64,
 ) -> Result<(f64, f64, usize), String> {
     use std::time::Instant;
-    let tg = crate::train::model::train_graph(cfg)?;
+    let tg = crate::train::model::train_graph_with(cfg, true)?;
     let f = &tg.forward;
     use crate::backend::cpu::harness;
     let inputs: Vec<Vec<f32>> = harness::to_f32(&harness::random_inputs(f, seed));

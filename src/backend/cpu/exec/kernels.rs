@@ -260,6 +260,9 @@ pub enum Kernel {
         n: usize,
         s: [usize; 2],
     },
+    /// `[q, k, v, o, lse]` (forward) or `[q, k, v, o, lse, go, gq, gk, gv]` (backward): fused
+    /// causal attention (`exec::attention`).
+    Attention(Box<super::attention::Attn>),
     /// Inputs, then outputs: a group of elementwise steps compiled into one kernel
     /// (`exec::fuse`, `backend::cpu::jit`).
     Fused(Box<crate::backend::cpu::jit::Fused>),
@@ -295,7 +298,11 @@ pub fn cores() -> usize {
 /// Runs `f(base, part)` over the parts of `nest` split by its outermost dimension, on every
 /// core when `work` is large enough, else once on this thread with the whole nest. Only for
 /// kernels whose output (operand 0) is written at distinct offsets by distinct points.
-fn par<const N: usize>(nest: &Nest<N>, work: usize, f: impl Fn([usize; N], &Nest<N>) + Sync) {
+pub(super) fn par<const N: usize>(
+    nest: &Nest<N>,
+    work: usize,
+    f: impl Fn([usize; N], &Nest<N>) + Sync,
+) {
     let parts = if work >= PAR_MIN {
         nest.split(cores())
     } else {
@@ -710,6 +717,8 @@ impl Kernel {
             Kernel::EmbedBack { .. } => "embed-back",
             Kernel::CrossEntropy { back: false, .. } => "cross-entropy",
             Kernel::CrossEntropy { back: true, .. } => "cross-entropy-back",
+            Kernel::Attention(a) if a.back => "attention-back",
+            Kernel::Attention(_) => "attention",
             Kernel::Fused(_) => "fused",
         }
     }
@@ -733,6 +742,7 @@ impl Kernel {
             Kernel::LayerNorm { .. } => 4,
             Kernel::LayerNormBack { .. } => 6,
             Kernel::Gemm(g) => 3 + g.bias.is_some() as usize,
+            Kernel::Attention(a) => a.arity(),
             Kernel::Fused(f) => f.arity(),
         }
     }
@@ -756,6 +766,12 @@ impl Kernel {
         }
         match self {
             Kernel::Fused(f) => f.check_bounds(lens),
+            Kernel::Attention(a) => {
+                for (k, len) in lens.iter().enumerate() {
+                    fits("an attention operand", a.reach(k), *len)?;
+                }
+                Ok(())
+            }
             Kernel::Copy(nest) | Kernel::Unary(_, nest) | Kernel::Dropout { nest, .. } => {
                 fits("out", nest.reach(0), lens[1])?;
                 fits("x", nest.reach(1), lens[0])
@@ -907,6 +923,7 @@ impl Kernel {
                 // Elementwise code is cheaper per element than the generic kernels, and two
                 // threads pay off from a quarter of their threshold.
                 Kernel::Fused(f) => f.run(p, train, seed, PAR_MIN / 4),
+                Kernel::Attention(a) => a.run(p),
                 Kernel::Copy(nest) => par_copy(nest, p[0], p[1]),
                 Kernel::Fill { value, len } => sl_mut(p[0], *len).fill(*value),
                 Kernel::Unary(u, nest) => match *u {
