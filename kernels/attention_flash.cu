@@ -1,8 +1,12 @@
 // Fused causal scaled-dot-product attention (the paper's M1, stdlib/attention/m1.diag, per
 // head: softmax[src](causal[tok, src](q k^T / sqrt(dk))) v), flash-attention style, fp32.
 //
-// Layout: q, k, v, o, dout, dq, dk, dv are [BH][T][D] contiguous (BH = batch * heads), lse is
-// [BH][T]. scale is 1 / sqrt(D) as an f32 (the CPU divides the scores by sqrt(dk); multiplying
+// Layout: lane bh (BH = batch * heads, bh = b * H + h), position i, feature d of a tensor is at
+//   (bh / H) * L.b + (bh % H) * L.h + i * L.t + d
+// for its layout L (diagc_fa_lay): one layout X for q, k, v, dq, dk, dv, one O for o and dout,
+// and one for lse (no feature). Features are contiguous. [BH][T][D] contiguous tensors are
+// H = 1, X = O = {T * D, 0, D}, lse {T, 0, 1}; the training LM's q, k, v are [B][T][H][D]
+// (X = {T * H * D, D, H * D}), its o [B][H][T][D]. scale is 1 / sqrt(D) as an f32 (the CPU divides the scores by sqrt(dk); multiplying
 // by the rounded reciprocal differs by an ulp).
 //
 //   S = scale * q k^T,  S[i][j] = -inf for j > i (causal),  P = softmax_j(S),  o = P v,
@@ -14,9 +18,10 @@
 // per key tile for dk and dv, one per query tile for dq. Launch both (in either order).
 //
 // Entry points, for D in {32, 64, 96, 128} (no other D; D = 128 is the hot case):
-//   diagc_flash_fwd_d<D>(q, k, v, o, lse, BH, T, scale)
-//   diagc_flash_bwd_dq_d<D>(q, k, v, o, lse, dout, dq, dk, dv, BH, T, scale)    writes dq only
-//   diagc_flash_bwd_dkdv_d<D>(q, k, v, o, lse, dout, dq, dk, dv, BH, T, scale)  writes dk, dv
+//   diagc_flash_fwd_d<D>(q, k, v, o, lse, BH, T, scale, LAYOUT)
+//   diagc_flash_bwd_dq_d<D>(q, k, v, o, lse, dout, dq, dk, dv, BH, T, scale, LAYOUT)    writes dq
+//   diagc_flash_bwd_dkdv_d<D>(q, k, v, o, lse, dout, dq, dk, dv, BH, T, scale, LAYOUT)  dk, dv
+// with LAYOUT = int H, then long long X.b, X.h, X.t, O.b, O.h, O.t, lse.b, lse.h, lse.t.
 //
 // Launch configuration: block = 128 threads (4 warps) for every kernel, no dynamic shared
 // memory (all tiles are static, at most 42 KiB), 1-D grid = BH * ceil(T / TILE) with
@@ -36,6 +41,16 @@
 
 #define DIAGC_FA_LANES 32
 
+// Where a tensor's lanes and rows are (see the layout above).
+struct diagc_fa_lay {
+    long long b, h, t;
+};
+
+// The offset of lane bh's row i (feature 0).
+static __device__ __forceinline__ long long diagc_fa_at(diagc_fa_lay L, int H, int bh, int i) {
+    return (long long)(bh / H) * L.b + (long long)(bh % H) * L.h + (long long)i * L.t;
+}
+
 // s += a . b over four elements.
 static __device__ __forceinline__ float diagc_fa_dot4(float s, float4 a, float4 b) {
     s = fmaf(a.x, b.x, s);
@@ -47,7 +62,7 @@ static __device__ __forceinline__ float diagc_fa_dot4(float s, float4 a, float4 
 
 // ---- forward: one block per (bh, tile of BR = W * R query rows) ----
 template <int D, int W, int R>
-static __device__ __forceinline__ void diagc_fa_fwd(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse, int BH, int T, float scale) {
+static __device__ __forceinline__ void diagc_fa_fwd(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse, int BH, int T, float scale, diagc_fa_lay X, diagc_fa_lay O, diagc_fa_lay LS, int H) {
     constexpr int BR = W * R;
     constexpr int BC = DIAGC_FA_LANES;
     constexpr int KS = D + 4;  // padded stride: lane j's float4 reads of row j hit distinct banks
@@ -61,11 +76,10 @@ static __device__ __forceinline__ void diagc_fa_fwd(const float* __restrict__ q,
     const int bh = (int)(blockIdx.x / (unsigned)ntiles);
     if (bh >= BH) return;
     const int q0 = (ntiles - 1 - (int)(blockIdx.x % (unsigned)ntiles)) * BR;
-    const long long base = (long long)bh * T * D;
 
     for (int idx = tid; idx < BR * D; idx += W * 32) {
         const int r = idx / D, d = idx - r * D, qi = q0 + r;
-        Qs[idx] = qi < T ? q[base + (long long)qi * D + d] : 0.0f;
+        Qs[idx] = qi < T ? q[diagc_fa_at(X, H, bh, qi) + d] : 0.0f;
     }
 
     float m[R], l[R], acc[R][C];
@@ -85,7 +99,7 @@ static __device__ __forceinline__ void diagc_fa_fwd(const float* __restrict__ q,
         for (int idx = tid; idx < BC * D; idx += W * 32) {
             const int j = idx / D, d = idx - j * D, kj = k0 + j;
             const bool in = kj < T;
-            const long long at = base + (long long)kj * D + d;
+            const long long at = in ? diagc_fa_at(X, H, bh, kj) + d : 0;
             Ks[j * KS + d] = in ? k[at] : 0.0f;
             Vs[j * KS + d] = in ? v[at] : 0.0f;
         }
@@ -136,16 +150,16 @@ static __device__ __forceinline__ void diagc_fa_fwd(const float* __restrict__ q,
         const int qi = q0 + w * R + r;
         if (qi >= T) continue;
         const float inv = 1.0f / l[r];
-        float* orow = o + base + (long long)qi * D + lane;
+        float* orow = o + diagc_fa_at(O, H, bh, qi) + lane;
 #pragma unroll
         for (int c = 0; c < C; ++c) orow[32 * c] = acc[r][c] * inv;
-        if (lane == 0) lse[(long long)bh * T + qi] = m[r] + logf(l[r]);
+        if (lane == 0) lse[diagc_fa_at(LS, H, bh, qi)] = m[r] + logf(l[r]);
     }
 }
 
 // ---- backward, dq: one block per (bh, tile of BR = W * R query rows) ----
 template <int D, int W, int R>
-static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ o, const float* __restrict__ lse, const float* __restrict__ dout, float* __restrict__ dq, int BH, int T, float scale) {
+static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ o, const float* __restrict__ lse, const float* __restrict__ dout, float* __restrict__ dq, int BH, int T, float scale, diagc_fa_lay X, diagc_fa_lay O, diagc_fa_lay LS, int H) {
     constexpr int BR = W * R;
     constexpr int BC = DIAGC_FA_LANES;
     constexpr int KS = D + 4;
@@ -160,14 +174,12 @@ static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__
     const int bh = (int)(blockIdx.x / (unsigned)ntiles);
     if (bh >= BH) return;
     const int q0 = (ntiles - 1 - (int)(blockIdx.x % (unsigned)ntiles)) * BR;
-    const long long base = (long long)bh * T * D;
 
     for (int idx = tid; idx < BR * D; idx += W * 32) {
         const int r = idx / D, d = idx - r * D, qi = q0 + r;
         const bool in = qi < T;
-        const long long at = base + (long long)qi * D + d;
-        Qs[idx] = in ? q[at] : 0.0f;
-        dOs[idx] = in ? dout[at] : 0.0f;
+        Qs[idx] = in ? q[diagc_fa_at(X, H, bh, qi) + d] : 0.0f;
+        dOs[idx] = in ? dout[diagc_fa_at(O, H, bh, qi) + d] : 0.0f;
     }
 
     // Per row: Di = dout_i . o_i and lse_i (read straight from global memory, coalesced).
@@ -178,10 +190,10 @@ static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__
         float part = 0.0f;
         L[r] = 0.0f;
         if (qi < T) {
-            const long long at = base + (long long)qi * D + lane;
+            const long long at = diagc_fa_at(O, H, bh, qi) + lane;
 #pragma unroll
             for (int c = 0; c < C; ++c) part = fmaf(dout[at + 32 * c], o[at + 32 * c], part);
-            L[r] = lse[(long long)bh * T + qi];
+            L[r] = lse[diagc_fa_at(LS, H, bh, qi)];
         }
         Di[r] = diagc_warp_sum(part);
 #pragma unroll
@@ -196,7 +208,7 @@ static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__
         for (int idx = tid; idx < BC * D; idx += W * 32) {
             const int j = idx / D, d = idx - j * D, kj = k0 + j;
             const bool in = kj < T;
-            const long long at = base + (long long)kj * D + d;
+            const long long at = in ? diagc_fa_at(X, H, bh, kj) + d : 0;
             Ks[j * KS + d] = in ? k[at] : 0.0f;
             Vs[j * KS + d] = in ? v[at] : 0.0f;
         }
@@ -245,7 +257,7 @@ static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__
     for (int r = 0; r < R; ++r) {
         const int qi = q0 + w * R + r;
         if (qi >= T) continue;
-        float* row = dq + base + (long long)qi * D + lane;
+        float* row = dq + diagc_fa_at(X, H, bh, qi) + lane;
 #pragma unroll
         for (int c = 0; c < C; ++c) row[32 * c] = scale * acc[r][c];
     }
@@ -253,7 +265,7 @@ static __device__ __forceinline__ void diagc_fa_bwd_dq(const float* __restrict__
 
 // ---- backward, dk and dv: one block per (bh, tile of BC = W * R keys) ----
 template <int D, int W, int R>
-static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ o, const float* __restrict__ lse, const float* __restrict__ dout, float* __restrict__ dk, float* __restrict__ dv, int BH, int T, float scale) {
+static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ o, const float* __restrict__ lse, const float* __restrict__ dout, float* __restrict__ dk, float* __restrict__ dv, int BH, int T, float scale, diagc_fa_lay X, diagc_fa_lay O, diagc_fa_lay LS, int H) {
     constexpr int BC = W * R;              // keys per block
     constexpr int BQ = DIAGC_FA_LANES;     // queries per tile, one per lane
     constexpr int QS = D + 4;
@@ -271,12 +283,11 @@ static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict
     if (bh >= BH) return;
     // Key tile 0 sees every query: the lowest tiles (most work) come first.
     const int k0 = (int)(blockIdx.x % (unsigned)ntiles) * BC;
-    const long long base = (long long)bh * T * D;
 
     for (int idx = tid; idx < BC * D; idx += W * 32) {
         const int j = idx / D, d = idx - j * D, kj = k0 + j;
         const bool in = kj < T;
-        const long long at = base + (long long)kj * D + d;
+        const long long at = in ? diagc_fa_at(X, H, bh, kj) + d : 0;
         Ks[idx] = in ? k[at] : 0.0f;
         Vs[idx] = in ? v[at] : 0.0f;
     }
@@ -298,19 +309,20 @@ static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict
         for (int ii = w; ii < BQ; ii += W) {
             const int qi = i0 + ii;
             if (qi < T) {  // uniform over the warp
-                const long long at = base + (long long)qi * D + lane;
+                const long long at = diagc_fa_at(O, H, bh, qi) + lane;
+                const long long xq = diagc_fa_at(X, H, bh, qi) + lane;
                 float part = 0.0f;
 #pragma unroll
                 for (int c = 0; c < C; ++c) {
                     const float g = dout[at + 32 * c];
-                    Qs[ii * QS + lane + 32 * c] = q[at + 32 * c];
+                    Qs[ii * QS + lane + 32 * c] = q[xq + 32 * c];
                     dOs[ii * QS + lane + 32 * c] = g;
                     part = fmaf(g, o[at + 32 * c], part);
                 }
                 part = diagc_warp_sum(part);
                 if (lane == 0) {
                     Ds[ii] = part;
-                    Ls[ii] = lse[(long long)bh * T + qi];
+                    Ls[ii] = lse[diagc_fa_at(LS, H, bh, qi)];
                 }
             } else {
 #pragma unroll
@@ -377,7 +389,7 @@ static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict
     for (int r = 0; r < R; ++r) {
         const int kj = k0 + w * R + r;
         if (kj >= T) continue;
-        const long long at = base + (long long)kj * D + lane;
+        const long long at = diagc_fa_at(X, H, bh, kj) + lane;
 #pragma unroll
         for (int c = 0; c < C; ++c) {
             dk[at + 32 * c] = scale * gk[r][c];
@@ -388,17 +400,17 @@ static __device__ __forceinline__ void diagc_fa_bwd_dkdv(const float* __restrict
 
 // ---- entry points: 128 threads (W = 4 warps) each; R rows (or keys) per warp ----
 
-extern "C" __global__ void diagc_flash_fwd_d32(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale) { diagc_fa_fwd<32, 4, 4>(q, k, v, o, lse, BH, T, scale); }
-extern "C" __global__ void diagc_flash_fwd_d64(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale) { diagc_fa_fwd<64, 4, 4>(q, k, v, o, lse, BH, T, scale); }
-extern "C" __global__ void diagc_flash_fwd_d96(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale) { diagc_fa_fwd<96, 4, 4>(q, k, v, o, lse, BH, T, scale); }
-extern "C" __global__ void diagc_flash_fwd_d128(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale) { diagc_fa_fwd<128, 4, 4>(q, k, v, o, lse, BH, T, scale); }
+extern "C" __global__ void diagc_flash_fwd_d32(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_fwd<32, 4, 4>(q, k, v, o, lse, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_fwd_d64(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_fwd<64, 4, 4>(q, k, v, o, lse, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_fwd_d96(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_fwd<96, 4, 4>(q, k, v, o, lse, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_fwd_d128(const float* q, const float* k, const float* v, float* o, float* lse, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_fwd<128, 4, 4>(q, k, v, o, lse, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
 
-extern "C" __global__ void diagc_flash_bwd_dq_d32(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dq<32, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dq_d64(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dq<64, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dq_d96(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dq<96, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dq_d128(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dq<128, 4, 2>(q, k, v, o, lse, dout, dq, BH, T, scale); }
+extern "C" __global__ void diagc_flash_bwd_dq_d32(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dq<32, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dq_d64(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dq<64, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dq_d96(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dq<96, 4, 4>(q, k, v, o, lse, dout, dq, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dq_d128(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dq<128, 4, 2>(q, k, v, o, lse, dout, dq, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
 
-extern "C" __global__ void diagc_flash_bwd_dkdv_d32(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dkdv<32, 4, 8>(q, k, v, o, lse, dout, dk, dv, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dkdv_d64(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dkdv<64, 4, 4>(q, k, v, o, lse, dout, dk, dv, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dkdv_d96(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dkdv<96, 4, 4>(q, k, v, o, lse, dout, dk, dv, BH, T, scale); }
-extern "C" __global__ void diagc_flash_bwd_dkdv_d128(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale) { diagc_fa_bwd_dkdv<128, 4, 2>(q, k, v, o, lse, dout, dk, dv, BH, T, scale); }
+extern "C" __global__ void diagc_flash_bwd_dkdv_d32(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dkdv<32, 4, 8>(q, k, v, o, lse, dout, dk, dv, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dkdv_d64(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dkdv<64, 4, 4>(q, k, v, o, lse, dout, dk, dv, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dkdv_d96(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dkdv<96, 4, 4>(q, k, v, o, lse, dout, dk, dv, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }
+extern "C" __global__ void diagc_flash_bwd_dkdv_d128(const float* q, const float* k, const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv, int BH, int T, float scale, int H, long long xb, long long xh, long long xt, long long ob, long long oh, long long ot, long long lb, long long lh, long long lt) { diagc_fa_bwd_dkdv<128, 4, 2>(q, k, v, o, lse, dout, dk, dv, BH, T, scale, diagc_fa_lay{xb, xh, xt}, diagc_fa_lay{ob, oh, ot}, diagc_fa_lay{lb, lh, lt}, H); }

@@ -393,7 +393,7 @@ fn params(src: &str, name: &str) -> Vec<(String, Kind)> {
             } else {
                 match ty.as_str() {
                     "int" => Kind::I32,
-                    "unsigned long long" => Kind::U64,
+                    "unsigned long long" | "long long" => Kind::U64,
                     "float" => Kind::F32,
                     "double" => Kind::F64,
                     _ => panic!("{name}: parameter type `{ty}` is not emulated"),
@@ -1608,6 +1608,12 @@ fn flash_tiles(d: usize) -> (usize, usize, usize) {
 }
 
 fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
+    flash_case_in(seed, bh, t, d, 1);
+}
+
+/// A flash case with `heads` lanes per batch row: q, k, v and their gradients laid out
+/// [B][T][H][D] as in the training LM (H = 1: [BH][T][D]), o, dout [B][H][T][D], lse [B][H][T].
+fn flash_case_in(seed: u64, bh: usize, t: usize, d: usize, heads: usize) {
     let m = module("attention_flash.cu");
     let mut rng = Rng::new(seed);
     let n = bh * t * d;
@@ -1617,15 +1623,39 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
     let v = rand_vec(&mut rng, n, -1.0, 1.0);
     let g = rand_vec(&mut rng, n, -1.0, 1.0);
     let r = attention_ref(bh, t, d, &q, &k, &v, &g);
+    // Element (lane, row, feature) of the contiguous [BH][T][D] order, in the X layout.
+    let x_at = |e: usize| {
+        let (lane, i, f) = (e / (t * d), e / d % t, e % d);
+        (lane / heads) * t * heads * d + i * heads * d + (lane % heads) * d + f
+    };
+    let to_x = |v: &[f32]| {
+        let mut out = vec![0f32; n];
+        for (e, x) in v.iter().enumerate() {
+            out[x_at(e)] = *x;
+        }
+        out
+    };
+    let want_x = |v: &[f64]| {
+        let mut out = vec![0f64; n];
+        for (e, x) in v.iter().enumerate() {
+            out[x_at(e)] = *x;
+        }
+        out
+    };
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let what = format!("flash BH={bh} T={t} D={d}");
+    let what = format!("flash BH={bh} T={t} D={d} H={heads}");
     let (tf, tq, tk) = flash_tiles(d);
-    let (qb, kb, vb, gb) = (guarded(q), guarded(k), guarded(v), guarded(g));
-    let dims = [A::I(bh as i32), A::I(t as i32), A::F(scale)];
+    let (qb, kb, vb, gb) = (guarded(to_x(&q)), guarded(to_x(&k)), guarded(to_x(&v)), guarded(g));
+    let (b, h) = (heads, (t * d) as u64);
+    let mut dims = vec![A::I(bh as i32), A::I(t as i32), A::F(scale), A::I(heads as i32)];
+    let lay = |lb: u64, lh: u64, lt: u64| [A::U(lb), A::U(lh), A::U(lt)];
+    dims.extend(lay((t * b * d) as u64, d as u64, (b * d) as u64)); // X
+    dims.extend(lay(b as u64 * h, h, d as u64)); // O
+    dims.extend(lay((b * t) as u64, t as u64, 1)); // lse
 
     let (mut o, mut lse) = (unwritten(n), unwritten(bh * t));
     let mut args = vec![inp(&qb), inp(&kb), inp(&vb), out(&mut o), out(&mut lse)];
-    args.extend(dims);
+    args.extend(dims.iter().copied());
     m.launch(
         &format!("diagc_flash_fwd_d{d}"),
         (bh * t.div_ceil(tf)) as u32,
@@ -1658,7 +1688,7 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
             out(&mut dk),
             out(&mut dv),
         ];
-        args.extend(dims);
+        args.extend(dims.iter().copied());
         m.launch(
             &format!("diagc_flash_bwd_{kernel}_d{d}"),
             grid as u32,
@@ -1666,9 +1696,16 @@ fn flash_case(seed: u64, bh: usize, t: usize, d: usize) {
             &args,
         );
     }
-    check_rel(&what, "dq", &dq, &r.dq);
-    check_rel(&what, "dk", &dk, &r.dk);
-    check_rel(&what, "dv", &dv, &r.dv);
+    check_rel(&what, "dq", &dq, &want_x(&r.dq));
+    check_rel(&what, "dk", &dk, &want_x(&r.dk));
+    check_rel(&what, "dv", &dv, &want_x(&r.dv));
+}
+
+#[test]
+fn flash_attention_reads_the_training_lms_layout() {
+    // Two batch rows of four heads, q, k, v interleaved by head ([B][T][H][D]).
+    flash_case_in(70, 8, 35, 128, 4);
+    flash_case_in(71, 6, 19, 32, 3);
 }
 
 #[test]
