@@ -1645,9 +1645,19 @@ fn flash_case_in(seed: u64, bh: usize, t: usize, d: usize, heads: usize) {
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let what = format!("flash BH={bh} T={t} D={d} H={heads}");
     let (tf, tq, tk) = flash_tiles(d);
-    let (qb, kb, vb, gb) = (guarded(to_x(&q)), guarded(to_x(&k)), guarded(to_x(&v)), guarded(g));
+    let (qb, kb, vb, gb) = (
+        guarded(to_x(&q)),
+        guarded(to_x(&k)),
+        guarded(to_x(&v)),
+        guarded(g),
+    );
     let (b, h) = (heads, (t * d) as u64);
-    let mut dims = vec![A::I(bh as i32), A::I(t as i32), A::F(scale), A::I(heads as i32)];
+    let mut dims = vec![
+        A::I(bh as i32),
+        A::I(t as i32),
+        A::F(scale),
+        A::I(heads as i32),
+    ];
     let lay = |lb: u64, lh: u64, lt: u64| [A::U(lb), A::U(lh), A::U(lt)];
     dims.extend(lay((t * b * d) as u64, d as u64, (b * d) as u64)); // X
     dims.extend(lay(b as u64 * h, h, d as u64)); // O
@@ -1973,6 +1983,109 @@ fn linear_attention_matches_the_m0_formula() {
                 buf.iter().all(|x| x.to_bits() == SENTINEL),
                 "D={d} E={e}: {what} written"
             );
+        }
+    }
+}
+
+/// The fused attention box of the batched, fused M1 mechanism (d = 32, two heads, three batch
+/// rows) alone: inputs q, k, v in the layouts the LM gives them, output o (lse discarded).
+fn attention_alone() -> diagc::ir::instance::Instance {
+    use diagc::ir::instance::lift_batch;
+    use diagc::ir::{ExecOp, Op};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = diagc::driver::check_path(&root.join("stdlib/attention/m1.diag")).unwrap();
+    let b = diagc::ir::instance::Bindings {
+        sizes: [("tok", 19u64), ("dm", 64), ("head", 2)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        hypers: Default::default(),
+    };
+    let inst = diagc::ir::instance::instantiate(&o.checked.program, "m1", &b).unwrap();
+    let inst = diagc::ir::fuse::fuse_attention(&lift_batch(&inst, "batch", 3).unwrap()).0;
+    let d = &inst.diagram;
+    let bx = d
+        .boxes
+        .iter()
+        .find(|b| matches!(b.op, Op::Exec(ExecOp::Attention(_))))
+        .expect("a fused box");
+    let mut g = diagc::ir::build::Graph::default();
+    let ins: Vec<_> = ["q", "k", "v"]
+        .iter()
+        .zip(&bx.inputs)
+        .map(|(n, w)| g.input(d.wire(*w).ty.clone(), n.to_string(), bx.span))
+        .collect();
+    let outs = g.add(
+        bx.op.clone(),
+        ins,
+        bx.outputs.iter().map(|w| d.wire(*w).ty.clone()).collect(),
+        bx.span,
+    );
+    diagc::ir::instance::Instance {
+        diagram: g.finish("attention".into(), vec![outs[0]], bx.span),
+        data_inputs: 3,
+        params: vec![],
+        ..inst
+    }
+}
+
+#[test]
+fn the_plans_flash_launches_compute_what_the_cpu_executor_does() {
+    // The code generator maps a fused attention step of the LM's layout (q, k, v [B][T][H][D],
+    // o [B][H][T][D]) to the flash kernels, with the step's strides as their layout arguments.
+    // Run those launches, exactly as generated, on the emulator against the CPU plan: forward
+    // (o) and gradient (o, gq, gk, gv).
+    use diagc::backend::cpu::exec::{Loc, Plan, RunOptions, Workspace};
+    use diagc::backend::cuda::codegen::{self, Arg, Op};
+    let inst = attention_alone();
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let m = module("attention_flash.cu");
+    for (what, d) in [("forward", &inst.diagram), ("gradient", &grad.diagram)] {
+        let plan = Plan::new(d, &inst.axes, &inst.sizes).unwrap();
+        let mut rng = Rng::new(5);
+        let inputs: Vec<Vec<f32>> = d
+            .inputs
+            .iter()
+            .map(|w| {
+                let n: usize = inst.shape(&d.wire(*w).ty).iter().product();
+                rand_vec(&mut rng, n, -1.5, 1.5)
+            })
+            .collect();
+        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let opts = RunOptions::default();
+        let cpu = plan.run(&mut Workspace::default(), &refs, opts).unwrap();
+
+        let g = codegen::generate(&plan, what);
+        let mut ins: Vec<Vec<f32>> = inputs.iter().map(|v| guarded(v.clone())).collect();
+        let mut work: Vec<Vec<f32>> = plan.buffer_lens().iter().map(|n| unwritten(*n)).collect();
+        let mut launched = 0;
+        for op in g.steps.iter().flat_map(|s| &s.ops) {
+            let Op::Hand(h) = op else {
+                panic!("{what}: a launch other than the flash kernels: {op:?}");
+            };
+            let args: Vec<A> = h
+                .args
+                .iter()
+                .map(|a| match a {
+                    Arg::Buf(Loc::Input(k)) => A::P(ins[*k].as_mut_ptr() as u64),
+                    Arg::Buf(Loc::Work(k)) => A::P(work[*k].as_mut_ptr() as u64),
+                    Arg::I32(v) => A::I(*v),
+                    Arg::F32(v) => A::F(*v),
+                    Arg::U64(v) => A::U(*v),
+                    other => panic!("{what}: argument {other:?}"),
+                })
+                .collect();
+            m.launch(h.kernel, h.grid, h.block, &args);
+            launched += 1;
+        }
+        assert_eq!(launched, if what == "forward" { 1 } else { 3 }, "{what}");
+        for (k, ((loc, n), want)) in plan.output_locs().iter().zip(&cpu).enumerate() {
+            let buf = match loc {
+                Loc::Work(b) => body("output", &work[*b]),
+                other => panic!("{what}: output {k} at {other:?}"),
+            };
+            let want: Vec<f64> = want.iter().map(|x| *x as f64).collect();
+            check(&format!("{what} output {k}"), &buf[..*n], &want, 1e-4, 1e-5);
         }
     }
 }

@@ -445,6 +445,7 @@ impl Gen {
                     ),
                 ])
             }
+            Kernel::Attention(a) => flash(a, locs),
             _ => None,
         }
     }
@@ -1119,6 +1120,101 @@ impl Gen {
                 ]
             }
         }
+    }
+}
+
+/// The flash-attention kernels of `kernels/attention_flash.cu` for a fused attention step,
+/// where its layout is theirs: one feature length D in {32, 64, 96, 128} for scores and values,
+/// features contiguous, at most two lane dimensions (batch, then head), and q, k, v and their
+/// gradients in one layout, o and its gradient in another. `None`: the generated kernels.
+fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+    let d = a.d;
+    if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.len() == 0 {
+        return None;
+    }
+    let ops = a.arity();
+    let (xs, os): (&[usize], &[usize]) = if a.back {
+        (&[0, 1, 2, 6, 7, 8], &[3, 5])
+    } else {
+        (&[0, 1, 2], &[3])
+    };
+    if xs.iter().chain(os).any(|k| a.sf[*k] != 1) {
+        return None;
+    }
+    // Lanes as (batch, head): a lane index bh is (bh / H, bh % H).
+    let dims = dims_of(&a.lanes);
+    let (nb, nh, sb, sh) = match &dims[..] {
+        [] => (1, 1, vec![0; ops], vec![0; ops]),
+        [(n, s)] => (*n, 1, s.clone(), vec![0; ops]),
+        [(n0, s0), (n1, s1)] => (*n0, *n1, s0.clone(), s1.clone()),
+        _ => return None,
+    };
+    let lay = |k: usize| [sb[k] as u64, sh[k] as u64, a.st[k] as u64];
+    let same = |ks: &[usize]| ks.iter().all(|k| lay(*k) == lay(ks[0]));
+    if !same(xs) || !same(os) {
+        return None;
+    }
+    // Rows per block of each kernel (the file's instantiations).
+    let (fwd, dq, dkdv) = match d {
+        128 => (16, 8, 8),
+        32 => (16, 16, 32),
+        _ => (16, 16, 16),
+    };
+    let grid = |tile: usize| -> Option<u32> {
+        let g = (nb * nh).checked_mul(a.t.div_ceil(tile))?;
+        u32::try_from(g).ok().filter(|g| *g <= i32::MAX as u32)
+    };
+    let mut args = bufs(locs);
+    args.extend([
+        Arg::I32(i32::try_from(nb * nh).ok()?),
+        Arg::I32(i32::try_from(a.t).ok()?),
+        Arg::F32(a.scale),
+        Arg::I32(i32::try_from(nh).ok()?),
+    ]);
+    for k in [xs[0], os[0], 4] {
+        args.extend(lay(k).map(Arg::U64));
+    }
+    let launch = |kernel: &'static str, tile: usize| -> Option<Op> {
+        Some(Op::Hand(HandLaunch {
+            file: "attention_flash.cu",
+            kernel,
+            grid: grid(tile)?,
+            block: 128,
+            args: args.clone(),
+        }))
+    };
+    let name = |k: &str| -> &'static str {
+        // The entry points, by kind and D (static names: HandLaunch keeps them).
+        const NAMES: [[&str; 4]; 3] = [
+            [
+                "diagc_flash_fwd_d32",
+                "diagc_flash_fwd_d64",
+                "diagc_flash_fwd_d96",
+                "diagc_flash_fwd_d128",
+            ],
+            [
+                "diagc_flash_bwd_dq_d32",
+                "diagc_flash_bwd_dq_d64",
+                "diagc_flash_bwd_dq_d96",
+                "diagc_flash_bwd_dq_d128",
+            ],
+            [
+                "diagc_flash_bwd_dkdv_d32",
+                "diagc_flash_bwd_dkdv_d64",
+                "diagc_flash_bwd_dkdv_d96",
+                "diagc_flash_bwd_dkdv_d128",
+            ],
+        ];
+        let row = ["fwd", "dq", "dkdv"]
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or(0);
+        NAMES[row][d / 32 - 1]
+    };
+    if a.back {
+        Some(vec![launch(name("dq"), dq)?, launch(name("dkdv"), dkdv)?])
+    } else {
+        Some(vec![launch(name("fwd"), fwd)?])
     }
 }
 
