@@ -85,16 +85,24 @@ pub fn gradient(f: &Diagram) -> Result<Gradient, String> {
                 vec![acc]
             }
             Op::Discard => vec![],
-            Op::Exec(ExecOp::Attention(at)) => {
-                // Two outputs: the attended values, and the log-sum-exp that the backward
-                // box reuses (not itself differentiable).
+            Op::Exec(fused @ (ExecOp::Attention(_) | ExecOp::LinearAttention(_))) => {
+                // Two outputs: the attended values, and the statistic (log-sum-exp, or the
+                // denominator) that the backward box reuses (not itself differentiable).
                 if gys[1].is_some() {
-                    return Err("the log-sum-exp output of fused attention is used: it has no gradient rule".into());
+                    return Err(
+                        "the second output of fused attention is used: it has no gradient rule"
+                            .into(),
+                    );
                 }
                 let Some(go) = gy else { continue };
                 let y = |k: usize| fw(&map, b.outputs[k]);
+                let back = match fused {
+                    ExecOp::Attention(at) => ExecOp::AttentionBack(*at),
+                    ExecOp::LinearAttention(at) => ExecOp::LinearAttentionBack(*at),
+                    _ => unreachable!("matched above"),
+                };
                 g.add(
-                    Op::Exec(ExecOp::AttentionBack(*at)),
+                    Op::Exec(back),
                     vec![x(0), x(1), x(2), y(0), y(1), go],
                     vec![ty(0), ty(1), ty(2)],
                     span,

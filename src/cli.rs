@@ -60,9 +60,10 @@ enum Emit {
     /// tok 1024, dm 512, head 4, dff 2048, vocab 10000, batch 20, any other 512).
     OptimizedIr,
     /// The generated CUDA C of the executable form (as `instance`; needs `--size` for free
-    /// axes): the forward kernels and the gradient's, one kernel per step of the CPU plan with
-    /// its sizes and strides as constants, headed by the launch sequence. Self-contained: NVRTC
-    /// compiles it alone.
+    /// axes), with causal softmax attention fused as the GPU trainer runs it: the forward
+    /// kernels and the gradient's, one kernel per step of the CPU plan with its sizes and
+    /// strides as constants (fused attention of head size 32, 64, 96 or 128 on the flash
+    /// kernels), headed by the launch sequence. Self-contained: NVRTC compiles it alone.
     Cuda,
 }
 
@@ -827,6 +828,7 @@ fn compile(
                     .map(|(a, n)| format!("{}={n}", a.name))
                     .collect();
                 let title = format!("`{}` of {} at {}", d.name, file.display(), sizes.join(" "));
+                let inst = crate::ir::fuse::fuse_attention(&inst).0;
                 match crate::backend::cuda::emit_instance(&inst, &title) {
                     Ok((src, _)) => text.push_str(&src),
                     Err(e) => {

@@ -229,6 +229,12 @@ fn emit_cuda_prints_a_self_contained_source() {
     assert!(src.contains("gradient"));
     assert!(src.contains("diagc_keep"), "common.cuh is included");
     compile(&src, "emitted-m1");
+    // Attention is fused (head size 8 here: generated kernels, not the flash ones).
+    assert!(src.contains("_attention_back_dq"), "{src}");
+    assert!(
+        !src.contains("softmax"),
+        "the scores are never materialised"
+    );
 
     // Without sizes for the free axes: a message, exit 2, no panic.
     let out = Command::new(env!("CARGO_BIN_EXE_diagc"))

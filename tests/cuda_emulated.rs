@@ -430,7 +430,33 @@ fn the_generated_cuda_of_fused_attention_computes_what_the_cpu_does() {
         3,
     )
     .unwrap();
-    for (what, inst, n) in [("m1", m1, 1), ("batched lm m1", lm, 2)] {
+    let m0 = instance_of(
+        "stdlib/attention/m0.diag",
+        &[],
+        "m0",
+        &bindings(&[("tok", 7), ("dm", 8), ("head", 2)], &[]),
+    );
+    let b0 = bindings(
+        &[
+            ("tok", 5),
+            ("dm", 8),
+            ("head", 2),
+            ("dff", 12),
+            ("vocab", 11),
+        ],
+        &[
+            ("layers", HyperValue::Num(1.0)),
+            ("mech", HyperValue::Diagram("m0".into())),
+        ],
+    );
+    let lm0 = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b0);
+    let lm0 = lift_batch(&lm0, "batch", 2).unwrap();
+    for (what, inst, n) in [
+        ("m1", m1, 1),
+        ("batched lm m1", lm, 2),
+        ("m0", m0, 1),
+        ("batched lm m0", lm0, 1),
+    ] {
         let (fused, count) = diagc::ir::fuse::fuse_attention(&inst);
         assert_eq!(count, n, "{what}");
         failures.extend(check(&format!("{what}, attention fused"), &fused, 4, TOL).0);

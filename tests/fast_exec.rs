@@ -243,9 +243,22 @@ fn fused_attention_matches_the_interpreter() {
         "m1",
         &bindings(&[("tok", 6), ("dm", 8), ("head", 2)], &[]),
     );
+    let m0 = instance_of(
+        "stdlib/attention/m0.diag",
+        &[],
+        "m0",
+        &bindings(&[("tok", 6), ("dm", 8), ("head", 2)], &[]),
+    );
     let two = lm("m1", 2.0, LM_SIZES);
     let batched = diagc::ir::instance::lift_batch(&lm("m1", 1.0, LM_SIZES), "batch", 3).unwrap();
-    for (what, inst, layers) in [("m1", m1, 1), ("lm", two, 2), ("batched lm", batched, 1)] {
+    let linear = diagc::ir::instance::lift_batch(&lm("m0", 2.0, LM_SIZES), "batch", 3).unwrap();
+    for (what, inst, layers) in [
+        ("m1", m1, 1),
+        ("m0", m0, 1),
+        ("lm", two, 2),
+        ("batched lm", batched, 1),
+        ("batched lm m0", linear, 2),
+    ] {
         let (fused, n) = diagc::ir::fuse::fuse_attention(&inst);
         assert_eq!(n, layers, "{what}: fused chains");
         failures.extend(check_instance(

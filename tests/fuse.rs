@@ -167,7 +167,46 @@ fn what_is_not_causal_softmax_attention_is_left_alone() {
             assert_eq!(same.diagram.boxes.len(), inst.diagram.boxes.len(), "{m}");
         }
     }
-    assert_eq!(fuse_attention(&lm("m0", 1.0)).1, 0);
+    // Softmax-free attention has a causal mask but no softmax: not fused.
+    let sf = instance_of(
+        "stdlib/attention/softmax_free.diag",
+        &[],
+        "softmax_free",
+        &sizes,
+    );
+    assert_eq!(fuse_attention(&sf).1, 0);
+}
+
+#[test]
+fn m0_linear_attention_becomes_one_box_and_computes_the_same() {
+    let inst = instance_of(
+        "stdlib/attention/m0.diag",
+        &[],
+        "m0",
+        &bindings(&[("tok", 7), ("dm", 12), ("head", 3)], &[]),
+    );
+    let (fused, n) = fuse_attention(&inst);
+    assert_eq!(n, 1);
+    fused.diagram.validate().unwrap();
+    let lin = |op: &Op| matches!(op, Op::Exec(ExecOp::LinearAttention(_)));
+    assert_eq!(count(&fused, lin), 1);
+    assert_eq!(
+        count(&fused, |op| matches!(op, Op::Cumsum(_) | Op::Outer)),
+        0
+    );
+    let Some(Op::Exec(ExecOp::LinearAttention(at))) =
+        fused.diagram.boxes.iter().map(|b| &b.op).find(|op| lin(op))
+    else {
+        unreachable!()
+    };
+    assert_eq!(at.eps, 1e-6);
+    agree("m0", &inst, &fused);
+    for layers in [1.0, 2.0] {
+        let inst = lift_batch(&lm("m0", layers), "batch", 2).unwrap();
+        let (fused, n) = fuse_attention(&inst);
+        assert_eq!(n, layers as usize);
+        agree(&format!("lm m0, {layers} layers"), &inst, &fused);
+    }
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Fusion of causal dot-product attention into one box ([`ExecOp::Attention`]).
+//! Fusion of causal attention into one box: [`ExecOp::Attention`] for softmax attention (M1)
+//! and [`ExecOp::LinearAttention`] for linear attention (M0).
 //!
 //! In an instance, M1's attention is five boxes per head and batch:
 //!
@@ -7,35 +8,43 @@
 //! ```
 //!
 //! which materialise two `[tok, src]` score tensors per lane (and the gradient three more).
-//! [`fuse_attention`] replaces each such chain by one `attention` box computing `(o, lse)` from
-//! `(q, k, v)` without them; autodiff turns it into one `attention_back` box. The CUDA backend
-//! runs both as flash-attention kernels. The chain must be exactly that (the scale may be
-//! absent), each intermediate wire used once (the IR's one-consumer invariant makes "used by
-//! the next box" the only case), the lanes of `q`, `k` and `v` the same, and query and key of
-//! one size. Anything else is left as it is, so the pass never changes a diagram's meaning:
-//! the interpreter's `attention` is defined as that chain, and `tests/fuse.rs` checks forward
-//! values and gradients against the unfused instance.
+//! M0's is nine (two copies, an outer product, two prefix sums, two dots, a shift, a broadcast)
+//! before its division, and materialises a `[tok, dk, dv]` state per lane. [`fuse_attention`]
+//! replaces each such chain by one box computing `(o, lse)` (or `(out, den)`) from `(q, k, v)`
+//! without them; autodiff turns it into one backward box. The CUDA backend runs them as the
+//! flash-attention and linear-attention kernels of `kernels/`. A chain must be exactly that
+//! (M1's scale may be absent), each intermediate wire used by the next box alone (the IR's
+//! one-consumer invariant, copies being boxes), the lanes of `q`, `k` and `v` the same, and
+//! M1's query and key of one size. Anything else is left as it is, so the pass never changes a
+//! diagram's meaning: the interpreter's fused boxes are defined as those chains, and
+//! `tests/fuse.rs` checks forward values and gradients against the unfused instance.
 
 use super::instance::Instance;
-use super::{Attention, BoxId, Const, ExecOp, Op, WireId, WireSink, WireType, build};
+use super::{
+    Attention, AxisId, BoxId, Const, ExecOp, LinearAttention, Op, WireId, WireSink, WireSource,
+    WireType, build,
+};
 
 /// The boxes of one matched chain and its operands.
 struct Chain {
-    /// The boxes replaced (the first dot, the scale if any, the mask, the softmax); the last
-    /// dot becomes the fused box.
+    /// The boxes replaced, but for the last, which becomes the fused box.
     gone: Vec<BoxId>,
     last: BoxId,
-    q: WireId,
-    k: WireId,
-    v: WireId,
-    at: Attention,
+    /// `q, k, v` (or `qf, kf, v`).
+    inputs: [WireId; 3],
+    op: ExecOp,
+    /// The type of the fused box's second output (`lse`, or `den`).
+    second: WireType,
 }
 
 /// The instance with every causal attention chain fused, and how many were.
 pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
     let d = &inst.diagram;
     let chains: Vec<Chain> = (0..d.boxes.len())
-        .filter_map(|b| chain_at(inst, BoxId(b as u32)))
+        .filter_map(|b| {
+            let b = BoxId(b as u32);
+            chain_at(inst, b).or_else(|| linear_at(inst, b))
+        })
         .collect();
     if chains.is_empty() {
         return (inst.clone(), 0);
@@ -62,18 +71,10 @@ pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
         let (op, ins, outs) = match fused[bi] {
             Some(i) => {
                 let c = &chains[i];
-                let o = d.wire(b.outputs[0]).ty.clone();
-                let lse = WireType::values(
-                    o.axes
-                        .iter()
-                        .copied()
-                        .filter(|a| *a != c.at.vfeat)
-                        .collect(),
-                );
                 (
-                    Op::Exec(ExecOp::Attention(c.at)),
-                    vec![get(&map, c.q), get(&map, c.k), get(&map, c.v)],
-                    vec![o, lse],
+                    Op::Exec(c.op.clone()),
+                    c.inputs.iter().map(|w| get(&map, *w)).collect(),
+                    vec![d.wire(b.outputs[0]).ty.clone(), c.second.clone()],
                 )
             }
             None => (
@@ -150,7 +151,7 @@ fn chain_at(inst: &Instance, first: BoxId) -> Option<Chain> {
     let out = d.node(last).outputs[0];
     // The value feature: `v`'s axis that is neither the key nor a lane (a lane being an axis
     // of `q` other than the query and the summed feature).
-    let lane = |x: super::AxisId| ty(q).has(x) && x != query && x != feat;
+    let lane = |x: AxisId| ty(q).has(x) && x != query && x != feat;
     let vfeat = *ty(v).axes.iter().find(|x| **x != key && !lane(**x))?;
     let at = Attention {
         query,
@@ -159,13 +160,133 @@ fn chain_at(inst: &Instance, first: BoxId) -> Option<Chain> {
         vfeat,
         scale,
     };
+    let second = WireType::values(
+        ty(out)
+            .axes
+            .iter()
+            .copied()
+            .filter(|a| *a != vfeat)
+            .collect(),
+    );
     shapes_fit(inst, [ty(q), ty(k), ty(v), ty(out)], &at).then_some(Chain {
         gone,
         last,
-        q,
-        k,
-        v,
-        at,
+        inputs: [q, k, v],
+        op: ExecOp::Attention(at),
+        second,
+    })
+}
+
+/// The linear attention chain (M0) whose last box, the division, is `last`:
+///
+/// ```text
+/// qf -> copy[2] -> (qa, qb)       kf -> copy[2] -> (ka, kb)
+/// num = dot[feat](qa, cumsum[pos](outer(ka, v)))
+/// den = shift[eps](dot[feat](qb, cumsum[pos](kb)))
+/// div(num, expand[vfeat](den))
+/// ```
+fn linear_at(inst: &Instance, last: BoxId) -> Option<Chain> {
+    let d = &inst.diagram;
+    let node = |b: BoxId| d.node(b);
+    let ty = |w: WireId| &d.wire(w).ty;
+    // The box producing `w`, if its op satisfies `want`.
+    let from = |w: WireId, want: &dyn Fn(&Op) -> bool| -> Option<BoxId> {
+        match d.wire(w).source {
+            WireSource::Box(b, _) if want(&node(b).op) => Some(b),
+            _ => None,
+        }
+    };
+    let copy2 = |op: &Op| *op == Op::Copy(2);
+    if node(last).op != Op::Div {
+        return None;
+    }
+    let [num, bden] = node(last).inputs[..] else {
+        return None;
+    };
+    let expand = from(bden, &|op| matches!(op, Op::Expand(_)))?;
+    let Op::Expand(vfeat) = node(expand).op else {
+        return None;
+    };
+    let shift = from(node(expand).inputs[0], &|op| {
+        matches!(op, Op::Shift(Const::Num(_)))
+    })?;
+    let Op::Shift(Const::Num(eps)) = node(shift).op else {
+        return None;
+    };
+    let den_dot = from(node(shift).inputs[0], &|op| matches!(op, Op::Dot(_)))?;
+    let Op::Dot(feat) = node(den_dot).op else {
+        return None;
+    };
+    let num_dot = from(num, &|op| *op == Op::Dot(feat))?;
+    // Each dot reads a copy of qf and a prefix sum.
+    let split = |dot: BoxId| -> Option<(WireId, BoxId)> {
+        let [a, b] = node(dot).inputs[..] else {
+            return None;
+        };
+        let sum = |w: WireId| from(w, &|op| matches!(op, Op::Cumsum(_)));
+        match (sum(a), sum(b)) {
+            (None, Some(c)) => Some((a, c)),
+            (Some(c), None) => Some((b, c)),
+            _ => None,
+        }
+    };
+    let (qa, kv_sum) = split(num_dot)?;
+    let (qb, z_sum) = split(den_dot)?;
+    let Op::Cumsum(pos) = node(kv_sum).op else {
+        return None;
+    };
+    if node(z_sum).op != Op::Cumsum(pos) {
+        return None;
+    }
+    let q_copy = from(qa, &copy2)?;
+    let outer = from(node(kv_sum).inputs[0], &|op| *op == Op::Outer)?;
+    let k_copy = from(node(z_sum).inputs[0], &copy2)?;
+    let [x, y] = node(outer).inputs[..] else {
+        return None;
+    };
+    let (ka, v) = if from(x, &copy2) == Some(k_copy) {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    if from(qb, &copy2) != Some(q_copy) || from(ka, &copy2) != Some(k_copy) || k_copy == q_copy {
+        return None;
+    }
+    let (qf, kf) = (node(q_copy).inputs[0], node(k_copy).inputs[0]);
+    let out = node(last).outputs[0];
+    // One set of lanes L: qf, kf = L + {pos, feat}; v, out = L + {pos, vfeat}.
+    let lanes: Vec<_> = ty(qf)
+        .axes
+        .iter()
+        .copied()
+        .filter(|a| *a != pos && *a != feat)
+        .collect();
+    let is = |t: &WireType, extra: [AxisId; 2]| {
+        let mut want: Vec<_> = lanes.iter().copied().chain(extra).collect();
+        let mut have = t.axes.clone();
+        want.sort();
+        want.dedup();
+        have.sort();
+        t.index_of.is_none() && want.len() == lanes.len() + 2 && want == have
+    };
+    let fits = feat != vfeat
+        && is(ty(qf), [pos, feat])
+        && is(ty(kf), [pos, feat])
+        && is(ty(v), [pos, vfeat])
+        && is(ty(out), [pos, vfeat]);
+    fits.then(|| Chain {
+        gone: vec![
+            q_copy, k_copy, outer, kv_sum, z_sum, num_dot, den_dot, shift, expand,
+        ],
+        last,
+        inputs: [qf, kf, v],
+        op: ExecOp::LinearAttention(LinearAttention {
+            pos,
+            feat,
+            vfeat,
+            eps,
+        }),
+        second: d.wire(node(shift).outputs[0]).ty.clone(),
     })
 }
 
@@ -185,7 +306,7 @@ fn shapes_fit(inst: &Instance, [q, k, v, out]: [&WireType; 4], at: &Attention) -
         .copied()
         .filter(|a| *a != at.query && *a != at.feat)
         .collect();
-    let is = |t: &WireType, extra: [super::AxisId; 2]| {
+    let is = |t: &WireType, extra: [AxisId; 2]| {
         let mut want: Vec<_> = lanes.iter().copied().chain(extra).collect();
         let mut have = t.axes.clone();
         want.sort();

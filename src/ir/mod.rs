@@ -415,6 +415,27 @@ pub enum ExecOp {
     Attention(Attention),
     /// `(q, k, v, o, lse, go) -> (gq, gk, gv)` for [`ExecOp::Attention`].
     AttentionBack(Attention),
+    /// `(qf, kf, v) -> (out, den)`: causal linear attention (M0) as one box, the fusion
+    /// (`ir::fuse`) of `num / broadcast[vfeat](dot[feat](qf, cumsum[pos](kf)) + eps)` with
+    /// `num = dot[feat](qf, cumsum[pos](outer(kf, v)))`. `den` (over the output's axes less
+    /// the value feature) is the denominator, which the gradient reuses.
+    LinearAttention(LinearAttention),
+    /// `(qf, kf, v, out, den, go) -> (gqf, gkf, gv)` for [`ExecOp::LinearAttention`].
+    LinearAttentionBack(LinearAttention),
+}
+
+/// The axes and constant of a fused linear attention box. Every other axis of `qf`, `kf` and
+/// `v` is a lane, present in all three and in the output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearAttention {
+    /// Positions: in every operand (token `i` sums over `j <= i`).
+    pub pos: AxisId,
+    /// The feature of `qf` and `kf`.
+    pub feat: AxisId,
+    /// The value feature: in `v` and `out` (not `feat`).
+    pub vfeat: AxisId,
+    /// Added to the denominator (`1e-6` in M0).
+    pub eps: f64,
 }
 
 /// The axes and scale of a fused attention box. Every other axis of `q`, `k` and `v` is a lane

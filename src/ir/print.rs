@@ -299,5 +299,17 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
             n(&a.vfeat),
             a.scale
         ),
+        ExecOp::LinearAttention(a) | ExecOp::LinearAttentionBack(a) => format!(
+            "{}[{}, {}, {}, eps = {}]",
+            if matches!(op, ExecOp::LinearAttention(_)) {
+                "linear_attention"
+            } else {
+                "linear_attention_back"
+            },
+            n(&a.pos),
+            n(&a.feat),
+            n(&a.vfeat),
+            a.eps
+        ),
     }
 }

@@ -1162,10 +1162,36 @@ impl Builder<'_> {
                 self.consts.push(data);
                 vec![v]
             }
-            Op::Exec(ExecOp::Attention(at)) | Op::Exec(ExecOp::AttentionBack(at)) => {
-                let back = matches!(b.op, Op::Exec(ExecOp::AttentionBack(_)));
+            Op::Exec(
+                e @ (ExecOp::Attention(_)
+                | ExecOp::AttentionBack(_)
+                | ExecOp::LinearAttention(_)
+                | ExecOp::LinearAttentionBack(_)),
+            ) => {
+                // Each operand's position axis (query or key) and feature axis.
+                let (form, back, query, key, feat, vfeat) = match e {
+                    ExecOp::Attention(a) | ExecOp::AttentionBack(a) => (
+                        attention::Form::Softmax {
+                            scale: a.scale as f32,
+                        },
+                        matches!(e, ExecOp::AttentionBack(_)),
+                        a.query,
+                        a.key,
+                        a.feat,
+                        a.vfeat,
+                    ),
+                    ExecOp::LinearAttention(a) | ExecOp::LinearAttentionBack(a) => (
+                        attention::Form::Linear { eps: a.eps as f32 },
+                        matches!(e, ExecOp::LinearAttentionBack(_)),
+                        a.pos,
+                        a.pos,
+                        a.feat,
+                        a.vfeat,
+                    ),
+                    _ => unreachable!("matched above"),
+                };
                 arity(if back { 6 } else { 3 })?;
-                if self.size(at.query) != self.size(at.key) {
+                if self.size(query) != self.size(key) {
                     return Err(
                         "fused attention between query and key axes of different sizes".into(),
                     );
@@ -1178,11 +1204,11 @@ impl Builder<'_> {
                 // Each operand's position and feature axes (lse has no feature).
                 let role = |k: usize| -> (AxisId, Option<AxisId>) {
                     match k {
-                        0 | 6 => (at.query, Some(at.feat)),
-                        1 | 7 => (at.key, Some(at.feat)),
-                        2 | 8 => (at.key, Some(at.vfeat)),
-                        3 | 5 => (at.query, Some(at.vfeat)),
-                        _ => (at.query, None),
+                        0 | 6 => (query, Some(feat)),
+                        1 | 7 => (key, Some(feat)),
+                        2 | 8 => (key, Some(vfeat)),
+                        3 | 5 => (query, Some(vfeat)),
+                        _ => (query, None),
                     }
                 };
                 let lse = ops[4];
@@ -1190,7 +1216,7 @@ impl Builder<'_> {
                     .axes
                     .iter()
                     .copied()
-                    .filter(|a| *a != at.query)
+                    .filter(|a| *a != query)
                     .collect();
                 let mut st = [0; attention::BACK];
                 let mut sf = [0; attention::BACK];
@@ -1202,14 +1228,14 @@ impl Builder<'_> {
                 let which: [Option<usize>; attention::BACK] =
                     std::array::from_fn(|k| ops.get(k).copied());
                 let attn = attention::Attn {
+                    form,
                     back,
                     lanes: Nest::new(self.dims(&lanes, which)),
-                    t: self.size(at.query),
-                    d: self.size(at.feat),
-                    e: self.size(at.vfeat),
+                    t: self.size(query),
+                    d: self.size(feat),
+                    e: self.size(vfeat),
                     st,
                     sf,
-                    scale: at.scale as f32,
                 };
                 self.push(
                     Kernel::Attention(Box::new(attn)),

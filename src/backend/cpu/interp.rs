@@ -307,18 +307,7 @@ pub fn eval(
         }
         Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
             let reverse = matches!(op, Op::Exec(_));
-            let mut t = one(ins);
-            let p = t.pos(*a);
-            for mut lane in t.data.lanes_mut(Axis(p)) {
-                let n = lane.len();
-                let mut acc = 0.0;
-                for i in 0..n {
-                    let j = if reverse { n - 1 - i } else { i };
-                    acc += lane[j];
-                    lane[j] = acc;
-                }
-            }
-            vec![t.aligned(&out(0))]
+            vec![cumsum(one(ins), *a, reverse).aligned(&out(0))]
         }
         Op::Dropout(_) => return Err("dropout was not keyed by instantiation".into()),
         Op::Exec(ExecOp::Dropout { p, key }) => {
@@ -624,6 +613,42 @@ pub fn eval(
             let gv = einsum(&p, &go, &out(2), sizes);
             vec![gq, gk, gv]
         }
+        Op::Exec(ExecOp::LinearAttention(at)) => {
+            // S = cumsum(kf v^T), z = cumsum(kf), den = qf . z + eps, out = (qf S) / den.
+            let v = ins.pop().expect("three inputs");
+            let kf = ins.pop().expect("three inputs");
+            let qf = ins.pop().expect("three inputs");
+            let (state, z) = linear_state(&kf, &v, at, sizes);
+            let num = einsum(&qf, &state, &out(0), sizes);
+            let den = einsum(&qf, &z, &out(1), sizes).map(|x| x + at.eps);
+            let o = num.mul_broadcast(&den.clone().map(|x| 1.0 / x));
+            vec![o, den]
+        }
+        Op::Exec(ExecOp::LinearAttentionBack(at)) => {
+            // dn = go / den, dden = -(go . out) / den;
+            // gqf = S dn + dden z, gkf = U v + w, gv = U^T kf, with the suffix sums
+            // U = revcumsum(qf dn^T) and w = revcumsum(dden qf).
+            let go = ins.pop().expect("six inputs");
+            let den = ins.pop().expect("six inputs");
+            let o = ins.pop().expect("six inputs");
+            let v = ins.pop().expect("six inputs");
+            let kf = ins.pop().expect("six inputs");
+            let qf = ins.pop().expect("six inputs");
+            let inv = den.clone().map(|x| 1.0 / x);
+            let dn = go.mul_broadcast(&inv);
+            let dden = einsum(&go, &o, &den.axes, sizes)
+                .mul_broadcast(&inv)
+                .map(|x| -x);
+            let (state, z) = linear_state(&kf, &v, at, sizes);
+            let gqf = einsum(&dn, &state, &out(0), sizes).add_broadcast(&z.mul_broadcast(&dden));
+            let mut pair = qf.axes.clone();
+            pair.push(at.vfeat);
+            let u = cumsum(einsum(&qf, &dn, &pair, sizes), at.pos, true);
+            let w = cumsum(qf.mul_broadcast(&dden), at.pos, true);
+            let gkf = einsum(&u, &v, &out(1), sizes).add_broadcast(&w);
+            let gv = einsum(&u, &kf, &out(2), sizes);
+            vec![gqf.aligned(&out(0)), gkf.aligned(&out(1)), gv]
+        }
         Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
             return Err("this box must be instantiated before it runs".into());
         }
@@ -631,6 +656,34 @@ pub fn eval(
             return Err("region ports must be lowered before running".into());
         }
     })
+}
+
+/// The running sum of `t` along `a` (from the end when `reverse`).
+fn cumsum(mut t: Tensor, a: AxisId, reverse: bool) -> Tensor {
+    let p = t.pos(a);
+    for mut lane in t.data.lanes_mut(Axis(p)) {
+        let n = lane.len();
+        let mut acc = 0.0;
+        for i in 0..n {
+            let j = if reverse { n - 1 - i } else { i };
+            acc += lane[j];
+            lane[j] = acc;
+        }
+    }
+    t
+}
+
+/// Linear attention's prefix state: `S = cumsum[pos](outer(kf, v))` and `z = cumsum[pos](kf)`.
+fn linear_state(
+    kf: &Tensor,
+    v: &Tensor,
+    at: &crate::ir::LinearAttention,
+    sizes: &[usize],
+) -> (Tensor, Tensor) {
+    let mut pair = kf.axes.clone();
+    pair.push(at.vfeat);
+    let s = cumsum(einsum(kf, v, &pair, sizes), at.pos, false);
+    (s, cumsum(kf.clone(), at.pos, false))
 }
 
 /// The scaled, causally masked scores of fused attention, over `lanes_query` (the lanes and the

@@ -22,6 +22,7 @@
 //! can meet bad input (an id outside the table, a target outside the classes) record a code in
 //! an error word; [`Generated::errors`] says what each code means.
 
+use crate::backend::cpu::exec::attention::Form;
 use crate::backend::cpu::exec::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
 use crate::backend::cpu::exec::nest::Nest;
 use crate::backend::cpu::exec::{Loc, Plan};
@@ -1037,10 +1038,9 @@ impl Gen {
                 let el = |k: usize, i: &str, f: &str| {
                     format!("p{k}[o{k} + {i} * {}ULL + {f} * {}ULL]", st[k], sf[k])
                 };
-                let scale = lit(a.scale);
-                // scale * q_i . k_j, as the CPU sums it.
-                let score = format!(
-                    "float sc = 0.0f; for (int f = 0; f < {d}; f++) sc += {} * {}; sc *= {scale};",
+                // sc = q_i . k_j, as the CPU sums it.
+                let dot = format!(
+                    "float sc = 0.0f; for (int f = 0; f < {d}; f++) sc += {} * {};",
                     el(0, "qi", "f"),
                     el(1, "kj", "f")
                 );
@@ -1055,6 +1055,14 @@ impl Gen {
                         args: bufs(locs),
                     })
                 };
+                let scale = match a.form {
+                    Form::Softmax { scale } => lit(scale),
+                    Form::Linear { eps } => {
+                        return linear_kernels(a, s, &name, lit(eps), &dot, &el, &kernel);
+                    }
+                };
+                // The scaled score.
+                let score = format!("{dot} sc *= {scale};");
                 if !a.back {
                     // One thread per (lane, query): the maximum, then the weights and the sum.
                     let body = format!(
@@ -1123,11 +1131,97 @@ impl Gen {
     }
 }
 
+/// The generated kernels of a fused linear attention step (M0), in the quadratic form: one
+/// thread per (lane, query) for the output (and `dqf`), one per (lane, key) for `dkf` and
+/// `dv`, each summing over the positions it sees (`a_ij = qf_i . kf_j`, `j <= i`):
+///   `den_i = sum_j a_ij + eps`, `out_i = sum_j a_ij v_j / den_i`;
+///   with `dn_i = go_i / den_i`, `dden_i = -(go_i . out_i) / den_i`, `b_ij = v_j . dn_i + dden_i`:
+///   `dqf_i = sum_j b_ij kf_j`, `dkf_j = sum_i b_ij qf_i`, `dv_j = sum_i a_ij dn_i`.
+/// The CPU scans a running state instead: the same sums in another order.
+fn linear_kernels(
+    a: &crate::backend::cpu::exec::attention::Attn,
+    s: &mut String,
+    name: &str,
+    eps: String,
+    dot: &str,
+    el: &dyn Fn(usize, &str, &str) -> String,
+    kernel: &dyn Fn(&mut String, &str, &str, String) -> Op,
+) -> Vec<Op> {
+    let (t, d, e) = (a.t, a.d, a.e);
+    let den = |i: &str| format!("p4[o4 + {i} * {}ULL]", a.st[4]);
+    if !a.back {
+        let body = format!(
+            "    float acc[{e}];\n    \
+             for (int c = 0; c < {e}; c++) acc[c] = 0.0f;\n    \
+             float dn = 0.0f;\n    \
+             for (int kj = 0; kj <= qi; kj++) {{\n        \
+             {dot} dn += sc;\n        \
+             for (int c = 0; c < {e}; c++) acc[c] += sc * {v};\n    }}\n    \
+             dn += {eps};\n    \
+             for (int c = 0; c < {e}; c++) {o} = acc[c] / dn;\n    \
+             {den} = dn;\n",
+            v = el(2, "kj", "c"),
+            o = el(3, "qi", "c"),
+            den = den("qi"),
+        );
+        return vec![kernel(s, name, "qi", body)];
+    }
+    // dden_i and b_ij, for the query qi and key kj in scope.
+    let dden = format!(
+        "float di = {den}; float dd = 0.0f;\n        \
+         for (int c = 0; c < {e}; c++) dd += {go} * {o};\n        \
+         dd = -dd / di;",
+        den = den("qi"),
+        go = el(5, "qi", "c"),
+        o = el(3, "qi", "c"),
+    );
+    let b = format!(
+        "float b = 0.0f; for (int c = 0; c < {e}; c++) b += {v} * ({go} / di); b += dd;",
+        v = el(2, "kj", "c"),
+        go = el(5, "qi", "c"),
+    );
+    let dq = format!(
+        "    float acc[{d}];\n    \
+         for (int f = 0; f < {d}; f++) acc[f] = 0.0f;\n    \
+         {dden}\n    \
+         for (int kj = 0; kj <= qi; kj++) {{\n        \
+         {b}\n        \
+         for (int f = 0; f < {d}; f++) acc[f] += b * {k};\n    }}\n    \
+         for (int f = 0; f < {d}; f++) {gq} = acc[f];\n",
+        k = el(1, "kj", "f"),
+        gq = el(6, "qi", "f"),
+    );
+    let dkdv = format!(
+        "    float ak[{d}], av[{e}];\n    \
+         for (int f = 0; f < {d}; f++) ak[f] = 0.0f;\n    \
+         for (int c = 0; c < {e}; c++) av[c] = 0.0f;\n    \
+         for (int qi = kj; qi < {t}; qi++) {{\n        \
+         {dden}\n        \
+         {b}\n        \
+         {dot}\n        \
+         for (int f = 0; f < {d}; f++) ak[f] += b * {q};\n        \
+         for (int c = 0; c < {e}; c++) av[c] += sc * ({go} / di);\n    }}\n    \
+         for (int f = 0; f < {d}; f++) {gk} = ak[f];\n    \
+         for (int c = 0; c < {e}; c++) {gv} = av[c];\n",
+        q = el(0, "qi", "f"),
+        go = el(5, "qi", "c"),
+        gk = el(7, "kj", "f"),
+        gv = el(8, "kj", "c"),
+    );
+    vec![
+        kernel(s, &format!("{name}_dq"), "qi", dq),
+        kernel(s, &format!("{name}_dkdv"), "kj", dkdv),
+    ]
+}
+
 /// The flash-attention kernels of `kernels/attention_flash.cu` for a fused attention step,
 /// where its layout is theirs: one feature length D in {32, 64, 96, 128} for scores and values,
 /// features contiguous, at most two lane dimensions (batch, then head), and q, k, v and their
 /// gradients in one layout, o and its gradient in another. `None`: the generated kernels.
 fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+    let Form::Softmax { scale } = a.form else {
+        return None;
+    };
     let d = a.d;
     if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.len() == 0 {
         return None;
@@ -1168,7 +1262,7 @@ fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option
     args.extend([
         Arg::I32(i32::try_from(nb * nh).ok()?),
         Arg::I32(i32::try_from(a.t).ok()?),
-        Arg::F32(a.scale),
+        Arg::F32(scale),
         Arg::I32(i32::try_from(nh).ok()?),
     ]);
     for k in [xs[0], os[0], 4] {

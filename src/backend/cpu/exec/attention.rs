@@ -1,26 +1,42 @@
-//! The fused causal attention kernels of the fast executor ([`crate::ir::ExecOp::Attention`]
-//! and its gradient), in f32, one lane (a batch row and head) at a time, lanes split over the
-//! cores. They follow the interpreter's definitions; the CUDA backend runs the same step as
-//! flash-attention kernels.
+//! The fused causal attention kernels of the fast executor, in f32, one lane (a batch row and
+//! head) at a time, lanes split over the cores. They follow the interpreter's definitions; the
+//! CUDA backend runs the same steps on the kernels of `kernels/`.
 //!
-//! Forward, per lane and query `i` (keys `j <= i`):
+//! Softmax ([`crate::ir::ExecOp::Attention`]), per lane and query `i` (keys `j <= i`):
 //!   `s_j = scale * q_i . k_j`, `m = max s`, `l = sum exp(s_j - m)`, `lse_i = m + ln l`,
 //!   `o_i = sum_j exp(s_j - m) / l * v_j`.
 //! Backward, with `p_ij = exp(scale * q_i . k_j - lse_i)` recomputed and `D_i = go_i . o_i`:
 //!   `ds_ij = p_ij (go_i . v_j - D_i)`, `gq_i = scale sum_j ds_ij k_j`,
 //!   `gk_j = scale sum_i ds_ij q_i`, `gv_j = sum_i p_ij go_i`.
+//!
+//! Linear ([`crate::ir::ExecOp::LinearAttention`]), a scan over positions with the state
+//! `S_i = sum_{j <= i} kf_j v_j^T` and `z_i = sum_{j <= i} kf_j`:
+//!   `den_i = qf_i . z_i + eps`, `out_i = qf_i S_i / den_i`.
+//! Backward, with `dn_i = go_i / den_i` and `dden_i = -(go_i . out_i) / den_i`:
+//!   `gqf_i = S_i dn_i + dden_i z_i`, and from the end with `U_j = sum_{i >= j} qf_i dn_i^T`
+//!   and `w_j = sum_{i >= j} dden_i qf_i`: `gkf_j = U_j v_j + w_j`, `gv_j = U_j^T kf_j`.
 
 use super::kernels::par;
 use super::nest::Nest;
 
 /// Operands, in pointer order: forward `[q, k, v, o, lse]`, backward `[q, k, v, o, lse, go,
-/// gq, gk, gv]`.
+/// gq, gk, gv]` (linear attention: `den` for `lse`).
 pub const FWD: usize = 5;
 pub const BACK: usize = 9;
+
+/// Which attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Form {
+    /// Causal softmax attention with this scale of the scores.
+    Softmax { scale: f32 },
+    /// Causal linear attention with this constant in the denominator.
+    Linear { eps: f32 },
+}
 
 /// One fused attention step.
 #[derive(Clone, Debug)]
 pub struct Attn {
+    pub form: Form,
     pub back: bool,
     /// Over the lanes, operands in pointer order (the forward uses the first five).
     pub lanes: Nest<BACK>,
@@ -32,24 +48,12 @@ pub struct Attn {
     /// Each operand's stride along its position axis and along its feature axis (0 for `lse`).
     pub st: [usize; BACK],
     pub sf: [usize; BACK],
-    pub scale: f32,
 }
 
 impl Attn {
     /// How many pointers the step takes.
     pub fn arity(&self) -> usize {
         if self.back { BACK } else { FWD }
-    }
-
-    /// Multiply-adds of one run (for profiles).
-    pub fn flops(&self) -> u64 {
-        let pairs = (self.t * (self.t + 1) / 2 * self.lanes.len()) as u64;
-        let per = if self.back {
-            2 * self.d + 2 * self.e + self.d + self.e
-        } else {
-            self.d + self.e
-        };
-        2 * pairs * per as u64
     }
 
     /// The largest offset each operand reaches (pointer order).
@@ -78,10 +82,11 @@ impl Attn {
         par(&self.lanes, work, |base, part| {
             part.each(base, |off| unsafe {
                 let at = |k: usize| (ptrs[k] as *mut f32).add(off[k]);
-                if self.back {
-                    self.back_lane(at);
-                } else {
-                    self.fwd_lane(at);
+                match (self.form, self.back) {
+                    (Form::Softmax { scale }, false) => self.fwd_lane(at, scale),
+                    (Form::Softmax { scale }, true) => self.back_lane(at, scale),
+                    (Form::Linear { eps }, false) => self.linear_fwd_lane(at, eps),
+                    (Form::Linear { .. }, true) => self.linear_back_lane(at),
                 }
             })
         });
@@ -93,24 +98,24 @@ impl Attn {
         unsafe { base.add(i * self.st[k] + f * self.sf[k]) }
     }
 
-    /// `scale * q_i . k_j`.
+    /// `q_i . k_j` (operands 0 and 1).
     #[inline(always)]
-    unsafe fn score(&self, q: *mut f32, k: *mut f32, i: usize, j: usize) -> f32 {
+    unsafe fn dot(&self, q: *mut f32, k: *mut f32, i: usize, j: usize) -> f32 {
         let mut s = 0.0f32;
         for f in 0..self.d {
             unsafe { s += *self.el(q, 0, i, f) * *self.el(k, 1, j, f) };
         }
-        s * self.scale
+        s
     }
 
-    unsafe fn fwd_lane(&self, at: impl Fn(usize) -> *mut f32) {
+    unsafe fn fwd_lane(&self, at: impl Fn(usize) -> *mut f32, scale: f32) {
         let (q, k, v, o, lse) = (at(0), at(1), at(2), at(3), at(4));
         let mut s = vec![0f32; self.t];
         let mut acc = vec![0f32; self.e];
         for i in 0..self.t {
             let mut m = f32::NEG_INFINITY;
             for (j, sj) in s.iter_mut().enumerate().take(i + 1) {
-                *sj = unsafe { self.score(q, k, i, j) };
+                *sj = unsafe { self.dot(q, k, i, j) } * scale;
                 m = m.max(*sj);
             }
             let mut l = 0.0f32;
@@ -129,7 +134,7 @@ impl Attn {
         }
     }
 
-    unsafe fn back_lane(&self, at: impl Fn(usize) -> *mut f32) {
+    unsafe fn back_lane(&self, at: impl Fn(usize) -> *mut f32, scale: f32) {
         let [q, k, v, o, lse, go, gq, gk, gv] = std::array::from_fn(&at);
         unsafe {
             for j in 0..self.t {
@@ -149,14 +154,14 @@ impl Attn {
                 }
                 acc.fill(0.0);
                 for j in 0..=i {
-                    let p = (self.score(q, k, i, j) - l).exp();
+                    let p = (self.dot(q, k, i, j) * scale - l).exp();
                     let mut dp = 0.0f32;
                     for f in 0..self.e {
                         let g = *self.el(go, 5, i, f);
                         dp += g * *self.el(v, 2, j, f);
                         *self.el(gv, 8, j, f) += p * g;
                     }
-                    let ds = p * (dp - di) * self.scale;
+                    let ds = p * (dp - di) * scale;
                     for (f, a) in acc.iter_mut().enumerate() {
                         *a += ds * *self.el(k, 1, j, f);
                         *self.el(gk, 7, j, f) += ds * *self.el(q, 0, i, f);
@@ -164,6 +169,102 @@ impl Attn {
                 }
                 for (f, a) in acc.iter().enumerate() {
                     *self.el(gq, 6, i, f) = *a;
+                }
+            }
+        }
+    }
+
+    unsafe fn linear_fwd_lane(&self, at: impl Fn(usize) -> *mut f32, eps: f32) {
+        let (qf, kf, v, out, den) = (at(0), at(1), at(2), at(3), at(4));
+        let (d, e) = (self.d, self.e);
+        let mut state = vec![0f32; d * e];
+        let mut z = vec![0f32; d];
+        let mut num = vec![0f32; e];
+        unsafe {
+            for i in 0..self.t {
+                for f in 0..d {
+                    let kv = *self.el(kf, 1, i, f);
+                    z[f] += kv;
+                    for c in 0..e {
+                        state[f * e + c] += kv * *self.el(v, 2, i, c);
+                    }
+                }
+                let mut dn = 0.0f32;
+                num.fill(0.0);
+                for f in 0..d {
+                    let qv = *self.el(qf, 0, i, f);
+                    dn += qv * z[f];
+                    for (c, n) in num.iter_mut().enumerate() {
+                        *n += qv * state[f * e + c];
+                    }
+                }
+                let dn = dn + eps;
+                for (c, n) in num.iter().enumerate() {
+                    *self.el(out, 3, i, c) = n / dn;
+                }
+                *den.add(i * self.st[4]) = dn;
+            }
+        }
+    }
+
+    unsafe fn linear_back_lane(&self, at: impl Fn(usize) -> *mut f32) {
+        let [qf, kf, v, out, den, go, gqf, gkf, gv] = std::array::from_fn(&at);
+        let (d, e, t) = (self.d, self.e, self.t);
+        unsafe {
+            // dn_i = go_i / den_i and dden_i = -(go_i . out_i) / den_i, for every row.
+            let mut dn = vec![0f32; t * e];
+            let mut dden = vec![0f32; t];
+            for i in 0..t {
+                let dv = *den.add(i * self.st[4]);
+                let mut s = 0.0f32;
+                for c in 0..e {
+                    let g = *self.el(go, 5, i, c);
+                    dn[i * e + c] = g / dv;
+                    s += g * *self.el(out, 3, i, c);
+                }
+                dden[i] = -s / dv;
+            }
+            // Forward scan: gqf_i = S_i dn_i + dden_i z_i.
+            let mut state = vec![0f32; d * e];
+            let mut z = vec![0f32; d];
+            for i in 0..t {
+                for f in 0..d {
+                    let kv = *self.el(kf, 1, i, f);
+                    z[f] += kv;
+                    let mut g = 0.0f32;
+                    for c in 0..e {
+                        state[f * e + c] += kv * *self.el(v, 2, i, c);
+                        g += state[f * e + c] * dn[i * e + c];
+                    }
+                    *self.el(gqf, 6, i, f) = g + dden[i] * z[f];
+                }
+            }
+            // Backward scan: gkf_j = U_j v_j + w_j, gv_j = U_j^T kf_j.
+            let mut u = state;
+            u.fill(0.0);
+            let mut w = z;
+            w.fill(0.0);
+            for j in (0..t).rev() {
+                for f in 0..d {
+                    let qv = *self.el(qf, 0, j, f);
+                    w[f] += dden[j] * qv;
+                    for c in 0..e {
+                        u[f * e + c] += qv * dn[j * e + c];
+                    }
+                }
+                for f in 0..d {
+                    let mut g = 0.0f32;
+                    for c in 0..e {
+                        g += u[f * e + c] * *self.el(v, 2, j, c);
+                    }
+                    *self.el(gkf, 7, j, f) = g + w[f];
+                }
+                for c in 0..e {
+                    let mut g = 0.0f32;
+                    for f in 0..d {
+                        g += u[f * e + c] * *self.el(kf, 1, j, f);
+                    }
+                    *self.el(gv, 8, j, c) = g;
                 }
             }
         }
