@@ -1857,6 +1857,29 @@ fn the_linear_attention_reference_gradient_matches_finite_differences() {
 }
 
 fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
+    linattn_case_in(seed, bh, t, d, e, 1);
+}
+
+/// Element `(lane, row, feature)` of a contiguous [BH][T][W] tensor in the [B][T][H][W] layout
+/// of `heads` heads per batch row (the identity for one head).
+fn interleaved(t: usize, w: usize, heads: usize) -> impl Fn(usize) -> usize {
+    move |i| {
+        let (lane, row, f) = (i / (t * w), i / w % t, i % w);
+        (lane / heads) * t * heads * w + row * heads * w + (lane % heads) * w + f
+    }
+}
+
+fn permuted<T: Copy + Default>(v: &[T], at: &impl Fn(usize) -> usize) -> Vec<T> {
+    let mut out = vec![T::default(); v.len()];
+    for (i, x) in v.iter().enumerate() {
+        out[at(i)] = *x;
+    }
+    out
+}
+
+/// A linear attention case with `heads` lanes per batch row: qf, kf, v and their gradients
+/// laid out [B][T][H][.] as in the training LM, out, dout, den contiguous by lane.
+fn linattn_case_in(seed: u64, bh: usize, t: usize, d: usize, e: usize, heads: usize) {
     let m = module("linear_attention.cu");
     let mut rng = Rng::new(seed);
     // qf and kf are outputs of elu + 1: positive.
@@ -1866,17 +1889,29 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
     let g = rand_vec(&mut rng, bh * t * e, -1.0, 1.0);
     let f64s = |x: &[f32]| -> Vec<f64> { x.iter().map(|v| *v as f64).collect() };
     let r = linattn_ref(bh, t, d, e, &f64s(&qf), &f64s(&kf), &f64s(&v), &f64s(&g));
-    let what = format!("linattn BH={bh} T={t} D={d} E={e}");
-    let (qb, kb, vb, gb) = (guarded(qf), guarded(kf), guarded(v), guarded(g));
-    let dims = [
+    let what = format!("linattn BH={bh} T={t} D={d} E={e} H={heads}");
+    let (xd, xe) = (interleaved(t, d, heads), interleaved(t, e, heads));
+    let (qb, kb, vb, gb) = (
+        guarded(permuted(&qf, &xd)),
+        guarded(permuted(&kf, &xd)),
+        guarded(permuted(&v, &xe)),
+        guarded(g),
+    );
+    let (h, u) = (heads, |x: usize| A::U(x as u64));
+    let mut dims = vec![
         A::I(bh as i32),
         A::I(t as i32),
         A::I(d as i32),
         A::I(e as i32),
+        A::I(h as i32),
     ];
+    dims.extend([u(t * h * d), u(d), u(h * d)]); // X
+    dims.extend([u(t * h * e), u(e), u(h * e)]); // V
+    dims.extend([u(h * t * e), u(t * e), u(e)]); // O
+    dims.extend([u(h * t), u(t), u(1)]); // den
     let (mut o, mut den) = (unwritten(bh * t * e), unwritten(bh * t));
     let mut args = vec![inp(&qb), inp(&kb), inp(&vb), out(&mut o), out(&mut den)];
-    args.extend(dims);
+    args.extend(dims.iter().copied());
     m.launch(
         "diagc_linattn_fwd",
         (bh * e.div_ceil(32)) as u32,
@@ -1911,16 +1946,22 @@ fn linattn_case(seed: u64, bh: usize, t: usize, d: usize, e: usize) {
         out(&mut dk),
         out(&mut dv),
     ];
-    args.extend(dims);
+    args.extend(dims.iter().copied());
     m.launch(
         "diagc_linattn_bwd",
         (bh * (2 * d.div_ceil(32) + e.div_ceil(32))) as u32,
         128,
         &args,
     );
-    check_rel(&what, "dqf", &dq, &r.dqf);
-    check_rel(&what, "dkf", &dk, &r.dkf);
-    check_rel(&what, "dv", &dv, &r.dv);
+    check_rel(&what, "dqf", &dq, &permuted(&r.dqf, &xd));
+    check_rel(&what, "dkf", &dk, &permuted(&r.dkf, &xd));
+    check_rel(&what, "dv", &dv, &permuted(&r.dv, &xe));
+}
+
+#[test]
+fn linear_attention_reads_the_training_lms_layout() {
+    linattn_case_in(140, 8, 35, 128, 128, 4);
+    linattn_case_in(141, 6, 19, 40, 24, 3);
 }
 
 #[test]
@@ -1943,11 +1984,25 @@ fn linear_attention_matches_the_m0_formula() {
         let (t, bh) = (2usize, 1usize);
         let (qf, kf) = (guarded(vec![0.5; t * d]), guarded(vec![0.5; t * d]));
         let (v, g) = (guarded(vec![0.5; t * e]), guarded(vec![0.5; t * e]));
+        let u = |x: usize| A::U(x as u64);
         let dims = [
             A::I(bh as i32),
             A::I(t as i32),
             A::I(d as i32),
             A::I(e as i32),
+            A::I(1),
+            u(t * d),
+            u(0),
+            u(d),
+            u(t * e),
+            u(0),
+            u(e),
+            u(t * e),
+            u(0),
+            u(e),
+            u(t),
+            u(0),
+            u(1),
         ];
         let (mut o, mut den) = (unwritten(t * e), unwritten(t));
         let mut args = vec![inp(&qf), inp(&kf), inp(&v), out(&mut o), out(&mut den)];
