@@ -176,8 +176,8 @@ fn the_generated_cuda_of_every_stdlib_mechanism_compiles() {
 #[test]
 fn the_generated_cuda_of_the_training_model_compiles() {
     // The 1-layer LM with its loss at the protocol's sizes (what `diagc train --device cuda`
-    // runs, with attention fused), for M1 and M0, and M1 unfused.
-    for (mech, fused) in [("m1", true), ("m1", false), ("m0", true)] {
+    // runs, with attention fused), for M1 and M0, and both unfused.
+    for (mech, fused) in [("m1", true), ("m1", false), ("m0", true), ("m0", false)] {
         let cfg = diagc::train::model::ModelConfig {
             mech: mech.into(),
             layers: 1,
@@ -191,11 +191,16 @@ fn the_generated_cuda_of_the_training_model_compiles() {
             !g.errors.is_empty(),
             "the embedding and loss check their ids"
         );
-        // Fused M1 attention at d = 128 runs on the flash kernels.
-        assert_eq!(
+        // Fused attention at d = 128 runs on the hand-written kernels: M1's on the flash
+        // kernels, M0's on the linear-attention ones.
+        let launches = (
             g.source.contains("diagc_flash_bwd_dq_d128<<<"),
-            fused && mech == "m1",
-            "{mech}: flash-attention launches"
+            g.source.contains("diagc_linattn_bwd<<<"),
+        );
+        assert_eq!(
+            launches,
+            (fused && mech == "m1", fused && mech == "m0"),
+            "{mech}: attention launches"
         );
         compile(&g.source, &format!("lm-{mech}-{fused}"));
     }

@@ -2042,13 +2042,14 @@ fn linear_attention_matches_the_m0_formula() {
     }
 }
 
-/// The fused attention box of the batched, fused M1 mechanism (d = 32, two heads, three batch
-/// rows) alone: inputs q, k, v in the layouts the LM gives them, output o (lse discarded).
-fn attention_alone() -> diagc::ir::instance::Instance {
+/// The fused attention box of the batched, fused mechanism `mech` (M1 or M0; d = 32, two
+/// heads, three batch rows) alone: inputs q, k, v in the layouts the LM gives them, output o
+/// (lse or den discarded).
+fn attention_alone(mech: &str) -> diagc::ir::instance::Instance {
     use diagc::ir::instance::lift_batch;
     use diagc::ir::{ExecOp, Op};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = diagc::driver::check_path(&root.join("stdlib/attention/m1.diag")).unwrap();
+    let o = diagc::driver::check_path(&root.join(format!("stdlib/attention/{mech}.diag"))).unwrap();
     let b = diagc::ir::instance::Bindings {
         sizes: [("tok", 19u64), ("dm", 64), ("head", 2)]
             .iter()
@@ -2056,13 +2057,18 @@ fn attention_alone() -> diagc::ir::instance::Instance {
             .collect(),
         hypers: Default::default(),
     };
-    let inst = diagc::ir::instance::instantiate(&o.checked.program, "m1", &b).unwrap();
+    let inst = diagc::ir::instance::instantiate(&o.checked.program, mech, &b).unwrap();
     let inst = diagc::ir::fuse::fuse_attention(&lift_batch(&inst, "batch", 3).unwrap()).0;
     let d = &inst.diagram;
     let bx = d
         .boxes
         .iter()
-        .find(|b| matches!(b.op, Op::Exec(ExecOp::Attention(_))))
+        .find(|b| {
+            matches!(
+                b.op,
+                Op::Exec(ExecOp::Attention(_) | ExecOp::LinearAttention(_))
+            )
+        })
         .expect("a fused box");
     let mut g = diagc::ir::build::Graph::default();
     let ins: Vec<_> = ["q", "k", "v"]
@@ -2085,32 +2091,46 @@ fn attention_alone() -> diagc::ir::instance::Instance {
 }
 
 #[test]
-fn the_plans_flash_launches_compute_what_the_cpu_executor_does() {
+fn the_plans_attention_launches_compute_what_the_cpu_executor_does() {
     // The code generator maps a fused attention step of the LM's layout (q, k, v [B][T][H][D],
-    // o [B][H][T][D]) to the flash kernels, with the step's strides as their layout arguments.
-    // Run those launches, exactly as generated, on the emulator against the CPU plan: forward
-    // (o) and gradient (o, gq, gk, gv).
+    // o [B][H][T][D]) to the flash kernels (M1) or the linear-attention kernels (M0), with the
+    // step's strides as their layout arguments. Run those launches, exactly as generated, on
+    // the emulator against the CPU plan: forward (o) and gradient (o, gq, gk, gv).
+    for (mech, launches) in [("m1", [1, 3]), ("m0", [1, 2])] {
+        attention_launches(mech, launches);
+    }
+}
+
+/// Runs the generated launches of `mech`'s fused attention alone, forward then gradient,
+/// expecting `launches` hand-written launches for each, against the CPU plan.
+fn attention_launches(mech: &str, launches: [usize; 2]) {
     use diagc::backend::cpu::exec::{Loc, Plan, RunOptions, Workspace};
     use diagc::backend::cuda::codegen::{self, Arg, Op};
-    let inst = attention_alone();
+    let inst = attention_alone(mech);
     let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
-    let m = module("attention_flash.cu");
-    for (what, d) in [("forward", &inst.diagram), ("gradient", &grad.diagram)] {
+    for (n, (what, d)) in [("forward", &inst.diagram), ("gradient", &grad.diagram)]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("{mech} {what}");
         let plan = Plan::new(d, &inst.axes, &inst.sizes).unwrap();
         let mut rng = Rng::new(5);
         let inputs: Vec<Vec<f32>> = d
             .inputs
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(k, w)| {
                 let n: usize = inst.shape(&d.wire(*w).ty).iter().product();
-                rand_vec(&mut rng, n, -1.5, 1.5)
+                // M0's qf and kf are elu + 1 of something: positive.
+                let lo = if mech == "m0" && k < 2 { 0.05 } else { -1.5 };
+                rand_vec(&mut rng, n, lo, 1.5)
             })
             .collect();
         let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         let opts = RunOptions::default();
         let cpu = plan.run(&mut Workspace::default(), &refs, opts).unwrap();
 
-        let g = codegen::generate(&plan, what);
+        let g = codegen::generate(&plan, &what);
         let mut ins: Vec<Vec<f32>> = inputs.iter().map(|v| guarded(v.clone())).collect();
         let mut work: Vec<Vec<f32>> = plan.buffer_lens().iter().map(|n| unwritten(*n)).collect();
         let mut launched = 0;
@@ -2130,10 +2150,10 @@ fn the_plans_flash_launches_compute_what_the_cpu_executor_does() {
                     other => panic!("{what}: argument {other:?}"),
                 })
                 .collect();
-            m.launch(h.kernel, h.grid, h.block, &args);
+            module(h.file).launch(h.kernel, h.grid, h.block, &args);
             launched += 1;
         }
-        assert_eq!(launched, if what == "forward" { 1 } else { 3 }, "{what}");
+        assert_eq!(launched, launches[n], "{what}");
         for (k, ((loc, n), want)) in plan.output_locs().iter().zip(&cpu).enumerate() {
             let buf = match loc {
                 Loc::Work(b) => body("output", &work[*b]),

@@ -446,7 +446,7 @@ impl Gen {
                     ),
                 ])
             }
-            Kernel::Attention(a) => flash(a, locs),
+            Kernel::Attention(a) => flash(a, locs).or_else(|| linear(a, locs)),
             _ => None,
         }
     }
@@ -1214,28 +1214,16 @@ fn linear_kernels(
     ]
 }
 
-/// The flash-attention kernels of `kernels/attention_flash.cu` for a fused attention step,
-/// where its layout is theirs: one feature length D in {32, 64, 96, 128} for scores and values,
-/// features contiguous, at most two lane dimensions (batch, then head), and q, k, v and their
-/// gradients in one layout, o and its gradient in another. `None`: the generated kernels.
-fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
-    let Form::Softmax { scale } = a.form else {
-        return None;
-    };
-    let d = a.d;
-    if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.len() == 0 {
-        return None;
-    }
+/// A fused attention step's lanes as (batch, head), `nb * nh` of them (lane bh is
+/// `(bh / nh, bh % nh)`), and one layout `[b, h, t]` (lane strides, row stride) per class of
+/// operands (pointer indices), where every operand of a class has the same layout and its
+/// features are contiguous (`lse`, `den`: index 4, has none). `None`: more than two lane
+/// dimensions, or a class whose operands differ.
+fn lane_layouts(
+    a: &crate::backend::cpu::exec::attention::Attn,
+    classes: &[&[usize]],
+) -> Option<(usize, usize, Vec<[u64; 3]>)> {
     let ops = a.arity();
-    let (xs, os): (&[usize], &[usize]) = if a.back {
-        (&[0, 1, 2, 6, 7, 8], &[3, 5])
-    } else {
-        (&[0, 1, 2], &[3])
-    };
-    if xs.iter().chain(os).any(|k| a.sf[*k] != 1) {
-        return None;
-    }
-    // Lanes as (batch, head): a lane index bh is (bh / H, bh % H).
     let dims = dims_of(&a.lanes);
     let (nb, nh, sb, sh) = match &dims[..] {
         [] => (1, 1, vec![0; ops], vec![0; ops]),
@@ -1244,19 +1232,42 @@ fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option
         _ => return None,
     };
     let lay = |k: usize| [sb[k] as u64, sh[k] as u64, a.st[k] as u64];
-    let same = |ks: &[usize]| ks.iter().all(|k| lay(*k) == lay(ks[0]));
-    if !same(xs) || !same(os) {
+    let mut out = Vec::new();
+    for class in classes {
+        let ks: Vec<usize> = class.iter().copied().filter(|k| *k < ops).collect();
+        if ks.iter().any(|k| *k != 4 && a.sf[*k] != 1) || ks.iter().any(|k| lay(*k) != lay(ks[0])) {
+            return None;
+        }
+        out.push(lay(ks[0]));
+    }
+    Some((nb, nh, out))
+}
+
+/// A launch grid of `blocks`, if it fits the kernels' 1-D grid and `int` arithmetic.
+fn grid_of(blocks: Option<usize>) -> Option<u32> {
+    u32::try_from(blocks?)
+        .ok()
+        .filter(|g| *g >= 1 && *g <= i32::MAX as u32)
+}
+
+/// The flash-attention kernels of `kernels/attention_flash.cu` for a fused softmax attention
+/// step, where its layout is theirs: one feature length D in {32, 64, 96, 128} for scores and
+/// values, features contiguous, at most two lane dimensions (batch, then head), and q, k, v and
+/// their gradients in one layout, o and its gradient in another. `None`: generated kernels.
+fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+    let Form::Softmax { scale } = a.form else {
+        return None;
+    };
+    let d = a.d;
+    if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.len() == 0 {
         return None;
     }
+    let (nb, nh, lays) = lane_layouts(a, &[&[0, 1, 2, 6, 7, 8], &[3, 5], &[4]])?;
     // Rows per block of each kernel (the file's instantiations).
     let (fwd, dq, dkdv) = match d {
         128 => (16, 8, 8),
         32 => (16, 16, 32),
         _ => (16, 16, 16),
-    };
-    let grid = |tile: usize| -> Option<u32> {
-        let g = (nb * nh).checked_mul(a.t.div_ceil(tile))?;
-        u32::try_from(g).ok().filter(|g| *g <= i32::MAX as u32)
     };
     let mut args = bufs(locs);
     args.extend([
@@ -1265,51 +1276,77 @@ fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option
         Arg::F32(scale),
         Arg::I32(i32::try_from(nh).ok()?),
     ]);
-    for k in [xs[0], os[0], 4] {
-        args.extend(lay(k).map(Arg::U64));
-    }
+    args.extend(lays.iter().flatten().map(|x| Arg::U64(*x)));
     let launch = |kernel: &'static str, tile: usize| -> Option<Op> {
         Some(Op::Hand(HandLaunch {
             file: "attention_flash.cu",
             kernel,
-            grid: grid(tile)?,
+            grid: grid_of((nb * nh).checked_mul(a.t.div_ceil(tile)))?,
             block: 128,
             args: args.clone(),
         }))
     };
-    let name = |k: &str| -> &'static str {
-        // The entry points, by kind and D (static names: HandLaunch keeps them).
-        const NAMES: [[&str; 4]; 3] = [
-            [
-                "diagc_flash_fwd_d32",
-                "diagc_flash_fwd_d64",
-                "diagc_flash_fwd_d96",
-                "diagc_flash_fwd_d128",
-            ],
-            [
-                "diagc_flash_bwd_dq_d32",
-                "diagc_flash_bwd_dq_d64",
-                "diagc_flash_bwd_dq_d96",
-                "diagc_flash_bwd_dq_d128",
-            ],
-            [
-                "diagc_flash_bwd_dkdv_d32",
-                "diagc_flash_bwd_dkdv_d64",
-                "diagc_flash_bwd_dkdv_d96",
-                "diagc_flash_bwd_dkdv_d128",
-            ],
-        ];
-        let row = ["fwd", "dq", "dkdv"]
-            .iter()
-            .position(|x| *x == k)
-            .unwrap_or(0);
-        NAMES[row][d / 32 - 1]
-    };
+    // The entry points, by kind and D (static names: HandLaunch keeps them).
+    const NAMES: [[&str; 4]; 3] = [
+        [
+            "diagc_flash_fwd_d32",
+            "diagc_flash_fwd_d64",
+            "diagc_flash_fwd_d96",
+            "diagc_flash_fwd_d128",
+        ],
+        [
+            "diagc_flash_bwd_dq_d32",
+            "diagc_flash_bwd_dq_d64",
+            "diagc_flash_bwd_dq_d96",
+            "diagc_flash_bwd_dq_d128",
+        ],
+        [
+            "diagc_flash_bwd_dkdv_d32",
+            "diagc_flash_bwd_dkdv_d64",
+            "diagc_flash_bwd_dkdv_d96",
+            "diagc_flash_bwd_dkdv_d128",
+        ],
+    ];
+    let at = d / 32 - 1;
     if a.back {
-        Some(vec![launch(name("dq"), dq)?, launch(name("dkdv"), dkdv)?])
+        Some(vec![launch(NAMES[1][at], dq)?, launch(NAMES[2][at], dkdv)?])
     } else {
-        Some(vec![launch(name("fwd"), fwd)?])
+        Some(vec![launch(NAMES[0][at], fwd)?])
     }
+}
+
+/// The kernels of `kernels/linear_attention.cu` for a fused linear attention step, where its
+/// layout is theirs: D and E at most 128, the constant 1e-6 (the kernels' own), features
+/// contiguous, at most two lane dimensions, qf, kf and their gradients in one layout, v and its
+/// gradient in one, out and its gradient in one. `None`: generated kernels.
+fn linear(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+    let Form::Linear { eps } = a.form else {
+        return None;
+    };
+    let (d, e) = (a.d, a.e);
+    if eps != 1e-6 || d > 128 || e > 128 || d == 0 || e == 0 || a.t == 0 || a.lanes.len() == 0 {
+        return None;
+    }
+    let (nb, nh, lays) = lane_layouts(a, &[&[0, 1, 6, 7], &[2, 8], &[3, 5], &[4]])?;
+    let bh = nb * nh;
+    let mut args = bufs(locs);
+    for x in [bh, a.t, d, e, nh] {
+        args.push(Arg::I32(i32::try_from(x).ok()?));
+    }
+    args.extend(lays.iter().flatten().map(|x| Arg::U64(*x)));
+    let (kernel, blocks) = if a.back {
+        let per = 2 * d.div_ceil(32) + e.div_ceil(32);
+        ("diagc_linattn_bwd", bh.checked_mul(per))
+    } else {
+        ("diagc_linattn_fwd", bh.checked_mul(e.div_ceil(32)))
+    };
+    Some(vec![Op::Hand(HandLaunch {
+        file: "linear_attention.cu",
+        kernel,
+        grid: grid_of(blocks)?,
+        block: 128,
+        args,
+    })])
 }
 
 /// For a lane-wise step over offset tables: declares the non-trivial tables as device arrays
