@@ -222,6 +222,10 @@ enum Command {
         /// cranelift-fused elementwise kernels.
         #[arg(long)]
         no_jit: bool,
+        /// On the CPU, fuse causal softmax and linear attention into one box per layer, as the
+        /// GPU always does (`diagc train` on the CPU does not).
+        #[arg(long)]
+        fuse_attention: bool,
         /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
         /// per step); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
@@ -496,6 +500,7 @@ fn run() -> i32 {
             rounds,
             top,
             no_jit,
+            fuse_attention,
             device,
             precision,
         } => bench_cmd(
@@ -503,7 +508,7 @@ fn run() -> i32 {
             layers,
             batch_size,
             bptt,
-            (steps, !no_jit, rounds as usize, top),
+            (steps, !no_jit, fuse_attention, rounds as usize, top),
             pytorch,
             &device,
             precision,
@@ -1134,7 +1139,7 @@ fn bench_cmd(
     layers: usize,
     batch: usize,
     bptt: usize,
-    (steps, jit, rounds, top): (usize, bool, usize, usize),
+    (steps, jit, fuse, rounds, top): (usize, bool, bool, usize, usize),
     pytorch: bool,
     device: &str,
     precision: PrecisionArg,
@@ -1166,7 +1171,7 @@ fn bench_cmd(
     }
     let mut rows: Vec<Round> = Vec::new();
     for round in 0..rounds {
-        let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit) {
+        let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit, fuse) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("diagc: {e}");
@@ -1174,7 +1179,7 @@ fn bench_cmd(
             }
         };
         if round == 0 {
-            print_cpu_bench(&r, &cfg, jit, top);
+            print_cpu_bench(&r, &cfg, (jit, fuse), top);
         }
         let mut theirs = None;
         if pytorch {
@@ -1212,13 +1217,14 @@ fn bench_cmd(
 fn print_cpu_bench(
     r: &crate::train::bench::BenchReport,
     cfg: &crate::train::model::ModelConfig,
-    jit: bool,
+    (jit, fuse): (bool, bool),
     top: usize,
 ) {
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     println!(
-        "diagc (CPU, f32, {}) {}, {} layer(s), batch {} x {}, {} parameters, {} threads available",
+        "diagc (CPU, f32, {}{}) {}, {} layer(s), batch {} x {}, {} parameters, {} threads available",
         if jit { "fused JIT kernels" } else { "no JIT" },
+        if fuse { ", attention fused" } else { "" },
         cfg.mech,
         cfg.layers,
         cfg.batch,

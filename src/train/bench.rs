@@ -2,7 +2,7 @@
 //! (forward and backward through the loss, gradient clipping and the Adam update), timed over
 //! several steps; optionally the PyTorch script of `bench/` in the same run, for the ratio.
 
-use super::model::{ModelConfig, train_graph};
+use super::model::{ModelConfig, train_graph_with};
 use super::optim::{Adam, noam};
 use super::run::cpu_step;
 use crate::backend::cpu::exec::{Plan, PlanOptions, by_kind};
@@ -46,9 +46,16 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64()
 }
 
-/// Times `steps` training steps (after one warm-up step).
-pub fn bench(cfg: &ModelConfig, steps: usize, seed: u64, jit: bool) -> Result<BenchReport, String> {
-    let tg = train_graph(cfg)?;
+/// Times `steps` training steps (after one warm-up step). With `fuse_attention`, the model's
+/// causal attention is one box per layer (`ir::fuse`).
+pub fn bench(
+    cfg: &ModelConfig,
+    steps: usize,
+    seed: u64,
+    jit: bool,
+    fuse_attention: bool,
+) -> Result<BenchReport, String> {
+    let tg = train_graph_with(cfg, fuse_attention)?;
     let f = &tg.forward;
     let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
     let mut ws = plan.workspace();

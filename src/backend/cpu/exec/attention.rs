@@ -174,34 +174,53 @@ impl Attn {
         }
     }
 
+    /// Row `i` of operand `k` (`n` features) into `row`.
+    #[inline(always)]
+    unsafe fn gather(&self, base: *mut f32, k: usize, i: usize, row: &mut [f32]) {
+        for (f, x) in row.iter_mut().enumerate() {
+            *x = unsafe { *self.el(base, k, i, f) };
+        }
+    }
+
+    /// `row` into row `i` of operand `k`.
+    #[inline(always)]
+    unsafe fn scatter(&self, base: *mut f32, k: usize, i: usize, row: &[f32]) {
+        for (f, x) in row.iter().enumerate() {
+            unsafe { *self.el(base, k, i, f) = *x };
+        }
+    }
+
+    /// Rows are copied into contiguous vectors so that the inner loops (over a row of the
+    /// `d x e` state) vectorise.
     unsafe fn linear_fwd_lane(&self, at: impl Fn(usize) -> *mut f32, eps: f32) {
         let (qf, kf, v, out, den) = (at(0), at(1), at(2), at(3), at(4));
         let (d, e) = (self.d, self.e);
         let mut state = vec![0f32; d * e];
         let mut z = vec![0f32; d];
-        let mut num = vec![0f32; e];
+        let (mut qr, mut kr, mut vr, mut num) =
+            (vec![0f32; d], vec![0f32; d], vec![0f32; e], vec![0f32; e]);
         unsafe {
             for i in 0..self.t {
-                for f in 0..d {
-                    let kv = *self.el(kf, 1, i, f);
-                    z[f] += kv;
-                    for c in 0..e {
-                        state[f * e + c] += kv * *self.el(v, 2, i, c);
+                self.gather(qf, 0, i, &mut qr);
+                self.gather(kf, 1, i, &mut kr);
+                self.gather(v, 2, i, &mut vr);
+                for (f, row) in state.chunks_exact_mut(e).enumerate() {
+                    z[f] += kr[f];
+                    for (s, x) in row.iter_mut().zip(&vr) {
+                        *s += kr[f] * x;
                     }
                 }
                 let mut dn = 0.0f32;
                 num.fill(0.0);
-                for f in 0..d {
-                    let qv = *self.el(qf, 0, i, f);
-                    dn += qv * z[f];
-                    for (c, n) in num.iter_mut().enumerate() {
-                        *n += qv * state[f * e + c];
+                for (f, row) in state.chunks_exact(e).enumerate() {
+                    dn += qr[f] * z[f];
+                    for (n, s) in num.iter_mut().zip(row) {
+                        *n += qr[f] * s;
                     }
                 }
                 let dn = dn + eps;
-                for (c, n) in num.iter().enumerate() {
-                    *self.el(out, 3, i, c) = n / dn;
-                }
+                num.iter_mut().for_each(|n| *n /= dn);
+                self.scatter(out, 3, i, &num);
                 *den.add(i * self.st[4]) = dn;
             }
         }
@@ -210,34 +229,40 @@ impl Attn {
     unsafe fn linear_back_lane(&self, at: impl Fn(usize) -> *mut f32) {
         let [qf, kf, v, out, den, go, gqf, gkf, gv] = std::array::from_fn(&at);
         let (d, e, t) = (self.d, self.e, self.t);
+        let (mut qr, mut kr, mut vr, mut or) =
+            (vec![0f32; d], vec![0f32; d], vec![0f32; e], vec![0f32; e]);
+        let mut gd = vec![0f32; d];
+        let mut ge = vec![0f32; e];
         unsafe {
             // dn_i = go_i / den_i and dden_i = -(go_i . out_i) / den_i, for every row.
             let mut dn = vec![0f32; t * e];
             let mut dden = vec![0f32; t];
             for i in 0..t {
                 let dv = *den.add(i * self.st[4]);
-                let mut s = 0.0f32;
-                for c in 0..e {
-                    let g = *self.el(go, 5, i, c);
-                    dn[i * e + c] = g / dv;
-                    s += g * *self.el(out, 3, i, c);
-                }
+                let row = &mut dn[i * e..(i + 1) * e];
+                self.gather(go, 5, i, row);
+                self.gather(out, 3, i, &mut or);
+                let s: f32 = row.iter().zip(&or).map(|(g, o)| g * o).sum();
+                row.iter_mut().for_each(|g| *g /= dv);
                 dden[i] = -s / dv;
             }
             // Forward scan: gqf_i = S_i dn_i + dden_i z_i.
             let mut state = vec![0f32; d * e];
             let mut z = vec![0f32; d];
             for i in 0..t {
-                for f in 0..d {
-                    let kv = *self.el(kf, 1, i, f);
-                    z[f] += kv;
+                self.gather(kf, 1, i, &mut kr);
+                self.gather(v, 2, i, &mut vr);
+                let dni = &dn[i * e..(i + 1) * e];
+                for (f, row) in state.chunks_exact_mut(e).enumerate() {
+                    z[f] += kr[f];
                     let mut g = 0.0f32;
-                    for c in 0..e {
-                        state[f * e + c] += kv * *self.el(v, 2, i, c);
-                        g += state[f * e + c] * dn[i * e + c];
+                    for ((s, x), n) in row.iter_mut().zip(&vr).zip(dni) {
+                        *s += kr[f] * x;
+                        g += *s * n;
                     }
-                    *self.el(gqf, 6, i, f) = g + dden[i] * z[f];
+                    gd[f] = g + dden[i] * z[f];
                 }
+                self.scatter(gqf, 6, i, &gd);
             }
             // Backward scan: gkf_j = U_j v_j + w_j, gv_j = U_j^T kf_j.
             let mut u = state;
@@ -245,27 +270,23 @@ impl Attn {
             let mut w = z;
             w.fill(0.0);
             for j in (0..t).rev() {
-                for f in 0..d {
-                    let qv = *self.el(qf, 0, j, f);
-                    w[f] += dden[j] * qv;
-                    for c in 0..e {
-                        u[f * e + c] += qv * dn[j * e + c];
-                    }
-                }
-                for f in 0..d {
+                self.gather(qf, 0, j, &mut qr);
+                self.gather(kf, 1, j, &mut kr);
+                self.gather(v, 2, j, &mut vr);
+                let dnj = &dn[j * e..(j + 1) * e];
+                ge.fill(0.0);
+                for (f, row) in u.chunks_exact_mut(e).enumerate() {
+                    w[f] += dden[j] * qr[f];
                     let mut g = 0.0f32;
-                    for c in 0..e {
-                        g += u[f * e + c] * *self.el(v, 2, j, c);
+                    for (((uc, n), x), gv) in row.iter_mut().zip(dnj).zip(&vr).zip(ge.iter_mut()) {
+                        *uc += qr[f] * n;
+                        g += *uc * x;
+                        *gv += *uc * kr[f];
                     }
-                    *self.el(gkf, 7, j, f) = g + w[f];
+                    gd[f] = g + w[f];
                 }
-                for c in 0..e {
-                    let mut g = 0.0f32;
-                    for f in 0..d {
-                        g += u[f * e + c] * *self.el(kf, 1, j, f);
-                    }
-                    *self.el(gv, 8, j, c) = g;
-                }
+                self.scatter(gkf, 7, j, &gd);
+                self.scatter(gv, 8, j, &ge);
             }
         }
     }
