@@ -96,11 +96,15 @@ pub struct Trainer {
 }
 
 /// The GPU side of a run: one training step per window length, and which of them holds the
-/// live parameters and Adam state (the host copies are stale while one does).
+/// live parameters and Adam state (the host copies are stale while one does); one evaluation
+/// plan per window length, with the evaluation whose parameters it holds.
 struct GpuTraining {
     gpu: crate::backend::cuda::runtime::Gpu,
     steps: HashMap<usize, (crate::backend::cuda::train::GpuStep, Vec<String>)>,
     live: Option<usize>,
+    evals: HashMap<usize, (crate::backend::cuda::runtime::GpuPlan, Vec<String>, u64)>,
+    /// Counts evaluations (`perplexity` calls), so that each uploads the parameters once.
+    evaluation: u64,
 }
 
 /// How a run ended.
@@ -223,6 +227,8 @@ impl Trainer {
             gpu,
             steps: HashMap::new(),
             live: None,
+            evals: HashMap::new(),
+            evaluation: 0,
         });
     }
 
@@ -409,6 +415,9 @@ impl Trainer {
         if windows.is_empty() {
             return Err(format!("the {split} split is too small"));
         }
+        if self.gpu.is_some() {
+            return self.perplexity_gpu(&windows);
+        }
         let params = std::mem::take(&mut self.params);
         let columns = self.cfg.eval_batch;
         let mut result = Ok(());
@@ -438,6 +447,48 @@ impl Trainer {
         }
         self.params = params;
         result?;
+        Ok((total / count as f64).exp())
+    }
+
+    /// [`Trainer::perplexity`] on the GPU: the LM with its loss (attention fused, as in
+    /// training) as one CUDA graph per window length, the parameters uploaded once per call.
+    fn perplexity_gpu(&mut self, windows: &[Window]) -> Result<f64, String> {
+        use crate::backend::cuda::runtime::{GpuPlan, LoadOptions};
+        let columns = self.cfg.eval_batch;
+        let g = self.gpu.as_mut().ok_or("no GPU")?;
+        g.evaluation += 1;
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for w in windows {
+            if !self
+                .gpu
+                .as_ref()
+                .is_some_and(|g| g.evals.contains_key(&w.len))
+            {
+                let inst = crate::ir::fuse::fuse_attention(&self.loss_instance(w.len, columns)?).0;
+                let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
+                let axes = ids_axes(&inst);
+                let g = self.gpu.as_mut().ok_or("no GPU")?;
+                let title = format!("evaluation, windows of {} tokens", w.len);
+                let gp = GpuPlan::new(&g.gpu, &plan, &title, LoadOptions::default())?;
+                g.evals.insert(w.len, (gp, axes, 0));
+            }
+            let params = &self.params;
+            let g = self.gpu.as_mut().ok_or("no GPU")?;
+            let (gp, axes, loaded) = g.evals.get_mut(&w.len).ok_or("no evaluation plan")?;
+            if *loaded != g.evaluation {
+                for (k, p) in params.iter().enumerate() {
+                    gp.set_input(&g.gpu, 2 + k, p)?;
+                }
+                *loaded = g.evaluation;
+            }
+            gp.set_input(&g.gpu, 0, &layout(&w.inputs, w.len, columns, axes))?;
+            gp.set_input(&g.gpu, 1, &layout(&w.targets, w.len, columns, axes))?;
+            gp.run_graph(&g.gpu, false, 0)?;
+            let loss = gp.output(&g.gpu, 0)?.first().copied().ok_or("no loss")?;
+            let n = w.len * columns;
+            total += loss as f64 * n as f64;
+            count += n;
+        }
         Ok((total / count as f64).exp())
     }
 
