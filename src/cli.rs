@@ -227,7 +227,7 @@ enum Command {
         #[arg(long)]
         fuse_attention: bool,
         /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
-        /// per step); without a GPU it says why and runs on the CPU.
+        /// per step, attention fused); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
         device: String,
         /// Products on the GPU: fp32, or tf32 (tensor cores, 10-bit mantissa inputs).
@@ -287,8 +287,8 @@ enum Command {
         /// Continue the run in this directory from its last checkpoint.
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
-        /// cpu, cuda or auto (auto means cpu). `cuda` trains on the GPU (each step one CUDA graph;
-        /// validation and test on the CPU); without a GPU it says why and runs on the CPU.
+        /// cpu, cuda or auto (auto means cpu). `cuda` trains and evaluates on the GPU (each step
+        /// one CUDA graph, attention fused); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
         device: String,
         /// Run every step on the precompiled kernels (the interpreter path), without the

@@ -220,8 +220,7 @@ impl Trainer {
         })
     }
 
-    /// Trains on this GPU from now on (evaluation stays on the CPU, with the parameters copied
-    /// back first).
+    /// Trains and evaluates on this GPU from now on (checkpoints copy the state back first).
     pub fn use_gpu(&mut self, gpu: crate::backend::cuda::runtime::Gpu) {
         self.gpu = Some(GpuTraining {
             gpu,
