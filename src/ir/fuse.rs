@@ -255,25 +255,13 @@ fn linear_at(inst: &Instance, last: BoxId) -> Option<Chain> {
     let (qf, kf) = (node(q_copy).inputs[0], node(k_copy).inputs[0]);
     let out = node(last).outputs[0];
     // One set of lanes L: qf, kf = L + {pos, feat}; v, out = L + {pos, vfeat}.
-    let lanes: Vec<_> = ty(qf)
-        .axes
-        .iter()
-        .copied()
-        .filter(|a| *a != pos && *a != feat)
-        .collect();
-    let is = |t: &WireType, extra: [AxisId; 2]| {
-        let mut want: Vec<_> = lanes.iter().copied().chain(extra).collect();
-        let mut have = t.axes.clone();
-        want.sort();
-        want.dedup();
-        have.sort();
-        t.index_of.is_none() && want.len() == lanes.len() + 2 && want == have
-    };
     let fits = feat != vfeat
-        && is(ty(qf), [pos, feat])
-        && is(ty(kf), [pos, feat])
-        && is(ty(v), [pos, vfeat])
-        && is(ty(out), [pos, vfeat]);
+        && one_lane_set(&[
+            (ty(qf), [pos, feat]),
+            (ty(kf), [pos, feat]),
+            (ty(v), [pos, vfeat]),
+            (ty(out), [pos, vfeat]),
+        ]);
     fits.then(|| Chain {
         gone: vec![
             q_copy, k_copy, outer, kv_sum, z_sum, num_dot, den_dot, shift, expand,
@@ -294,28 +282,35 @@ fn linear_at(inst: &Instance, last: BoxId) -> Option<Chain> {
 /// lanes `L` with `q = L + {query, feat}`, `k = L + {key, feat}`, `v = L + {key, vfeat}`,
 /// `out = L + {query, vfeat}`, and query and key of one size.
 fn shapes_fit(inst: &Instance, [q, k, v, out]: [&WireType; 4], at: &Attention) -> bool {
-    if [q, k, v, out].iter().any(|t| t.index_of.is_some())
-        || at.query == at.key
-        || inst.size(at.query) != inst.size(at.key)
-    {
+    at.query != at.key
+        && inst.size(at.query) == inst.size(at.key)
+        && one_lane_set(&[
+            (q, [at.query, at.feat]),
+            (k, [at.key, at.feat]),
+            (v, [at.key, at.vfeat]),
+            (out, [at.query, at.vfeat]),
+        ])
+}
+
+/// Whether value wires share one set of lane axes `L`: each `(t, [a, b])` has the axes
+/// `L + {a, b}`, with `a` and `b` distinct and outside `L`, where `L` is the first wire's axes
+/// less its two.
+fn one_lane_set(wires: &[(&WireType, [AxisId; 2])]) -> bool {
+    let Some((first, [a, b])) = wires.first() else {
         return false;
-    }
-    let lanes: Vec<_> = q
+    };
+    let lanes: Vec<AxisId> = first
         .axes
         .iter()
         .copied()
-        .filter(|a| *a != at.query && *a != at.feat)
+        .filter(|x| x != a && x != b)
         .collect();
-    let is = |t: &WireType, extra: [AxisId; 2]| {
-        let mut want: Vec<_> = lanes.iter().copied().chain(extra).collect();
+    wires.iter().all(|(t, extra)| {
+        let mut want: Vec<AxisId> = lanes.iter().copied().chain(*extra).collect();
         let mut have = t.axes.clone();
         want.sort();
         want.dedup();
         have.sort();
-        want.len() == lanes.len() + 2 && want == have
-    };
-    is(q, [at.query, at.feat])
-        && is(k, [at.key, at.feat])
-        && is(v, [at.key, at.vfeat])
-        && is(out, [at.query, at.vfeat])
+        t.index_of.is_none() && want.len() == lanes.len() + 2 && want == have
+    })
 }
