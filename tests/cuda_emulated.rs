@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{bindings, instance_of};
+use common::{bindings, instance_of, lm};
 use diagc::backend::cpu::exec::{Loc, Plan, Workspace};
 use diagc::backend::cpu::harness;
 use diagc::backend::cpu::interp::RunOptions;
@@ -376,84 +376,38 @@ fn the_generated_cuda_of_every_stdlib_mechanism_computes_what_the_cpu_does() {
 
 #[test]
 fn the_generated_cuda_of_the_language_model_computes_what_the_cpu_does() {
-    use diagc::ir::instance::HyperValue;
-    let sizes = [
-        ("tok", 5),
-        ("dm", 8),
-        ("head", 2),
-        ("dff", 12),
-        ("vocab", 11),
-    ];
     let mut failures = Vec::new();
     for mech in ["m0", "m1"] {
-        let b = bindings(
-            &sizes,
-            &[
-                ("layers", HyperValue::Num(2.0)),
-                ("mech", HyperValue::Diagram(mech.into())),
-            ],
-        );
-        let inst = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b);
+        let inst = lm(mech, 2.0, LM_SIZES);
         failures.extend(check(&format!("lm {mech}"), &inst, 9, TOL).0);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+const LM_SIZES: &[(&str, u64)] = &[
+    ("tok", 5),
+    ("dm", 8),
+    ("head", 2),
+    ("dff", 12),
+    ("vocab", 11),
+];
+
 #[test]
 fn the_generated_cuda_of_fused_attention_computes_what_the_cpu_does() {
     // `ir::fuse` makes M1's attention one step (forward) and one step (gradient), which the
     // code generator writes as per-query and per-key kernels: the mechanism and the batched LM.
-    use diagc::ir::instance::{HyperValue, lift_batch};
+    use diagc::ir::instance::lift_batch;
     let mut failures = Vec::new();
-    let m1 = instance_of(
-        "stdlib/attention/m1.diag",
-        &[],
-        "m1",
-        &bindings(&[("tok", 7), ("dm", 8), ("head", 2)], &[]),
-    );
-    let b = bindings(
-        &[
-            ("tok", 5),
-            ("dm", 8),
-            ("head", 2),
-            ("dff", 12),
-            ("vocab", 11),
-        ],
-        &[
-            ("layers", HyperValue::Num(2.0)),
-            ("mech", HyperValue::Diagram("m1".into())),
-        ],
-    );
-    let lm = lift_batch(
-        &instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b),
-        "batch",
-        3,
-    )
-    .unwrap();
-    let m0 = instance_of(
-        "stdlib/attention/m0.diag",
-        &[],
-        "m0",
-        &bindings(&[("tok", 7), ("dm", 8), ("head", 2)], &[]),
-    );
-    let b0 = bindings(
-        &[
-            ("tok", 5),
-            ("dm", 8),
-            ("head", 2),
-            ("dff", 12),
-            ("vocab", 11),
-        ],
-        &[
-            ("layers", HyperValue::Num(1.0)),
-            ("mech", HyperValue::Diagram("m0".into())),
-        ],
-    );
-    let lm0 = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b0);
-    let lm0 = lift_batch(&lm0, "batch", 2).unwrap();
+    let mech = |m: &str| {
+        let b = bindings(&[("tok", 7), ("dm", 8), ("head", 2)], &[]);
+        instance_of(&format!("stdlib/attention/{m}.diag"), &[], m, &b)
+    };
+    let (m1, m0) = (mech("m1"), mech("m0"));
+    let lm1 = lift_batch(&lm("m1", 2.0, LM_SIZES), "batch", 3).unwrap();
+    let lm0 = lift_batch(&lm("m0", 1.0, LM_SIZES), "batch", 2).unwrap();
     for (what, inst, n) in [
         ("m1", m1, 1),
-        ("batched lm m1", lm, 2),
+        ("batched lm m1", lm1, 2),
         ("m0", m0, 1),
         ("batched lm m0", lm0, 1),
     ] {

@@ -9,7 +9,7 @@ use diagc::ir::instance::{HyperValue, Instance, instantiate};
 use std::path::Path;
 
 mod common;
-use common::{bindings, instance_of};
+use common::{bindings, instance_of, lm};
 
 const SMALL: &[(&str, u64)] = &[("a", 3), ("b", 4), ("c", 2), ("v", 5)];
 
@@ -66,14 +66,7 @@ fn the_language_model_has_a_correct_gradient_with_dropout() {
         ("vocab", 11),
     ];
     for mech in ["m0", "m1"] {
-        let b = bindings(
-            &sizes,
-            &[
-                ("layers", HyperValue::Num(2.0)),
-                ("mech", HyperValue::Diagram(mech.into())),
-            ],
-        );
-        let inst = instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b);
+        let inst = lm(mech, 2.0, &sizes);
         let r = harness::gradcheck(&inst, 11, 12, true).unwrap();
         assert!(
             r.worst < 1e-6,

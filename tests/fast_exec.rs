@@ -18,13 +18,13 @@ use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::driver;
 use diagc::ir::Diagram;
-use diagc::ir::instance::{HyperValue, Instance, instantiate};
+use diagc::ir::instance::{Instance, instantiate};
 use std::path::Path;
 
 const TOL: f64 = 1e-4;
 
 mod common;
-use common::{bindings, instance_of};
+use common::{bindings, instance_of, lm};
 
 /// A tensor rounded to f32 (and kept in f64 for the interpreter).
 fn rounded(t: Tensor) -> Tensor {
@@ -183,17 +183,6 @@ fn every_stdlib_mechanism_matches_the_interpreter() {
         failures.extend(check_instance(m, &inst, 3));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn lm(mech: &str, layers: f64, sizes: &[(&str, u64)]) -> Instance {
-    let b = bindings(
-        sizes,
-        &[
-            ("layers", HyperValue::Num(layers)),
-            ("mech", HyperValue::Diagram(mech.into())),
-        ],
-    );
-    instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b)
 }
 
 const LM_SIZES: &[(&str, u64)] = &[

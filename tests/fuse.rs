@@ -6,31 +6,22 @@
 
 mod common;
 
-use common::{bindings, instance_of};
+use common::{bindings, instance_of, lm};
 use diagc::autodiff;
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp::{self, RunOptions};
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::ir::fuse::fuse_attention;
-use diagc::ir::instance::{HyperValue, Instance, lift_batch};
+use diagc::ir::instance::{Instance, lift_batch};
 use diagc::ir::{ExecOp, Op};
 
-fn lm(mech: &str, layers: f64) -> Instance {
-    let b = bindings(
-        &[
-            ("tok", 5),
-            ("dm", 8),
-            ("head", 2),
-            ("dff", 12),
-            ("vocab", 11),
-        ],
-        &[
-            ("layers", HyperValue::Num(layers)),
-            ("mech", HyperValue::Diagram(mech.into())),
-        ],
-    );
-    instance_of("stdlib/lm.diag", &["attention.m0"], "lm", &b)
-}
+const LM_SIZES: &[(&str, u64)] = &[
+    ("tok", 5),
+    ("dm", 8),
+    ("head", 2),
+    ("dff", 12),
+    ("vocab", 11),
+];
 
 fn count(inst: &Instance, f: impl Fn(&Op) -> bool) -> usize {
     inst.diagram.boxes.iter().filter(|b| f(&b.op)).count()
@@ -145,7 +136,7 @@ fn m1_attention_becomes_one_box_and_computes_the_same() {
 #[test]
 fn every_layer_of_the_batched_lm_is_fused_and_computes_the_same() {
     for layers in [1.0, 3.0] {
-        let inst = lift_batch(&lm("m1", layers), "batch", 2).unwrap();
+        let inst = lift_batch(&lm("m1", layers, LM_SIZES), "batch", 2).unwrap();
         let (fused, n) = fuse_attention(&inst);
         assert_eq!(n, layers as usize);
         fused.diagram.validate().unwrap();
@@ -202,7 +193,7 @@ fn m0_linear_attention_becomes_one_box_and_computes_the_same() {
     assert_eq!(at.eps, 1e-6);
     agree("m0", &inst, &fused);
     for layers in [1.0, 2.0] {
-        let inst = lift_batch(&lm("m0", layers), "batch", 2).unwrap();
+        let inst = lift_batch(&lm("m0", layers, LM_SIZES), "batch", 2).unwrap();
         let (fused, n) = fuse_attention(&inst);
         assert_eq!(n, layers as usize);
         agree(&format!("lm m0, {layers} layers"), &inst, &fused);

@@ -19,11 +19,11 @@ use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::driver;
 use diagc::ir::Diagram;
-use diagc::ir::instance::{HyperValue, Instance, instantiate};
+use diagc::ir::instance::{Instance, instantiate};
 use std::path::Path;
 
 mod common;
-use common::{bindings, instance_of};
+use common::{bindings, instance_of, lm};
 
 fn flat(t: &Tensor, axes: &[diagc::ir::AxisId]) -> Vec<f32> {
     t.clone()
@@ -161,18 +161,6 @@ fn every_stdlib_mechanism_is_the_same_with_and_without_jit() {
         assert!(n > 0, "{m}: nothing was fused");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn lm(mech: &str, layers: f64, sizes: &[(&str, u64)]) -> Instance {
-    let b = bindings(
-        sizes,
-        &[
-            ("layers", HyperValue::Num(layers)),
-            ("mech", HyperValue::Diagram(mech.into())),
-        ],
-    );
-    let module = format!("attention.{mech}");
-    instance_of("stdlib/lm.diag", &[module.as_str()], "lm", &b)
 }
 
 const LM_SIZES: &[(&str, u64)] = &[

@@ -1,5 +1,5 @@
-//! Helpers shared by the test files: bindings and instances for the execution tests
-//! (`exec.rs`, `fast_exec.rs`, `jit.rs`), golden files for the rewriting tests (`rewrite.rs`,
+//! Helpers shared by the test files: bindings and instances (the LM among them) for the
+//! execution tests (`exec.rs`, `fast_exec.rs`, `jit.rs`, `fuse.rs`, `cuda_emulated.rs`), golden files for the rewriting tests (`rewrite.rs`,
 //! `opt.rs`). Each test file uses some of them.
 #![allow(dead_code)]
 
@@ -27,6 +27,20 @@ pub fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> I
         o.checked.diagnostics.first()
     );
     instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
+}
+
+/// The stdlib language model (`stdlib/lm.diag`) around the stdlib mechanism `mech`, with
+/// `layers` layers, at `sizes`.
+pub fn lm(mech: &str, layers: f64, sizes: &[(&str, u64)]) -> Instance {
+    let b = bindings(
+        sizes,
+        &[
+            ("layers", HyperValue::Num(layers)),
+            ("mech", HyperValue::Diagram(mech.into())),
+        ],
+    );
+    let module = format!("attention.{mech}");
+    instance_of("stdlib/lm.diag", &[module.as_str()], "lm", &b)
 }
 
 /// Compares `actual` with the file at `path`, or writes the file when `DIAGC_BLESS` is set.
