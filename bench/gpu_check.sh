@@ -7,9 +7,10 @@
 #   bash bench/gpu_prepare.sh                         # here
 #   bash bench/gpu_check.sh PART [quick]              # on the GPU machine; logs in $OUT
 #
-# PART is one of `selftest`, `bench1` (the 1-layer rows), `bench5` (the 5-layer rows), `train`,
-# or `all`. The device tool stops a command after 10 minutes, so run the parts as separate
-# calls (each fits within that); `all` is for a machine without that limit.
+# PART is one of `selftest`, `bench1` (the 1-layer rows), `bench5` (the 5-layer rows), `fusion`
+# (1 layer with attention not fused, diagc only, to see what fusion buys), `train`, or `all`.
+# The device tool stops a command after 10 minutes, so run the parts as separate calls (each
+# fits within that); `all` is for a machine without that limit.
 # `quick`: the selftest's quick mode and the benchmarks at batch 20 only.
 # Every command of a part runs even when an earlier one fails; each one's exit status is in
 # summary.txt.
@@ -21,9 +22,9 @@ DATA=${DIAGC_DATA:-.gpu/ptb}
 PART=${1:-}
 QUICK=${2:-}
 case "$PART" in
-    selftest | bench1 | bench5 | train | all) ;;
+    selftest | bench1 | bench5 | fusion | train | all) ;;
     *)
-        echo "usage: bash bench/gpu_check.sh selftest|bench1|bench5|train|all [quick]" >&2
+        echo "usage: bash bench/gpu_check.sh selftest|bench1|bench5|fusion|train|all [quick]" >&2
         exit 2
         ;;
 esac
@@ -73,6 +74,14 @@ for layers in 1 5; do
         done
     done
 done
+if want fusion; then
+    for mech in m1 m0; do
+        for batch in $batches; do
+            part "bench-$mech-1l-b$batch-unfused" 120 "$BIN" bench "$mech" --device cuda \
+                --layers 1 --batch-size "$batch" --steps 50 --fuse-attention no
+        done
+    done
+fi
 if want train; then
     part train-m1 540 "$BIN" train m1 --layers 1 --epochs 1 --device cuda --data "$DATA" \
         --out "$OUT/run-m1-1l-seed0"

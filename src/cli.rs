@@ -45,6 +45,15 @@ enum PrecisionArg {
     Tf32,
 }
 
+/// Whether `diagc bench` fuses causal attention into one box per layer (`ir::fuse`).
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum FuseArg {
+    /// On the GPU, not on the CPU (what `diagc train` does on each).
+    Auto,
+    Yes,
+    No,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
     /// The typed IR with SIMD regions visible.
@@ -222,10 +231,10 @@ enum Command {
         /// cranelift-fused elementwise kernels.
         #[arg(long)]
         no_jit: bool,
-        /// On the CPU, fuse causal softmax and linear attention into one box per layer, as the
-        /// GPU always does (`diagc train` on the CPU does not).
-        #[arg(long)]
-        fuse_attention: bool,
+        /// Fuse causal softmax and linear attention into one box per layer (flash and linear
+        /// attention kernels on the GPU). `auto`: on the GPU, not on the CPU, as `diagc train`.
+        #[arg(long, value_enum, default_value = "auto")]
+        fuse_attention: FuseArg,
         /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
         /// per step, attention fused); without a GPU it says why and runs on the CPU.
         #[arg(long, default_value = "auto")]
@@ -1139,7 +1148,7 @@ fn bench_cmd(
     layers: usize,
     batch: usize,
     bptt: usize,
-    (steps, jit, fuse, rounds, top): (usize, bool, bool, usize, usize),
+    (steps, jit, fuse, rounds, top): (usize, bool, FuseArg, usize, usize),
     pytorch: bool,
     device: &str,
     precision: PrecisionArg,
@@ -1160,7 +1169,10 @@ fn bench_cmd(
                 PrecisionArg::Tf32 => Precision::Tf32,
             };
             match Gpu::open(p) {
-                Ok(gpu) => return bench_cuda(&gpu, &cfg, steps.max(1), pytorch, precision),
+                Ok(gpu) => {
+                    let fuse = fuse != FuseArg::No;
+                    return bench_cuda(&gpu, &cfg, (steps.max(1), fuse), pytorch, precision);
+                }
                 Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
             }
         }
@@ -1169,6 +1181,7 @@ fn bench_cmd(
             return 2;
         }
     }
+    let fuse = fuse == FuseArg::Yes;
     let mut rows: Vec<Round> = Vec::new();
     for round in 0..rounds {
         let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit, fuse) {
@@ -1394,11 +1407,11 @@ fn print_pytorch(
 fn bench_cuda(
     gpu: &crate::backend::cuda::runtime::Gpu,
     cfg: &crate::train::model::ModelConfig,
-    steps: usize,
+    (steps, fuse): (usize, bool),
     pytorch: bool,
     precision: PrecisionArg,
 ) -> i32 {
-    let (step, fb, bytes) = match crate::backend::cuda::train::bench(gpu, cfg, steps, 0) {
+    let (step, fb, bytes) = match crate::backend::cuda::train::bench(gpu, cfg, steps, 0, fuse) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("diagc: {e}");
@@ -1408,8 +1421,13 @@ fn bench_cuda(
     let tokens = (cfg.batch * cfg.bptt) as f64;
     let tf32 = matches!(precision, PrecisionArg::Tf32);
     println!(
-        "diagc (CUDA, {}, one CUDA graph per step) {}, {} layer(s), batch {} x {}, on {} ({})",
+        "diagc (CUDA, {}, {}, one CUDA graph per step) {}, {} layer(s), batch {} x {}, on {} ({})",
         if tf32 { "TF32 products" } else { "fp32" },
+        if fuse {
+            "attention fused"
+        } else {
+            "attention not fused"
+        },
         cfg.mech,
         cfg.layers,
         cfg.batch,

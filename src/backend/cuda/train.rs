@@ -295,15 +295,17 @@ impl GpuStep {
 /// Times `steps` training steps of the LM of `cfg` on the GPU (after two warm-up steps, the
 /// first of which captures the graph): the median seconds of a whole step (forward, backward,
 /// clipping, Adam), the median seconds of forward+backward alone (the plan's own graph), and
-/// the device memory the step holds.
+/// the device memory the step holds. With `fuse_attention` (what `diagc train --device cuda`
+/// runs), each layer's causal attention is one box (`ir::fuse`) on the hand-written kernels.
 pub fn bench(
     gpu: &Gpu,
     cfg: &ModelConfig,
     steps: usize,
     seed: u64,
+    fuse_attention: bool,
 ) -> Result<(f64, f64, usize), String> {
     use std::time::Instant;
-    let tg = crate::train::model::train_graph_with(cfg, true)?;
+    let tg = crate::train::model::train_graph_with(cfg, fuse_attention)?;
     let f = &tg.forward;
     use crate::backend::cpu::harness;
     let inputs: Vec<Vec<f32>> = harness::to_f32(&harness::random_inputs(f, seed));
