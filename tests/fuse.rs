@@ -91,7 +91,7 @@ fn m1_attention_becomes_one_box_and_computes_the_same() {
     fused.diagram.validate().unwrap();
     let is_attn = |op: &Op| matches!(op, Op::Exec(ExecOp::Attention(_)));
     assert_eq!(count(&fused, is_attn), 1);
-    // The five boxes are gone: no softmax, no causal mask, no dot left but... none at all.
+    // The five boxes are gone: no softmax, no causal mask and no dot remain.
     assert_eq!(
         count(&fused, |op| matches!(
             op,
