@@ -204,13 +204,17 @@ fn m0_linear_attention_becomes_one_box_and_computes_the_same() {
 fn a_chain_whose_weights_are_also_an_output_is_not_fused() {
     // The attention weights leave the diagram (through a copy), so they must be materialised.
     let src = "
-axis t, s = t, d
+axis t, s = t, d, x = t
 diagram weights(q: [t, d], k: [s, d], v: [s, d]) -> ([t, d], [t, s]) {
     a = softmax[s](causal[t, s](dot[d](q, k) / sqrt(d)))
     (dot[s](a, v), a)
 }
 diagram unscaled(q: [t, d], k: [s, d], v: [s, d]) -> [t, d] {
     dot[s](softmax[s](causal[t, s](dot[d](k, q))), v)
+}
+diagram nested(q: [t, d], k: [s, d], v: [s, x], w: [x, d]) -> [t, d] {
+    o = dot[s](softmax[s](causal[t, s](dot[d](q, k))), v)
+    dot[x](softmax[x](causal[t, x](o)), w)
 }
 ";
     let dir = std::env::temp_dir().join(format!("diagc-fuse-{}", std::process::id()));
@@ -228,5 +232,12 @@ diagram unscaled(q: [t, d], k: [s, d], v: [s, d]) -> [t, d] {
     let (fu, n) = fuse_attention(&u);
     assert_eq!(n, 1);
     agree("unscaled", &u, &fu);
+    // The first attention's last product is also the start of a second chain (attention over
+    // its value feature): only the first is fused, and nothing breaks.
+    let nested = inst("nested");
+    let (fnested, n) = fuse_attention(&nested);
+    assert_eq!(n, 1);
+    fnested.diagram.validate().unwrap();
+    agree("nested", &nested, &fnested);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -40,12 +40,21 @@ struct Chain {
 /// The instance with every causal attention chain fused, and how many were.
 pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
     let d = &inst.diagram;
-    let chains: Vec<Chain> = (0..d.boxes.len())
-        .filter_map(|b| {
-            let b = BoxId(b as u32);
-            chain_at(inst, b).or_else(|| linear_at(inst, b))
-        })
-        .collect();
+    // Chains in box order; one that shares a box with an earlier chain (attention applied to
+    // the output of attention along its value feature, say) is left unfused.
+    let mut claimed = vec![false; d.boxes.len()];
+    let mut chains: Vec<Chain> = Vec::new();
+    for b in (0..d.boxes.len()).map(|b| BoxId(b as u32)) {
+        let Some(c) = chain_at(inst, b).or_else(|| linear_at(inst, b)) else {
+            continue;
+        };
+        let boxes = || c.gone.iter().chain([&c.last]).map(|b| b.0 as usize);
+        if boxes().any(|b| claimed[b]) {
+            continue;
+        }
+        boxes().for_each(|b| claimed[b] = true);
+        chains.push(c);
+    }
     if chains.is_empty() {
         return (inst.clone(), 0);
     }
