@@ -286,24 +286,10 @@ pub fn eval(
             vec![t.map(|x| apply(f, x)).aligned(&out(0))]
         }
         Op::Causal { query, key } => {
-            let mut t = one(ins);
-            let (q, k) = (t.pos(*query), t.pos(*key));
-            for (idx, x) in t.data.indexed_iter_mut() {
-                if idx[k] > idx[q] {
-                    *x = f64::NEG_INFINITY;
-                }
-            }
-            vec![t.aligned(&out(0))]
+            vec![masked(one(ins), *query, *key, f64::NEG_INFINITY).aligned(&out(0))]
         }
         Op::CausalZero { query, key } => {
-            let mut t = one(ins);
-            let (q, k) = (t.pos(*query), t.pos(*key));
-            for (idx, x) in t.data.indexed_iter_mut() {
-                if idx[k] > idx[q] {
-                    *x = 0.0;
-                }
-            }
-            vec![t.aligned(&out(0))]
+            vec![masked(one(ins), *query, *key, 0.0).aligned(&out(0))]
         }
         Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
             let reverse = matches!(op, Op::Exec(_));
@@ -572,9 +558,7 @@ pub fn eval(
             vec![gx.aligned(&out(0)), ggain, gbias]
         }
         Op::Exec(ExecOp::Attention(at)) => {
-            let v = ins.pop().expect("three inputs");
-            let k = ins.pop().expect("three inputs");
-            let q = ins.pop().expect("three inputs");
+            let [q, k, v] = inputs(ins)?;
             let scores = attention_scores(&q, &k, at, &out(1), sizes);
             // The log-sum-exp of each query's masked scores. Key 0 is never masked, so the
             // maximum is finite.
@@ -594,12 +578,7 @@ pub fn eval(
         Op::Exec(ExecOp::AttentionBack(at)) => {
             // With P = exp(S - lse): dP = go v^T, D = rowsum(go * o), dS = P * (dP - D),
             // gq = scale dS k, gk = scale dS^T q, gv = P^T go.
-            let go = ins.pop().expect("six inputs");
-            let lse = ins.pop().expect("six inputs");
-            let o = ins.pop().expect("six inputs");
-            let v = ins.pop().expect("six inputs");
-            let k = ins.pop().expect("six inputs");
-            let q = ins.pop().expect("six inputs");
+            let [q, k, v, o, lse, go] = inputs(ins)?;
             let scores = attention_scores(&q, &k, at, &lse.axes, sizes);
             let p = scores.sub_broadcast(&lse).map(f64::exp);
             let dp = einsum(&go, &v, &p.axes, sizes);
@@ -615,9 +594,7 @@ pub fn eval(
         }
         Op::Exec(ExecOp::LinearAttention(at)) => {
             // S = cumsum(kf v^T), z = cumsum(kf), den = qf . z + eps, out = (qf S) / den.
-            let v = ins.pop().expect("three inputs");
-            let kf = ins.pop().expect("three inputs");
-            let qf = ins.pop().expect("three inputs");
+            let [qf, kf, v] = inputs(ins)?;
             let (state, z) = linear_state(&kf, &v, at, sizes);
             let num = einsum(&qf, &state, &out(0), sizes);
             let den = einsum(&qf, &z, &out(1), sizes).map(|x| x + at.eps);
@@ -628,12 +605,7 @@ pub fn eval(
             // dn = go / den, dden = -(go . out) / den;
             // gqf = S dn + dden z, gkf = U v + w, gv = U^T kf, with the suffix sums
             // U = revcumsum(qf dn^T) and w = revcumsum(dden qf).
-            let go = ins.pop().expect("six inputs");
-            let den = ins.pop().expect("six inputs");
-            let o = ins.pop().expect("six inputs");
-            let v = ins.pop().expect("six inputs");
-            let kf = ins.pop().expect("six inputs");
-            let qf = ins.pop().expect("six inputs");
+            let [qf, kf, v, o, den, go] = inputs(ins)?;
             let inv = den.clone().map(|x| 1.0 / x);
             let dn = go.mul_broadcast(&inv);
             let dden = einsum(&go, &o, &den.axes, sizes)
@@ -697,14 +669,26 @@ fn attention_scores(
 ) -> Tensor {
     let mut axes = lanes_query.to_vec();
     axes.push(at.key);
-    let mut s = einsum(q, k, &axes, sizes).map(|x| x * at.scale);
-    let (qp, kp) = (s.pos(at.query), s.pos(at.key));
-    for (idx, x) in s.data.indexed_iter_mut() {
-        if idx[kp] > idx[qp] {
-            *x = f64::NEG_INFINITY;
+    let s = einsum(q, k, &axes, sizes).map(|x| x * at.scale);
+    masked(s, at.query, at.key, f64::NEG_INFINITY)
+}
+
+/// `t` with `value` wherever the `key` position exceeds the `query` position.
+fn masked(mut t: Tensor, query: AxisId, key: AxisId, value: f64) -> Tensor {
+    let (q, k) = (t.pos(query), t.pos(key));
+    for (idx, x) in t.data.indexed_iter_mut() {
+        if idx[k] > idx[q] {
+            *x = value;
         }
     }
-    s
+    t
+}
+
+/// A box's `N` inputs, in order.
+fn inputs<const N: usize>(ins: Vec<Tensor>) -> Result<[Tensor; N], String> {
+    let n = ins.len();
+    ins.try_into()
+        .map_err(|_| format!("{n} inputs, expected {N}"))
 }
 
 const LN_EPS: f64 = 1e-5;
