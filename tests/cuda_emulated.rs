@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{bindings, instance_of, lm};
+use common::{LM_SIZES, bindings, instance_of, lm};
 use diagc::backend::cpu::exec::{Loc, Plan, Workspace};
 use diagc::backend::cpu::harness;
 use diagc::backend::cpu::interp::RunOptions;
@@ -383,14 +383,6 @@ fn the_generated_cuda_of_the_language_model_computes_what_the_cpu_does() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-const LM_SIZES: &[(&str, u64)] = &[
-    ("tok", 5),
-    ("dm", 8),
-    ("head", 2),
-    ("dff", 12),
-    ("vocab", 11),
-];
 
 #[test]
 fn the_generated_cuda_of_fused_attention_computes_what_the_cpu_does() {

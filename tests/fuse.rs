@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{bindings, instance_of, lm};
+use common::{LM_SIZES, bindings, instance_of, lm};
 use diagc::autodiff;
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp::{self, RunOptions};
@@ -14,14 +14,6 @@ use diagc::backend::cpu::tensor::Tensor;
 use diagc::ir::fuse::fuse_attention;
 use diagc::ir::instance::{Instance, lift_batch};
 use diagc::ir::{ExecOp, Op};
-
-const LM_SIZES: &[(&str, u64)] = &[
-    ("tok", 5),
-    ("dm", 8),
-    ("head", 2),
-    ("dff", 12),
-    ("vocab", 11),
-];
 
 fn count(inst: &Instance, f: impl Fn(&Op) -> bool) -> usize {
     inst.diagram.boxes.iter().filter(|b| f(&b.op)).count()

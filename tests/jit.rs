@@ -23,7 +23,7 @@ use diagc::ir::instance::{Instance, instantiate};
 use std::path::Path;
 
 mod common;
-use common::{bindings, instance_of, lm};
+use common::{LM_SIZES, bindings, instance_of, lm};
 
 fn flat(t: &Tensor, axes: &[diagc::ir::AxisId]) -> Vec<f32> {
     t.clone()
@@ -162,14 +162,6 @@ fn every_stdlib_mechanism_is_the_same_with_and_without_jit() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-const LM_SIZES: &[(&str, u64)] = &[
-    ("tok", 5),
-    ("dm", 8),
-    ("head", 2),
-    ("dff", 12),
-    ("vocab", 11),
-];
 
 #[test]
 fn the_language_model_is_the_same_with_and_without_jit() {

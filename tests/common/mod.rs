@@ -29,6 +29,15 @@ pub fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> I
     instantiate(&o.checked.program, diagram, b).unwrap_or_else(|e| panic!("{diagram}: {e}"))
 }
 
+/// Small sizes of the language model for the execution tests.
+pub const LM_SIZES: &[(&str, u64)] = &[
+    ("tok", 5),
+    ("dm", 8),
+    ("head", 2),
+    ("dff", 12),
+    ("vocab", 11),
+];
+
 /// The stdlib language model (`stdlib/lm.diag`) around the stdlib mechanism `mech`, with
 /// `layers` layers, at `sizes`.
 pub fn lm(mech: &str, layers: f64, sizes: &[(&str, u64)]) -> Instance {
