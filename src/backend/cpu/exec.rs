@@ -1168,7 +1168,8 @@ impl Builder<'_> {
                 | ExecOp::LinearAttention(_)
                 | ExecOp::LinearAttentionBack(_)),
             ) => {
-                // Each operand's position axis (query or key) and feature axis.
+                // Which kernel, and the axes its operands' strides are taken along (linear
+                // attention's queries and keys share one position axis).
                 let (form, back, query, key, feat, vfeat) = match e {
                     ExecOp::Attention(a) | ExecOp::AttentionBack(a) => (
                         attention::Form::Softmax {
