@@ -23,8 +23,8 @@
 use diagc::autodiff;
 use diagc::backend::cpu::exec::{Plan, RunOptions};
 use diagc::backend::cpu::harness::{self, Rng};
-use diagc::driver;
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
+use diagc::session;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use common::time;
 
 fn lm(mech: &str, batch: Option<usize>) -> Instance {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path_with(&root.join("stdlib/lm.diag"), &["attention.m0"]).unwrap();
+    let o = session::check_path_with(&root.join("stdlib/lm.diag"), &["attention.m0"]).unwrap();
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let b = Bindings {
         sizes: SIZES.iter().map(|(k, v)| (k.to_string(), *v)).collect(),

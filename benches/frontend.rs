@@ -45,7 +45,7 @@ fn main() {
 
     let lib_stdlib = time(30, || {
         for f in &stdlib {
-            let o = diagc::driver::check_path(f).unwrap();
+            let o = diagc::session::check_path(f).unwrap();
             assert!(o.checked.is_ok());
         }
     });
@@ -63,7 +63,7 @@ fn main() {
     let file = std::env::temp_dir().join("diagc-bench-10k.diag");
     std::fs::write(&file, &text).unwrap();
     let lib_big = time(20, || {
-        let o = diagc::driver::check_text("<bench>", &text);
+        let o = diagc::session::check_text("<bench>", &text);
         assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     });
     let lex_big = time(20, || {

@@ -25,7 +25,7 @@ fn main() {
     let mut skipped = Vec::new();
     for m in diagc::stdlib::module_names() {
         let (path, text) = diagc::stdlib::module(&m).expect("listed");
-        let o = diagc::driver::check_text(path, text);
+        let o = diagc::session::check_text(path, text);
         if !o.checked.is_ok() {
             continue; // rule files and the like are checked elsewhere
         }
@@ -44,7 +44,7 @@ fn main() {
     let check = time(10, || {
         for m in diagc::stdlib::module_names() {
             let (path, text) = diagc::stdlib::module(&m).expect("listed");
-            std::hint::black_box(diagc::driver::check_text(path, text));
+            std::hint::black_box(diagc::session::check_text(path, text));
         }
     });
     let mut rewrites = 0;

@@ -15,6 +15,7 @@
 //! sums over lanes because the contraction that uses it sums over every axis the parameter lacks,
 //! while a per-lane parameter keeps its lane axis.
 
+use crate::error::Error;
 use crate::ir::build::Graph;
 use crate::ir::{Const, Diagram, ExecOp, Op, WireId, WireType};
 
@@ -29,7 +30,7 @@ pub struct Gradient {
 }
 
 /// Builds the gradient diagram of `f` (an instantiated diagram).
-pub fn gradient(f: &Diagram) -> Result<Gradient, String> {
+pub fn gradient(f: &Diagram) -> Result<Gradient, Error> {
     let mut g = Graph::default();
     let mut map: Vec<Option<WireId>> = vec![None; f.wires.len()];
     for (k, w) in f.inputs.iter().enumerate() {
@@ -89,10 +90,10 @@ pub fn gradient(f: &Diagram) -> Result<Gradient, String> {
                 // Two outputs: the attended values, and the statistic (log-sum-exp, or the
                 // denominator) that the backward box reuses (not itself differentiable).
                 if gys[1].is_some() {
-                    return Err(
+                    return Err(Error::Autodiff(
                         "the second output of fused attention is used: it has no gradient rule"
                             .into(),
-                    );
+                    ));
                 }
                 let Some(go) = gy else { continue };
                 let y = |k: usize| fw(&map, b.outputs[k]);
@@ -170,7 +171,7 @@ fn backward(
     yty: &dyn Fn(usize) -> WireType,
     y: WireId,
     span: crate::source::Span,
-) -> Result<Vec<Option<WireId>>, String> {
+) -> Result<Vec<Option<WireId>>, Error> {
     let neg = |g: &mut Graph, w: WireId, t: WireType| {
         g.add1(Op::Scale(Const::Num(-1.0)), vec![w], t, span)
     };
@@ -316,9 +317,9 @@ fn backward(
         }
         other => {
             let _ = gys;
-            return Err(format!(
+            return Err(Error::Autodiff(format!(
                 "no gradient rule for `{other:?}` (only instantiated, first-order diagrams are differentiated)"
-            ));
+            )));
         }
     })
 }

@@ -19,16 +19,20 @@ macro_rules! simd_targets {
 
 pub mod source;
 pub mod diagnostic;
+pub mod report;
+pub mod error;
+pub mod stdlib;
 pub mod syntax;
 pub mod ir;
 pub mod check;
-pub mod stdlib;
+pub mod session;
 pub mod autodiff;
 pub mod backend;
-pub mod train;
 pub mod render;
-pub mod report;
-pub mod driver;
 pub mod rewrite;
 pub mod opt;
+pub mod train;
+pub mod selftest;
 pub mod cli;
+
+pub use error::{Error, Result};

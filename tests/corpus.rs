@@ -13,7 +13,7 @@
 //! Files without `expect` lines must check clean. The rendered reports of failing files are
 //! snapshotted next to their source (insta), so a reviewer sees source and report together.
 
-use diagc::driver;
+use diagc::session;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ fn diag_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Checks one outcome against its expectations; returns a description of each mismatch.
-fn compare(name: &str, o: &driver::Outcome, expects: &[Expect]) -> Vec<String> {
+fn compare(name: &str, o: &session::Outcome, expects: &[Expect]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut remaining: Vec<&diagc::diagnostic::Diagnostic> = o.checked.diagnostics.iter().collect();
     for e in expects {
@@ -96,7 +96,7 @@ fn compare(name: &str, o: &driver::Outcome, expects: &[Expect]) -> Vec<String> {
     problems
 }
 
-fn render_all(o: &driver::Outcome) -> String {
+fn render_all(o: &session::Outcome) -> String {
     o.checked
         .diagnostics
         .iter()
@@ -118,7 +118,7 @@ fn run_dir(dir: &str, must_fail: bool) -> usize {
         }
         // Relative to the package root (the tests' working directory), so reports and
         // snapshots do not depend on where the checkout is.
-        let o = driver::check_path(f.strip_prefix(root).unwrap()).unwrap();
+        let o = session::check_path(f.strip_prefix(root).unwrap()).unwrap();
         problems.extend(compare(&name, &o, &expects));
         if !expects.is_empty() {
             let mut settings = insta::Settings::clone_current();
@@ -211,7 +211,7 @@ fn check_markdown(path: &Path) -> (usize, Vec<String>) {
         }
         blocks += 1;
         let name = format!("<{shown}:{}>", i + 1);
-        let o = driver::check_text(&name, &block);
+        let o = session::check_text(&name, &block);
         problems.extend(compare(&name, &o, &expectations(&block)));
     }
     (blocks, problems)

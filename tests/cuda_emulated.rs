@@ -17,8 +17,8 @@ use diagc::backend::cpu::harness;
 use diagc::backend::cpu::interp::RunOptions;
 use diagc::backend::cuda::codegen::{self, Arg, Launch, Op};
 use diagc::backend::cuda::runtime::blas_call;
-use diagc::backend::cuda::selftest::worst;
 use diagc::ir::instance::{Instance, instantiate};
+use diagc::selftest::worst;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -338,7 +338,7 @@ const TOL: (f64, f64) = (1e-4, 1e-5);
 #[test]
 fn the_generated_cuda_of_every_primitive_computes_what_the_cpu_does() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = diagc::driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let o = diagc::session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
     let p = &o.checked.program;
     let mut failures = Vec::new();
     let mut mapped = 0;

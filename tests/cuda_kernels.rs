@@ -2049,7 +2049,8 @@ fn attention_alone(mech: &str) -> diagc::ir::instance::Instance {
     use diagc::ir::instance::lift_batch;
     use diagc::ir::{ExecOp, Op};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = diagc::driver::check_path(&root.join(format!("stdlib/attention/{mech}.diag"))).unwrap();
+    let o =
+        diagc::session::check_path(&root.join(format!("stdlib/attention/{mech}.diag"))).unwrap();
     let b = diagc::ir::instance::Bindings {
         sizes: [("tok", 19u64), ("dm", 64), ("head", 2)]
             .iter()

@@ -5,9 +5,9 @@
 //! intended change to the pictures, look at them and rewrite both with
 //! `DIAGC_BLESS=1 cargo test --release --test draw`.
 
-use diagc::driver::{self, Outcome};
 use diagc::ir::Diagram;
 use diagc::render::{self, DrawError, DrawOptions, Flow, Geometry, Highlight, PageRect, Scene};
+use diagc::session::{self, Outcome};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,7 +16,7 @@ fn root() -> PathBuf {
 }
 
 fn checked(rel: &str) -> Outcome {
-    let o = driver::check_path(&root().join(rel)).expect("the file is readable");
+    let o = session::check_path(&root().join(rel)).expect("the file is readable");
     assert!(
         o.checked.is_ok(),
         "{rel}: {:?}",
@@ -477,7 +477,7 @@ fn highlights_mark_the_chosen_boxes_and_wires() {
 /// side. Here the "step" is M1 to Luong's dot product, which drops the scale.
 #[test]
 fn a_rewrite_step_draws_before_and_after() {
-    let o = driver::check_text("step.diag", "use attention.m1\nuse attention.luong_dot\n");
+    let o = session::check_text("step.diag", "use attention.m1\nuse attention.luong_dot\n");
     assert!(o.checked.is_ok());
     let p = &o.checked.program;
     let (m1, dot) = (p.diagram("m1").unwrap(), p.diagram("luong_dot").unwrap());
@@ -558,7 +558,7 @@ fn large_diagrams_draw_or_are_refused() {
         s.push_str(&format!("    h{n}\n}}\n"));
         s
     };
-    let o = driver::check_text("big.diag", &chain(2000));
+    let o = session::check_text("big.diag", &chain(2000));
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let d = diagram(&o, "big");
     let t = std::time::Instant::now();
@@ -573,7 +573,7 @@ fn large_diagrams_draw_or_are_refused() {
         s.push_str(&format!("    a{i} = relu(a{}) + x\n", i - 1));
     }
     s.push_str("    a300\n}\n");
-    let o = driver::check_text("fan.diag", &s);
+    let o = session::check_text("fan.diag", &s);
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let t = std::time::Instant::now();
     let d = diagram(&o, "fan");
@@ -581,7 +581,7 @@ fn large_diagrams_draw_or_are_refused() {
     check_layout("fan", &scene.geometry());
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
 
-    let o = driver::check_text("huge.diag", &chain(render::graph::MAX_NODES));
+    let o = session::check_text("huge.diag", &chain(render::graph::MAX_NODES));
     assert!(o.checked.is_ok());
     let d = diagram(&o, "big");
     assert!(matches!(

@@ -4,8 +4,8 @@
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp::{self, RunOptions};
 use diagc::backend::cpu::tensor::Tensor;
-use diagc::driver;
 use diagc::ir::instance::{HyperValue, Instance, instantiate};
+use diagc::session;
 use std::path::Path;
 
 mod common;
@@ -16,7 +16,7 @@ const SMALL: &[(&str, u64)] = &[("a", 3), ("b", 4), ("c", 2), ("v", 5)];
 #[test]
 fn every_primitive_has_a_correct_gradient() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let o = session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let names: Vec<String> = o
         .checked
@@ -225,7 +225,7 @@ fn m0_matches_a_naive_causal_linear_attention() {
 #[test]
 fn layernorm_posenc_embed_and_dropout_follow_the_protocol() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let o = session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
     let p = &o.checked.program;
     let b = bindings(SMALL, &[]);
     // layernorm[b] with gain 1 and bias 0: each row has mean 0 and variance var/(var+eps).
@@ -330,7 +330,7 @@ fn layernorm_posenc_embed_and_dropout_follow_the_protocol() {
 #[test]
 fn run_time_errors_name_the_wire_and_the_box() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let o = session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
     let p = &o.checked.program;
     let inst = instantiate(p, "add_", &bindings(SMALL, &[])).unwrap();
     let mut ins = harness::random_inputs(&inst, 1);
@@ -343,19 +343,23 @@ fn run_time_errors_name_the_wire_and_the_box() {
         RunOptions::default(),
     )
     .unwrap_err();
-    assert!(e.0.contains("input `y`") && e.0.contains("size"), "{e}");
+    assert!(matches!(e, diagc::Error::Run(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("input `y`") && e.contains("size"), "{e}");
     // A NaN is reported with the box that produced it.
     let src = "axis a\ndiagram f(x: [a]) -> [a] { sqrt(x - 5) }\n";
-    let o = driver::check_text("<nan>", src);
+    let o = session::check_text("<nan>", src);
     let inst = instantiate(&o.checked.program, "f", &bindings(&[("a", 3)], &[])).unwrap();
     let opts = RunOptions {
         check_finite: true,
         ..RunOptions::default()
     };
-    let e = harness::run_random(&inst, 0, opts).unwrap_err();
-    assert!(e.0.contains("sqrt") && e.0.contains("NaN"), "{e}");
+    let e = harness::run_random(&inst, 0, opts).unwrap_err().to_string();
+    assert!(e.contains("sqrt") && e.contains("NaN"), "{e}");
     // Unbound sizes are named.
     let e = instantiate(p, "add_", &bindings(&[("a", 3)], &[])).unwrap_err();
+    assert!(matches!(e, diagc::Error::Instance { .. }), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("`b`"), "{e}");
 }
 

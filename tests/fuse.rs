@@ -213,7 +213,7 @@ diagram nested(q: [t, d], k: [s, d], v: [s, x], w: [x, d]) -> [t, d] {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("chains.diag");
     std::fs::write(&path, src).unwrap();
-    let o = diagc::driver::check_path(&path).unwrap();
+    let o = diagc::session::check_path(&path).unwrap();
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let b = bindings(&[("t", 4), ("d", 3)], &[]);
     let inst = |name: &str| diagc::ir::instance::instantiate(&o.checked.program, name, &b).unwrap();

@@ -1,13 +1,13 @@
 //! The IR's invariants hold for every stdlib diagram, before and after SIMD lowering.
 
-use diagc::driver;
 use diagc::ir::{BoxKind, Op, RegionKind, WireSink, lower::lower_simd, print};
+use diagc::session;
 
-fn stdlib_programs() -> Vec<(String, driver::Outcome)> {
+fn stdlib_programs() -> Vec<(String, session::Outcome)> {
     diagc::stdlib::FILES
         .iter()
         .map(|(p, t)| {
-            let o = driver::check_text(&format!("<stdlib>/{p}"), t);
+            let o = session::check_text(&format!("<stdlib>/{p}"), t);
             assert!(
                 o.checked.is_ok(),
                 "{p}: {:?}",
@@ -125,7 +125,7 @@ fn per_lane_parameters_carry_the_lane_axis_after_lowering() {
                        x * broadcast[tok](w) + broadcast[tok](s)\n\
                    }\n\
                }\n";
-    let o = driver::check_text("<per-lane>", src);
+    let o = session::check_text("<per-lane>", src);
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics);
     let axes = &o.checked.program.axes;
     let head = axes.lookup("head").unwrap();
@@ -159,7 +159,7 @@ fn per_lane_parameters_carry_the_lane_axis_after_lowering() {
 fn printing_is_deterministic() {
     for (_, o) in stdlib_programs() {
         let a = print::program(&o.checked.program);
-        let b = print::program(&diagc::driver::check_text("<again>", "").checked.program);
+        let b = print::program(&diagc::session::check_text("<again>", "").checked.program);
         assert_ne!(a, b);
         let again: Vec<String> = (0..3).map(|_| print::program(&o.checked.program)).collect();
         assert!(again.iter().all(|x| *x == a));

@@ -17,9 +17,9 @@ use diagc::backend::cpu::exec::{Plan, PlanOptions, RunOptions};
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
-use diagc::driver;
 use diagc::ir::Diagram;
 use diagc::ir::instance::{Instance, instantiate};
+use diagc::session;
 use std::path::Path;
 
 mod common;
@@ -119,7 +119,7 @@ fn check(what: &str, inst: &Instance, seed: u64) -> (Vec<String>, usize) {
 
 fn primitives() -> diagc::ir::Program {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path(&root.join("tests/exec/primitives.diag")).unwrap();
+    let o = session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
     assert!(o.checked.is_ok());
     o.checked.program
 }

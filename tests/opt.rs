@@ -28,7 +28,7 @@ fn sizes(pairs: &[(&str, u64)]) -> Options {
 
 /// Checks a file and returns its program and the term of its last diagram.
 fn load(path: &str, text: &str) -> (diagc::ir::Program, Term) {
-    let o = diagc::driver::check_text(path, text);
+    let o = diagc::session::check_text(path, text);
     assert!(o.checked.is_ok(), "{path}:\n{}", o.plain_report());
     let p = o.checked.program;
     let name = p.diagrams.last().expect("a diagram").name.clone();
@@ -230,7 +230,9 @@ fn limits_stop_the_optimiser_with_a_checked_result() {
 #[test]
 fn the_optimiser_refuses_a_rule_book_without_its_rules() {
     let (_, t) = load("x.diag", "axis a\ndiagram f(x: [a]) -> [a] { exp(x) }\n");
-    let err = opt::optimise(&RuleBook::default(), &t, &Options::default()).unwrap_err();
+    let err = opt::optimise(&RuleBook::default(), &t, &Options::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing from the rule book"), "{err}");
 }
 
@@ -273,7 +275,7 @@ fn compile_emits_optimized_ir() {
     assert!(text.contains("causal_prefix_sum"), "{text}");
     assert!(text.contains("cumsum[tok]"), "{text}");
     // The output is a checkable .diag file.
-    let c = diagc::driver::check_text("out.diag", &text);
+    let c = diagc::session::check_text("out.diag", &text);
     assert!(c.checked.is_ok(), "{}\n{text}", c.plain_report());
 
     // A diagram the optimiser cannot take is an error naming why, not a panic.

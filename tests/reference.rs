@@ -10,9 +10,9 @@ use diagc::autodiff;
 use diagc::backend::cpu::harness::tensor_from_json;
 use diagc::backend::cpu::interp::{self, RunOptions};
 use diagc::backend::cpu::tensor::Tensor;
-use diagc::driver;
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
 use diagc::ir::size::Size;
+use diagc::session;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,7 +37,7 @@ fn load_fixture(name: &str) -> Value {
 /// axes; derived ones such as `dk`, `src` and `dm'` follow from them) and hyperparameters.
 fn instance_for(fixture: &Value, file: &str, extra: &[&str], diagram: &str) -> Instance {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path_with(&root.join(file), extra).unwrap();
+    let o = session::check_path_with(&root.join(file), extra).unwrap();
     assert!(
         o.checked.is_ok(),
         "{file}: {:?}",

@@ -1,12 +1,12 @@
 //! Rendering: byte spans with non-ASCII text, and JSON positions.
 
-use diagc::{driver, report};
+use diagc::{report, session};
 
 #[test]
 fn labels_land_on_the_right_characters_after_non_ascii_text() {
     // `é` and `тok` are multi-byte: a character-indexed renderer would shift the underline.
     let src = "axis тok, dé\n// ééé\ndiagram f(x: [тok, dé]) -> [тok] {\n    sum[nope](x)\n}\n";
-    let o = driver::check_text("<utf8>", src);
+    let o = session::check_text("<utf8>", src);
     let d = &o.checked.diagnostics[0];
     assert_eq!(d.code.as_str(), "E0103");
     assert_eq!(o.sources.slice(d.labels[0].span), "nope");

@@ -2,7 +2,7 @@
 //! soup, and hostile shapes (deep nesting, huge files, a million wires). Each case must end with
 //! diagnostics or a clean check, never a panic, within a bounded time.
 
-use diagc::driver;
+use diagc::session;
 use proptest::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ const TOKENS: &[&str] = &[
 /// Checks text and fails the test on a panic; returns how long it took.
 fn survive(name: &str, text: &str) -> Duration {
     let start = Instant::now();
-    let r = std::panic::catch_unwind(|| driver::check_text(name, text));
+    let r = std::panic::catch_unwind(|| session::check_text(name, text));
     if r.is_err() {
         let dump = std::env::temp_dir().join("diagc-panic.diag");
         let _ = std::fs::write(&dump, text);
@@ -180,7 +180,7 @@ fn ten_thousand_nested_brackets_are_an_error_not_a_crash() {
             open.repeat(10_000),
             close.repeat(10_000)
         );
-        let o = driver::check_text("<deep>", &text);
+        let o = session::check_text("<deep>", &text);
         assert!(
             o.checked
                 .diagnostics
@@ -196,13 +196,13 @@ fn long_operator_chains_do_not_overflow_the_stack() {
     // Chains are flat in the syntax tree, so depth does not grow with their length.
     let terms = vec!["x"; 100_000].join(" + ");
     let text = format!("axis a\ndiagram f(x: [a]) -> [a] {{\n    {terms}\n}}\n");
-    let o = driver::check_text("<chain>", &text);
+    let o = session::check_text("<chain>", &text);
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     let minus = format!(
         "axis a\ndiagram f(x: [a]) -> [a] {{\n    y = {}x\n    y\n}}\n",
         "- ".repeat(100_000)
     );
-    let o = driver::check_text("<minus>", &minus);
+    let o = session::check_text("<minus>", &minus);
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
 }
 
@@ -216,7 +216,7 @@ fn a_million_wires_check_in_bounded_time() {
     }
     text.push_str(&format!("    x{n}\n}}\n"));
     let start = Instant::now();
-    let o = driver::check_text("<million>", &text);
+    let o = session::check_text("<million>", &text);
     assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
     assert_eq!(o.checked.program.diagrams[0].boxes.len(), n);
     // Generous: this is a hang detector, not a benchmark (see benches/ for speed).
@@ -235,7 +235,7 @@ fn a_ten_megabyte_file_of_garbage_gives_bounded_diagnostics() {
         text.push_str(TOKENS[rng.below(TOKENS.len())]);
     }
     let start = Instant::now();
-    let o = driver::check_text("<garbage>", &text);
+    let o = session::check_text("<garbage>", &text);
     assert!(!o.checked.diagnostics.is_empty());
     assert!(o.checked.diagnostics.len() <= diagc::check::MAX_DIAGNOSTICS);
     assert!(
@@ -251,8 +251,8 @@ fn binary_files_are_reported_not_read() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("binary.diag");
     std::fs::write(&f, [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0x00, 0x01, 0x80]).unwrap();
-    let o = driver::check_path(&f).unwrap();
+    let o = session::check_path(&f).unwrap();
     assert_eq!(o.checked.diagnostics.len(), 1);
     assert_eq!(o.checked.diagnostics[0].code.as_str(), "E0004");
-    assert!(driver::check_path(Path::new("/nonexistent/file.diag")).is_err());
+    assert!(session::check_path(Path::new("/nonexistent/file.diag")).is_err());
 }

@@ -128,7 +128,8 @@ fn an_unknown_mechanism_lists_the_known_ones() {
         ..small("m1")
     })
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(
         e.contains("m9") && e.contains("m1") && e.contains("bahdanau"),
         "{e}"
@@ -164,7 +165,8 @@ fn a_mechanism_can_be_a_user_file() {
         ..small("m1")
     })
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(e.contains("[tok, dm]"), "{e}");
     let bad = dir.join("bad.diag");
     std::fs::write(
@@ -178,6 +180,12 @@ fn a_mechanism_can_be_a_user_file() {
     })
     .err()
     .unwrap();
+    // The checker's diagnostics come back as data, not as text.
+    let diagc::Error::Frontend { diagnostics, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(diagnostics[0].code.as_str(), "E0204");
+    let e = e.to_string();
     assert!(e.contains("E0204") && e.contains("src"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

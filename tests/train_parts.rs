@@ -99,7 +99,7 @@ fn checkpoints_round_trip_and_detect_corruption() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&tpath, bytes).unwrap();
-    let e = checkpoint::load(&dir, "best").unwrap_err();
+    let e = checkpoint::load(&dir, "best").unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

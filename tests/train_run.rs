@@ -139,6 +139,7 @@ fn an_interrupt_saves_the_state() {
     assert!(
         prepare_run_dir(&out, false)
             .unwrap_err()
+            .to_string()
             .contains("--resume")
     );
     std::fs::remove_dir_all(&out).unwrap();
@@ -148,7 +149,8 @@ fn an_interrupt_saves_the_state() {
 fn bad_data_and_run_directories_fail_before_training() {
     let e = Trainer::new(tiny(1, None), Path::new("/nonexistent/ptb"))
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("/nonexistent/ptb") && e.contains("--data"),
         "{e}"

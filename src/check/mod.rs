@@ -52,16 +52,39 @@ struct Loaded {
     module: ast::Module,
 }
 
+/// How the checker reads a module that a file on disk `use`s from beside it. The checker
+/// reads no file itself: the session ([`crate::session`]) passes the reader, and text given in
+/// memory is checked with [`NoFiles`].
+pub trait ModuleFiles {
+    /// The text of the file at `path` when it exists and can be read, with the key that
+    /// identifies it (two paths to one file give one key).
+    fn read(&self, path: &Path) -> Option<(String, String)>;
+}
+
+/// A reader that finds no file: only the stdlib resolves `use`.
+pub struct NoFiles;
+
+impl ModuleFiles for NoFiles {
+    fn read(&self, _: &Path) -> Option<(String, String)> {
+        None
+    }
+}
+
 /// Checks the file `root` (already in `sources`) together with every module it uses.
-pub fn check_file(sources: &mut SourceMap, root: FileId) -> Checked {
-    check_with(sources, root, &[])
+pub fn check_file(sources: &mut SourceMap, root: FileId, files: &dyn ModuleFiles) -> Checked {
+    check_with(sources, root, &[], files)
 }
 
 /// Like [`check_file`], with extra modules loaded as if the root `use`d them (the training
-/// driver adds the chosen mechanism this way).
-pub fn check_with(sources: &mut SourceMap, root: FileId, extra_uses: &[&str]) -> Checked {
+/// session adds the chosen mechanism this way).
+pub fn check_with(
+    sources: &mut SourceMap,
+    root: FileId,
+    extra_uses: &[&str],
+    files: &dyn ModuleFiles,
+) -> Checked {
     let mut diags = Vec::new();
-    let loaded = load(sources, root, extra_uses, &mut diags);
+    let loaded = load(sources, root, extra_uses, files, &mut diags);
     let mut cx = Ctx {
         diags,
         axes: AxisTable::default(),
@@ -141,6 +164,7 @@ fn load(
     sources: &mut SourceMap,
     root: FileId,
     extra: &[&str],
+    files: &dyn ModuleFiles,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Loaded> {
     let mut loaded: Vec<Loaded> = Vec::new();
@@ -166,7 +190,7 @@ fn load(
             if dotted == "prelude" {
                 continue;
             }
-            match resolve_module(sources, &origin, &dotted, &mut seen) {
+            match resolve_module(sources, &origin, &dotted, files, &mut seen) {
                 Some((id, true)) => queue.push(id),
                 Some((_, false)) => {}
                 None => {
@@ -192,20 +216,17 @@ fn resolve_module(
     sources: &mut SourceMap,
     origin: &Origin,
     dotted: &str,
+    files: &dyn ModuleFiles,
     seen: &mut HashMap<String, FileId>,
 ) -> Option<(FileId, bool)> {
     let rel = format!("{}.diag", dotted.replace('.', "/"));
     if let Origin::Disk(path) = origin {
         let dir = path.parent().unwrap_or(Path::new("."));
         let candidate = dir.join(&rel);
-        if candidate.is_file() {
-            let key = std::fs::canonicalize(&candidate).unwrap_or(candidate.clone());
-            let key = key.to_string_lossy().to_string();
+        if let Some((key, text)) = files.read(&candidate) {
             if let Some(id) = seen.get(&key) {
                 return Some((*id, false));
             }
-            let bytes = std::fs::read(&candidate).ok()?;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
             let id = sources.add(candidate.to_string_lossy().to_string(), text);
             seen.insert(key, id);
             return Some((id, true));

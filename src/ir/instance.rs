@@ -15,6 +15,7 @@
 //! - the IR invariants: one source and one sink per wire, topological order.
 
 use super::*;
+use crate::error::Error;
 use std::collections::BTreeMap;
 
 /// A hyperparameter value given when instantiating.
@@ -119,16 +120,21 @@ struct Builder<'p> {
 }
 
 /// Instantiates diagram `name` of `program`.
-pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result<Instance, String> {
+pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result<Instance, Error> {
     let d = program.diagram(name).ok_or_else(|| {
         let names: Vec<&str> = program.diagrams.iter().map(|d| d.name.as_str()).collect();
-        format!("no diagram `{name}`; there are: {}", names.join(", "))
+        Error::Usage(format!(
+            "no diagram `{name}`; there are: {}",
+            names.join(", ")
+        ))
     })?;
     // Sizes of every axis that the bindings determine.
     let lookup = |v: &str| bindings.sizes.get(v).copied();
     for v in bindings.sizes.keys() {
         if program.axes.lookup(v).is_none() {
-            return Err(format!("`--size {v}=...` names no axis of the program"));
+            return Err(Error::instance(format!(
+                "`--size {v}=...` names no axis of the program"
+            )));
         }
     }
     let sizes: Vec<Option<u64>> = program
@@ -141,27 +147,31 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
     for h in bindings.hypers.keys() {
         if !d.hypers.iter().any(|x| &x.name == h) {
             let names: Vec<&str> = d.hypers.iter().map(|x| x.name.as_str()).collect();
-            return Err(format!(
+            return Err(Error::instance(format!(
                 "`{name}` has no hyperparameter `{h}` (it has: {})",
                 names.join(", ")
-            ));
+            )));
         }
     }
     let mut env = Env::default();
     for h in &d.hypers {
         let v = match bindings.hypers.get(&h.name) {
             Some(v) => v.clone(),
-            None => default_value(h)
-                .ok_or_else(|| format!("`{name}` needs the hyperparameter `{}`", h.name))?,
+            None => default_value(h).ok_or_else(|| {
+                Error::instance(format!("`{name}` needs the hyperparameter `{}`", h.name))
+            })?,
         };
         match (&h.ty, &v) {
             (HyperType::Int, HyperValue::Num(x)) if x.fract() != 0.0 || *x < 0.0 => {
-                return Err(format!("hyperparameter `{}` is an int; {x} is not", h.name));
+                return Err(Error::instance(format!(
+                    "hyperparameter `{}` is an int; {x} is not",
+                    h.name
+                )));
             }
             (HyperType::Diagram { inputs, outputs }, HyperValue::Diagram(n)) => {
                 let callee = program
                     .diagram(n)
-                    .ok_or_else(|| format!("no diagram `{n}` for `{}`", h.name))?;
+                    .ok_or_else(|| Error::instance(format!("no diagram `{n}` for `{}`", h.name)))?;
                 let ins: Vec<WireType> = callee
                     .inputs
                     .iter()
@@ -173,23 +183,23 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
                     .map(|w| callee.wire(*w).ty.clone())
                     .collect();
                 if &ins != inputs || &outs != outputs {
-                    return Err(format!(
+                    return Err(Error::instance(format!(
                         "`{n}` does not have the boundary `{}` requires",
                         h.name
-                    ));
+                    )));
                 }
             }
             (HyperType::Diagram { .. }, HyperValue::Num(_)) => {
-                return Err(format!(
+                return Err(Error::instance(format!(
                     "hyperparameter `{}` is a diagram, not a number",
                     h.name
-                ));
+                )));
             }
             (HyperType::Int | HyperType::Float, HyperValue::Diagram(_)) => {
-                return Err(format!(
+                return Err(Error::instance(format!(
                     "hyperparameter `{}` is a number, not a diagram",
                     h.name
-                ));
+                )));
             }
             _ => {}
         }
@@ -230,17 +240,17 @@ impl Builder<'_> {
         self.g.add(op, inputs, out, span)
     }
 
-    fn eval(&self, c: &Const, env: &Env) -> Result<f64, String> {
+    fn eval(&self, c: &Const, env: &Env) -> Result<f64, Error> {
         let sizes = &self.sizes;
         c.eval(&|h| env.num(h), &|a| sizes[a.0 as usize].map(|s| s as f64))
             .ok_or_else(|| {
                 let mut unbound = Vec::new();
                 self.unbound(c, env, &mut unbound);
-                format!(
+                Error::instance(format!(
                     "cannot evaluate `{}`: {} unbound (use --size NAME=N / --hyper NAME=V)",
                     c.display(&self.axes),
                     unbound.join(", ")
-                )
+                ))
             })
     }
 
@@ -321,16 +331,18 @@ impl Builder<'_> {
         env: &Env,
         args: Vec<WireId>,
         prefix: String,
-    ) -> Result<Vec<WireId>, String> {
+    ) -> Result<Vec<WireId>, Error> {
         self.depth += 1;
         if self.depth > 256 {
-            return Err(format!("calls nested more than 256 deep at `{name}`"));
+            return Err(Error::instance(format!(
+                "calls nested more than 256 deep at `{name}`"
+            )));
         }
         if !self.lowered.contains_key(name) {
             let d = self
                 .program
                 .diagram(name)
-                .ok_or_else(|| format!("no diagram `{name}`"))?;
+                .ok_or_else(|| Error::instance(format!("no diagram `{name}`")))?;
             self.lowered.insert(name.to_string(), lower::lower_simd(d));
         }
         let d = self.lowered[name].clone();
@@ -344,7 +356,9 @@ impl Builder<'_> {
         d.outputs
             .iter()
             .map(|w| {
-                map[w.0 as usize].ok_or_else(|| format!("an output of `{name}` was not produced"))
+                map[w.0 as usize].ok_or_else(|| {
+                    Error::instance(format!("an output of `{name}` was not produced"))
+                })
             })
             .collect()
     }
@@ -359,7 +373,7 @@ impl Builder<'_> {
         env: &Env,
         map: &mut [Option<WireId>],
         prefix: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let mut done: Vec<bool> = vec![false; d.regions.len()];
         for &bid in order {
             let b = d.node(bid);
@@ -395,15 +409,15 @@ impl Builder<'_> {
         env: &Env,
         map: &mut [Option<WireId>],
         prefix: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let RegionKind::Repeat(count) = &d.region(r).kind else {
-            return Err("a SIMD region survived lowering".into());
+            return Err(Error::instance("a SIMD region survived lowering"));
         };
         let count = self.eval(count, env)?;
         if count < 0.0 || count.fract() != 0.0 || count > 1e6 {
-            return Err(format!(
+            return Err(Error::instance(format!(
                 "a repeat count of {count} is not a usable whole number"
-            ));
+            )));
         }
         let inside: Vec<BoxId> = order
             .iter()
@@ -418,14 +432,14 @@ impl Builder<'_> {
         };
         let loop_in = port(|o| matches!(o, Op::LoopIn))
             .next()
-            .ok_or("a repeat without its carried wire")?;
+            .ok_or_else(|| Error::instance("a repeat without its carried wire"))?;
         let loop_out = port(|o| matches!(o, Op::LoopOut))
             .next()
-            .ok_or("a repeat without its result")?;
+            .ok_or_else(|| Error::instance("a repeat without its result"))?;
         let captures: Vec<BoxId> = port(|o| matches!(o, Op::Capture)).collect();
         let init = d.node(loop_in).inputs[0];
-        let mut carry =
-            map[init.0 as usize].ok_or("the carried wire of a repeat is not produced")?;
+        let mut carry = map[init.0 as usize]
+            .ok_or_else(|| Error::instance("the carried wire of a repeat is not produced"))?;
         let tag = r.0;
         for i in 0..count as usize {
             map[d.node(loop_in).outputs[0].0 as usize] = Some(carry);
@@ -442,7 +456,7 @@ impl Builder<'_> {
                 &format!("{prefix}/repeat{tag}.{i}"),
             )?;
             carry = map[d.node(loop_out).inputs[0].0 as usize]
-                .ok_or("a repeat body did not produce its result")?;
+                .ok_or_else(|| Error::instance("a repeat body did not produce its result"))?;
         }
         map[d.node(loop_out).outputs[0].0 as usize] = Some(carry);
         Ok(())
@@ -455,13 +469,14 @@ impl Builder<'_> {
         env: &Env,
         map: &mut [Option<WireId>],
         prefix: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let b = d.node(bid);
         let ins: Vec<WireId> = b
             .inputs
             .iter()
             .map(|w| {
-                map[w.0 as usize].ok_or_else(|| "a box's input is not produced (order)".to_string())
+                map[w.0 as usize]
+                    .ok_or_else(|| Error::instance("a box's input is not produced (order)"))
             })
             .collect::<Result<_, _>>()?;
         let out_types: Vec<WireType> = b.outputs.iter().map(|w| d.wire(*w).ty.clone()).collect();
@@ -477,7 +492,7 @@ impl Builder<'_> {
             | Op::LoopIn
             | Op::Capture
             | Op::LoopOut => {
-                return Err("region ports survived lowering".into());
+                return Err(Error::instance("region ports survived lowering"));
             }
             Op::Scale(c) => self.add(
                 Op::Scale(Const::Num(self.eval(c, env)?)),
@@ -494,7 +509,9 @@ impl Builder<'_> {
             Op::Dropout(c) => {
                 let p = self.eval(c, env)?;
                 if !(0.0..1.0).contains(&p) {
-                    return Err(format!("dropout probability {p} is not in [0, 1)"));
+                    return Err(Error::instance(format!(
+                        "dropout probability {p} is not in [0, 1)"
+                    )));
                 }
                 let key = self.next_key;
                 self.next_key += 1;
@@ -602,13 +619,17 @@ impl Builder<'_> {
                     Callee::Diagram(n) => n.clone(),
                     Callee::Hyper(h) => match env.values.get(h) {
                         Some(HyperValue::Diagram(n)) => n.clone(),
-                        _ => return Err(format!("hyperparameter `{h}` is not bound to a diagram")),
+                        _ => {
+                            return Err(Error::instance(format!(
+                                "hyperparameter `{h}` is not bound to a diagram"
+                            )));
+                        }
                     },
                 };
                 let callee_d = self
                     .program
                     .diagram(&name)
-                    .ok_or_else(|| format!("no diagram `{name}`"))?;
+                    .ok_or_else(|| Error::instance(format!("no diagram `{name}`")))?;
                 let mut child = Env::default();
                 for h in &callee_d.hypers {
                     let v = match hypers.iter().find(|(n, _)| *n == h.name) {
@@ -616,19 +637,22 @@ impl Builder<'_> {
                         Some((_, HyperArg::Diagram(Callee::Diagram(n)))) => {
                             HyperValue::Diagram(n.clone())
                         }
-                        Some((_, HyperArg::Diagram(Callee::Hyper(x)))) => env
-                            .values
-                            .get(x)
-                            .cloned()
-                            .ok_or_else(|| format!("hyperparameter `{x}` is unbound"))?,
-                        None => default_value(h)
-                            .ok_or_else(|| format!("`{name}` needs `{}`", h.name))?,
+                        Some((_, HyperArg::Diagram(Callee::Hyper(x)))) => {
+                            env.values.get(x).cloned().ok_or_else(|| {
+                                Error::instance(format!("hyperparameter `{x}` is unbound"))
+                            })?
+                        }
+                        None => default_value(h).ok_or_else(|| {
+                            Error::instance(format!("`{name}` needs `{}`", h.name))
+                        })?,
                     };
                     child.values.insert(h.name.clone(), v);
                 }
                 self.emit(&name, &child, ins, format!("{prefix}/{name}.{index}"))?
             }
-            Op::Exec(_) => return Err("an executable-form op in a source diagram".into()),
+            Op::Exec(_) => {
+                return Err(Error::instance("an executable-form op in a source diagram"));
+            }
             _ => self.add(b.op.clone(), ins, out_types, b.span),
         };
         for (w, o) in b.outputs.iter().zip(outs) {
@@ -638,12 +662,14 @@ impl Builder<'_> {
     }
 
     /// The axes of a parameter tensor: its lane axes, then its own dimensions.
-    fn param_axes(&mut self, spec: &ParamSpec, env: &Env) -> Result<Vec<AxisId>, String> {
+    fn param_axes(&mut self, spec: &ParamSpec, env: &Env) -> Result<Vec<AxisId>, Error> {
         let mut axes = spec.per_lane.clone();
         for d in &spec.dims {
             match d {
                 Dim::Axis(a) => axes.push(*a),
-                Dim::Extent(_) => return Err("a width dimension outside a learner".into()),
+                Dim::Extent(_) => {
+                    return Err(Error::instance("a width dimension outside a learner"));
+                }
             }
         }
         let _ = env;
@@ -662,12 +688,12 @@ impl Builder<'_> {
         out_types: &[WireType],
         env: &Env,
         here: &str,
-    ) -> Result<Vec<WireId>, String> {
+    ) -> Result<Vec<WireId>, Error> {
         let w = self.eval(width, env)?;
         if w < 1.0 || w.fract() != 0.0 {
-            return Err(format!(
+            return Err(Error::instance(format!(
                 "a learner width of {w} is not a positive whole number"
-            ));
+            )));
         }
         let wax = self.width_axis(w as u64);
         let lanes = b
@@ -741,7 +767,7 @@ impl Builder<'_> {
                 }
             });
         }
-        let hidden = acc.ok_or("a learner without inputs")?;
+        let hidden = acc.ok_or_else(|| Error::instance("a learner without inputs"))?;
         let t = self.g.wires[hidden.0 as usize].ty.clone();
         let hidden = self.add(Op::Map(Func::Relu), vec![hidden], vec![t], b.span)[0];
         let bound = 1.0 / (w.sqrt());
@@ -762,7 +788,7 @@ impl Builder<'_> {
 
     /// Inserts copies and discards, numbers the inputs (data, then parameters), checks that
     /// every axis has a size.
-    fn finish(self, outputs: Vec<WireId>) -> Result<Instance, String> {
+    fn finish(self, outputs: Vec<WireId>) -> Result<Instance, Error> {
         // Unsized axes.
         let mut missing: Vec<String> = Vec::new();
         for w in &self.g.wires {
@@ -790,10 +816,10 @@ impl Builder<'_> {
             }
         }
         if !missing.is_empty() {
-            return Err(format!(
+            return Err(Error::instance(format!(
                 "these axes have no size: {} (bind the free ones with `--size NAME=N`; sizes must divide evenly)",
                 missing.join(", ")
-            ));
+            )));
         }
         let span = Span {
             file: crate::source::FileId(0),
@@ -829,11 +855,11 @@ fn op_name(op: &Op) -> &'static str {
 /// this only changes types, plus an explicit broadcast where a batched and an unbatched wire
 /// meet in a binary op. Apply it before autodiff: gradients of shared parameters then sum over
 /// the batch through the contractions that use them.
-pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, String> {
+pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, Error> {
     if inst.axes.lookup(name).is_some() {
-        return Err(format!(
+        return Err(Error::instance(format!(
             "the batch axis `{name}` is already an axis of the program"
-        ));
+        )));
     }
     let mut axes = inst.axes.clone();
     let batch = axes.insert(AxisInfo {

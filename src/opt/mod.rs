@@ -22,6 +22,7 @@
 //! at the end, so the optimised diagram is checked IR. The whole run is bounded by [`Limits`]
 //! (nodes, rewrites, time): at a limit the optimiser stops with the best term so far and says so.
 
+use crate::error::Error;
 use crate::ir::{AxisId, BoxKind, Const, Op, Program, WireType};
 use crate::rewrite::rule::{self, RuleBook, Site};
 use crate::rewrite::term::{NodeKind, Port, Term};
@@ -314,12 +315,12 @@ pub fn optimise(
     book: &RuleBook,
     t: &Term,
     opts: &Options,
-) -> Result<(Term, Program, Report), String> {
+) -> Result<(Term, Program, Report), Error> {
     for r in SIMPLIFY.iter().chain(REASSOCIATE) {
         if book.get(r).is_none() {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "the optimiser's rule `{r}` is missing from the rule book"
-            ));
+            )));
         }
     }
     let cost = Cost::new(&opts.sizes);
@@ -386,7 +387,7 @@ fn rounds(
     start: Instant,
     opts: &Options,
     mut report: Report,
-) -> Result<((Term, Program), Report), String> {
+) -> Result<((Term, Program), Report), Error> {
     let mut budget = Budget {
         start,
         limits: opts.limits.clone(),
@@ -437,7 +438,7 @@ pub fn optimise_diagram(
     p: &Program,
     name: &str,
     opts: &Options,
-) -> Result<(Term, Report), String> {
+) -> Result<(Term, Report), Error> {
     let t = Term::from_program(p, name)?;
     let (out, _, report) = optimise(book, &t, opts)?;
     Ok((out, report))
@@ -658,11 +659,13 @@ fn by_rules(
     cost: Option<&Cost>,
     budget: &mut Budget,
     report: &mut Report,
-) -> Result<usize, String> {
+) -> Result<usize, Error> {
     let mut applied = 0;
     'again: loop {
         for name in rules {
-            let r = book.get(name).ok_or_else(|| format!("no rule `{name}`"))?;
+            let r = book
+                .get(name)
+                .ok_or_else(|| Error::Rewrite(format!("no rule `{name}`")))?;
             for (i, m) in rule::find_matches(r, t).iter().enumerate() {
                 let gain = match cost {
                     None => None,

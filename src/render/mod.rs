@@ -116,6 +116,12 @@ pub enum DrawError {
     Png(String),
 }
 
+impl From<DrawError> for crate::error::Error {
+    fn from(e: DrawError) -> Self {
+        crate::error::Error::Render(e.to_string())
+    }
+}
+
 impl fmt::Display for DrawError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

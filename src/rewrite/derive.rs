@@ -18,6 +18,7 @@
 use super::rule::{self, RuleBook, Site, Step};
 use super::term::Term;
 use super::verify::{self, Agreement};
+use crate::error::Error;
 use crate::ir::RuleClass;
 use std::path::Path;
 
@@ -32,7 +33,7 @@ pub struct Derivation {
 }
 
 /// Parses a derivation; errors name the line.
-pub fn parse(text: &str) -> Result<Derivation, String> {
+pub fn parse(text: &str) -> Result<Derivation, Error> {
     let mut start = None;
     let mut steps = Vec::new();
     let mut end = None;
@@ -45,48 +46,53 @@ pub fn parse(text: &str) -> Result<Derivation, String> {
         let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
         if rest.is_empty() || rest.contains(char::is_whitespace) {
-            return Err(format!("line {n}: expected `{word} ONE-ARGUMENT`"));
+            return Err(Error::Rewrite(format!(
+                "line {n}: expected `{word} ONE-ARGUMENT`"
+            )));
         }
         match word {
             "start" if start.is_none() => start = Some(rest.to_string()),
-            "start" => return Err(format!("line {n}: a second `start`")),
+            "start" => return Err(Error::Rewrite(format!("line {n}: a second `start`"))),
             "step" if start.is_some() && end.is_none() => {
-                let (r, s) = super::cli::parse_apply(rest);
+                let (r, s) = super::input::parse_apply(rest);
                 steps.push((r, s, n));
             }
             "end" if start.is_some() && end.is_none() => end = Some((rest.to_string(), n)),
             "step" | "end" => {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "line {n}: `{word}` must come after `start` and before `end`"
-                ));
+                )));
             }
             other => {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "line {n}: unknown directive `{other}` (expected start, step or end)"
-                ));
+                )));
             }
         }
     }
-    let start = start.ok_or("a derivation needs a `start` line")?;
+    let start = start.ok_or_else(|| Error::Rewrite("a derivation needs a `start` line".into()))?;
     Ok(Derivation { start, steps, end })
 }
 
 /// Loads `MODULE[:DIAGRAM]` (a stdlib module) or `PATH[:DIAGRAM]` (a .diag file).
-pub fn load_diagram(spec: &str) -> Result<Term, String> {
+pub fn load_diagram(spec: &str) -> Result<Term, Error> {
     let (what, diagram) = match spec.rsplit_once(':') {
         Some((w, d)) => (w, Some(d)),
         None => (spec, None),
     };
     if what.ends_with(".diag") {
-        return super::cli::load_term(Path::new(what), diagram);
+        return super::input::load_term(Path::new(what), diagram);
     }
-    let (path, text) = crate::stdlib::module(what)
-        .ok_or_else(|| format!("no stdlib module `{what}` (and not a .diag path)"))?;
-    let o = crate::driver::check_text(&format!("<stdlib>/{path}"), text);
+    let (path, text) = crate::stdlib::module(what).ok_or_else(|| {
+        Error::Rewrite(format!("no stdlib module `{what}` (and not a .diag path)"))
+    })?;
+    let o = crate::session::check_text(&format!("<stdlib>/{path}"), text);
     if !o.checked.is_ok() {
-        return Err(format!("stdlib module `{what}` does not check"));
+        return Err(Error::Rewrite(format!(
+            "stdlib module `{what}` does not check"
+        )));
     }
-    super::cli::term_of(&o.checked.program, diagram, what)
+    super::input::term_of(&o.checked.program, diagram, what)
 }
 
 /// The text of a term with every non-input name erased and its nodes in structural order, for
@@ -117,22 +123,22 @@ pub fn replay(
     d: &Derivation,
     book: &RuleBook,
     on_step: &mut dyn FnMut(usize, &Checked),
-) -> Result<Term, String> {
+) -> Result<Term, Error> {
     let mut term = load_diagram(&d.start)?;
     for (i, (rule_name, site, line)) in d.steps.iter().enumerate() {
         let step = rule::apply(book, &term, rule_name, site.as_ref())
-            .map_err(|e| format!("step {} (line {line}): {e}", i + 1))?;
+            .map_err(|e| Error::Rewrite(format!("step {} (line {line}): {e}", i + 1)))?;
         let numeric = if step.class == RuleClass::Equal {
             let a = verify::compare(&step.before, &step.after)
-                .map_err(|e| format!("step {} (line {line}): {e}", i + 1))?;
+                .map_err(|e| Error::Rewrite(format!("step {} (line {line}): {e}", i + 1)))?;
             if let Agreement::Agree(err) = a
                 && err > verify::TOLERANCE
             {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "step {} (line {line}): `{rule_name}` is an equality, but the diagrams \
                      before and after differ numerically (worst relative error {err:.3e})",
                     i + 1
-                ));
+                )));
             }
             Some(a)
         } else {
@@ -143,13 +149,13 @@ pub fn replay(
         term = checked.step.after;
     }
     if let Some((end, line)) = &d.end {
-        let want = load_diagram(end).map_err(|e| format!("line {line}: {e}"))?;
+        let want = load_diagram(end).map_err(|e| Error::Rewrite(format!("line {line}: {e}")))?;
         if canonical(&want) != canonical(&term) {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "line {line}: the result is not `{end}` up to names.\nresult:\n{}\nexpected:\n{}",
                 canonical(&term),
                 canonical(&want)
-            ));
+            )));
         }
     }
     Ok(term)

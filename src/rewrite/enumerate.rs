@@ -14,6 +14,7 @@
 use super::derive::canonical;
 use super::rule::{self, RuleBook};
 use super::term::Term;
+use crate::error::Error;
 
 /// The simplifying equalities used for the canonical form (each strictly shrinks the term).
 pub const NORMALISE: &[&str] = &[
@@ -72,13 +73,13 @@ fn candidate(outer: &str, inner: Option<(usize, &str)>) -> String {
 }
 
 /// Normalises a term by the [`NORMALISE`] rules until none applies.
-pub fn normalise(book: &RuleBook, mut t: Term) -> Result<Term, String> {
+pub fn normalise(book: &RuleBook, mut t: Term) -> Result<Term, Error> {
     for _ in 0..MAX_STEPS {
         let mut changed = false;
         for r in NORMALISE {
             let rule = book
                 .get(r)
-                .ok_or_else(|| format!("the normalising rule `{r}` is missing"))?;
+                .ok_or_else(|| Error::Rewrite(format!("the normalising rule `{r}` is missing")))?;
             if !rule::find_matches(rule, &t).is_empty() {
                 t = rule::apply(book, &t, r, None)?.after;
                 changed = true;
@@ -88,11 +89,13 @@ pub fn normalise(book: &RuleBook, mut t: Term) -> Result<Term, String> {
             return Ok(t);
         }
     }
-    Err(format!("normalisation did not finish in {MAX_STEPS} steps"))
+    Err(Error::Rewrite(format!(
+        "normalisation did not finish in {MAX_STEPS} steps"
+    )))
 }
 
 /// Enumerates the default specification.
-pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, String> {
+pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, Error> {
     let mut recipes: Vec<(String, &'static str, String)> = Vec::new();
     for (g, f) in GENERATORS {
         let colour = if g == "L" {
@@ -121,9 +124,11 @@ pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, String> {
     let mut out: Vec<Mechanism> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     for (recipe, colour, text) in recipes {
-        let o = crate::driver::check_text("<enumerate>", &text);
+        let o = crate::session::check_text("<enumerate>", &text);
         if !o.checked.is_ok() {
-            return Err(format!("candidate {recipe} does not check:\n{text}"));
+            return Err(Error::Rewrite(format!(
+                "candidate {recipe} does not check:\n{text}"
+            )));
         }
         let t = Term::from_program(&o.checked.program, "mech")?;
         let t = normalise(book, t)?;

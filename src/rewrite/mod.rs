@@ -6,12 +6,14 @@
 //!   at a site of a term and replacing it by the right side.
 //! - [`verify`]: numeric comparison of two diagrams on the CPU interpreter (the oracle), used by
 //!   `diagc check --verify-rules`, derivations and the optimiser's tests.
+//! - [`input`]: rule books and terms loaded from files, `RULE[@SITE]` arguments, pictures of
+//!   steps (what the commands of `cli::rewrite` and derivations share).
 //! - [`derive`]: derivation files replayed step by step; [`taxonomy`]: the graph of the stdlib's
 //!   derivations from primordial attention; [`enumerate`]: the 14-mechanism recombination.
 
 pub mod term;
 pub mod rule;
-pub mod cli;
+pub mod input;
 pub mod verify;
 pub mod derive;
 pub mod enumerate;

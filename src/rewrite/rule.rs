@@ -13,6 +13,7 @@
 //! not type is refused at that site.
 
 use super::term::{NodeKind, Port, Term, map_op};
+use crate::error::Error;
 use crate::ir::size::Size;
 use crate::ir::{
     AxisId, AxisInfo, AxisTable, Callee, Const, HyperType, Op, ParamSpec, Program, RuleClass,
@@ -49,7 +50,7 @@ pub fn stdlib_rule_modules() -> Vec<String> {
 
 impl RuleBook {
     /// The stdlib's rules.
-    pub fn stdlib() -> Result<RuleBook, String> {
+    pub fn stdlib() -> Result<RuleBook, Error> {
         let mut book = RuleBook::default();
         for m in stdlib_rule_modules() {
             let (path, text) = crate::stdlib::module(&m).expect("listed module exists");
@@ -60,38 +61,41 @@ impl RuleBook {
 
     /// Adds the rules of a `.diag` file's text. Ill-typed rules are an error with the checker's
     /// report.
-    pub fn add_text(&mut self, name: &str, text: &str) -> Result<(), String> {
-        let outcome = crate::driver::check_text(name, text);
+    pub fn add_text(&mut self, name: &str, text: &str) -> Result<(), Error> {
+        let outcome = crate::session::check_text(name, text);
         if !outcome.checked.is_ok() {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "the rules in {name} do not check:\n{}",
                 outcome.plain_report()
-            ));
+            )));
         }
         self.add_program(name, &outcome.checked.program)
     }
 
-    pub fn add_program(&mut self, origin: &str, p: &Program) -> Result<(), String> {
+    pub fn add_program(&mut self, origin: &str, p: &Program) -> Result<(), Error> {
         for r in &p.rules {
             if self.get(&r.name).is_some() {
-                return Err(format!("rule `{}` ({origin}) is defined twice", r.name));
+                return Err(Error::Rewrite(format!(
+                    "rule `{}` ({origin}) is defined twice",
+                    r.name
+                )));
             }
             let lhs = Term::from_rule_side(&r.lhs, &p.axes)
-                .map_err(|e| format!("rule `{}`: {e}", r.name))?;
+                .map_err(|e| Error::Rewrite(format!("rule `{}`: {e}", r.name)))?;
             let rhs = Term::from_rule_side(&r.rhs, &p.axes)
-                .map_err(|e| format!("rule `{}`: {e}", r.name))?;
+                .map_err(|e| Error::Rewrite(format!("rule `{}`: {e}", r.name)))?;
             if lhs.outputs.len() != 1 {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "rule `{}`: a left side has exactly one output (it has {})",
                     r.name,
                     lhs.outputs.len()
-                ));
+                )));
             }
             if matches!(lhs.nodes[lhs.outputs[0].node].kind, NodeKind::Input(_)) {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "rule `{}`: the left side is a bare input, which would match everywhere",
                     r.name
-                ));
+                )));
             }
             let mut consts = Vec::new();
             let mut boxes = Vec::new();
@@ -436,7 +440,7 @@ pub fn find_matches(rule: &Rule, t: &Term) -> Vec<Match> {
 
 /// Replaces the match's left side by the rule's right side. The result is not yet checked
 /// (its new nodes have no types): call [`Term::recheck`].
-pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
+pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, Error> {
     let mut out = t.clone();
     let mut axes = m.axes.clone();
     let rhs = &rule.rhs;
@@ -476,13 +480,13 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
         }
     }
     let mut port_of: HashMap<usize, usize> = HashMap::new(); // rhs node -> new node
-    let map_port = |p: Port, port_of: &HashMap<usize, usize>| -> Result<Port, String> {
+    let map_port = |p: Port, port_of: &HashMap<usize, usize>| -> Result<Port, Error> {
         match &rhs.nodes[p.node].kind {
             NodeKind::Input(k) => m.vars[*k].ok_or_else(|| {
-                format!(
+                Error::Rewrite(format!(
                     "rule `{}`: the right side uses input `{}`, which the left side does not",
                     rule.name, rhs.inputs[*k].0
-                )
+                ))
             }),
             NodeKind::Box { .. } => Ok(Port {
                 node: port_of[&p.node],
@@ -499,10 +503,10 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, String> {
                 callee: Callee::Hyper(f),
                 ..
             } if rule.boxes.contains(f) => m.boxes.get(f).cloned().ok_or_else(|| {
-                format!(
+                Error::Rewrite(format!(
                     "rule `{}`: the right side uses box variable `{f}` unbound",
                     rule.name
-                )
+                ))
             })?,
             _ => {
                 let op = map_op(op, &mut |a| fresh(a, &mut axes, &mut out.axes), &m.consts);
@@ -586,30 +590,30 @@ impl Site {
 }
 
 /// Applies `rule` at `site` (the first match when `None`) and re-checks the result.
-pub fn apply(book: &RuleBook, t: &Term, rule: &str, site: Option<&Site>) -> Result<Step, String> {
+pub fn apply(book: &RuleBook, t: &Term, rule: &str, site: Option<&Site>) -> Result<Step, Error> {
     let r = book.get(rule).ok_or_else(|| {
         let names: Vec<&str> = book.rules.iter().map(|r| r.name.as_str()).collect();
         match crate::diagnostic::closest(rule, names.iter().copied()) {
-            Some(c) => format!("no rule `{rule}` (did you mean `{c}`?)"),
-            None => format!("no rule `{rule}`"),
+            Some(c) => Error::Usage(format!("no rule `{rule}` (did you mean `{c}`?)")),
+            None => Error::Usage(format!("no rule `{rule}`")),
         }
     })?;
     let matches = find_matches(r, t);
     if matches.is_empty() {
-        return Err(format!(
+        return Err(Error::Rewrite(format!(
             "rule `{rule}` does not apply anywhere in `{}`",
             t.name
-        ));
+        )));
     }
     let (index, m) = match site {
         None => (1, &matches[0]),
         Some(Site::Index(n)) => {
             if *n == 0 || *n > matches.len() {
-                return Err(format!(
+                return Err(Error::Rewrite(format!(
                     "rule `{rule}` applies at {} site(s) in `{}`; there is no site {n}",
                     matches.len(),
                     t.name
-                ));
+                )));
             }
             (*n, &matches[n - 1])
         }
@@ -620,19 +624,21 @@ pub fn apply(book: &RuleBook, t: &Term, rule: &str, site: Option<&Site>) -> Resu
             match found {
                 Some((i, m)) => (i + 1, m),
                 None => {
-                    return Err(format!(
+                    return Err(Error::Rewrite(format!(
                         "rule `{rule}` does not apply at wire `{w}` (it applies at {} site(s); \
                          give a number or the name of the wire the rule's left side outputs)",
                         matches.len()
-                    ));
+                    )));
                 }
             }
         }
     };
     let replaced = replace(r, t, m)?;
-    let (after, _) = replaced
-        .recheck()
-        .map_err(|e| format!("rule `{rule}` at site {index}: the result does not type:\n{e}"))?;
+    let (after, _) = replaced.recheck().map_err(|e| {
+        Error::Rewrite(format!(
+            "rule `{rule}` at site {index}: the result does not type:\n{e}"
+        ))
+    })?;
     Ok(Step {
         rule: rule.to_string(),
         class: r.class,

@@ -10,6 +10,7 @@
 
 use super::derive::{self, Derivation};
 use super::rule::RuleBook;
+use crate::error::Error;
 use crate::ir::RuleClass;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,12 +85,15 @@ fn title(module: &str) -> String {
 
 /// Replays every stdlib derivation and builds the graph. Fails, naming the derivation, when one
 /// does not replay.
-pub fn build(book: &RuleBook) -> Result<Taxonomy, String> {
+pub fn build(book: &RuleBook) -> Result<Taxonomy, Error> {
     let mut edges = Vec::new();
     for (name, text) in derive::STDLIB {
-        let d: Derivation = derive::parse(text).map_err(|e| format!("{name}: {e}"))?;
+        let d: Derivation =
+            derive::parse(text).map_err(|e| Error::Rewrite(format!("{name}: {e}")))?;
         let Some((end, _)) = &d.end else {
-            return Err(format!("{name}: a taxonomy edge needs an `end` line"));
+            return Err(Error::Rewrite(format!(
+                "{name}: a taxonomy edge needs an `end` line"
+            )));
         };
         let mut steps = Vec::new();
         derive::replay(&d, book, &mut |_, c| {
@@ -98,7 +102,7 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, String> {
                 class: class_name(c.step.class),
             })
         })
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|e| Error::Rewrite(format!("{name}: {e}")))?;
         let class = ["specialise", "expressive"]
             .into_iter()
             .find(|k| steps.iter().any(|s| s.class == *k))
@@ -118,7 +122,9 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, String> {
         names.insert(e.to.clone());
     }
     if !names.contains(ROOT) {
-        return Err(format!("no derivation starts at the root `{ROOT}`"));
+        return Err(Error::Rewrite(format!(
+            "no derivation starts at the root `{ROOT}`"
+        )));
     }
     // Longest path from the root (the graph is small; relax until nothing changes, bounded by
     // the number of nodes so that a cycle cannot hang it).
@@ -142,9 +148,9 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, String> {
         .filter(|n| !depth.contains_key(n.as_str()))
         .collect();
     if let Some(n) = unreachable.first() {
-        return Err(format!(
+        return Err(Error::Rewrite(format!(
             "`{n}` is in a derivation but not reached from `{ROOT}`"
-        ));
+        )));
     }
     let nodes: Vec<Node> = names
         .iter()

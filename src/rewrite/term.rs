@@ -7,6 +7,7 @@
 //! and every rewrite re-checks that text with the real checker ([`Term::recheck`]), so a rewrite
 //! result is always a checked diagram with every wire typed.
 
+use crate::error::Error;
 use crate::ir::size::Size;
 use crate::ir::{
     AxisId, AxisTable, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec, Program,
@@ -65,26 +66,25 @@ pub struct Term {
 }
 
 /// Why a diagram cannot become a term.
-pub type TermError = String;
 
 impl Term {
     /// The term of a checked diagram of `program`.
-    pub fn from_diagram(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
+    pub fn from_diagram(d: &Diagram, axes: &AxisTable) -> Result<Term, Error> {
         Term::build(d, axes, false, None, 0)
     }
 
     /// The term of diagram `name` of `p`, with calls of other diagrams (without
     /// hyperparameters) written in place.
-    pub fn from_program(p: &Program, name: &str) -> Result<Term, TermError> {
+    pub fn from_program(p: &Program, name: &str) -> Result<Term, Error> {
         let d = p
             .diagram(name)
-            .ok_or_else(|| format!("no diagram `{name}`"))?;
+            .ok_or_else(|| Error::Rewrite(format!("no diagram `{name}`")))?;
         Term::build(d, &p.axes, false, Some(p), 0)
     }
 
     /// The term of one side of a rule: calls of its diagram-valued hyperparameters (box
     /// variables) are allowed.
-    pub fn from_rule_side(d: &Diagram, axes: &AxisTable) -> Result<Term, TermError> {
+    pub fn from_rule_side(d: &Diagram, axes: &AxisTable) -> Result<Term, Error> {
         Term::build(d, axes, true, None, 0)
     }
 
@@ -94,18 +94,21 @@ impl Term {
         rule: bool,
         program: Option<&Program>,
         depth: usize,
-    ) -> Result<Term, TermError> {
+    ) -> Result<Term, Error> {
         if depth > 32 {
-            return Err(format!("calls nest more than 32 deep at `{}`", d.name));
+            return Err(Error::Rewrite(format!(
+                "calls nest more than 32 deep at `{}`",
+                d.name
+            )));
         }
         if d.regions
             .iter()
             .any(|r| matches!(r.kind, RegionKind::Repeat(_)))
         {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "diagram `{}` has a `repeat` block; rewriting works on diagrams without one",
                 d.name
-            ));
+            )));
         }
         if !rule
             && let Some(h) = d
@@ -113,11 +116,11 @@ impl Term {
                 .iter()
                 .find(|h| matches!(h.ty, HyperType::Diagram { .. }))
         {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "diagram `{}` takes the diagram-valued hyperparameter `{}`; rewrite the diagram \
                  it is given instead",
                 d.name, h.name
-            ));
+            )));
         }
         let low = lower::lower_simd(d);
         let mut nodes: Vec<Node> = Vec::new();
@@ -215,17 +218,17 @@ impl Term {
                     let name = match callee {
                         Callee::Diagram(n) | Callee::Hyper(n) => n,
                     };
-                    return Err(format!(
+                    return Err(Error::Rewrite(format!(
                         "diagram `{}` calls `{name}`; rewriting works on diagrams without calls \
                          (write the callee's boxes in place)",
                         d.name
-                    ));
+                    )));
                 }
                 Op::Exec(_) => {
-                    return Err(format!(
+                    return Err(Error::Rewrite(format!(
                         "diagram `{}` is an executable instance, not a source diagram",
                         d.name
-                    ));
+                    )));
                 }
                 _ => {}
             }
@@ -607,19 +610,19 @@ impl Term {
 
     /// Prints the term and checks the text: the result is the term of the checked diagram, with
     /// every node typed. `Err` carries the rendered diagnostics (a rewrite that broke typing).
-    pub fn recheck(&self) -> Result<(Term, Program), String> {
+    pub fn recheck(&self) -> Result<(Term, Program), Error> {
         let text = self.to_text();
-        let outcome = crate::driver::check_text(&format!("<rewrite of {}>", self.name), &text);
+        let outcome = crate::session::check_text(&format!("<rewrite of {}>", self.name), &text);
         if !outcome.checked.is_ok() {
-            return Err(format!(
+            return Err(Error::Rewrite(format!(
                 "{}\nin the rewritten text:\n{text}",
                 outcome.plain_report()
-            ));
+            )));
         }
         let program = outcome.checked.program;
-        let d = program
-            .diagram(&self.name)
-            .ok_or_else(|| format!("the rewritten text lost diagram `{}`", self.name))?;
+        let d = program.diagram(&self.name).ok_or_else(|| {
+            Error::Rewrite(format!("the rewritten text lost diagram `{}`", self.name))
+        })?;
         let t = Term::from_diagram(d, &program.axes)?;
         Ok((t, program))
     }

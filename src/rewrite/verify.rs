@@ -6,6 +6,7 @@
 
 use super::term::Term;
 use crate::backend::cpu::{harness, interp};
+use crate::error::Error;
 use crate::ir::Program;
 use crate::ir::instance::{Bindings, Instance, instantiate};
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ pub enum Agreement {
 /// The tolerance under which two diagrams are called numerically equal (f64 interpreter).
 pub const TOLERANCE: f64 = 1e-9;
 
-fn checked(t: &Term) -> Result<Program, String> {
+fn checked(t: &Term) -> Result<Program, Error> {
     t.recheck().map(|(_, p)| p)
 }
 
@@ -33,7 +34,7 @@ fn sizes(
     b: &Program,
     name_a: &str,
     name_b: &str,
-) -> Result<(Instance, Instance), String> {
+) -> Result<(Instance, Instance), Error> {
     let mut free: Vec<String> = Vec::new();
     for p in [a, b] {
         for ax in &p.axes.axes {
@@ -72,14 +73,16 @@ fn sizes(
             instantiate(b, name_b, &only(b)),
         ) {
             (Ok(x), Ok(y)) => return Ok((x, y)),
-            (Err(e), _) | (_, Err(e)) => last = e,
+            (Err(e), _) | (_, Err(e)) => last = e.to_string(),
         }
     }
-    Err(format!("no small sizes instantiate both diagrams: {last}"))
+    Err(Error::Rewrite(format!(
+        "no small sizes instantiate both diagrams: {last}"
+    )))
 }
 
 /// Compares two terms with the same boundary on a few seeds.
-pub fn compare(a: &Term, b: &Term) -> Result<Agreement, String> {
+pub fn compare(a: &Term, b: &Term) -> Result<Agreement, Error> {
     let (pa, pb) = (checked(a)?, checked(b)?);
     compare_programs(&pa, &a.name, &pb, &b.name)
 }
@@ -90,7 +93,7 @@ pub fn compare_programs(
     na: &str,
     pb: &Program,
     nb: &str,
-) -> Result<Agreement, String> {
+) -> Result<Agreement, Error> {
     let (ia, ib) = sizes(pa, pb, na, nb)?;
     let shapes = |i: &Instance| -> Vec<Vec<usize>> {
         i.params
@@ -115,7 +118,7 @@ pub fn compare_programs(
                 harness::random_inputs(i, seed),
                 Default::default(),
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| Error::Rewrite(e.to_string()))
         };
         let (oa, ob) = (run(&ia)?, run(&ib)?);
         for (x, y) in oa.into_iter().zip(ob) {
@@ -125,14 +128,14 @@ pub fn compare_programs(
                 .iter()
                 .map(|ax| {
                     let name = ia.axes.name(*ax);
-                    ib.axes
-                        .lookup(name)
-                        .ok_or_else(|| format!("output axis `{name}` is missing on one side"))
+                    ib.axes.lookup(name).ok_or_else(|| {
+                        Error::Rewrite(format!("output axis `{name}` is missing on one side"))
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             let y = y.aligned(&order);
             if x.data.shape() != y.data.shape() {
-                return Err("the outputs have different shapes".into());
+                return Err(Error::Rewrite("the outputs have different shapes".into()));
             }
             for (u, v) in x.data.iter().zip(y.data.iter()) {
                 let e = (u - v).abs() / u.abs().max(1.0);
@@ -149,7 +152,7 @@ pub fn compare_programs(
 
 /// Checks every `equal` rule of a program numerically: `Ok` says how it was checked, `Err` that
 /// its sides differ (or could not be run).
-pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, String>)> {
+pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, Error>)> {
     let mut out = Vec::new();
     for r in &p.rules {
         if r.class != crate::ir::RuleClass::Equal {
@@ -178,10 +181,10 @@ pub fn verify_rules(p: &Program) -> Vec<(String, Result<String, String>)> {
                 Agreement::Agree(e) if e <= TOLERANCE => {
                     Ok(format!("both sides agree numerically (worst {e:.1e})"))
                 }
-                Agreement::Agree(e) => Err(format!(
+                Agreement::Agree(e) => Err(Error::Rewrite(format!(
                     "declared `equal`, but its sides differ numerically (worst relative error \
                      {e:.3e}); if they are equal only as function classes, say `expressive`"
-                )),
+                ))),
                 Agreement::Incomparable(why) => Ok(format!(
                     "not compared pointwise: {why} (an equality of function classes)"
                 )),

@@ -8,6 +8,7 @@ use super::run::cpu_step;
 use crate::backend::cpu::exec::{Plan, PlanOptions, by_kind};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
+use crate::error::Error;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -41,9 +42,9 @@ impl BenchReport {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64()
+/// The median of durations, in seconds.
+fn median_secs(v: Vec<Duration>) -> f64 {
+    median(v.iter().map(Duration::as_secs_f64).collect())
 }
 
 /// Times `steps` training steps (after one warm-up step). With `fuse_attention`, the model's
@@ -54,7 +55,7 @@ pub fn bench(
     seed: u64,
     jit: bool,
     fuse_attention: bool,
-) -> Result<BenchReport, String> {
+) -> Result<BenchReport, Error> {
     let tg = train_graph_with(cfg, fuse_attention)?;
     let f = &tg.forward;
     let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
@@ -64,7 +65,7 @@ pub fn bench(
     let grad_of: Vec<usize> = (0..np)
         .map(|k| tg.gradient.grad_of[2 + k])
         .collect::<Option<_>>()
-        .ok_or("a parameter has no gradient")?;
+        .ok_or_else(|| Error::Plan("a parameter has no gradient".into()))?;
     let mut params: Vec<Vec<f32>> = flat.drain(2..2 + np).collect();
     let (ids, targets) = (&flat[0], &flat[1]);
     let lengths: Vec<usize> = params.iter().map(Vec::len).collect();
@@ -97,7 +98,7 @@ pub fn bench(
     };
     let timed = plan
         .run_timed(&mut ws, &refs, opts)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Plan(e.to_string()))?;
     let profile = by_kind(&timed)
         .into_iter()
         .map(|(k, d, n)| (k, d.as_secs_f64(), n))
@@ -107,11 +108,11 @@ pub fn bench(
         .map(|t| (t.label.to_string(), t.kind, t.time.as_secs_f64(), t.flops))
         .collect();
     steps.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let update = median(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
+    let update = median_secs(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
     Ok(BenchReport {
         params: nparams,
-        fwd_bwd: median(fb),
-        step: median(full),
+        fwd_bwd: median_secs(fb),
+        step: median_secs(full),
         tokens_per_step: cfg.batch * cfg.bptt,
         workspace: plan.peak_bytes(),
         workspace_no_reuse: plan.no_reuse_bytes(),
@@ -120,4 +121,74 @@ pub fn bench(
         steps,
         update,
     })
+}
+
+/// The PyTorch peer of `diagc bench`: `DIAGC_PYTORCH_SCRIPT` when set, else
+/// `bench/pytorch_lm_step.py` of the source tree diagc was built from (never a path relative to
+/// the working directory).
+pub fn pytorch_script() -> std::path::PathBuf {
+    match std::env::var_os("DIAGC_PYTORCH_SCRIPT") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_lm_step.py"),
+    }
+}
+
+/// Runs the PyTorch peer ([`pytorch_script`]) for `cfg` with `extra` arguments; its JSON line.
+pub fn run_pytorch(
+    cfg: &ModelConfig,
+    steps: usize,
+    extra: &[&str],
+) -> Result<serde_json::Value, Error> {
+    let script = pytorch_script();
+    if !script.is_file() {
+        return Err(Error::External(format!(
+            "the PyTorch peer {} is missing (set DIAGC_PYTORCH_SCRIPT to its path)",
+            script.display()
+        )));
+    }
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--mech", &cfg.mech, "--layers", &cfg.layers.to_string()])
+        .args([
+            "--batch",
+            &cfg.batch.to_string(),
+            "--bptt",
+            &cfg.bptt.to_string(),
+        ])
+        .args(["--steps", &steps.to_string(), "--json"])
+        .args(extra)
+        .output()
+        .map_err(|e| Error::External(format!("cannot run python3: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::External(format!(
+            "the PyTorch side failed (is torch installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        )));
+    }
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_str(&line).map_err(|_| {
+        Error::External(format!(
+            "could not read the PyTorch script's output: {line}"
+        ))
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count; NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

@@ -4,6 +4,7 @@
 //! file in the same directory, flushed to disk, then renamed over the old one, so an
 //! interruption leaves the previous checkpoint intact.
 
+use crate::error::Error;
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -65,7 +66,7 @@ pub fn paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Saves a checkpoint: the tensor file first, then the sidecar that names its checksum.
-pub fn save(dir: &Path, stem: &str, ck: &Checkpoint) -> Result<(), String> {
+pub fn save(dir: &Path, stem: &str, ck: &Checkpoint) -> Result<(), Error> {
     let bytes: Vec<Vec<u8>> = ck
         .tensors
         .iter()
@@ -74,52 +75,55 @@ pub fn save(dir: &Path, stem: &str, ck: &Checkpoint) -> Result<(), String> {
     let mut views = Vec::new();
     for ((group, t), b) in ck.tensors.iter().zip(&bytes) {
         let v = TensorView::new(Dtype::F32, t.shape.clone(), b)
-            .map_err(|e| format!("tensor {}: {e}", t.name))?;
+            .map_err(|e| Error::Checkpoint(format!("tensor {}: {e}", t.name)))?;
         views.push((format!("{group}/{}", t.name), v));
     }
-    let data = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    let data = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let (tpath, jpath) = paths(dir, stem);
-    write_atomic(&tpath, &data).map_err(|e| format!("cannot write {}: {e}", tpath.display()))?;
+    write_atomic(&tpath, &data)
+        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", tpath.display())))?;
     let mut side = ck.sidecar.clone();
     side["tensors_sha256"] = serde_json::json!(hex(&data));
-    let text = serde_json::to_string_pretty(&side).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&side).map_err(|e| Error::Checkpoint(e.to_string()))?;
     write_atomic(&jpath, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", jpath.display()))
+        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", jpath.display())))
 }
 
 /// Loads a checkpoint, refusing a tensor file whose checksum is not the sidecar's.
-pub fn load(dir: &Path, stem: &str) -> Result<Checkpoint, String> {
+pub fn load(dir: &Path, stem: &str) -> Result<Checkpoint, Error> {
     let (tpath, jpath) = paths(dir, stem);
     let text = std::fs::read_to_string(&jpath)
-        .map_err(|e| format!("cannot read {}: {e}", jpath.display()))?;
-    let mut sidecar: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{} is corrupt: {e}", jpath.display()))?;
-    let data =
-        std::fs::read(&tpath).map_err(|e| format!("cannot read {}: {e}", tpath.display()))?;
+        .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", jpath.display())))?;
+    let mut sidecar: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", jpath.display())))?;
+    let data = std::fs::read(&tpath)
+        .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", tpath.display())))?;
     let want = sidecar["tensors_sha256"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     if hex(&data) != want {
-        return Err(format!(
+        return Err(Error::Checkpoint(format!(
             "{} is corrupt: its checksum does not match {}",
             tpath.display(),
             jpath.display()
-        ));
+        )));
     }
     if let Some(o) = sidecar.as_object_mut() {
         o.remove("tensors_sha256");
     }
     let st = safetensors::SafeTensors::deserialize(&data)
-        .map_err(|e| format!("{} is corrupt: {e}", tpath.display()))?;
+        .map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", tpath.display())))?;
     // Keep the file's order of names stable: sorted (safetensors stores a map).
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     let mut tensors = Vec::new();
     for full in names {
-        let v = st.tensor(&full).map_err(|e| e.to_string())?;
+        let v = st
+            .tensor(&full)
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
         if v.dtype() != Dtype::F32 {
-            return Err(format!("{full}: not f32"));
+            return Err(Error::Checkpoint(format!("{full}: not f32")));
         }
         let data: Vec<f32> = v
             .data()

@@ -7,6 +7,7 @@
 //! Nothing is downloaded: a missing or corrupt file (a checksum mismatch counts as corrupt) is an
 //! error that names where diagc looked and how to get the data.
 
+use crate::error::Error;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,15 +40,6 @@ pub fn data_dir(flag: Option<&Path>) -> PathBuf {
         return PathBuf::from(p);
     }
     PathBuf::from("../shared/data/ptb")
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataError(pub String);
-
-impl std::fmt::Display for DataError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 const HOW_TO_GET: &str = "diagc needs Mikolov's word-level Penn Treebank (ptb.train.txt, ptb.valid.txt, \
@@ -96,10 +88,10 @@ pub struct Corpus {
 }
 
 /// Reads one file, checking its SHA-256.
-fn read_checked(dir: &Path, name: &str, sha: &str) -> Result<String, DataError> {
+fn read_checked(dir: &Path, name: &str, sha: &str) -> Result<String, Error> {
     let path = dir.join(name);
     let bytes = std::fs::read(&path).map_err(|e| {
-        DataError(format!(
+        Error::Data(format!(
             "cannot read {} ({e}); {HOW_TO_GET}",
             path.display()
         ))
@@ -109,13 +101,13 @@ fn read_checked(dir: &Path, name: &str, sha: &str) -> Result<String, DataError> 
         .map(|b| format!("{b:02x}"))
         .collect();
     if got != sha {
-        return Err(DataError(format!(
+        return Err(Error::Data(format!(
             "{} is corrupt or not the standard file: its SHA-256 is {got}, expected {sha}; {HOW_TO_GET}",
             path.display()
         )));
     }
     String::from_utf8(bytes).map_err(|_| {
-        DataError(format!(
+        Error::Data(format!(
             "{} is not UTF-8 text; {HOW_TO_GET}",
             path.display()
         ))
@@ -130,7 +122,7 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = &str> {
 
 impl Corpus {
     /// Loads and checks the three files of `dir`.
-    pub fn load(dir: &Path) -> Result<Corpus, DataError> {
+    pub fn load(dir: &Path) -> Result<Corpus, Error> {
         let texts: Vec<String> = FILES
             .iter()
             .map(|(n, sha)| read_checked(dir, n, sha))

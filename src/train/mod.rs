@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod run;

@@ -3,6 +3,7 @@
 //! gradient diagram. Both are IR, so any backend runs them.
 
 use crate::autodiff::{self, Gradient};
+use crate::error::Error;
 use crate::ir::build::Graph;
 use crate::ir::instance::{self, Bindings, HyperValue, Instance};
 use crate::ir::{Const, ExecOp, Op, WireType};
@@ -45,26 +46,22 @@ pub struct TrainGraph {
 }
 
 /// Checks the stdlib LM with the chosen mechanism and instantiates it at `cfg`'s sizes.
-pub fn language_model(cfg: &ModelConfig) -> Result<Instance, String> {
+pub fn language_model(cfg: &ModelConfig) -> Result<Instance, Error> {
     let (program, mech) = if cfg.mech.ends_with(".diag") {
         user_mechanism(std::path::Path::new(&cfg.mech))?
     } else {
         let known: Vec<String> = crate::stdlib::mechanisms().collect();
         if !known.contains(&cfg.mech) {
-            return Err(format!(
+            return Err(Error::Usage(format!(
                 "unknown mechanism `{}`; the stdlib has: {} (or give a path to a .diag file)",
                 cfg.mech,
                 known.join(", ")
-            ));
+            )));
         }
-        let (path, text) = crate::stdlib::module("lm").ok_or("the stdlib has no lm.diag")?;
-        let mut sources = crate::source::SourceMap::new();
-        let root = sources.add(format!("<stdlib>/{path}"), text);
         let module = format!("attention.{}", cfg.mech);
-        let checked = crate::check::check_with(&mut sources, root, &[module.as_str()]);
-        if let Some(d) = checked.diagnostics.first() {
-            return Err(crate::report::render(d, &sources, false));
-        }
+        let checked = crate::session::check_stdlib("lm", &[module.as_str()])?
+            .ok_or_error("")?
+            .checked;
         (checked.program, cfg.mech.clone())
     };
     let sizes = [
@@ -93,15 +90,9 @@ pub fn language_model(cfg: &ModelConfig) -> Result<Instance, String> {
 /// A mechanism from a user's file: the file is checked (its diagnostics are the error) with the
 /// stdlib LM loaded beside it; the mechanism is the diagram named like the file, else the only
 /// diagram of the file with the boundary `([tok, dm]) -> [tok, dm]`.
-fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String), String> {
-    let o = crate::driver::check_path_with(path, &["lm"])?;
-    if !o.checked.diagnostics.is_empty() {
-        return Err(format!(
-            "{} has errors:\n{}",
-            path.display(),
-            o.plain_report()
-        ));
-    }
+fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String), Error> {
+    let o = crate::session::check_path_with(path, &["lm"])?
+        .ok_or_error(format!("{} has errors", path.display()))?;
     let p = o.checked.program;
     let root = crate::source::FileId(0);
     let stem = path
@@ -132,11 +123,11 @@ fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String)
     let own: Vec<&crate::ir::Diagram> = p.diagrams.iter().filter(|d| d.span.file == root).collect();
     let name = if let Some(d) = own.iter().find(|d| d.name == stem) {
         if !boundary(d) {
-            return Err(format!(
+            return Err(Error::Usage(format!(
                 "`{}` in {} is not a mechanism: it must take and return [tok, dm]",
                 d.name,
                 path.display()
-            ));
+            )));
         }
         d.name.clone()
     } else {
@@ -144,18 +135,18 @@ fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String)
         match fits.as_slice() {
             [d] => d.name.clone(),
             [] => {
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "{} defines no diagram from [tok, dm] to [tok, dm]",
                     path.display()
-                ));
+                )));
             }
             many => {
                 let names: Vec<&str> = many.iter().map(|d| d.name.as_str()).collect();
-                return Err(format!(
+                return Err(Error::Usage(format!(
                     "{} defines several mechanisms ({}); name the file after the one to train",
                     path.display(),
                     names.join(", ")
-                ));
+                )));
             }
         }
     };
@@ -164,14 +155,16 @@ fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String)
 
 /// Appends the mean cross-entropy of `targets` (a new data input after the ids, typed like the
 /// ids) under the instance's single output (logits over `classes`).
-pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, String> {
+pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, Error> {
     let classes = inst
         .axes
         .lookup(classes)
-        .ok_or_else(|| format!("no axis `{classes}`"))?;
+        .ok_or_else(|| Error::Usage(format!("no axis `{classes}`")))?;
     let d = &inst.diagram;
     if d.outputs.len() != 1 || inst.data_inputs != 1 {
-        return Err("the loss needs one data input (ids) and one output (logits)".into());
+        return Err(Error::Usage(
+            "the loss needs one data input (ids) and one output (logits)".into(),
+        ));
     }
     let ids_ty = d.wire(d.inputs[0]).ty.clone();
     let mut g = Graph::default();
@@ -230,14 +223,14 @@ pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, String> {
 }
 
 /// The batched LM with its loss, and the gradient diagram.
-pub fn train_graph(cfg: &ModelConfig) -> Result<TrainGraph, String> {
+pub fn train_graph(cfg: &ModelConfig) -> Result<TrainGraph, Error> {
     train_graph_with(cfg, false)
 }
 
 /// [`train_graph`], with causal dot-product attention fused into one box per layer when
 /// `fuse_attention` (`ir::fuse`: the same function, computed without materialising the
 /// scores; what the CUDA backend runs, on flash-attention kernels).
-pub fn train_graph_with(cfg: &ModelConfig, fuse_attention: bool) -> Result<TrainGraph, String> {
+pub fn train_graph_with(cfg: &ModelConfig, fuse_attention: bool) -> Result<TrainGraph, Error> {
     let lm = language_model(cfg)?;
     let batched = instance::lift_batch(&lm, "batch", cfg.batch)?;
     let mut forward = with_loss(&batched, "vocab")?;

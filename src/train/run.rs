@@ -17,6 +17,7 @@ use crate::autodiff;
 use crate::backend::cpu::exec::{Plan, PlanOptions, Workspace};
 use crate::backend::cpu::harness::Rng;
 use crate::backend::cpu::interp::RunOptions;
+use crate::error::Error;
 use crate::ir::instance::{Init, Instance, lift_batch};
 use std::collections::HashMap;
 use std::io::Write;
@@ -100,7 +101,7 @@ pub struct Trainer {
 /// plan per window length, with the evaluation whose parameters it holds.
 struct GpuTraining {
     gpu: crate::backend::cuda::runtime::Gpu,
-    steps: HashMap<usize, (crate::backend::cuda::train::GpuStep, Vec<String>)>,
+    steps: HashMap<usize, (crate::train::gpu::GpuStep, Vec<String>)>,
     live: Option<usize>,
     evals: HashMap<usize, (crate::backend::cuda::runtime::GpuPlan, Vec<String>, u64)>,
     /// Counts evaluations (`perplexity` calls), so that each uploads the parameters once.
@@ -178,8 +179,8 @@ fn layout(tokens: &[u32], len: usize, columns: usize, axes: &[String]) -> Vec<f3
 
 impl Trainer {
     /// A fresh run: loads the data and initialises the parameters.
-    pub fn new(cfg: TrainConfig, data_dir: &Path) -> Result<Trainer, String> {
-        let mut corpus = Corpus::load(data_dir).map_err(|e| e.0)?;
+    pub fn new(cfg: TrainConfig, data_dir: &Path) -> Result<Trainer, Error> {
+        let mut corpus = Corpus::load(data_dir)?;
         if let Some(n) = cfg.train_tokens {
             corpus.train.truncate(n);
         }
@@ -199,7 +200,9 @@ impl Trainer {
         let adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
         let train = batchify(&corpus.train, cfg.model.batch);
         if train.rows < 2 {
-            return Err("the training split is too small for this batch size".into());
+            return Err(Error::Train(
+                "the training split is too small for this batch size".into(),
+            ));
         }
         Ok(Trainer {
             cfg,
@@ -239,11 +242,14 @@ impl Trainer {
     }
 
     /// Brings the parameters and Adam's state back from the GPU, if it holds them.
-    pub fn sync_from_gpu(&mut self) -> Result<(), String> {
+    pub fn sync_from_gpu(&mut self) -> Result<(), Error> {
         if let Some(g) = &mut self.gpu
             && let Some(len) = g.live.take()
         {
-            let (step, _) = g.steps.get(&len).ok_or("no GPU step for the live length")?;
+            let (step, _) = g
+                .steps
+                .get(&len)
+                .ok_or_else(|| Error::Train("no GPU step for the live length".into()))?;
             step.store_state(&g.gpu, &mut self.params, &mut self.adam)?;
         }
         Ok(())
@@ -251,7 +257,7 @@ impl Trainer {
 
     /// [`Trainer::train_step`] on the GPU: the step of this window length (built on first use)
     /// takes the live state, then runs as one CUDA graph.
-    fn train_step_gpu(&mut self, w: &Window, seed: u64, lr: f64) -> Result<f64, String> {
+    fn train_step_gpu(&mut self, w: &Window, seed: u64, lr: f64) -> Result<f64, Error> {
         let len = w.len;
         let needs = self
             .gpu
@@ -264,25 +270,35 @@ impl Trainer {
             let gradient = autodiff::gradient(&forward.diagram)?;
             let axes = ids_axes(&forward);
             let tg = super::model::TrainGraph { forward, gradient };
-            let g = self.gpu.as_mut().ok_or("no GPU")?;
-            let step = crate::backend::cuda::train::GpuStep::new(
-                &g.gpu,
-                &tg,
-                &self.params,
-                self.cfg.clip,
-            )?;
+            let g = self
+                .gpu
+                .as_mut()
+                .ok_or_else(|| Error::Train("no GPU".into()))?;
+            let step = crate::train::gpu::GpuStep::new(&g.gpu, &tg, &self.params, self.cfg.clip)?;
             g.steps.insert(len, (step, axes));
         }
         if self.gpu.as_ref().is_some_and(|g| g.live != Some(len)) {
             self.sync_from_gpu()?;
-            let g = self.gpu.as_mut().ok_or("no GPU")?;
-            let (step, _) = g.steps.get_mut(&len).ok_or("no GPU step")?;
+            let g = self
+                .gpu
+                .as_mut()
+                .ok_or_else(|| Error::Train("no GPU".into()))?;
+            let (step, _) = g
+                .steps
+                .get_mut(&len)
+                .ok_or_else(|| Error::Train("no GPU step".into()))?;
             step.load_state(&g.gpu, &self.params, &self.adam)?;
             g.live = Some(len);
         }
         let columns = self.cfg.model.batch;
-        let g = self.gpu.as_mut().ok_or("no GPU")?;
-        let (step, axes) = g.steps.get_mut(&len).ok_or("no GPU step")?;
+        let g = self
+            .gpu
+            .as_mut()
+            .ok_or_else(|| Error::Train("no GPU".into()))?;
+        let (step, axes) = g
+            .steps
+            .get_mut(&len)
+            .ok_or_else(|| Error::Train("no GPU step".into()))?;
         let ids = layout(&w.inputs, len, columns, axes);
         let targets = layout(&w.targets, len, columns, axes);
         step.set_batch(&g.gpu, &ids, &targets)?;
@@ -296,7 +312,7 @@ impl Trainer {
 
     /// The LM with its loss for windows of `len` tokens and `batch` columns: what the training
     /// plans (CPU and GPU) differentiate and the evaluation plans run.
-    fn loss_instance(&self, len: usize, batch: usize) -> Result<Instance, String> {
+    fn loss_instance(&self, len: usize, batch: usize) -> Result<Instance, Error> {
         let m = model_for(&self.cfg, self.corpus.vocab.len(), len, batch);
         with_loss(
             &lift_batch(&language_model(&m)?, "batch", m.batch)?,
@@ -305,12 +321,14 @@ impl Trainer {
     }
 
     /// The compiled training graph for windows of `len` tokens.
-    fn train_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
+    fn train_graph(&mut self, len: usize) -> Result<&mut Compiled, Error> {
         if !self.train_graphs.contains_key(&len) {
             let inst = self.loss_instance(len, self.cfg.model.batch)?;
             let names: Vec<&String> = inst.params.iter().map(|p| &p.name).collect();
             if names != self.names.iter().collect::<Vec<_>>() {
-                return Err("the parameters differ between window lengths (a bug)".into());
+                return Err(Error::Train(
+                    "the parameters differ between window lengths (a bug)".into(),
+                ));
             }
             let grad = autodiff::gradient(&inst.diagram)?;
             let grad_of = (0..self.names.len())
@@ -332,7 +350,7 @@ impl Trainer {
         Ok(self.train_graphs.get_mut(&len).expect("inserted"))
     }
 
-    fn eval_graph(&mut self, len: usize) -> Result<&mut Compiled, String> {
+    fn eval_graph(&mut self, len: usize) -> Result<&mut Compiled, Error> {
         if !self.eval_graphs.contains_key(&len) {
             let inst = self.loss_instance(len, self.cfg.eval_batch)?;
             let plan =
@@ -352,7 +370,7 @@ impl Trainer {
     }
 
     /// One training step on window `w`; returns the mean loss of the window.
-    pub fn train_step(&mut self, w: &Window) -> Result<f64, String> {
+    pub fn train_step(&mut self, w: &Window) -> Result<f64, Error> {
         let columns = self.cfg.model.batch;
         let seed = self
             .cfg
@@ -370,9 +388,9 @@ impl Trainer {
             let lr = noam(step, d, warmup, scale);
             let loss = self.train_step_gpu(w, seed, lr)?;
             if !loss.is_finite() {
-                return Err(format!(
+                return Err(Error::Train(format!(
                     "the loss became {loss} at step {step}; the last good checkpoint is kept"
-                ));
+                )));
             }
             self.step += 1;
             return Ok(loss);
@@ -381,7 +399,7 @@ impl Trainer {
         let g = self
             .train_graphs
             .get_mut(&w.len)
-            .ok_or("no plan for this window length")?;
+            .ok_or_else(|| Error::Train("no plan for this window length".into()))?;
         let ids = layout(&w.inputs, w.len, columns, &g.ids_axes);
         let targets = layout(&w.targets, w.len, columns, &g.ids_axes);
         let lr = noam(step, d, warmup, scale);
@@ -392,27 +410,27 @@ impl Trainer {
             (seed, lr, clip),
         )?;
         if !loss.is_finite() {
-            return Err(format!(
+            return Err(Error::Train(format!(
                 "the loss became {loss} at step {step}; the last good checkpoint is kept"
-            ));
+            )));
         }
         self.step += 1;
         Ok(loss as f64)
     }
 
     /// Perplexity on a split (`valid` or `test`): exp(total NLL / target tokens), eval mode.
-    pub fn perplexity(&mut self, split: &str) -> Result<f64, String> {
+    pub fn perplexity(&mut self, split: &str) -> Result<f64, Error> {
         self.sync_from_gpu()?;
         let tokens = match split {
             "valid" => self.corpus.valid.clone(),
             "test" => self.corpus.test.clone(),
-            other => return Err(format!("no split `{other}` (valid or test)")),
+            other => return Err(Error::Train(format!("no split `{other}` (valid or test)"))),
         };
         let b = batchify(&tokens, self.cfg.eval_batch);
         let (mut total, mut count) = (0.0f64, 0usize);
         let windows: Vec<Window> = b.windows(self.cfg.model.bptt).collect();
         if windows.is_empty() {
-            return Err(format!("the {split} split is too small"));
+            return Err(Error::Train(format!("the {split} split is too small")));
         }
         if self.gpu.is_some() {
             return self.perplexity_gpu(&windows);
@@ -439,7 +457,7 @@ impl Trainer {
                     count += n;
                 }
                 Err(e) => {
-                    result = Err(e.to_string());
+                    result = Err(e);
                     break;
                 }
             }
@@ -451,10 +469,13 @@ impl Trainer {
 
     /// [`Trainer::perplexity`] on the GPU: the LM with its loss (attention fused, as in
     /// training) as one CUDA graph per window length, the parameters uploaded once per call.
-    fn perplexity_gpu(&mut self, windows: &[Window]) -> Result<f64, String> {
+    fn perplexity_gpu(&mut self, windows: &[Window]) -> Result<f64, Error> {
         use crate::backend::cuda::runtime::{GpuPlan, LoadOptions};
         let columns = self.cfg.eval_batch;
-        let g = self.gpu.as_mut().ok_or("no GPU")?;
+        let g = self
+            .gpu
+            .as_mut()
+            .ok_or_else(|| Error::Train("no GPU".into()))?;
         g.evaluation += 1;
         let (mut total, mut count) = (0.0f64, 0usize);
         for w in windows {
@@ -466,14 +487,23 @@ impl Trainer {
                 let inst = crate::ir::fuse::fuse_attention(&self.loss_instance(w.len, columns)?).0;
                 let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
                 let axes = ids_axes(&inst);
-                let g = self.gpu.as_mut().ok_or("no GPU")?;
+                let g = self
+                    .gpu
+                    .as_mut()
+                    .ok_or_else(|| Error::Train("no GPU".into()))?;
                 let title = format!("evaluation, windows of {} tokens", w.len);
                 let gp = GpuPlan::new(&g.gpu, &plan, &title, LoadOptions::default())?;
                 g.evals.insert(w.len, (gp, axes, 0));
             }
             let params = &self.params;
-            let g = self.gpu.as_mut().ok_or("no GPU")?;
-            let (gp, axes, loaded) = g.evals.get_mut(&w.len).ok_or("no evaluation plan")?;
+            let g = self
+                .gpu
+                .as_mut()
+                .ok_or_else(|| Error::Train("no GPU".into()))?;
+            let (gp, axes, loaded) = g
+                .evals
+                .get_mut(&w.len)
+                .ok_or_else(|| Error::Train("no evaluation plan".into()))?;
             if *loaded != g.evaluation {
                 for (k, p) in params.iter().enumerate() {
                     gp.set_input(&g.gpu, 2 + k, p)?;
@@ -483,7 +513,11 @@ impl Trainer {
             gp.set_input(&g.gpu, 0, &layout(&w.inputs, w.len, columns, axes))?;
             gp.set_input(&g.gpu, 1, &layout(&w.targets, w.len, columns, axes))?;
             gp.run_graph(&g.gpu, false, 0)?;
-            let loss = gp.output(&g.gpu, 0)?.first().copied().ok_or("no loss")?;
+            let loss = gp
+                .output(&g.gpu, 0)?
+                .first()
+                .copied()
+                .ok_or_else(|| Error::Train("no loss".into()))?;
             let n = w.len * columns;
             total += loss as f64 * n as f64;
             count += n;
@@ -523,11 +557,11 @@ impl Trainer {
     }
 
     /// Restores the state of a checkpoint (made by a run with the same configuration).
-    pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), String> {
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), Error> {
         let s = &ck.sidecar;
         let get = |k: &str| {
             s[k].as_u64()
-                .ok_or_else(|| format!("the checkpoint lacks `{k}`"))
+                .ok_or_else(|| Error::Train(format!("the checkpoint lacks `{k}`")))
         };
         self.step = get("step")? as usize;
         self.epoch = get("epoch")? as usize;
@@ -539,18 +573,20 @@ impl Trainer {
                 .names
                 .iter()
                 .position(|n| *n == t.name)
-                .ok_or_else(|| format!("the checkpoint has an unknown tensor `{}`", t.name))?;
+                .ok_or_else(|| {
+                    Error::Train(format!("the checkpoint has an unknown tensor `{}`", t.name))
+                })?;
             if t.shape != self.shapes[k] {
-                return Err(format!(
+                return Err(Error::Train(format!(
                     "tensor `{}` has shape {:?}, the model {:?}",
                     t.name, t.shape, self.shapes[k]
-                ));
+                )));
             }
             let dst = match group.as_str() {
                 "param" => &mut self.params[k],
                 "adam_m" => &mut self.adam.m[k],
                 "adam_v" => &mut self.adam.v[k],
-                other => return Err(format!("unknown tensor group `{other}`")),
+                other => return Err(Error::Train(format!("unknown tensor group `{other}`"))),
             };
             dst.copy_from_slice(&t.data);
         }
@@ -559,18 +595,13 @@ impl Trainer {
 
     /// Trains until the configured epochs or steps end, or `stop` is set (Ctrl-C). Writes
     /// metrics, checkpoints and the summary into `out`.
-    pub fn run(
-        &mut self,
-        out: &Path,
-        stop: &AtomicBool,
-        progress: bool,
-    ) -> Result<Outcome, String> {
+    pub fn run(&mut self, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome, Error> {
         let started = Instant::now();
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(out.join("metrics.jsonl"))
-            .map_err(|e| format!("cannot write in {}: {e}", out.display()))?;
+            .map_err(|e| Error::Train(format!("cannot write in {}: {e}", out.display())))?;
         let per_epoch = self.train.window_count(self.cfg.model.bptt);
         let total_steps = self
             .cfg
@@ -696,7 +727,7 @@ impl Trainer {
                 .unwrap_or_default()
                 .as_bytes(),
         )
-        .map_err(|e| format!("cannot write the summary: {e}"))?;
+        .map_err(|e| Error::Train(format!("cannot write the summary: {e}")))?;
         Ok(Outcome::Finished {
             valid_ppl: self.best_valid,
             test_ppl: test,
@@ -704,7 +735,7 @@ impl Trainer {
     }
 
     /// Validation perplexity; keeps the best checkpoint.
-    fn validate(&mut self, out: &Path, metrics: &mut std::fs::File) -> Result<f64, String> {
+    fn validate(&mut self, out: &Path, metrics: &mut std::fs::File) -> Result<f64, Error> {
         let v = self.perplexity("valid")?;
         let _ = writeln!(
             metrics,
@@ -722,19 +753,27 @@ impl Trainer {
 
 /// Checks that `out` can hold a run before any work starts: it is created, writable, and not
 /// a finished or started run (unless resuming).
-pub fn prepare_run_dir(out: &Path, resuming: bool) -> Result<(), String> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| format!("cannot create the run directory {}: {e}", out.display()))?;
+pub fn prepare_run_dir(out: &Path, resuming: bool) -> Result<(), Error> {
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::Train(format!(
+            "cannot create the run directory {}: {e}",
+            out.display()
+        ))
+    })?;
     let probe = out.join(".write-probe");
-    std::fs::write(&probe, b"probe")
-        .map_err(|e| format!("the run directory {} is not writable: {e}", out.display()))?;
+    std::fs::write(&probe, b"probe").map_err(|e| {
+        Error::Train(format!(
+            "the run directory {} is not writable: {e}",
+            out.display()
+        ))
+    })?;
     let _ = std::fs::remove_file(&probe);
     if !resuming && (out.join("last.json").exists() || out.join("summary.json").exists()) {
-        return Err(format!(
+        return Err(Error::Train(format!(
             "{} already holds a run; continue it with --resume {}, or choose another --out",
             out.display(),
             out.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -759,7 +798,7 @@ pub fn cpu_step(
     [ids, targets]: [&[f32]; 2],
     (params, adam): (&mut [Vec<f32>], &mut Adam),
     (seed, lr, clip): (u64, f64, f64),
-) -> Result<(f32, Instant), String> {
+) -> Result<(f32, Instant), Error> {
     let one = [1.0f32];
     let mut refs: Vec<&[f32]> = vec![ids, targets];
     refs.extend(params.iter().map(|p| p.as_slice()));
@@ -770,7 +809,7 @@ pub fn cpu_step(
         check_finite: false,
     };
     plan.run_in_place(ws, &refs, opts)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Train(e.to_string()))?;
     drop(refs);
     let ready = Instant::now();
     let loss = plan
@@ -784,7 +823,7 @@ pub fn cpu_step(
         .iter()
         .map(|k| plan.output_in(ws, *k))
         .collect::<Option<_>>()
-        .ok_or("a parameter's gradient is not in the workspace")?;
+        .ok_or_else(|| Error::Train("a parameter's gradient is not in the workspace".into()))?;
     let (_, k) = clip_factor(&grads, clip);
     adam.update_scaled(params, &grads, lr, k);
     Ok((loss, ready))

@@ -3,8 +3,8 @@
 //! `opt.rs`). Each test file uses some of them.
 #![allow(dead_code)]
 
-use diagc::driver;
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
+use diagc::session;
 use std::path::Path;
 
 pub fn bindings(sizes: &[(&str, u64)], hypers: &[(&str, HyperValue)]) -> Bindings {
@@ -20,7 +20,7 @@ pub fn bindings(sizes: &[(&str, u64)], hypers: &[(&str, HyperValue)]) -> Binding
 /// Checks `path` (relative to the crate, with `extra` modules) and instantiates `diagram`.
 pub fn instance_of(path: &str, extra: &[&str], diagram: &str, b: &Bindings) -> Instance {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = driver::check_path_with(&root.join(path), extra).unwrap();
+    let o = session::check_path_with(&root.join(path), extra).unwrap();
     assert!(
         o.checked.is_ok(),
         "{path}: {:?}",

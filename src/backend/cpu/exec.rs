@@ -49,7 +49,8 @@ mod fuse;
 pub(crate) mod kernels;
 pub(crate) mod nest;
 
-pub use super::interp::{RunError, RunOptions};
+pub use super::interp::RunOptions;
+use crate::error::Error;
 use crate::ir::{AxisId, AxisTable, Const, Diagram, ExecOp, Op, WireType};
 use kernels::{Binary, Gemm, Kernel, LaneOp, Unary};
 use nest::{Dim, Nest};
@@ -204,7 +205,7 @@ impl Plan {
     /// Compiles an instantiated diagram (no regions, calls or unevaluated constants: an
     /// [`crate::ir::instance::Instance`]'s diagram, or its [`crate::autodiff::gradient`]) for
     /// the axis sizes `sizes` (indexed by `AxisId`). Errors name the box or axis involved.
-    pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, String> {
+    pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
         Plan::with_options(diagram, axes, sizes, PlanOptions::default())
     }
 
@@ -214,7 +215,7 @@ impl Plan {
         axes: &AxisTable,
         sizes: &[usize],
         options: PlanOptions,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, Error> {
         let mut b = Builder {
             d: diagram,
             axes,
@@ -239,16 +240,18 @@ impl Plan {
         }
         for bi in 0..diagram.boxes.len() {
             b.lower(bi).map_err(|e| {
-                format!(
-                    "box {bi} ({}): {e}",
+                e.context(&format!(
+                    "box {bi} ({}): ",
                     crate::ir::print::op_text(&diagram.boxes[bi].op, axes)
-                )
+                ))
             })?;
         }
         let outs: Vec<usize> = diagram
             .outputs
             .iter()
-            .map(|w| b.wire_val[w.0 as usize].ok_or("an output has no value".to_string()))
+            .map(|w| {
+                b.wire_val[w.0 as usize].ok_or_else(|| Error::Plan("an output has no value".into()))
+            })
             .collect::<Result<_, _>>()?;
         let fused = if options.jit { b.fuse(&outs) } else { 0 };
         let mut plan = b.finish(inputs, &outs)?;
@@ -257,7 +260,7 @@ impl Plan {
     }
 
     /// Compiles an instance's diagram.
-    pub fn for_instance(inst: &crate::ir::instance::Instance) -> Result<Plan, String> {
+    pub fn for_instance(inst: &crate::ir::instance::Instance) -> Result<Plan, Error> {
         Plan::new(&inst.diagram, &inst.axes, &inst.sizes)
     }
 
@@ -265,7 +268,7 @@ impl Plan {
     pub fn for_instance_with(
         inst: &crate::ir::instance::Instance,
         options: PlanOptions,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, Error> {
         Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, options)
     }
 
@@ -332,7 +335,7 @@ impl Plan {
         ws: &mut Workspace,
         inputs: &[&[f32]],
         opts: RunOptions,
-    ) -> Result<Vec<Vec<f32>>, RunError> {
+    ) -> Result<Vec<Vec<f32>>, Error> {
         Ok(self
             .run_views(ws, inputs, opts)?
             .into_iter()
@@ -347,7 +350,7 @@ impl Plan {
         ws: &'a mut Workspace,
         inputs: &[&'a [f32]],
         opts: RunOptions,
-    ) -> Result<Vec<&'a [f32]>, RunError> {
+    ) -> Result<Vec<&'a [f32]>, Error> {
         self.execute(ws, inputs, opts, None)?;
         Ok(self.views(ws, inputs))
     }
@@ -360,7 +363,7 @@ impl Plan {
         ws: &mut Workspace,
         inputs: &[&[f32]],
         opts: RunOptions,
-    ) -> Result<(), RunError> {
+    ) -> Result<(), Error> {
         self.execute(ws, inputs, opts, None)
     }
 
@@ -381,7 +384,7 @@ impl Plan {
         ws: &mut Workspace,
         inputs: &[&[f32]],
         opts: RunOptions,
-    ) -> Result<Vec<(&'static str, std::time::Duration, usize)>, RunError> {
+    ) -> Result<Vec<(&'static str, std::time::Duration, usize)>, Error> {
         Ok(by_kind(&self.run_timed(ws, inputs, opts)?))
     }
 
@@ -392,7 +395,7 @@ impl Plan {
         ws: &mut Workspace,
         inputs: &[&[f32]],
         opts: RunOptions,
-    ) -> Result<Vec<StepTime<'_>>, RunError> {
+    ) -> Result<Vec<StepTime<'_>>, Error> {
         let mut times = Vec::new();
         self.execute(ws, inputs, opts, Some(&mut times))?;
         Ok(times)
@@ -404,9 +407,9 @@ impl Plan {
         inputs: &[&[f32]],
         opts: RunOptions,
         mut prof: Option<&mut Vec<StepTime<'a>>>,
-    ) -> Result<(), RunError> {
+    ) -> Result<(), Error> {
         if inputs.len() != self.inputs.len() {
-            return Err(RunError(format!(
+            return Err(Error::Run(format!(
                 "{} inputs given, the diagram takes {}",
                 inputs.len(),
                 self.inputs.len()
@@ -414,7 +417,7 @@ impl Plan {
         }
         for (spec, x) in self.inputs.iter().zip(inputs) {
             if x.len() != spec.len {
-                return Err(RunError(format!(
+                return Err(Error::Run(format!(
                     "input `{}`: has {} elements, expected {} ({})",
                     spec.name,
                     x.len(),
@@ -448,7 +451,7 @@ impl Plan {
                     // just fitted to the plan and the inputs' lengths validated, and an output
                     // shares an input's buffer only where the planner allowed it in place.
                     unsafe { k.run(p, opts.train, opts.seed) }
-                        .map_err(|e| RunError(format!("{}: {e}", step.label)))?;
+                        .map_err(|e| Error::Run(format!("{}: {e}", step.label)))?;
                     if let (Some(prof), Some(start)) = (prof.as_deref_mut(), start) {
                         prof.push(StepTime {
                             label: &step.label,
@@ -470,7 +473,7 @@ impl Plan {
                         let data =
                             unsafe { std::slice::from_raw_parts(ptr(*loc) as *const f32, *len) };
                         if data.iter().any(|x| !x.is_finite()) {
-                            return Err(RunError(msg.clone()));
+                            return Err(Error::Run(msg.clone()));
                         }
                     }
                 }
@@ -571,10 +574,10 @@ struct Builder<'a> {
     consts: Vec<Vec<f32>>,
 }
 
-fn num(c: &Const) -> Result<f32, String> {
+fn num(c: &Const) -> Result<f32, Error> {
     match c {
         Const::Num(x) => Ok(*x as f32),
-        other => Err(format!("an unevaluated constant {other:?}")),
+        other => Err(Error::Plan(format!("an unevaluated constant {other:?}"))),
     }
 }
 
@@ -588,13 +591,13 @@ impl Builder<'_> {
     }
 
     /// A new root value over `axes`.
-    fn value(&mut self, axes: Vec<AxisId>, origin: Origin) -> Result<usize, String> {
+    fn value(&mut self, axes: Vec<AxisId>, origin: Origin) -> Result<usize, Error> {
         let mut strides = vec![0; axes.len()];
         let mut len = 1usize;
         for (i, a) in axes.iter().enumerate().rev() {
             let n = self.size(*a);
             if n == 0 {
-                return Err(format!("axis `{}` has no size", self.name(*a)));
+                return Err(Error::Plan(format!("axis `{}` has no size", self.name(*a))));
             }
             strides[i] = len;
             len *= n;
@@ -611,12 +614,12 @@ impl Builder<'_> {
         Ok(id)
     }
 
-    fn fresh(&mut self, axes: Vec<AxisId>) -> Result<usize, String> {
+    fn fresh(&mut self, axes: Vec<AxisId>) -> Result<usize, Error> {
         self.value(axes, Origin::Work)
     }
 
     /// A value over `axes` that is `of`'s memory, read in its own layout.
-    fn alias(&mut self, of: usize, axes: Vec<AxisId>) -> Result<usize, String> {
+    fn alias(&mut self, of: usize, axes: Vec<AxisId>) -> Result<usize, Error> {
         let v = self.value(axes, Origin::Work)?;
         let root = self.vals[of].root;
         self.vals[v].root = root;
@@ -664,12 +667,12 @@ impl Builder<'_> {
     }
 
     /// Checks that every axis of `v` is one of `axes` (what broadcasting ops require).
-    fn subset(&self, v: usize, axes: &[AxisId]) -> Result<(), String> {
+    fn subset(&self, v: usize, axes: &[AxisId]) -> Result<(), Error> {
         match self.vals[v].axes.iter().find(|a| !axes.contains(a)) {
-            Some(a) => Err(format!(
+            Some(a) => Err(Error::Plan(format!(
                 "an input has axis `{}`, which the output lacks",
                 self.name(*a)
-            )),
+            ))),
             None => Ok(()),
         }
     }
@@ -707,7 +710,7 @@ impl Builder<'_> {
         x: usize,
         out_axes: Vec<AxisId>,
         src: Vec<(usize, usize)>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Error> {
         let mut dims = Vec::with_capacity(src.len());
         let mut acc = 1;
         for (n, s) in src.iter().rev() {
@@ -729,10 +732,13 @@ impl Builder<'_> {
     }
 
     /// Sums `x` over the axes `keep` lacks, into a new value over `keep` (in that order).
-    fn reduce(&mut self, x: usize, keep: Vec<AxisId>) -> Result<usize, String> {
+    fn reduce(&mut self, x: usize, keep: Vec<AxisId>) -> Result<usize, Error> {
         for a in &keep {
             if !self.has(x, *a) {
-                return Err(format!("the input lacks axis `{}`", self.name(*a)));
+                return Err(Error::Plan(format!(
+                    "the input lacks axis `{}`",
+                    self.name(*a)
+                )));
             }
         }
         let out = self.fresh(keep)?;
@@ -766,7 +772,7 @@ impl Builder<'_> {
         y: usize,
         out_axes: Vec<AxisId>,
         bias: Option<usize>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Error> {
         let keep = |b: &Self, v: usize, other: usize| -> Vec<AxisId> {
             b.vals[v]
                 .axes
@@ -790,10 +796,10 @@ impl Builder<'_> {
             .iter()
             .find(|a| !self.has(x, **a) && !self.has(y, **a))
         {
-            return Err(format!(
+            return Err(Error::Plan(format!(
                 "output axis `{}` is in neither input",
                 self.name(*a)
-            ));
+            )));
         }
         if let Some(b) = bias {
             self.subset(b, &out_axes)?;
@@ -905,7 +911,7 @@ impl Builder<'_> {
     }
 
     /// `x` with its axes in the order `axes` (a copy unless that is its memory order).
-    fn permuted(&mut self, x: usize, axes: Vec<AxisId>) -> Result<usize, String> {
+    fn permuted(&mut self, x: usize, axes: Vec<AxisId>) -> Result<usize, Error> {
         let src: Vec<(usize, usize)> = axes
             .iter()
             .map(|a| (self.size(*a), self.stride(x, *a)))
@@ -930,7 +936,7 @@ impl Builder<'_> {
     }
 
     /// Lowers box `bi`, binding its output wires to values.
-    fn lower(&mut self, bi: usize) -> Result<(), String> {
+    fn lower(&mut self, bi: usize) -> Result<(), Error> {
         let d = self.d;
         let b = &d.boxes[bi];
         let first_step = self.drafts.len();
@@ -938,16 +944,17 @@ impl Builder<'_> {
             .inputs
             .iter()
             .map(|w| {
-                self.wire_val[w.0 as usize].ok_or_else(|| format!("wire %{} has no value", w.0))
+                self.wire_val[w.0 as usize]
+                    .ok_or_else(|| Error::Plan(format!("wire %{} has no value", w.0)))
             })
             .collect::<Result<_, _>>()?;
         let out_ty = |k: usize| -> &WireType { &d.wire(b.outputs[k]).ty };
         let oa = |k: usize| out_ty(k).axes.clone();
-        let arity = |n: usize| -> Result<(), String> {
+        let arity = |n: usize| -> Result<(), Error> {
             if ins.len() == n {
                 Ok(())
             } else {
-                Err(format!("{} inputs, expected {n}", ins.len()))
+                Err(Error::Plan(format!("{} inputs, expected {n}", ins.len())))
             }
         };
         let outs: Vec<usize> = match &b.op {
@@ -961,7 +968,9 @@ impl Builder<'_> {
             Op::Rename { from, to } => {
                 arity(1)?;
                 if self.size(*from) != self.size(*to) {
-                    return Err("a rename between axes of different sizes".into());
+                    return Err(Error::Plan(
+                        "a rename between axes of different sizes".into(),
+                    ));
                 }
                 let src = oa(0)
                     .iter()
@@ -976,7 +985,9 @@ impl Builder<'_> {
                 arity(1)?;
                 let parts: usize = into.iter().map(|a| self.size(*a)).product();
                 if parts != self.size(*from) {
-                    return Err("the split axes' sizes do not multiply to the axis".into());
+                    return Err(Error::Plan(
+                        "the split axes' sizes do not multiply to the axis".into(),
+                    ));
                 }
                 let base = self.stride(ins[0], *from);
                 let src = oa(0)
@@ -996,7 +1007,9 @@ impl Builder<'_> {
                 arity(1)?;
                 let parts: usize = from.iter().map(|a| self.size(*a)).product();
                 if parts != self.size(*into) {
-                    return Err("the merged axes' sizes do not multiply to the axis".into());
+                    return Err(Error::Plan(
+                        "the merged axes' sizes do not multiply to the axis".into(),
+                    ));
                 }
                 // The merged index is row-major over `from` in the written order.
                 let mut src = Vec::new();
@@ -1061,14 +1074,19 @@ impl Builder<'_> {
                 );
                 vec![out]
             }
-            Op::Dropout(_) => return Err("dropout was not keyed by instantiation".into()),
+            Op::Dropout(_) => {
+                return Err(Error::Plan("dropout was not keyed by instantiation".into()));
+            }
             Op::Dot(_) | Op::Outer | Op::Exec(ExecOp::Einsum) => {
                 arity(2)?;
                 vec![self.contraction(ins[0], ins[1], oa(0), None)?]
             }
             Op::Linear { .. } => {
                 if ins.len() != 2 && ins.len() != 3 {
-                    return Err(format!("{} inputs, expected 2 or 3", ins.len()));
+                    return Err(Error::Plan(format!(
+                        "{} inputs, expected 2 or 3",
+                        ins.len()
+                    )));
                 }
                 vec![self.contraction(ins[0], ins[1], oa(0), ins.get(2).copied())?]
             }
@@ -1105,7 +1123,7 @@ impl Builder<'_> {
                 self.subset(x, &oa(0))?;
                 let out = self.fresh(oa(0))?;
                 if !self.has(out, *query) || !self.has(out, *key) {
-                    return Err("the output lacks the query or key axis".into());
+                    return Err(Error::Plan("the output lacks the query or key axis".into()));
                 }
                 let rest: Vec<AxisId> = oa(0)
                     .into_iter()
@@ -1144,7 +1162,9 @@ impl Builder<'_> {
                 arity(0)?;
                 let axes = oa(0);
                 if axes.len() != 2 || !axes.contains(pos) || !axes.contains(feature) {
-                    return Err("posenc's output must be exactly its two axes".into());
+                    return Err(Error::Plan(
+                        "posenc's output must be exactly its two axes".into(),
+                    ));
                 }
                 let k = self.consts.len();
                 let v = self.value(axes, Origin::Const(k))?;
@@ -1193,9 +1213,9 @@ impl Builder<'_> {
                 };
                 arity(if back { 6 } else { 3 })?;
                 if self.size(query) != self.size(key) {
-                    return Err(
+                    return Err(Error::Plan(
                         "fused attention between query and key axes of different sizes".into(),
-                    );
+                    ));
                 }
                 let mut ops: Vec<usize> = ins.clone();
                 let outs: Vec<usize> = (0..if back { 3 } else { 2 })
@@ -1263,7 +1283,9 @@ impl Builder<'_> {
                 let ops = [out, x, g, bias];
                 let outer = Nest::new(self.dims(&keep, ops.map(Some)));
                 let t = self.table(over, &ops);
-                let inner: [Vec<usize>; 4] = t.try_into().map_err(|_| "four tables")?;
+                let inner: [Vec<usize>; 4] = t
+                    .try_into()
+                    .map_err(|_| Error::Plan("four tables".into()))?;
                 let inplace = self.inplace(&ins[..1], out);
                 let dense = kernels::dense(&inner);
                 self.push(
@@ -1289,7 +1311,8 @@ impl Builder<'_> {
                 let ops = [gx, x, g, gy, gg, gb];
                 let outer = Nest::new(self.dims(&keep, ops.map(Some)));
                 let t = self.table(over, &ops);
-                let inner: [Vec<usize>; 6] = t.try_into().map_err(|_| "six tables")?;
+                let inner: [Vec<usize>; 6] =
+                    t.try_into().map_err(|_| Error::Plan("six tables".into()))?;
                 let lens = [self.vals[gg].len, self.vals[gb].len];
                 let inplace: Vec<usize> = [0, 2]
                     .into_iter()
@@ -1318,13 +1341,17 @@ impl Builder<'_> {
                     || !tab_axes.contains(vocab)
                     || to.iter().any(|a| !tab_axes.contains(a))
                 {
-                    return Err("per-lane embedding tables are not supported".into());
+                    return Err(Error::Plan(
+                        "per-lane embedding tables are not supported".into(),
+                    ));
                 }
                 let out = self.fresh(oa(0))?;
                 let id_axes = self.vals[ids].axes.clone();
                 let row_axes: Vec<AxisId> = oa(0).into_iter().filter(|a| to.contains(a)).collect();
                 if row_axes.len() != to.len() || id_axes.len() + to.len() != oa(0).len() {
-                    return Err("the output is not the ids' axes and the row's".into());
+                    return Err(Error::Plan(
+                        "the output is not the ids' axes and the row's".into(),
+                    ));
                 }
                 let kernel = Kernel::Embed {
                     ids: Nest::new(self.dims(&id_axes, [Some(out), Some(ids)])),
@@ -1346,7 +1373,9 @@ impl Builder<'_> {
                     || row_axes.iter().any(|a| !self.has(gy, *a))
                     || id_axes.iter().any(|a| !self.has(gy, *a))
                 {
-                    return Err("the gradient is not over the ids' axes and the row's".into());
+                    return Err(Error::Plan(
+                        "the gradient is not over the ids' axes and the row's".into(),
+                    ));
                 }
                 let kernel = Kernel::EmbedBack {
                     ids: Nest::new(self.dims(&id_axes, [Some(gy), Some(ids)])),
@@ -1382,7 +1411,9 @@ impl Builder<'_> {
                 vec![out]
             }
             Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
-                return Err("this box must be instantiated before it runs".into());
+                return Err(Error::Plan(
+                    "this box must be instantiated before it runs".into(),
+                ));
             }
             Op::Zip(_)
             | Op::Broadcast(_)
@@ -1390,19 +1421,23 @@ impl Builder<'_> {
             | Op::LoopIn
             | Op::Capture
             | Op::LoopOut => {
-                return Err("region ports must be lowered before running".into());
+                return Err(Error::Plan(
+                    "region ports must be lowered before running".into(),
+                ));
             }
         };
         if outs.len() != b.outputs.len() {
-            return Err(format!(
+            return Err(Error::Plan(format!(
                 "{} outputs computed for {} wires",
                 outs.len(),
                 b.outputs.len()
-            ));
+            )));
         }
         for (k, (w, v)) in b.outputs.iter().zip(&outs).enumerate() {
             if self.vals[*v].axes.len() != out_ty(k).axes.len() {
-                return Err("an output's axes differ from its wire's".into());
+                return Err(Error::Plan(
+                    "an output's axes differ from its wire's".into(),
+                ));
             }
             self.wire_val[w.0 as usize] = Some(*v);
         }
@@ -1436,7 +1471,7 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn elementwise1(&mut self, u: Unary, x: usize, out_axes: Vec<AxisId>) -> Result<usize, String> {
+    fn elementwise1(&mut self, u: Unary, x: usize, out_axes: Vec<AxisId>) -> Result<usize, Error> {
         self.subset(x, &out_axes)?;
         let out = self.fresh(out_axes.clone())?;
         let nest = Nest::new(self.dims(&out_axes, [Some(out), Some(x)]));
@@ -1451,7 +1486,7 @@ impl Builder<'_> {
         a: usize,
         b: usize,
         out_axes: Vec<AxisId>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Error> {
         self.subset(a, &out_axes)?;
         self.subset(b, &out_axes)?;
         let out = self.fresh(out_axes.clone())?;
@@ -1468,13 +1503,16 @@ impl Builder<'_> {
         ins: &[usize],
         a: AxisId,
         out_axes: Vec<AxisId>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Error> {
         for x in ins {
             self.subset(*x, &out_axes)?;
         }
         let out = self.fresh(out_axes.clone())?;
         if !self.has(out, a) {
-            return Err(format!("the output lacks axis `{}`", self.name(a)));
+            return Err(Error::Plan(format!(
+                "the output lacks axis `{}`",
+                self.name(a)
+            )));
         }
         let others: Vec<AxisId> = out_axes.iter().copied().filter(|c| *c != a).collect();
         let second = ins.get(1).copied();
@@ -1496,7 +1534,7 @@ impl Builder<'_> {
     }
 
     /// Liveness, buffer assignment and the final steps.
-    fn finish(self, inputs: Vec<InputSpec>, outs: &[usize]) -> Result<Plan, String> {
+    fn finish(self, inputs: Vec<InputSpec>, outs: &[usize]) -> Result<Plan, Error> {
         let nvals = self.vals.len();
         let root = |v: usize| self.vals[v].root;
         // A root lives from the step that writes it to the last step that reads it or any of
@@ -1542,7 +1580,8 @@ impl Builder<'_> {
                     });
                     if let Some(slot) = candidate {
                         let r = root(dr.ins[slot]);
-                        let buf = buffer_of[r].ok_or("an input without a buffer")?;
+                        let buf = buffer_of[r]
+                            .ok_or_else(|| Error::Plan("an input without a buffer".into()))?;
                         if caps[buf] >= need {
                             buffer_of[*o] = Some(buf);
                             taken = Some(r);
@@ -1575,14 +1614,14 @@ impl Builder<'_> {
                 }
             }
         }
-        let loc = |v: usize| -> Result<Loc, String> {
+        let loc = |v: usize| -> Result<Loc, Error> {
             let r = root(v);
             match self.vals[r].origin {
                 Origin::Input(k) => Ok(Loc::Input(k)),
                 Origin::Const(k) => Ok(Loc::Const(k)),
                 Origin::Work => buffer_of[r]
                     .map(Loc::Work)
-                    .ok_or_else(|| "a value without a buffer".to_string()),
+                    .ok_or_else(|| Error::Plan("a value without a buffer".into())),
             }
         };
         let (mut gemm_flops, mut gemms) = (0, 0);
@@ -1602,10 +1641,13 @@ impl Builder<'_> {
                     .map(|v| self.vals[*v].len)
                     .collect();
                 if k.arity() != locs.len() {
-                    return Err(format!("{}: plan bug: wrong operand count", dr.label));
+                    return Err(Error::Plan(format!(
+                        "{}: plan bug: wrong operand count",
+                        dr.label
+                    )));
                 }
                 k.check_bounds(&lens)
-                    .map_err(|e| format!("{}: {e}", dr.label))?;
+                    .map_err(|e| Error::Plan(format!("{}: {e}", dr.label)))?;
                 if let Kernel::Gemm(g) = k {
                     gemm_flops += g.flops();
                     gemms += 1;
@@ -1620,7 +1662,7 @@ impl Builder<'_> {
         let outputs = outs
             .iter()
             .map(|v| Ok((loc(*v)?, self.vals[*v].len)))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, Error>>()?;
         Ok(Plan {
             steps,
             inputs,

@@ -1,8 +1,9 @@
 //! Running instances on seeded random inputs, and checking gradients against finite differences.
 
-use super::interp::{self, RunError, RunOptions};
+use super::interp::{self, RunOptions};
 use super::tensor::Tensor;
 use crate::autodiff;
+use crate::error::Error;
 use crate::ir::WireType;
 use crate::ir::instance::{Init, Instance};
 
@@ -97,7 +98,7 @@ pub fn plan_inputs(inst: &Instance, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)
 }
 
 /// Runs the instance on random inputs and parameters.
-pub fn run_random(inst: &Instance, seed: u64, opts: RunOptions) -> Result<Vec<Tensor>, RunError> {
+pub fn run_random(inst: &Instance, seed: u64, opts: RunOptions) -> Result<Vec<Tensor>, Error> {
     interp::run(
         &inst.diagram,
         &inst.axes,
@@ -126,14 +127,14 @@ pub fn gradcheck(
     seed: u64,
     samples: usize,
     train: bool,
-) -> Result<GradReport, RunError> {
+) -> Result<GradReport, Error> {
     let opts = RunOptions {
         train,
         seed,
         check_finite: false,
     };
     let f = &inst.diagram;
-    let grad = autodiff::gradient(f).map_err(RunError)?;
+    let grad = autodiff::gradient(f)?;
     let inputs = random_inputs(inst, seed);
     let mut rng = Rng::new(seed.wrapping_add(1));
     let seeds: Vec<Tensor> = f
@@ -145,7 +146,7 @@ pub fn gradcheck(
     let mut gin = inputs.clone();
     gin.extend(seeds.iter().cloned());
     let outs = interp::run(&grad.diagram, &inst.axes, &inst.sizes, gin, opts)?;
-    let loss = |ins: Vec<Tensor>| -> Result<f64, RunError> {
+    let loss = |ins: Vec<Tensor>| -> Result<f64, Error> {
         let ys = interp::run(f, &inst.axes, &inst.sizes, ins, opts)?;
         let mut total = 0.0;
         let values = ys
@@ -214,40 +215,42 @@ pub fn tensor_json(inst: &Instance, name: &str, t: &Tensor) -> serde_json::Value
 }
 
 /// Reads a tensor written by [`tensor_json`] (axes by name).
-pub fn tensor_from_json(inst: &Instance, v: &serde_json::Value) -> Result<Tensor, String> {
+pub fn tensor_from_json(inst: &Instance, v: &serde_json::Value) -> Result<Tensor, Error> {
     let axes: Vec<crate::ir::AxisId> = v["axes"]
         .as_array()
-        .ok_or("a tensor without axes")?
+        .ok_or_else(|| Error::Run("a tensor without axes".into()))?
         .iter()
         .map(|a| {
             let n = a.as_str().unwrap_or_default();
-            inst.axes.lookup(n).ok_or_else(|| format!("no axis `{n}`"))
+            inst.axes
+                .lookup(n)
+                .ok_or_else(|| Error::Run(format!("no axis `{n}`")))
         })
         .collect::<Result<_, _>>()?;
     let shape: Vec<usize> = v["shape"]
         .as_array()
-        .ok_or("a tensor without a shape")?
+        .ok_or_else(|| Error::Run("a tensor without a shape".into()))?
         .iter()
         .map(|x| x.as_u64().unwrap_or(0) as usize)
         .collect();
     let data: Vec<f64> = v["data"]
         .as_array()
-        .ok_or("a tensor without data")?
+        .ok_or_else(|| Error::Run("a tensor without data".into()))?
         .iter()
         .map(|x| x.as_f64().unwrap_or(f64::NAN))
         .collect();
     if data.len() != shape.iter().product::<usize>() || shape.len() != axes.len() {
-        return Err("a tensor's data does not fit its shape".into());
+        return Err(Error::Run("a tensor's data does not fit its shape".into()));
     }
     Ok(Tensor::from_vec(axes, &shape, data))
 }
 
 /// One run, recorded: inputs (data and parameters, by name), outputs, and the gradient of the
 /// sum of all outputs with respect to every value input.
-pub fn record(inst: &Instance, seed: u64, opts: RunOptions) -> Result<serde_json::Value, RunError> {
+pub fn record(inst: &Instance, seed: u64, opts: RunOptions) -> Result<serde_json::Value, Error> {
     let f = &inst.diagram;
     let inputs = random_inputs(inst, seed);
-    let grad = autodiff::gradient(f).map_err(RunError)?;
+    let grad = autodiff::gradient(f)?;
     let seeds: Vec<Tensor> = f
         .outputs
         .iter()

@@ -6,6 +6,7 @@
 //! backend are checked against this one.
 
 use super::tensor::{Tensor, einsum};
+use crate::error::Error;
 use crate::ir::{AxisId, Diagram, ExecOp, Op, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
@@ -20,16 +21,6 @@ pub struct RunOptions {
     pub check_finite: bool,
 }
 
-/// A run-time error, naming the wire or box involved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunError(pub String);
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Runs `d` (an instantiated diagram) on `inputs`, one per diagram input, in order.
 pub fn run(
     d: &Diagram,
@@ -37,9 +28,9 @@ pub fn run(
     sizes: &[usize],
     inputs: Vec<Tensor>,
     opts: RunOptions,
-) -> Result<Vec<Tensor>, RunError> {
+) -> Result<Vec<Tensor>, Error> {
     if inputs.len() != d.inputs.len() {
-        return Err(RunError(format!(
+        return Err(Error::Run(format!(
             "{} inputs given, the diagram takes {}",
             inputs.len(),
             d.inputs.len()
@@ -49,8 +40,8 @@ pub fn run(
     for (k, (w, t)) in d.inputs.iter().zip(inputs).enumerate() {
         let want = &d.wire(*w).ty;
         let name = d.input_names.get(k).cloned().unwrap_or_default();
-        let t =
-            conform(t, want, sizes, axes).map_err(|e| RunError(format!("input `{name}`: {e}")))?;
+        let t = conform(t, want, sizes, axes)
+            .map_err(|e| Error::Run(format!("input `{name}`: {e}")))?;
         values[w.0 as usize] = Some(t);
     }
     for (bi, b) in d.boxes.iter().enumerate() {
@@ -59,12 +50,12 @@ pub fn run(
             // Each wire has one consumer: take the value, freeing it.
             let v = values[w.0 as usize]
                 .take()
-                .ok_or_else(|| RunError(format!("box {bi} reads a wire with no value")))?;
+                .ok_or_else(|| Error::Run(format!("box {bi} reads a wire with no value")))?;
             ins.push(v);
         }
         let out_types: Vec<&WireType> = b.outputs.iter().map(|w| &d.wire(*w).ty).collect();
         let outs = eval(&b.op, ins, &out_types, sizes, opts).map_err(|e| {
-            RunError(format!(
+            Error::Run(format!(
                 "box {bi} ({}): {e}",
                 crate::ir::print::op_text(&b.op, axes)
             ))
@@ -73,7 +64,7 @@ pub fn run(
             if opts.check_finite && t.data.iter().any(|x| !x.is_finite()) {
                 let wire = d.wire(*w);
                 let name = wire.name.as_deref().unwrap_or("an unnamed wire");
-                return Err(RunError(format!(
+                return Err(Error::Run(format!(
                     "box {bi} `{}` produced a NaN or infinity on {name} (at bytes {}..{} of the source)",
                     crate::ir::print::op_text(&b.op, axes),
                     b.span.start,
@@ -88,7 +79,7 @@ pub fn run(
         .map(|w| {
             values[w.0 as usize]
                 .take()
-                .ok_or_else(|| RunError("an output has no value".into()))
+                .ok_or_else(|| Error::Run("an output has no value".into()))
         })
         .collect()
 }

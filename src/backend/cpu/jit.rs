@@ -32,6 +32,7 @@
 //! generated is reported as an error and the executor keeps its unfused kernels.
 
 use crate::backend::cpu::exec::kernels::{apply, derivative};
+use crate::error::Error;
 use crate::ir::Func;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -107,25 +108,27 @@ pub struct Program {
 
 impl Program {
     /// Checks that every reference is to an earlier instruction and every load to an input.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         for (i, inst) in self.insts.iter().enumerate() {
             if let Inst::Load(k) = inst
                 && *k >= self.inputs
             {
-                return Err(format!(
+                return Err(Error::Plan(format!(
                     "instruction {i} loads input {k} of {}",
                     self.inputs
-                ));
+                )));
             }
             if inst.args().iter().any(|a| *a >= i) {
-                return Err(format!("instruction {i} uses a later value"));
+                return Err(Error::Plan(format!("instruction {i} uses a later value")));
             }
         }
         if let Some(s) = self.stores.iter().find(|s| **s >= self.insts.len()) {
-            return Err(format!("a store of value {s}, which does not exist"));
+            return Err(Error::Plan(format!(
+                "a store of value {s}, which does not exist"
+            )));
         }
         if self.inputs + self.stores.len() > MAX_OPERANDS {
-            return Err("too many operands".into());
+            return Err(Error::Plan("too many operands".into()));
         }
         Ok(())
     }
@@ -357,16 +360,18 @@ impl Fused {
     }
 
     /// Checks every operand's reach against its length (`lens`: inputs then outputs).
-    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), String> {
+    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), Error> {
         if lens.len() != self.arity() {
-            return Err("plan bug: wrong operand count for a fused kernel".into());
+            return Err(Error::Plan(
+                "plan bug: wrong operand count for a fused kernel".into(),
+            ));
         }
         for (k, len) in lens.iter().enumerate() {
             let r = self.nest.reach(k);
             if *len > 0 && r >= *len {
-                return Err(format!(
+                return Err(Error::Plan(format!(
                     "plan bug: fused operand {k} reaches offset {r} of a {len}-element buffer"
-                ));
+                )));
             }
         }
         Ok(())
@@ -467,29 +472,33 @@ impl<T: Copy> Shared<T> {
 
 /// Compiles several programs into one module of machine code. Programs that fail to compile
 /// are skipped (their slot in the result is an error).
-pub fn compile(groups: Vec<(Program, DynNest)>) -> Vec<Result<Fused, String>> {
+pub fn compile(groups: Vec<(Program, DynNest)>) -> Vec<Result<Fused, Error>> {
     let n = groups.len();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile_inner(groups))) {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => (0..n).map(|_| Err(e.clone())).collect(),
+        Ok(Err(e)) => {
+            let m = e.to_string();
+            (0..n).map(|_| Err(Error::Plan(m.clone()))).collect()
+        }
         Err(_) => (0..n)
-            .map(|_| Err("the code generator panicked".to_string()))
+            .map(|_| Err(Error::Plan("the code generator panicked".into())))
             .collect(),
     }
 }
 
-fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, String>>, String> {
+fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, Error>>, Error> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
-        f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"))
+        f.set(k, v)
+            .map_err(|e| Error::Plan(format!("cranelift flag {k}: {e}")))
     };
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
     set(&mut flags, "opt_level", "speed")?;
     let isa = cranelift_native::builder()
-        .map_err(|e| format!("this machine is not supported by cranelift: {e}"))?
+        .map_err(|e| Error::Plan(format!("this machine is not supported by cranelift: {e}")))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| format!("cranelift: {e}"))?;
+        .map_err(|e| Error::Plan(format!("cranelift: {e}")))?;
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
@@ -502,16 +511,18 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, St
     let mut call_sig = module.make_signature();
     call_sig.params.push(AbiParam::new(types::F32));
     call_sig.returns.push(AbiParam::new(types::F32));
-    let mut ids: Vec<Result<FuncId, String>> = Vec::new();
+    let mut ids: Vec<Result<FuncId, Error>> = Vec::new();
     for (g, (prog, nest)) in groups.iter().enumerate() {
-        let id = (|| -> Result<FuncId, String> {
+        let id = (|| -> Result<FuncId, Error> {
             prog.validate()?;
             if nest.ops != prog.inputs + prog.stores.len() + 1 {
-                return Err("the nest's operands do not match the program".into());
+                return Err(Error::Plan(
+                    "the nest's operands do not match the program".into(),
+                ));
             }
             let id = module
                 .declare_function(&format!("fused{g}"), Linkage::Local, &sig)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Plan(e.to_string()))?;
             ctx.func.signature = sig.clone();
             ctx.func.name = UserFuncName::user(0, id.as_u32());
             {
@@ -522,7 +533,7 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, St
             }
             let r = module.define_function(id, &mut ctx).map_err(|e| {
                 let e = format!("{e:?}");
-                e.chars().take(300).collect::<String>()
+                Error::Plan(e.chars().take(300).collect::<String>())
             });
             module.clear_context(&mut ctx);
             r.map(|_| id)
@@ -534,8 +545,8 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, St
     }
     module
         .finalize_definitions()
-        .map_err(|e| format!("cranelift: {e}"))?;
-    let fns: Vec<Result<*const u8, String>> = ids
+        .map_err(|e| Error::Plan(format!("cranelift: {e}")))?;
+    let fns: Vec<Result<*const u8, Error>> = ids
         .into_iter()
         .map(|id| id.map(|id| module.get_finalized_function(id)))
         .collect();

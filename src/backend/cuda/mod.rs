@@ -11,12 +11,11 @@
 //!   lowering, memory plan and elementwise grouping the CPU JIT uses), `diagc compile --emit
 //!   cuda`.
 
+use crate::error::Error;
 pub mod codegen;
 pub mod kernels;
 pub mod nvrtc;
 pub mod runtime;
-pub mod selftest;
-pub mod train;
 
 /// The GPU diagc would run on.
 #[derive(Debug, Clone)]
@@ -36,22 +35,25 @@ impl DeviceInfo {
 
 /// Checks, without panicking, that the CUDA driver library is present and sees a device, and
 /// describes device 0. The error is one line, for the user.
-pub fn probe() -> Result<DeviceInfo, String> {
+pub fn probe() -> Result<DeviceInfo, Error> {
     use cudarc::driver::{result, sys};
     // SAFETY: only tries to load the library; the handle is dropped.
     if !unsafe { sys::is_culib_present() } {
-        return Err("no CUDA driver (libcuda.so) on this machine".into());
+        return Err(Error::Device(
+            "no CUDA driver (libcuda.so) on this machine".into(),
+        ));
     }
-    result::init().map_err(|e| format!("the CUDA driver did not start: {e}"))?;
-    let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e}"))?;
+    result::init().map_err(|e| Error::Device(format!("the CUDA driver did not start: {e}")))?;
+    let count =
+        result::device::get_count().map_err(|e| Error::Device(format!("cuDeviceGetCount: {e}")))?;
     if count < 1 {
-        return Err("the CUDA driver sees no device".into());
+        return Err(Error::Device("the CUDA driver sees no device".into()));
     }
-    let dev = result::device::get(0).map_err(|e| format!("cuDeviceGet: {e}"))?;
+    let dev = result::device::get(0).map_err(|e| Error::Device(format!("cuDeviceGet: {e}")))?;
     let name = result::device::get_name(dev).unwrap_or_else(|_| "an unnamed CUDA device".into());
     let attr = |a| {
         // SAFETY: `dev` is a valid device of an initialised driver.
-        unsafe { result::device::get_attribute(dev, a) }.map_err(|e| format!("{e}"))
+        unsafe { result::device::get_attribute(dev, a) }.map_err(|e| Error::Device(format!("{e}")))
     };
     let capability = (
         attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
@@ -72,7 +74,7 @@ pub fn probe() -> Result<DeviceInfo, String> {
 pub fn emit_instance(
     inst: &crate::ir::instance::Instance,
     title: &str,
-) -> Result<(String, Vec<codegen::Part>), String> {
+) -> Result<(String, Vec<codegen::Part>), Error> {
     use crate::backend::cpu::exec::Plan;
     let forward = Plan::for_instance(inst)?;
     let grad = crate::autodiff::gradient(&inst.diagram)?;

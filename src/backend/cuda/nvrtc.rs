@@ -17,6 +17,7 @@
 //! Kernels compile straight to CUBIN for the device's architecture (`sm_90` for an H100):
 //! PTX from an NVRTC newer than the driver can be refused by the driver, CUBIN cannot.
 
+use crate::error::Error;
 use cudarc::nvrtc::{result, sys};
 use sha2::{Digest, Sha256};
 use std::ffi::{CStr, CString};
@@ -57,7 +58,7 @@ fn candidates() -> Vec<PathBuf> {
 }
 
 /// Finds and opens NVRTC (once per process). `Ok` gives where it was found.
-pub fn load() -> Result<&'static str, String> {
+pub fn load() -> Result<&'static str, Error> {
     let r = LOADED.get_or_init(|| {
         // An explicit path wins over the loader's search.
         let explicit = std::env::var_os("DIAGC_NVRTC").is_some();
@@ -101,17 +102,19 @@ pub fn load() -> Result<&'static str, String> {
              it with `python3 -m pip install --target target/nvrtc nvidia-cuda-nvrtc==13.0.88`"
         ))
     });
-    r.as_ref().map(String::as_str).map_err(Clone::clone)
+    r.as_ref()
+        .map(String::as_str)
+        .map_err(|e| Error::Device(e.clone()))
 }
 
 /// NVRTC's version, `(major, minor)`.
-pub fn version() -> Result<(i32, i32), String> {
+pub fn version() -> Result<(i32, i32), Error> {
     load()?;
     let (mut major, mut minor) = (0, 0);
     // SAFETY: the library is loaded; the out-pointers are valid.
     unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| format!("nvrtcVersion: {e:?}"))?;
+        .map_err(|e| Error::Device(format!("nvrtcVersion: {e:?}")))?;
     Ok((major, minor))
 }
 
@@ -148,7 +151,7 @@ pub fn compile_cubin(src: &str, name: &str, arch: &str) -> Result<Vec<u8>, Compi
         name: name.to_string(),
         log,
     };
-    load().map_err(fail)?;
+    load().map_err(|e| fail(e.to_string()))?;
     let csrc = CString::new(src).map_err(|_| fail("the source contains a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| fail("the name contains a NUL byte".into()))?;
     let prog = result::create_program(&csrc, Some(&cname))

@@ -15,6 +15,7 @@
 use super::codegen::{self, Arg, GemmCall, Launch, Op};
 use super::{DeviceInfo, nvrtc};
 use crate::backend::cpu::exec::{Loc, Plan};
+use crate::error::Error;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -47,22 +48,22 @@ pub struct Gpu {
 /// Bytes of cuBLAS workspace (what PyTorch gives cuBLAS on Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
-pub(crate) fn drv(e: impl std::fmt::Debug) -> String {
-    format!("CUDA: {e:?}")
+pub(crate) fn drv(e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("CUDA: {e:?}"))
 }
 
 impl Gpu {
     /// Probes and opens device 0. The error is one line for the user.
-    pub fn open(precision: Precision) -> Result<Gpu, String> {
+    pub fn open(precision: Precision) -> Result<Gpu, Error> {
         let info = super::probe()?;
         // cudarc panics when it cannot load a library: check cuBLAS and NVRTC first.
         // SAFETY: only tries to load the library.
         if !unsafe { blas_sys::is_culib_present() } {
-            return Err(
+            return Err(Error::Device(
                 "cuBLAS (libcublas.so.13) was not found on the loader's path; add the CUDA \
                  toolkit's lib64 folder to LD_LIBRARY_PATH"
                     .into(),
-            );
+            ));
         }
         nvrtc::load()?;
         let ctx = CudaContext::new(0).map_err(drv)?;
@@ -100,7 +101,7 @@ impl Gpu {
         })
     }
 
-    pub fn synchronize(&self) -> Result<(), String> {
+    pub fn synchronize(&self) -> Result<(), Error> {
         self.stream.synchronize().map_err(drv)
     }
 
@@ -108,8 +109,8 @@ impl Gpu {
     /// is ended even when `enqueue` fails, and its error is returned.
     pub(crate) fn capture(
         &self,
-        enqueue: impl FnOnce() -> Result<(), String>,
-    ) -> Result<CudaGraph, String> {
+        enqueue: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<CudaGraph, Error> {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv)?;
@@ -119,11 +120,11 @@ impl Gpu {
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(drv)?;
         enq?;
-        graph.ok_or_else(|| "the CUDA graph capture recorded nothing".to_string())
+        graph.ok_or_else(|| Error::Device("the CUDA graph capture recorded nothing".into()))
     }
 
     /// Loads a CUBIN (compiled for this device's architecture).
-    pub fn load_cubin(&self, bin: Vec<u8>) -> Result<(), String> {
+    pub fn load_cubin(&self, bin: Vec<u8>) -> Result<(), Error> {
         self.ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
             .map(|_| ())
@@ -135,8 +136,9 @@ impl Gpu {
         &self,
         src: &str,
         name: &str,
-    ) -> Result<Arc<cudarc::driver::CudaModule>, String> {
-        let bin = nvrtc::cached_cubin(src, name, &self.info.arch()).map_err(|e| e.to_string())?;
+    ) -> Result<Arc<cudarc::driver::CudaModule>, Error> {
+        let bin = nvrtc::cached_cubin(src, name, &self.info.arch())
+            .map_err(|e| Error::Device(e.to_string()))?;
         self.ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
             .map_err(drv)
@@ -316,17 +318,17 @@ fn ptr(s: &CudaSlice<f32>, stream: &CudaStream) -> u64 {
 impl GpuPlan {
     /// Generates, compiles (cached) and loads the plan's CUDA, and allocates its memory.
     /// `force_fallback` computes every product with the generated kernel (for cross-checks).
-    pub fn new(gpu: &Gpu, plan: &Plan, title: &str, opts: LoadOptions) -> Result<GpuPlan, String> {
+    pub fn new(gpu: &Gpu, plan: &Plan, title: &str, opts: LoadOptions) -> Result<GpuPlan, Error> {
         let g = codegen::generate_with(plan, title, opts.hand);
         let module = gpu.load(&g.source, "plan.cu")?;
         let st = &gpu.stream;
         let mut ops = Vec::new();
         let mut fallback_gemms = 0;
-        let load = |l: &Launch| -> Result<RtOp, String> {
+        let load = |l: &Launch| -> Result<RtOp, Error> {
             Ok(RtOp::Launch {
                 f: module.load_function(&l.kernel).map_err(drv)?,
                 grid: u32::try_from(l.threads.div_ceil(codegen::BLOCK as u64))
-                    .map_err(|_| format!("{}: too many threads", l.kernel))?,
+                    .map_err(|_| Error::Device(format!("{}: too many threads", l.kernel)))?,
                 block: codegen::BLOCK,
                 args: l.args.clone(),
             })
@@ -407,17 +409,17 @@ impl GpuPlan {
     }
 
     /// Copies input `k` to the device (its length must be the plan's).
-    pub fn set_input(&mut self, gpu: &Gpu, k: usize, data: &[f32]) -> Result<(), String> {
+    pub fn set_input(&mut self, gpu: &Gpu, k: usize, data: &[f32]) -> Result<(), Error> {
         let dst = self
             .inputs
             .get_mut(k)
-            .ok_or_else(|| format!("input {k} does not exist"))?;
+            .ok_or_else(|| Error::Device(format!("input {k} does not exist")))?;
         if dst.len() != data.len().max(1) && !(data.is_empty() && dst.len() == 1) {
-            return Err(format!(
+            return Err(Error::Device(format!(
                 "input {k}: {} elements given, {} expected",
                 data.len(),
                 dst.len()
-            ));
+            )));
         }
         if !data.is_empty() {
             gpu.stream.memcpy_htod(data, dst).map_err(drv)?;
@@ -434,7 +436,7 @@ impl GpuPlan {
     }
 
     /// Enqueues every operation on the stream.
-    pub(crate) fn enqueue(&self, gpu: &Gpu) -> Result<(), String> {
+    pub(crate) fn enqueue(&self, gpu: &Gpu) -> Result<(), Error> {
         let st = &gpu.stream;
         let seed = self.seed.device_ptr(st).0;
         let train = self.train.device_ptr(st).0;
@@ -545,7 +547,7 @@ impl GpuPlan {
         Ok(())
     }
 
-    pub(crate) fn set_run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+    pub(crate) fn set_run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), Error> {
         let st = &gpu.stream;
         st.memcpy_htod(&[seed], &mut self.seed).map_err(drv)?;
         st.memcpy_htod(&[train as i32], &mut self.train)
@@ -556,7 +558,7 @@ impl GpuPlan {
 
     /// Reads the error words: `err[0]` holds a generated kernel's code, `err[k]` the flag of
     /// a hand-written kernel's check `k`.
-    pub(crate) fn check(&self, gpu: &Gpu) -> Result<(), String> {
+    pub(crate) fn check(&self, gpu: &Gpu) -> Result<(), Error> {
         let mut e = vec![0i32; self.err.len()];
         gpu.stream.memcpy_dtoh(&self.err, &mut e).map_err(drv)?;
         gpu.synchronize()?;
@@ -565,15 +567,16 @@ impl GpuPlan {
             Some(0) => e[0] as usize,
             Some(k) => k,
         };
-        Err(self
-            .errors
-            .get(code.wrapping_sub(1))
-            .cloned()
-            .unwrap_or_else(|| format!("kernel error code {code}")))
+        Err(Error::Run(
+            self.errors
+                .get(code.wrapping_sub(1))
+                .cloned()
+                .unwrap_or_else(|| format!("kernel error code {code}")),
+        ))
     }
 
     /// Runs the plan once, launch by launch, and waits for it.
-    pub fn run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+    pub fn run(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), Error> {
         self.set_run(gpu, train, seed)?;
         self.enqueue(gpu)?;
         self.check(gpu)
@@ -581,7 +584,7 @@ impl GpuPlan {
 
     /// Runs the plan through a CUDA graph: captured on the first call, replayed after (the
     /// launch sequence and buffers never change; the seed and mode are read from device memory).
-    pub fn run_graph(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), String> {
+    pub fn run_graph(&mut self, gpu: &Gpu, train: bool, seed: u64) -> Result<(), Error> {
         self.set_run(gpu, train, seed)?;
         if self.graph.is_none() {
             self.graph = Some(gpu.capture(|| self.enqueue(gpu))?);
@@ -604,11 +607,11 @@ impl GpuPlan {
     }
 
     /// Input `k`, copied to the host.
-    pub fn input(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, String> {
+    pub fn input(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, Error> {
         let src = self
             .inputs
             .get(k)
-            .ok_or_else(|| format!("input {k} does not exist"))?;
+            .ok_or_else(|| Error::Device(format!("input {k} does not exist")))?;
         let mut host = vec![0f32; src.len()];
         gpu.stream.memcpy_dtoh(src, &mut host).map_err(drv)?;
         gpu.synchronize()?;
@@ -616,11 +619,11 @@ impl GpuPlan {
     }
 
     /// Output `k` of the last run, copied to the host.
-    pub fn output(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, String> {
+    pub fn output(&self, gpu: &Gpu, k: usize) -> Result<Vec<f32>, Error> {
         let (loc, len) = *self
             .outputs
             .get(k)
-            .ok_or_else(|| format!("output {k} does not exist"))?;
+            .ok_or_else(|| Error::Device(format!("output {k} does not exist")))?;
         let src = match loc {
             Loc::Input(i) => &self.inputs[i],
             Loc::Const(i) => &self.consts[i],

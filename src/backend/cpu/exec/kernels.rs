@@ -13,6 +13,7 @@
 
 use super::nest::{Dim, Nest};
 use crate::backend::cpu::interp;
+use crate::error::Error;
 use crate::ir::Func;
 
 /// The layernorm epsilon, the same as the reference interpreter's.
@@ -750,12 +751,12 @@ impl Kernel {
     /// Checks, at plan time, that every offset the kernel can touch lies inside its operand:
     /// `lens` are the operands' lengths in pointer order. This is what makes the unchecked
     /// accesses of [`Kernel::run`] sound.
-    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), String> {
+    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), Error> {
         let fits = |what: &str, reach: usize, len: usize| {
             if len > 0 && reach >= len {
-                Err(format!(
+                Err(Error::Plan(format!(
                     "plan bug: {what} reaches offset {reach} of a {len}-element buffer"
-                ))
+                )))
             } else {
                 Ok(())
             }
@@ -917,7 +918,7 @@ impl Kernel {
     /// The pointers must be the bases of buffers at least as long as the lengths the plan
     /// checked with [`Kernel::check_bounds`]; an output pointer may equal an input pointer only
     /// where the planner allowed this kernel to run in place.
-    pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64) -> Result<(), String> {
+    pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64) -> Result<(), Error> {
         unsafe {
             match self {
                 // Elementwise code is cheaper per element than the generic kernels, and two
@@ -1368,7 +1369,9 @@ impl Kernel {
                     });
                     let (total, bad) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
                     if let Some(t) = bad {
-                        return Err(format!("target {t} is outside the {n} classes"));
+                        return Err(Error::Plan(format!(
+                            "target {t} is outside the {n} classes"
+                        )));
                     }
                     if !back {
                         *out.get() = total as f32;
@@ -1533,7 +1536,7 @@ pub fn dense(tables: &[Vec<usize>]) -> bool {
 ///
 /// # Safety
 /// The nest's offsets of operand 1 must be in bounds of `ids`.
-unsafe fn check_ids(nest: &Nest<2>, ids: *const f32, vocab: usize) -> Result<(), String> {
+unsafe fn check_ids(nest: &Nest<2>, ids: *const f32, vocab: usize) -> Result<(), Error> {
     let mut bad = None;
     nest.each([0, 0], |o| {
         let id = unsafe { *ids.add(o[1]) };
@@ -1542,9 +1545,9 @@ unsafe fn check_ids(nest: &Nest<2>, ids: *const f32, vocab: usize) -> Result<(),
         }
     });
     match bad {
-        Some(id) => Err(format!(
+        Some(id) => Err(Error::Plan(format!(
             "token id {id} is outside the vocabulary (size {vocab})"
-        )),
+        ))),
         None => Ok(()),
     }
 }

@@ -1,10 +1,10 @@
-//! The rewrite commands (`diagc rewrite`, `diagc derive`): argument handling, printing and exit
-//! codes, kept here so `cli` stays a list of commands.
+//! The rewrite commands (`diagc rewrite`, `derive`, `enumerate`, `taxonomy`): argument
+//! handling, printing and exit codes over `crate::rewrite`.
 
-use super::rule::{self, RuleBook, Site, Step};
-use super::term::Term;
-use crate::driver;
-use crate::ir::Program;
+use super::fail;
+use crate::error::Error;
+use crate::rewrite::input::{draw_step, load_rules, load_term, parse_apply};
+use crate::rewrite::rule::{self, RuleBook};
 use std::path::{Path, PathBuf};
 
 /// The arguments of `diagc rewrite`.
@@ -36,82 +36,10 @@ pub struct RewriteArgs {
     pub draw: Option<PathBuf>,
 }
 
-/// The stdlib's rules and those of `files`.
-pub fn load_rules(files: &[PathBuf]) -> Result<RuleBook, String> {
-    let mut book = RuleBook::stdlib()?;
-    for f in files {
-        let text =
-            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-        book.add_text(&f.display().to_string(), &text)?;
-    }
-    Ok(book)
-}
-
-/// Checks `file` and returns the term of one of its diagrams (the named one, else the only or
-/// last one defined in the file itself).
-pub fn load_term(file: &Path, diagram: Option<&str>) -> Result<Term, String> {
-    let o = driver::check_path(file)?;
-    if !o.checked.is_ok() {
-        return Err(format!(
-            "{}{} does not check",
-            o.plain_report(),
-            file.display()
-        ));
-    }
-    let p = &o.checked.program;
-    term_of(p, diagram, &file.display().to_string())
-}
-
-pub fn term_of(p: &Program, diagram: Option<&str>, shown: &str) -> Result<Term, String> {
-    let root = crate::source::FileId(0);
-    let d = match diagram {
-        Some(n) => p.diagram(n).ok_or_else(|| {
-            let names: Vec<&str> = p.diagrams.iter().map(|d| d.name.as_str()).collect();
-            format!(
-                "no diagram `{n}` in {shown}; there are: {}",
-                names.join(", ")
-            )
-        })?,
-        None => p
-            .diagrams
-            .iter()
-            .rev()
-            .find(|d| d.span.file == root)
-            .ok_or_else(|| format!("{shown} defines no diagram"))?,
-    };
-    Term::from_diagram(d, &p.axes)
-}
-
-/// Parses `RULE[@SITE]`.
-pub fn parse_apply(s: &str) -> (String, Option<Site>) {
-    match s.split_once('@') {
-        Some((r, site)) => (r.to_string(), Some(Site::parse(site))),
-        None => (s.to_string(), None),
-    }
-}
-
-/// Draws a step as an SVG: before and after, the rewritten wire highlighted on both sides.
-pub fn draw_step(step: &Step) -> Result<String, String> {
-    let side =
-        |t: &Term| -> Result<(Program, String), String> { Ok((t.recheck()?.1, t.name.clone())) };
-    let (pb, nb) = side(&step.before)?;
-    let (pa, na) = side(&step.after)?;
-    let db = pb.diagram(&nb).ok_or("lost diagram")?;
-    let da = pa.diagram(&na).ok_or("lost diagram")?;
-    let root = step.matched_name.clone().into_iter().collect::<Vec<_>>();
-    let hb = crate::render::Highlight::by_wire_names(db, &root).unwrap_or_default();
-    let ha = crate::render::Highlight::by_wire_names(da, &root).unwrap_or_default();
-    crate::render::draw_step((&pb, db, &hb), (&pa, da, &ha), &Default::default())
-        .map_err(|e| format!("{e:?}"))
-}
-
 pub fn rewrite(a: RewriteArgs) -> i32 {
     let book = match load_rules(&a.rules) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e),
     };
     if a.list {
         for r in &book.rules {
@@ -120,15 +48,11 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
         return 0;
     }
     let Some(file) = a.file else {
-        eprintln!("diagc: rewrite needs a FILE");
-        return 2;
+        return fail(Error::Usage("rewrite needs a FILE".into()));
     };
     let mut term = match load_term(&file, a.diagram.as_deref()) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e),
     };
     if a.sites {
         for r in &book.rules {
@@ -151,8 +75,7 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
     if let Some(dir) = &a.draw
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        eprintln!("diagc: cannot create {}: {e}", dir.display());
-        return 2;
+        return fail(Error::create(dir, e));
     }
     if a.trace {
         println!("// {}: the diagram as rewriting sees it", term.name);
@@ -162,10 +85,7 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
         let (name, site) = parse_apply(spec);
         let step = match rule::apply(&book, &term, &name, site.as_ref()) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("diagc: step {}: {e}", i + 1);
-                return 1;
-            }
+            Err(e) => return fail(e.context(&format!("step {}: ", i + 1))),
         };
         if a.trace {
             println!(
@@ -182,8 +102,7 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
             match draw_step(&step) {
                 Ok(svg) => {
                     if let Err(e) = std::fs::write(&path, svg) {
-                        eprintln!("diagc: cannot write {}: {e}", path.display());
-                        return 2;
+                        return fail(Error::write(path, e));
                     }
                 }
                 Err(e) => eprintln!("diagc: step {} not drawn: {e}", i + 1),
@@ -204,7 +123,7 @@ pub fn derive(
     list: bool,
     draw: Option<PathBuf>,
 ) -> i32 {
-    use super::derive as d;
+    use crate::rewrite::derive as d;
     if list {
         for (name, text) in d::STDLIB {
             let title = text
@@ -218,8 +137,7 @@ pub fn derive(
         return 0;
     }
     let Some(which) = derivation else {
-        eprintln!("diagc: derive needs a DERIVATION");
-        return 2;
+        return fail(Error::Usage("derive needs a DERIVATION".into()));
     };
     let text = match d::STDLIB.iter().find(|(n, _)| *n == which) {
         Some((_, t)) => t.to_string(),
@@ -237,31 +155,24 @@ pub fn derive(
     };
     let der = match d::parse(&text) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("diagc: {which}: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e.context(&format!("{which}: "))),
     };
     let book = match load_rules(rules) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e),
     };
     if let Some(dir) = &draw
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        eprintln!("diagc: cannot create {}: {e}", dir.display());
-        return 2;
+        return fail(Error::create(dir, e));
     }
     let mut failed_draw = false;
     let result = d::replay(&der, &book, &mut |i, c| {
         let numeric = match &c.numeric {
-            Some(super::verify::Agreement::Agree(e)) => {
+            Some(crate::rewrite::verify::Agreement::Agree(e)) => {
                 format!(", numerically equal (worst {e:.1e})")
             }
-            Some(super::verify::Agreement::Incomparable(why)) => {
+            Some(crate::rewrite::verify::Agreement::Incomparable(why)) => {
                 format!(", equal as function classes ({why})")
             }
             None => String::new(),
@@ -277,7 +188,8 @@ pub fn derive(
         }
         if let Some(dir) = &draw {
             match draw_step(&c.step).and_then(|svg| {
-                std::fs::write(dir.join(format!("step{i}.svg")), svg).map_err(|e| e.to_string())
+                let path = dir.join(format!("step{i}.svg"));
+                std::fs::write(&path, svg).map_err(|e| Error::write(path, e))
             }) {
                 Ok(()) => {}
                 Err(e) => {
@@ -295,44 +207,33 @@ pub fn derive(
             }
             if failed_draw { 2 } else { 0 }
         }
-        Err(e) => {
-            eprintln!("diagc: {which}: {e}");
-            1
-        }
+        Err(e) => fail(e.context(&format!("{which}: "))),
     }
 }
 
 pub fn enumerate(dir: &Path, check: bool) -> i32 {
     let book = match RuleBook::stdlib() {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e),
     };
-    let ms = match super::enumerate::enumerate(&book) {
+    let ms = match crate::rewrite::enumerate::enumerate(&book) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e),
     };
     if !check && let Err(e) = std::fs::create_dir_all(dir) {
-        eprintln!("diagc: cannot create {}: {e}", dir.display());
-        return 2;
+        return fail(Error::create(dir, e));
     }
     let mut stale = false;
     for m in &ms {
         let path = dir.join(format!("{}.diag", m.name));
-        let text = super::enumerate::file_text(m);
+        let text = crate::rewrite::enumerate::file_text(m);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 eprintln!("diagc: {} differs from a fresh enumeration", path.display());
                 stale = true;
             }
         } else if let Err(e) = std::fs::write(&path, &text) {
-            eprintln!("diagc: cannot write {}: {e}", path.display());
-            return 2;
+            return fail(Error::write(path, e));
         }
         println!(
             "{:<4} {:<14} {:<17} {}",
@@ -347,22 +248,16 @@ pub fn enumerate(dir: &Path, check: bool) -> i32 {
 }
 
 /// `diagc taxonomy`.
-pub fn taxonomy(format: crate::cli::TaxonomyFormat, output: Option<&Path>) -> i32 {
-    use super::taxonomy;
-    use crate::cli::TaxonomyFormat;
+pub fn taxonomy(format: super::TaxonomyFormat, output: Option<&Path>) -> i32 {
+    use super::TaxonomyFormat;
+    use crate::rewrite::taxonomy;
     let book = match RuleBook::stdlib() {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("diagc: {e}");
-            return 2;
-        }
+        Err(e) => return fail(e),
     };
     let t = match taxonomy::build(&book) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("diagc: the taxonomy does not hold: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e.context("the taxonomy does not hold: ")),
     };
     let bytes: Vec<u8> = match format {
         TaxonomyFormat::Dot => taxonomy::dot(&t).into_bytes(),
@@ -370,23 +265,20 @@ pub fn taxonomy(format: crate::cli::TaxonomyFormat, output: Option<&Path>) -> i3
         TaxonomyFormat::Svg => taxonomy::svg(&t).into_bytes(),
         TaxonomyFormat::Png => {
             if output.is_none() {
-                eprintln!("diagc: `--format png` writes a file: give `--output FILE.png`");
-                return 2;
+                return fail(Error::Usage(
+                    "`--format png` writes a file: give `--output FILE.png`".into(),
+                ));
             }
             match crate::render::png::render(&taxonomy::svg(&t), 2.0) {
                 Ok(b) => b,
-                Err(e) => {
-                    eprintln!("diagc: cannot rasterise the taxonomy: {e}");
-                    return 2;
-                }
+                Err(e) => return fail(Error::from(e).context("cannot rasterise the taxonomy: ")),
             }
         }
     };
     match output {
         Some(path) => {
             if let Err(e) = std::fs::write(path, &bytes) {
-                eprintln!("diagc: cannot write {}: {e}", path.display());
-                return 2;
+                return fail(Error::write(path, e));
             }
             eprintln!(
                 "wrote {} ({} diagrams, {} derivations)",

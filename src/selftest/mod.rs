@@ -2,7 +2,7 @@
 //! oracle) on this machine's GPU.
 //!
 //! 1. the hand-written kernel modules of `kernels/` compile for the device and load;
-//! 2. every primitive (`tests/exec/primitives.diag`, embedded) and every stdlib mechanism,
+//! 2. every primitive (`src/selftest/primitives.diag`, embedded) and every stdlib mechanism,
 //!    forward and gradient, in evaluation and training mode, on the same random inputs on both
 //!    devices: each output must agree within `|gpu - cpu| <= ATOL + RTOL |cpu|` elementwise;
 //!    each diagram runs four ways on the GPU: launch by launch with cuBLAS and the hand-written
@@ -16,10 +16,11 @@
 //!    the same parameters, batches and dropout seeds: every step's loss agrees within
 //!    [`LOSS_RTOL`] (the GPU step is one CUDA graph: plan, clipping, Adam).
 
-use super::runtime::{Gpu, GpuPlan, LoadOptions, Precision};
 use crate::backend::cpu::exec::{Plan, Workspace};
 use crate::backend::cpu::harness::{self, Rng};
 use crate::backend::cpu::interp::RunOptions;
+use crate::backend::cuda::runtime::{Gpu, GpuPlan, LoadOptions, Precision};
+use crate::error::Error;
 use crate::ir::instance::{Bindings, Instance, instantiate};
 
 /// Elementwise tolerance of diagram outputs: relative, and absolute for values near zero.
@@ -31,7 +32,7 @@ pub const LM_ATOL: f64 = 1e-5;
 
 const PRIMITIVES: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/exec/primitives.diag"
+    "/src/selftest/primitives.diag"
 ));
 
 /// What one check found.
@@ -79,11 +80,11 @@ fn compare(
     graph: bool,
     load: LoadOptions,
     tol: (f64, f64),
-) -> Result<f64, String> {
+) -> Result<f64, Error> {
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let cpu = plan
         .run(&mut Workspace::default(), &refs, opts)
-        .map_err(|e| format!("CPU: {e}"))?;
+        .map_err(|e| Error::Device(format!("CPU: {e}")))?;
     let mut gp = GpuPlan::new(gpu, plan, title, load)?;
     for (k, x) in inputs.iter().enumerate() {
         gp.set_input(gpu, k, x)?;
@@ -106,10 +107,10 @@ fn compare(
 /// Forward and gradient of an instance, eval and train, three GPU paths each.
 fn check_instance(gpu: &Gpu, name: &str, inst: &Instance, seed: u64) -> Vec<Outcome> {
     let mut out = Vec::new();
-    let fail = |what: String, e: String| Outcome {
+    let fail = |what: String, e: Error| Outcome {
         what,
         worst: f64::INFINITY,
-        error: Some(e),
+        error: Some(e.to_string()),
     };
     let forward = match Plan::for_instance(inst) {
         Ok(p) => p,
@@ -186,21 +187,21 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
         all.push(o);
     };
     // 1. The hand-written modules.
-    for (file, src) in super::kernels::modules() {
-        let r = super::nvrtc::cached_cubin(&src, file, &gpu.info.arch())
-            .map_err(|e| e.to_string())
+    for (file, src) in crate::backend::cuda::kernels::modules() {
+        let r = crate::backend::cuda::nvrtc::cached_cubin(&src, file, &gpu.info.arch())
+            .map_err(|e| Error::Device(e.to_string()))
             .and_then(|bin| gpu.load_cubin(bin));
         push(
             Outcome {
                 what: format!("kernels/{file} compiles and loads"),
                 worst: 0.0,
-                error: r.err(),
+                error: r.err().map(|e| e.to_string()),
             },
             &mut all,
         );
     }
     // 2. Primitives and mechanisms.
-    let prims = crate::driver::check_text("primitives.diag", PRIMITIVES);
+    let prims = crate::session::check_text("primitives.diag", PRIMITIVES);
     match prims {
         o if o.checked.is_ok() => {
             let p = &o.checked.program;
@@ -219,7 +220,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                         Outcome {
                             what: format!("primitive {}", d.name),
                             worst: f64::INFINITY,
-                            error: Some(e),
+                            error: Some(e.to_string()),
                         },
                         &mut all,
                     ),
@@ -242,13 +243,13 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
     };
     for m in crate::stdlib::mechanisms() {
         let inst = crate::stdlib::module(&format!("attention.{m}"))
-            .ok_or_else(|| format!("no stdlib module attention.{m}"))
+            .ok_or_else(|| Error::Device(format!("no stdlib module attention.{m}")))
             .and_then(|(path, text)| {
-                let o = crate::driver::check_text(path, text);
+                let o = crate::session::check_text(path, text);
                 if o.checked.is_ok() {
                     instantiate(&o.checked.program, &m, &bindings(sizes))
                 } else {
-                    Err("does not check".into())
+                    Err(Error::Device("does not check".into()))
                 }
             });
         match inst {
@@ -269,7 +270,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                 Outcome {
                     what: format!("mechanism {m}"),
                     worst: f64::INFINITY,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 },
                 &mut all,
             ),
@@ -317,7 +318,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                 Err(e) => Outcome {
                     what,
                     worst: f64::INFINITY,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 },
             },
             &mut all,
@@ -333,7 +334,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
 }
 
 /// Opens the GPU for the selftest (fp32: the comparisons' tolerances assume it).
-pub fn open() -> Result<Gpu, String> {
+pub fn open() -> Result<Gpu, Error> {
     Gpu::open(Precision::Fp32)
 }
 
@@ -353,7 +354,7 @@ pub fn training_matches(gpu: &Gpu, mech: &str, steps: usize) -> Outcome {
         Err(e) => Outcome {
             what,
             worst: f64::INFINITY,
-            error: Some(e),
+            error: Some(e.to_string()),
         },
     }
 }
@@ -361,7 +362,7 @@ pub fn training_matches(gpu: &Gpu, mech: &str, steps: usize) -> Outcome {
 /// The relative tolerance of a training step's loss between the devices.
 pub const LOSS_RTOL: f64 = 1e-3;
 
-fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
+fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, Error> {
     use crate::train::optim::{Adam, noam};
     let cfg = crate::train::model::ModelConfig {
         mech: mech.into(),
@@ -377,11 +378,11 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
     let grad_of: Vec<usize> = (0..np)
         .map(|k| tg.gradient.grad_of[2 + k])
         .collect::<Option<_>>()
-        .ok_or("a parameter has no gradient")?;
+        .ok_or_else(|| Error::Device("a parameter has no gradient".into()))?;
     let mut params: Vec<Vec<f32>> = init[2..2 + np].to_vec();
     // Fusion keeps the inputs and parameters in order.
     let fused = crate::train::model::train_graph_with(&cfg, true)?;
-    let mut gstep = super::train::GpuStep::new(gpu, &fused, &params, 1.0)?;
+    let mut gstep = crate::train::gpu::GpuStep::new(gpu, &fused, &params, 1.0)?;
     let mut adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
     let (n_ids, vocab) = (init[0].len(), cfg.vocab as u64);
     let mut rng = Rng::new(99);
@@ -402,12 +403,12 @@ fn train_both(gpu: &Gpu, mech: &str, steps: usize) -> Result<f64, String> {
             (&mut params, &mut adam),
             (seed, lr, 1.0),
         )
-        .map_err(|e| format!("CPU step {s}: {e}"))?;
+        .map_err(|e| Error::Device(format!("CPU step {s}: {e}")))?;
         // GPU.
         gstep.set_batch(gpu, &ids, &targets)?;
         gstep
             .step(gpu, lr, seed)
-            .map_err(|e| format!("GPU step {s}: {e}"))?;
+            .map_err(|e| Error::Device(format!("GPU step {s}: {e}")))?;
         let gpu_loss = gstep.loss(gpu)?;
         let c = cpu_loss as f64;
         let d = ((gpu_loss as f64 - c) / c.abs().max(1e-12)).abs();

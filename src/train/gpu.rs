@@ -9,7 +9,8 @@
 //! arithmetic is the CPU's (`train::optim`): Adam's per-element roundings, the sum of squares in
 //! f64, the clipping factor's formula.
 
-use super::runtime::{Gpu, GpuPlan, drv};
+use crate::backend::cuda::runtime::{Gpu, GpuPlan, drv};
+use crate::error::Error;
 use crate::train::model::{ModelConfig, TrainGraph};
 use crate::train::optim::Adam;
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
@@ -51,15 +52,15 @@ impl GpuStep {
         tg: &TrainGraph,
         params: &[Vec<f32>],
         max_norm: f64,
-    ) -> Result<GpuStep, String> {
+    ) -> Result<GpuStep, Error> {
         let f = &tg.forward;
         let plan = crate::backend::cpu::exec::Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
         let np = f.params.len();
         if params.len() != np {
-            return Err(format!(
+            return Err(Error::Device(format!(
                 "{} parameters given, the model has {np}",
                 params.len()
-            ));
+            )));
         }
         let mut gp = GpuPlan::new(gpu, &plan, "LM training step", Default::default())?;
         for (k, p) in params.iter().enumerate() {
@@ -69,7 +70,8 @@ impl GpuStep {
         gp.set_input(gpu, 2 + np, &[1.0])?;
         let grad_out = (0..np)
             .map(|k| {
-                tg.gradient.grad_of[2 + k].ok_or("a parameter has no gradient output".to_string())
+                tg.gradient.grad_of[2 + k]
+                    .ok_or_else(|| Error::Plan("a parameter has no gradient output".into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let lens: Vec<usize> = params.iter().map(Vec::len).collect();
@@ -83,10 +85,10 @@ impl GpuStep {
             .iter()
             .map(|n| zeros(*n))
             .collect::<Result<Vec<_>, _>>()?;
-        let (_, src) = super::kernels::modules()
+        let (_, src) = crate::backend::cuda::kernels::modules()
             .into_iter()
             .find(|(n, _)| *n == "adam.cu")
-            .ok_or("kernels/adam.cu is not in the binary")?;
+            .ok_or_else(|| Error::Device("kernels/adam.cu is not in the binary".into()))?;
         let module = gpu.load(&src, "adam.cu")?;
         let func = |name: &str| module.load_function(name).map_err(drv);
         Ok(GpuStep {
@@ -114,13 +116,13 @@ impl GpuStep {
     }
 
     /// Copies a batch (token ids and targets, as f32, in the plan's layout) to the device.
-    pub fn set_batch(&mut self, gpu: &Gpu, ids: &[f32], targets: &[f32]) -> Result<(), String> {
+    pub fn set_batch(&mut self, gpu: &Gpu, ids: &[f32], targets: &[f32]) -> Result<(), Error> {
         self.plan.set_input(gpu, 0, ids)?;
         self.plan.set_input(gpu, 1, targets)
     }
 
     /// Enqueues clipping and Adam after the plan.
-    fn enqueue_update(&mut self, gpu: &Gpu) -> Result<(), String> {
+    fn enqueue_update(&mut self, gpu: &Gpu) -> Result<(), Error> {
         let st = &gpu.stream;
         st.memset_zeros(&mut self.sumsq).map_err(drv)?;
         let sumsq = self.sumsq.device_ptr(st).0;
@@ -136,12 +138,12 @@ impl GpuStep {
             let (g, len) = self
                 .plan
                 .output_ptr(gpu, *out)
-                .ok_or("a gradient output is missing")?;
+                .ok_or_else(|| Error::Device("a gradient output is missing".into()))?;
             if len != self.lens[k] {
-                return Err(format!(
+                return Err(Error::Device(format!(
                     "parameter {k}: {} elements, its gradient {len}",
                     self.lens[k]
-                ));
+                )));
             }
             grads.push(g);
             let n = len as u64;
@@ -166,7 +168,7 @@ impl GpuStep {
             let p = self
                 .plan
                 .input_ptr(gpu, 2 + k)
-                .ok_or("a parameter input is missing")?;
+                .ok_or_else(|| Error::Device("a parameter input is missing".into()))?;
             let (m, v) = (self.m[k].device_ptr(st).0, self.v[k].device_ptr(st).0);
             let n = self.lens[k] as u64;
             let mut b = st.launch_builder(&self.adam);
@@ -180,7 +182,7 @@ impl GpuStep {
 
     /// One training step with learning rate `lr` and dropout seed `seed`: the whole step is
     /// one CUDA graph, captured on the first call. Waits for it and checks the error word.
-    pub fn step(&mut self, gpu: &Gpu, lr: f64, seed: u64) -> Result<(), String> {
+    pub fn step(&mut self, gpu: &Gpu, lr: f64, seed: u64) -> Result<(), Error> {
         self.plan.set_run(gpu, true, seed)?;
         // Adam's scalars, computed as `Adam::update_scaled` does (k is the clip kernel's).
         self.opt.step += 1;
@@ -213,7 +215,7 @@ impl GpuStep {
     }
 
     /// The loss of the last step (the gradient plan's first output).
-    pub fn loss(&self, gpu: &Gpu) -> Result<f32, String> {
+    pub fn loss(&self, gpu: &Gpu) -> Result<f32, Error> {
         Ok(self
             .plan
             .output(gpu, 0)?
@@ -223,7 +225,7 @@ impl GpuStep {
     }
 
     /// The global gradient norm of the last step (before clipping).
-    pub fn grad_norm(&self, gpu: &Gpu) -> Result<f64, String> {
+    pub fn grad_norm(&self, gpu: &Gpu) -> Result<f64, Error> {
         let mut h = [0f64];
         gpu.stream.memcpy_dtoh(&self.norm, &mut h).map_err(drv)?;
         gpu.synchronize()?;
@@ -231,19 +233,18 @@ impl GpuStep {
     }
 
     /// Makes the device state the host's: parameters, Adam's moments and step count.
-    pub fn load_state(
-        &mut self,
-        gpu: &Gpu,
-        params: &[Vec<f32>],
-        adam: &Adam,
-    ) -> Result<(), String> {
+    pub fn load_state(&mut self, gpu: &Gpu, params: &[Vec<f32>], adam: &Adam) -> Result<(), Error> {
         if params.len() != self.np || adam.m.len() != self.np || adam.v.len() != self.np {
-            return Err("the state has another number of parameters".into());
+            return Err(Error::Device(
+                "the state has another number of parameters".into(),
+            ));
         }
         for (k, p) in params.iter().enumerate() {
             self.plan.set_input(gpu, 2 + k, p)?;
             if adam.m[k].len() != self.lens[k] || adam.v[k].len() != self.lens[k] {
-                return Err(format!("parameter {k}: the moments have another length"));
+                return Err(Error::Device(format!(
+                    "parameter {k}: the moments have another length"
+                )));
             }
             gpu.stream
                 .memcpy_htod(&adam.m[k], &mut self.m[k])
@@ -262,7 +263,7 @@ impl GpuStep {
         gpu: &Gpu,
         params: &mut [Vec<f32>],
         adam: &mut Adam,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         for (k, param) in params.iter_mut().enumerate().take(self.np) {
             let mut p = self.plan.input(gpu, 2 + k)?;
             p.truncate(self.lens[k]);
@@ -281,7 +282,7 @@ impl GpuStep {
     }
 
     /// The current parameters, copied to the host.
-    pub fn params(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, String> {
+    pub fn params(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, Error> {
         (0..self.np)
             .map(|k| {
                 let mut p = self.plan.input(gpu, 2 + k)?;
@@ -303,7 +304,7 @@ pub fn bench(
     steps: usize,
     seed: u64,
     fuse_attention: bool,
-) -> Result<(f64, f64, usize), String> {
+) -> Result<(f64, f64, usize), Error> {
     use std::time::Instant;
     let tg = crate::train::model::train_graph_with(cfg, fuse_attention)?;
     let f = &tg.forward;
@@ -312,10 +313,7 @@ pub fn bench(
     let np = f.params.len();
     let mut s = GpuStep::new(gpu, &tg, &inputs[2..2 + np], 1.0)?;
     s.set_batch(gpu, &inputs[0], &inputs[1])?;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    use crate::train::bench::median;
     let mut whole = Vec::new();
     for k in 0..steps + 2 {
         gpu.synchronize()?;

@@ -1,0 +1,758 @@
+//! The command line: a thin layer over the library (clap for parsing). The only module that
+//! knows clap and exit codes.
+//!
+//! Exit codes: 0 success, 1 diagnostics were reported (or a run, a check or training failed),
+//! 2 usage, I/O, data, planning or device error, 3 `selftest` without a GPU, 101 internal
+//! error; [`exit_code`] maps every [`Error`] to one. Every command prints its errors as
+//! `diagc: ...` lines, or as JSON objects on standard output with `--message-format json`.
+//!
+//! One file per command family: `check` (check, explain), `compile` (compile, draw), `exec`
+//! (run, gradcheck), `bench`, `train` (train, eval), `rewrite` (rewrite, derive, enumerate,
+//! taxonomy), `selftest`.
+
+mod bench;
+mod check;
+mod compile;
+mod exec;
+mod rewrite;
+mod selftest;
+mod train;
+
+use crate::diagnostic::{ALL_CODES, Code};
+use crate::error::Error;
+use crate::ir::{lower, print};
+use crate::report;
+use crate::session::{self, Outcome};
+use bench::bench_cmd;
+use check::{check, explain};
+use clap::{Parser, Subcommand, ValueEnum};
+use compile::{compile, draw};
+use exec::{gradcheck_cmd, run_cmd};
+use selftest::selftest;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use train::{eval_cmd, train_cmd};
+
+#[derive(Parser)]
+#[command(
+    name = "diagc",
+    version,
+    about = "A compiler for string diagrams of attention mechanisms and Transformer language models",
+    long_about = "diagc reads .diag files (boxes, wires, SIMD regions and reshapes, after \"On the Anatomy of \
+                  Attention\"), checks their shapes, and compiles them.\n\nExit codes: 0 success, 1 diagnostics \
+                  reported, 2 usage or I/O error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// How errors are printed: `human` lines on standard error, or `json`, one object per
+    /// line on standard output (`{"kind", "message"}`, or a diagnostic as `check --format
+    /// json` prints it). Accepted by every command.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    message_format: Format,
+}
+
+/// Whether errors are printed as JSON (`--message-format json`, or `--format json` of
+/// `check` and `compile`); set once when the arguments are read.
+static JSON_ERRORS: AtomicBool = AtomicBool::new(false);
+
+/// The exit code of an error: 1 when the input was read and found wrong (diagnostics, a run
+/// or a check that failed, training that failed), 2 when the command could not do its work
+/// (usage, I/O, data, planning, the device), 101 for a compiler bug.
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::Frontend { .. } | Error::Run(_) | Error::Train(_) | Error::Rewrite(_) => 1,
+        Error::Internal { .. } => 101,
+        Error::Usage(_)
+        | Error::Io { .. }
+        | Error::Instance { .. }
+        | Error::Autodiff(_)
+        | Error::Plan(_)
+        | Error::Device(_)
+        | Error::Data(_)
+        | Error::Checkpoint(_)
+        | Error::Render(_)
+        | Error::External(_) => 2,
+    }
+}
+
+/// `check` and `compile` print their diagnostics in their `--format`; their errors follow it.
+fn json_errors_with(format: Format) {
+    if matches!(format, Format::Json) {
+        JSON_ERRORS.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Prints `e` as the user asked (`diagc: ...` on standard error, or JSON lines on standard
+/// output) and returns its exit code.
+fn fail(e: Error) -> i32 {
+    print_error(&e);
+    exit_code(&e)
+}
+
+/// Prints `e` as the user asked, for an error after which the command goes on.
+fn print_error(e: &Error) {
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        let mut out = std::io::stdout().lock();
+        for v in e.to_json() {
+            let _ = writeln!(out, "{v}");
+        }
+    } else if let Error::Frontend {
+        sources,
+        diagnostics,
+        context,
+    } = e
+    {
+        let color = use_color(ColorChoice::Auto);
+        let mut err = std::io::stderr().lock();
+        for d in diagnostics {
+            let _ = write!(err, "{}", report::render(d, sources, color));
+        }
+        if !context.is_empty() {
+            let _ = writeln!(err, "diagc: {context}");
+        }
+    } else {
+        eprintln!("diagc: {e}");
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Reports with source excerpts, for people.
+    Human,
+    /// One JSON object per line on standard output, for tools.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Tf32,
+}
+
+/// Whether `diagc bench` fuses causal attention into one box per layer (`ir::fuse`).
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum FuseArg {
+    /// On the GPU, not on the CPU (what `diagc train` does on each).
+    Auto,
+    Yes,
+    No,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The typed IR with SIMD regions visible.
+    Ir,
+    /// The IR after lowering SIMD regions (every inner box lifted by its region's axis).
+    IrLowered,
+    /// The executable form of one diagram (`--diagram`): calls inlined, repeats unrolled, SIMD
+    /// lowered, parameters as inputs. Needs `--size` for free axes.
+    Instance,
+    /// The diagram after the optimiser (dead boxes, constant folding, common subexpressions,
+    /// simplification and cost-driven reassociation by `equal` rules), as `.diag` text headed by
+    /// what each pass did. `--size` gives the cost model its sizes (unbound ones are assumed:
+    /// tok 1024, dm 512, head 4, dff 2048, vocab 10000, batch 20, any other 512).
+    OptimizedIr,
+    /// The generated CUDA C of the executable form (as `instance`; needs `--size` for free
+    /// axes), with causal softmax attention fused as the GPU trainer runs it: the forward
+    /// kernels and the gradient's, one kernel per step of the CPU plan with its sizes and
+    /// strides as constants (fused attention of head size 32, 64, 96 or 128 on the flash
+    /// kernels), headed by the launch sequence. Self-contained: NVRTC compiles it alone.
+    Cuda,
+}
+
+/// Sizes and hyperparameters that make a diagram concrete.
+#[derive(clap::Args, Clone, Default)]
+pub struct InstanceArgs {
+    /// The size of a free axis, as NAME=N (repeatable): `--size dm=512 --size head=4`.
+    #[arg(long = "size", value_name = "NAME=N")]
+    sizes: Vec<String>,
+    /// A hyperparameter of the diagram, as NAME=VALUE (repeatable): `--hyper layers=2`,
+    /// `--hyper mech=m0`.
+    #[arg(long = "hyper", value_name = "NAME=VALUE")]
+    hypers: Vec<String>,
+}
+
+impl InstanceArgs {
+    /// Stdlib modules (`attention.NAME`) for `--hyper x=NAME` values naming a mechanism.
+    pub fn mechanism_modules(&self) -> Vec<String> {
+        self.hypers
+            .iter()
+            .filter_map(|s| s.split_once('=').map(|(_, v)| v.trim().to_string()))
+            .filter(|v| crate::stdlib::mechanisms().any(|m| m == *v))
+            .map(|v| format!("attention.{v}"))
+            .collect()
+    }
+
+    /// The bindings these flags give, or a usage error.
+    pub fn bindings(&self) -> Result<crate::ir::instance::Bindings, Error> {
+        use crate::ir::instance::{Bindings, HyperValue};
+        let mut b = Bindings::default();
+        for s in &self.sizes {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| Error::Usage(format!("`--size {s}`: expected NAME=N")))?;
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| Error::Usage(format!("`--size {s}`: {v} is not a whole number")))?;
+            if n == 0 {
+                return Err(Error::Usage(format!("`--size {s}`: sizes are positive")));
+            }
+            b.sizes.insert(k.trim().to_string(), n);
+        }
+        for s in &self.hypers {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| Error::Usage(format!("`--hyper {s}`: expected NAME=VALUE")))?;
+            let v = v.trim();
+            let value = match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => HyperValue::Num(x),
+                _ => HyperValue::Diagram(v.to_string()),
+            };
+            b.hypers.insert(k.trim().to_string(), value);
+        }
+        Ok(b)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .diag files (and the modules they use); report every error found.
+    Check {
+        /// Files to check; a directory means every .diag file under it. Each file is checked
+        /// on its own, with the modules it `use`s.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+        /// Also compare both sides of every `equal` rule in the files numerically on random
+        /// inputs (CPU interpreter); a rule whose sides differ is rejected (exit 1).
+        #[arg(long)]
+        verify_rules: bool,
+    },
+    /// Explain an error code (`diagc explain E0204`), or list them all (`--list`).
+    Explain {
+        /// The code, such as E0204.
+        #[arg(required_unless_present = "list")]
+        code: Option<String>,
+        /// List every code with its title.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Run a diagram on seeded random inputs and parameters (CPU reference interpreter) and
+    /// print a summary of each output.
+    Run {
+        file: PathBuf,
+        /// The diagram to run (default: the only diagram, or the last one, of FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Seeds the inputs, the parameters and dropout.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training mode (dropout active).
+        #[arg(long)]
+        train: bool,
+        /// Stop at the first box that produces a NaN or an infinity, naming it.
+        #[arg(long)]
+        check_finite: bool,
+        /// Also write the inputs, parameters, outputs and the gradients of the sum of the
+        /// outputs to this JSON file (for comparisons with other implementations).
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+    },
+    /// Compare every gradient (inputs and parameters) with central finite differences in f64;
+    /// exit 1 when the worst error is above the tolerance.
+    Gradcheck {
+        file: PathBuf,
+        /// The diagram to check (default: the only diagram, or the last one, of FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Elements checked per input tensor at most (chosen at random).
+        #[arg(long, default_value_t = 32)]
+        samples: usize,
+        /// The largest acceptable |analytic - numeric| / max(|analytic|, |numeric|, 1).
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+        /// Check in training mode (dropout active, with fixed masks).
+        #[arg(long)]
+        train: bool,
+    },
+    /// Time one training step (forward, backward through the loss, clipping, Adam) of the
+    /// language model at the protocol's sizes on the CPU, and optionally PyTorch's in the same
+    /// run (`--pytorch`, needs python3 with torch) with the ratio.
+    Bench {
+        /// The mechanism (a stdlib name: m1, m0, bahdanau, ...).
+        mech: String,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 35)]
+        bptt: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Also run bench/pytorch_lm_step.py with the same configuration and print the ratio.
+        #[arg(long)]
+        pytorch: bool,
+        /// Repeat the measurement this many times, alternating diagc and PyTorch (with
+        /// `--pytorch`), and report every round and the median ratio: on a shared machine the
+        /// load changes within a minute, and alternating exposes both sides to it alike.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
+        /// Also list the N slowest steps of one forward+backward on the CPU, each with the
+        /// boxes it computes (and the GFLOP/s of a product): where a mechanism's time goes.
+        #[arg(long, default_value_t = 0)]
+        top: usize,
+        /// Run every step on the precompiled kernels (the interpreter path), without the
+        /// cranelift-fused elementwise kernels.
+        #[arg(long)]
+        no_jit: bool,
+        /// Fuse causal softmax and linear attention into one box per layer (flash and linear
+        /// attention kernels on the GPU). `auto`: on the GPU, not on the CPU, as `diagc train`.
+        #[arg(long, value_enum, default_value = "auto")]
+        fuse_attention: FuseArg,
+        /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
+        /// per step, attention fused); without a GPU it says why and runs on the CPU.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Products on the GPU: fp32, or tf32 (tensor cores, 10-bit mantissa inputs).
+        #[arg(long, value_enum, default_value = "fp32")]
+        precision: PrecisionArg,
+    },
+    /// Train a language model around a mechanism on Penn Treebank (the protocol of
+    /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
+    Train {
+        /// The mechanism: a stdlib name (m1, m0, bahdanau, ...) or a path to a .diag file
+        /// defining a diagram from [tok, dm] to [tok, dm].
+        #[arg(required_unless_present = "resume")]
+        mech: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        #[arg(long, default_value_t = 512)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 2048)]
+        d_ff: usize,
+        #[arg(long, default_value_t = 0.1)]
+        dropout: f64,
+        #[arg(long, default_value_t = 35)]
+        bptt: usize,
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Stop after this many steps in all.
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 4000)]
+        warmup: u64,
+        #[arg(long, default_value_t = 1.0)]
+        lr_scale: f64,
+        /// Global gradient-norm clipping (0 disables).
+        #[arg(long, default_value_t = 1.0)]
+        clip: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Validate every N steps too (besides every epoch).
+        #[arg(long)]
+        valid_every: Option<usize>,
+        /// Train on the first N tokens only (quick runs).
+        #[arg(long)]
+        train_tokens: Option<usize>,
+        /// Evaluate on the first N validation and test tokens only (quick runs).
+        #[arg(long)]
+        eval_tokens: Option<usize>,
+        /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The run directory (default: runs/MECH-Ll-seedS).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// cpu, cuda or auto (auto means cpu). `cuda` trains and evaluates on the GPU (each step
+        /// one CUDA graph, attention fused); without a GPU it says why and runs on the CPU.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Run every step on the precompiled kernels (the interpreter path), without the
+        /// cranelift-fused elementwise kernels (the same results, bit for bit).
+        #[arg(long)]
+        no_jit: bool,
+    },
+    /// Perplexity of a run's best checkpoint on a split.
+    Eval {
+        run_dir: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Check a file and print its compiled form.
+    Compile {
+        file: PathBuf,
+        /// Only this diagram (default: every diagram defined in FILE).
+        #[arg(long)]
+        diagram: Option<String>,
+        /// What to print.
+        #[arg(long, value_enum)]
+        emit: Emit,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+    },
+    /// Draw a diagram as a picture: boxes, wires with their types, SIMD regions as tubes.
+    Draw {
+        file: PathBuf,
+        /// The diagram to draw (default: the one diagram in FILE that no other diagram in FILE
+        /// uses, such as `lm` in stdlib/lm.diag).
+        #[arg(long)]
+        diagram: Option<String>,
+        /// Expand composite boxes this many levels deep (0: every composite box closed).
+        #[arg(long, default_value_t = 0)]
+        expand: usize,
+        /// Write the picture here (default: SVG on standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The picture's format (default: PNG if OUTPUT ends in .png, else SVG).
+        #[arg(long, value_enum)]
+        format: Option<Picture>,
+        /// Inputs on the left and outputs on the right (default: inputs at the bottom).
+        #[arg(long)]
+        left_to_right: bool,
+        /// Highlight the wires with these names (comma-separated) and the boxes producing them.
+        #[arg(long, value_delimiter = ',')]
+        highlight: Vec<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
+    },
+    /// Apply rewrite rules to a diagram and print the result as .diag text. Rules come from the
+    /// stdlib (stdlib/rules/) and from --rules files; `diagc rewrite --list` lists them.
+    Rewrite(rewrite::RewriteArgs),
+    /// Replay a derivation step by step, checking each: the rule applies at its site, the result
+    /// types, `equal` steps agree numerically, and the end is the expected diagram. DERIVATION is
+    /// a stdlib derivation's name (`diagc derive --list`) or a .derive file.
+    Derive {
+        #[arg(required_unless_present = "list")]
+        derivation: Option<String>,
+        /// Extra .diag files with `rule` declarations.
+        #[arg(long, value_name = "FILE")]
+        rules: Vec<PathBuf>,
+        /// Print the diagram after every step.
+        #[arg(long)]
+        trace: bool,
+        /// List the stdlib's derivations.
+        #[arg(long)]
+        list: bool,
+        /// Also draw each step as DIR/stepN.svg.
+        #[arg(long, value_name = "DIR")]
+        draw: Option<PathBuf>,
+    },
+    /// Recombine the generators of stdlib/anatomy/spec.diag exhaustively, remove redundant
+    /// mechanisms (canonical form modulo equal rules) and write them as m00.diag .. m13.diag.
+    /// The generator set beyond M0 and M1 is the project's reconstruction, not the paper's.
+    Enumerate {
+        /// The output directory.
+        #[arg(short, long, default_value = "stdlib/anatomy")]
+        output: PathBuf,
+        /// Write nothing; exit 1 if the files in OUTPUT differ from a fresh enumeration.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print the taxonomy of attention: the graph of the stdlib's derivations from primordial
+    /// attention to the literature's variants, each edge replayed and checked, labelled by its
+    /// rules, each node linked to its stdlib file. Which variants the paper's Figure 1 shows is
+    /// not known.
+    Taxonomy {
+        /// The output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: TaxonomyFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Check the CUDA backend against the CPU executor on this machine's GPU: every kernel
+    /// module compiles and loads; every primitive and stdlib mechanism, forward and gradient,
+    /// agrees with the CPU (launch by launch, from a CUDA graph, and with products on the
+    /// generated kernel); one training step of the 1-layer LM (M1, M0) agrees; 200 training
+    /// steps on both devices give the same losses. Exit 0 when all pass, 1 when one fails, 3
+    /// when there is no GPU.
+    Selftest {
+        /// The backend to check; only `cuda` exists (the CPU executor is the reference).
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Smaller mechanism sizes (tok 8, dm 16, head 2 instead of 35, 64, 4) and 20 training
+        /// steps instead of 200.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaxonomyFormat {
+    /// A Graphviz digraph.
+    Dot,
+    Json,
+    /// A picture, one row per distance from the root.
+    Svg,
+    /// The same picture rasterised (needs `--output`).
+    Png,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Picture {
+    Svg,
+    Png,
+}
+
+/// Runs the CLI on a thread with a large stack (deep but bounded recursion over user input
+/// must not depend on the platform's main-thread stack) and returns the exit code.
+pub fn main() -> i32 {
+    let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(run);
+    match worker.map(|h| h.join()) {
+        Ok(Ok(code)) => code,
+        _ => {
+            eprintln!("diagc: internal error (this is a bug; please report it with the input)");
+            101
+        }
+    }
+}
+
+fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    JSON_ERRORS.store(
+        matches!(cli.message_format, Format::Json),
+        Ordering::Relaxed,
+    );
+    match cli.command {
+        Command::Check {
+            files,
+            format,
+            color,
+            verify_rules,
+        } => {
+            json_errors_with(format);
+            check(&files, format, color, verify_rules)
+        }
+        Command::Explain { code, list } => explain(code.as_deref(), list),
+        Command::Run {
+            file,
+            diagram,
+            instance,
+            seed,
+            train,
+            check_finite,
+            save,
+        } => run_cmd(
+            &file,
+            diagram.as_deref(),
+            &instance,
+            seed,
+            train,
+            check_finite,
+            save.as_deref(),
+        ),
+        Command::Gradcheck {
+            file,
+            diagram,
+            instance,
+            seed,
+            samples,
+            tolerance,
+            train,
+        } => gradcheck_cmd(
+            &file,
+            diagram.as_deref(),
+            &instance,
+            seed,
+            samples,
+            tolerance,
+            train,
+        ),
+        Command::Bench {
+            mech,
+            layers,
+            batch_size,
+            bptt,
+            steps,
+            pytorch,
+            rounds,
+            top,
+            no_jit,
+            fuse_attention,
+            device,
+            precision,
+        } => bench_cmd(
+            &mech,
+            layers,
+            batch_size,
+            bptt,
+            (steps, !no_jit, fuse_attention, rounds as usize, top),
+            pytorch,
+            &device,
+            precision,
+        ),
+        Command::Train {
+            mech,
+            layers,
+            d_model,
+            heads,
+            d_ff,
+            dropout,
+            bptt,
+            batch_size,
+            epochs,
+            steps,
+            warmup,
+            lr_scale,
+            clip,
+            seed,
+            valid_every,
+            train_tokens,
+            eval_tokens,
+            data,
+            out,
+            resume,
+            device,
+            no_jit,
+        } => {
+            let model = crate::train::model::ModelConfig {
+                mech: mech.unwrap_or_default(),
+                layers,
+                d_model,
+                heads,
+                d_ff,
+                vocab: 10_000,
+                bptt,
+                batch: batch_size,
+                dropout,
+            };
+            let cfg = crate::train::run::TrainConfig {
+                model,
+                epochs,
+                max_steps: steps,
+                warmup,
+                lr_scale,
+                clip,
+                seed,
+                eval_batch: 10,
+                valid_every,
+                train_tokens,
+                eval_tokens,
+            };
+            train_cmd(cfg, data.as_deref(), out, resume, &device, !no_jit)
+        }
+        Command::Eval {
+            run_dir,
+            split,
+            data,
+        } => eval_cmd(&run_dir, &split, data.as_deref()),
+        Command::Compile {
+            file,
+            diagram,
+            emit,
+            output,
+            instance,
+            format,
+            color,
+        } => {
+            json_errors_with(format);
+            compile(
+                &file,
+                diagram.as_deref(),
+                emit,
+                output.as_deref(),
+                &instance,
+                format,
+                color,
+            )
+        }
+        Command::Draw {
+            file,
+            diagram,
+            expand,
+            output,
+            format,
+            left_to_right,
+            highlight,
+            color,
+        } => draw(
+            &file,
+            diagram.as_deref(),
+            expand,
+            output.as_deref(),
+            format,
+            left_to_right,
+            &highlight,
+            color,
+        ),
+        Command::Rewrite(args) => rewrite::rewrite(args),
+        Command::Derive {
+            derivation,
+            rules,
+            trace,
+            list,
+            draw,
+        } => rewrite::derive(derivation, &rules, trace, list, draw),
+        Command::Enumerate { output, check } => rewrite::enumerate(&output, check),
+        Command::Taxonomy { format, output } => rewrite::taxonomy(format, output.as_deref()),
+        Command::Selftest { device, quick } => selftest(&device, quick),
+    }
+}
+
+fn use_color(c: ColorChoice) -> bool {
+    match c {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
+    }
+}
+
+/// Prints an outcome's diagnostics; returns whether there were any.
+fn print_diagnostics(o: &Outcome, format: Format, color: ColorChoice) -> bool {
+    let color = use_color(color);
+    let mut err = std::io::stderr().lock();
+    for d in &o.checked.diagnostics {
+        let _ = match format {
+            Format::Human => write!(err, "{}", report::render(d, &o.sources, color)),
+            // For tools: JSON lines on standard output, where a pipe reads them.
+            Format::Json => writeln!(std::io::stdout(), "{}", report::to_json(d, &o.sources)),
+        };
+    }
+    if o.checked.suppressed > 0 && matches!(format, Format::Human) {
+        let _ = writeln!(err, "... and {} more errors", o.checked.suppressed);
+    }
+    !o.checked.diagnostics.is_empty()
+}

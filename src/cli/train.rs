@@ -1,0 +1,150 @@
+//! `diagc train` and `diagc eval`.
+
+use super::*;
+
+pub(super) fn train_cmd(
+    cfg: crate::train::run::TrainConfig,
+    data: Option<&Path>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    device: &str,
+    jit: bool,
+) -> i32 {
+    use crate::train::{checkpoint, data::data_dir, run};
+    if !cpu_device(device) {
+        return 2;
+    }
+    let data_dir = data_dir(data);
+    let (cfg, out, ck) = match &resume {
+        Some(dir) => match checkpoint::load(dir, "last") {
+            Ok(ck) => {
+                let saved: run::TrainConfig =
+                    match serde_json::from_value(ck.sidecar["config"].clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!(
+                                "diagc: {}/last.json has no usable config: {e}",
+                                dir.display()
+                            );
+                            return 2;
+                        }
+                    };
+                // Only the stopping point may change on resume (`--steps`).
+                let mut saved = saved;
+                saved.max_steps = cfg.max_steps.or(saved.max_steps);
+                (saved, dir.clone(), Some(ck))
+            }
+            Err(e) => return fail(e.context("cannot resume: ")),
+        },
+        None => {
+            let out = out.unwrap_or_else(|| run::default_run_dir(&cfg));
+            (cfg, out, None)
+        }
+    };
+    if let Err(e) = run::prepare_run_dir(&out, ck.is_some()) {
+        return fail(Error::Usage(format!("{e}")));
+    }
+    let mut trainer = match run::Trainer::new(cfg.clone(), &data_dir) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    trainer.plan_options.jit = jit;
+    if device == "cuda" {
+        match crate::backend::cuda::runtime::Gpu::open(Default::default()) {
+            Ok(gpu) => {
+                eprintln!(
+                    "diagc: training on {} ({}); evaluation runs on the CPU",
+                    gpu.info.name,
+                    gpu.info.arch()
+                );
+                trainer.use_gpu(gpu);
+            }
+            Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+        }
+    }
+    if let Some(ck) = &ck
+        && let Err(e) = trainer.restore(ck)
+    {
+        return fail(Error::Usage(format!("cannot resume: {e}")));
+    }
+    let _ = std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    eprintln!(
+        "training {} ({} layer(s), {} parameters) on {} into {}",
+        cfg.model.mech,
+        cfg.model.layers,
+        trainer.parameter_count(),
+        data_dir.display(),
+        out.display()
+    );
+    let progress = std::io::stderr().is_terminal();
+    match trainer.run(&out, &stop, progress) {
+        Ok(run::Outcome::Finished {
+            valid_ppl,
+            test_ppl,
+        }) => {
+            println!("valid perplexity {:.2}", valid_ppl.unwrap_or(f64::NAN));
+            println!("test perplexity {test_ppl:.2}");
+            println!("summary: {}", out.join("summary.json").display());
+            0
+        }
+        Ok(run::Outcome::Interrupted) => {
+            eprintln!(
+                "interrupted at step {}; continue with `diagc train --resume {}`",
+                trainer.step,
+                out.display()
+            );
+            130
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub(super) fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
+    use crate::train::{checkpoint, data::data_dir, run};
+    let ck = match checkpoint::load(run_dir, "best") {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let cfg: run::TrainConfig = match serde_json::from_value(ck.sidecar["config"].clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "diagc: {}/best.json has no usable config: {e}",
+                run_dir.display()
+            );
+            return 2;
+        }
+    };
+    let mut t = match run::Trainer::new(cfg, &data_dir(data)) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = t.restore(&ck) {
+        return fail(Error::Usage(format!("{e}")));
+    }
+    match t.perplexity(split) {
+        Ok(p) => {
+            println!("{split} perplexity {p:.2}");
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Whether `--device` names a device (`cpu`, `cuda` or `auto`, which means the CPU); otherwise
+/// says so. What `cuda` does without a GPU (run on the CPU, saying why) is the caller's.
+fn cpu_device(device: &str) -> bool {
+    match device {
+        "cpu" | "auto" | "cuda" => true,
+        other => {
+            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
+            false
+        }
+    }
+}

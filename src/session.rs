@@ -1,0 +1,165 @@
+//! The one entry to the front end, shared by the CLI, the library's later phases, the tests and
+//! the benchmarks: it reads `.diag` files (the only module that reads source files; the checker
+//! gets this module's [`DiskFiles`] to read the modules a file `use`s), checks them, and turns
+//! a failed check into [`Error::Frontend`] for callers that need a program.
+
+use crate::check::{self, Checked, ModuleFiles, NoFiles};
+use crate::diagnostic::{Code, Diagnostic};
+use crate::error::{Error, Result};
+use crate::source::SourceMap;
+use std::path::Path;
+
+/// Files larger than this are refused as an I/O error rather than read.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// The outcome of checking one file.
+pub struct Outcome {
+    pub sources: SourceMap,
+    pub checked: Checked,
+}
+
+impl Outcome {
+    /// Every diagnostic rendered without colour, one report after another (for errors that
+    /// carry the checker's reports as text).
+    pub fn plain_report(&self) -> String {
+        self.checked
+            .diagnostics
+            .iter()
+            .map(|d| crate::report::render(d, &self.sources, false))
+            .collect()
+    }
+
+    /// The outcome when it has no diagnostics; otherwise [`Error::Frontend`] with them, its
+    /// message followed by `context`.
+    pub fn ok_or_error(self, context: impl Into<String>) -> Result<Outcome> {
+        if self.checked.is_ok() {
+            Ok(self)
+        } else {
+            Err(Error::Frontend {
+                sources: Box::new(self.sources),
+                diagnostics: self.checked.diagnostics,
+                context: context.into(),
+            })
+        }
+    }
+}
+
+/// Reads modules from the disk for the checker (a module `use`d by a file on disk is looked
+/// for beside it).
+pub struct DiskFiles;
+
+impl ModuleFiles for DiskFiles {
+    fn read(&self, path: &Path) -> Option<(String, String)> {
+        if !path.is_file() {
+            return None;
+        }
+        let key = std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
+        let bytes = std::fs::read(path).ok()?;
+        Some((
+            key.to_string_lossy().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
+    }
+}
+
+/// Checks source text given in memory (`name` is shown in reports); its `use`s resolve in the
+/// stdlib only.
+pub fn check_text(name: &str, text: &str) -> Outcome {
+    let mut sources = SourceMap::new();
+    let root = sources.add(name, text);
+    let checked = check::check_file(&mut sources, root, &NoFiles);
+    Outcome { sources, checked }
+}
+
+/// Checks the stdlib module `dotted` (`lm`, `attention.m1`) with `extra_uses` loaded beside it.
+pub fn check_stdlib(dotted: &str, extra_uses: &[&str]) -> Result<Outcome> {
+    let (path, text) = crate::stdlib::module(dotted)
+        .ok_or_else(|| Error::Usage(format!("the stdlib has no module `{dotted}`")))?;
+    let mut sources = SourceMap::new();
+    let root = sources.add(format!("<stdlib>/{path}"), text);
+    let checked = check::check_with(&mut sources, root, extra_uses, &NoFiles);
+    Ok(Outcome { sources, checked })
+}
+
+/// Reads and checks a file. I/O problems are `Err` (exit code 2 in the CLI); text that is not
+/// UTF-8 is a diagnostic (E0004), since it is the file's content that is wrong.
+pub fn check_path(path: &Path) -> Result<Outcome> {
+    check_path_with(path, &[])
+}
+
+/// Reads a text file (a rule file, a derivation) with the same limits as a `.diag` file.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = read_bytes(path)?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
+}
+
+/// The bytes of a regular file of at most [`MAX_FILE_BYTES`].
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| Error::read(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::Usage(format!("{shown} is a directory")));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Error::Usage(format!(
+            "{shown} is {} bytes; diagc reads files up to {MAX_FILE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(|e| Error::read(path, e))
+}
+
+/// Like [`check_path`], with extra modules loaded as if `use`d by the file.
+pub fn check_path_with(path: &Path, extra_uses: &[&str]) -> Result<Outcome> {
+    let shown = path.display().to_string();
+    let bytes = read_bytes(path)?;
+    let mut sources = SourceMap::new();
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let d = Diagnostic::new(
+                Code::NotUtf8,
+                format!("{shown} is not UTF-8 text (first invalid byte at offset {at})"),
+            )
+            .help(".diag files are UTF-8 text; is this the right file?");
+            let checked = Checked {
+                program: Default::default(),
+                diagnostics: vec![d],
+                suppressed: 0,
+            };
+            return Ok(Outcome { sources, checked });
+        }
+    };
+    let root = sources.add(shown, text);
+    let checked = check::check_with(&mut sources, root, extra_uses, &DiskFiles);
+    Ok(Outcome { sources, checked })
+}
+
+/// The files a command names: each directory replaced by the `.diag` files under it, sorted.
+pub fn diag_files(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "diag") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for f in paths {
+        if f.is_dir() {
+            let mut found = Vec::new();
+            walk(f, &mut found).map_err(|e| Error::read(f, e))?;
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
