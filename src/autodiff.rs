@@ -151,6 +151,7 @@ pub fn gradient(f: &Diagram) -> Result<Gradient, Error> {
         outputs.push(gw);
     }
     let diagram = g.finish(format!("grad {}", f.name), outputs, f.span);
+    crate::ir::verify::verify(&diagram, crate::ir::verify::Form::Flat, "autodiff")?;
     Ok(Gradient {
         diagram,
         grad_of,

@@ -403,7 +403,7 @@ fn the_generated_cuda_of_fused_attention_computes_what_the_cpu_does() {
         ("m0", m0, 1),
         ("batched lm m0", lm0, 1),
     ] {
-        let (fused, count) = diagc::ir::fuse::fuse_attention(&inst);
+        let (fused, count) = diagc::ir::fuse::fuse_attention(&inst).unwrap();
         assert_eq!(count, n, "{what}");
         failures.extend(check(&format!("{what}, attention fused"), &fused, 4, TOL).0);
     }

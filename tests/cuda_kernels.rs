@@ -2059,7 +2059,9 @@ fn attention_alone(mech: &str) -> diagc::ir::instance::Instance {
         hypers: Default::default(),
     };
     let inst = diagc::ir::instance::instantiate(&o.checked.program, mech, &b).unwrap();
-    let inst = diagc::ir::fuse::fuse_attention(&lift_batch(&inst, "batch", 3).unwrap()).0;
+    let inst = diagc::ir::fuse::fuse_attention(&lift_batch(&inst, "batch", 3).unwrap())
+        .unwrap()
+        .0;
     let d = &inst.diagram;
     let bx = d
         .boxes

@@ -248,7 +248,7 @@ fn fused_attention_matches_the_interpreter() {
         ("batched lm", batched, 1),
         ("batched lm m0", linear, 2),
     ] {
-        let (fused, n) = diagc::ir::fuse::fuse_attention(&inst);
+        let (fused, n) = diagc::ir::fuse::fuse_attention(&inst).unwrap();
         assert_eq!(n, layers, "{what}: fused chains");
         failures.extend(check_instance(
             &format!("{what}, attention fused"),

@@ -78,8 +78,9 @@ pub(super) fn compile(
                     .map(|(a, n)| format!("{}={n}", a.name))
                     .collect();
                 let title = format!("`{}` of {} at {}", d.name, file.display(), sizes.join(" "));
-                let inst = crate::ir::fuse::fuse_attention(&inst).0;
-                match crate::backend::cuda::emit_instance(&inst, &title) {
+                let fused = crate::ir::fuse::fuse_attention(&inst);
+                match fused.and_then(|(inst, _)| crate::backend::cuda::emit_instance(&inst, &title))
+                {
                     Ok((src, _)) => text.push_str(&src),
                     Err(e) => {
                         return fail(Error::Usage(format!(

@@ -37,8 +37,9 @@ struct Chain {
     second: WireType,
 }
 
-/// The instance with every causal attention chain fused, and how many were.
-pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
+/// The instance with every causal attention chain fused, and how many were. The result is
+/// verified ([`super::verify`]); an error is a bug of this pass.
+pub fn fuse_attention(inst: &Instance) -> Result<(Instance, usize), crate::error::Error> {
     let d = &inst.diagram;
     // Chains in box order; one that shares a box with an earlier chain (attention applied to
     // the output of attention along its value feature, say) is left unfused.
@@ -56,7 +57,7 @@ pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
         chains.push(c);
     }
     if chains.is_empty() {
-        return (inst.clone(), 0);
+        return Ok((inst.clone(), 0));
     }
     let mut gone = vec![false; d.boxes.len()];
     let mut fused: Vec<Option<usize>> = vec![None; d.boxes.len()];
@@ -101,14 +102,15 @@ pub fn fuse_attention(inst: &Instance) -> (Instance, usize) {
     }
     let outputs = d.outputs.iter().map(|w| get(&map, *w)).collect();
     let diagram = g.finish(d.name.clone(), outputs, d.span);
+    super::verify::verify(&diagram, super::verify::Form::Flat, "attention fusion")?;
     let n = chains.len();
-    (
+    Ok((
         Instance {
             diagram,
             ..inst.clone()
         },
         n,
-    )
+    ))
 }
 
 /// The chain whose first box is `first`, if it is one.

@@ -827,6 +827,7 @@ impl Builder<'_> {
             end: 0,
         };
         let d = self.g.finish(self.name.clone(), outputs, span);
+        super::verify::verify(&d, super::verify::Form::Flat, "instantiation")?;
         let sizes = self.sizes.iter().map(|s| s.unwrap_or(0) as usize).collect();
         Ok(Instance {
             diagram: d,
@@ -914,6 +915,7 @@ pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, Err
         .map(|w| map[w.0 as usize].expect("outputs are produced"))
         .collect();
     let diagram = g.finish(d.name.clone(), outputs, d.span);
+    super::verify::verify(&diagram, super::verify::Form::Flat, "batching (lift_batch)")?;
     Ok(Instance {
         diagram,
         axes,

@@ -21,6 +21,7 @@ pub mod instance;
 pub mod lower;
 pub mod print;
 pub mod size;
+pub mod verify;
 
 use crate::source::Span;
 use size::Size;
@@ -626,44 +627,13 @@ impl Diagram {
         chain
     }
 
-    /// Checks the structural invariants listed in the module docs; returns what is broken.
-    /// Used by tests and after every transformation.
-    pub fn validate(&self) -> Result<(), String> {
-        for (i, w) in self.wires.iter().enumerate() {
-            match w.source {
-                WireSource::Input(k) if self.inputs.get(k) != Some(&WireId(i as u32)) => {
-                    return Err(format!("wire %{i} claims input {k}"));
-                }
-                WireSource::Box(b, k)
-                    if self.boxes[b.0 as usize].outputs.get(k) != Some(&WireId(i as u32)) =>
-                {
-                    return Err(format!("wire %{i} claims output {k} of box {}", b.0));
-                }
-                _ => {}
-            }
-            match w.sink {
-                None => return Err(format!("wire %{i} has no consumer")),
-                Some(WireSink::Box(b, k))
-                    if self.boxes[b.0 as usize].inputs.get(k) != Some(&WireId(i as u32)) =>
-                {
-                    return Err(format!("wire %{i} claims input {k} of box {}", b.0));
-                }
-                Some(WireSink::Output(k)) if self.outputs.get(k) != Some(&WireId(i as u32)) => {
-                    return Err(format!("wire %{i} claims output {k}"));
-                }
-                _ => {}
-            }
-        }
-        for (bi, b) in self.boxes.iter().enumerate() {
-            for w in &b.inputs {
-                if let WireSource::Box(src, _) = self.wire(*w).source
-                    && src.0 as usize >= bi
-                {
-                    return Err(format!("box {bi} reads wire %{} from a later box", w.0));
-                }
-            }
-        }
-        Ok(())
+    /// Checks the wiring invariants listed in the module docs (one source and one consumer
+    /// per wire, topological order); [`verify::verify`] checks arities and types too.
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        verify::wiring(self).map_err(|message| crate::error::Error::Internal {
+            pass: "validate",
+            message,
+        })
     }
 }
 

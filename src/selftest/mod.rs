@@ -249,7 +249,7 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                 if o.checked.is_ok() {
                     instantiate(&o.checked.program, &m, &bindings(sizes))
                 } else {
-                    Err(Error::Device("does not check".into()))
+                    Err(Error::Usage("does not check".into()))
                 }
             });
         match inst {
@@ -258,12 +258,22 @@ pub fn run(gpu: &Gpu, quick: bool, say: &mut dyn FnMut(&Outcome)) -> Vec<Outcome
                     push(o, &mut all);
                 }
                 // Its causal attention fused into one box (what the GPU trains), if any.
-                let (fused, n) = crate::ir::fuse::fuse_attention(&inst);
-                if n > 0 {
-                    let what = format!("mechanism {m}, attention fused");
-                    for o in check_instance(gpu, &what, &fused, 3) {
-                        push(o, &mut all);
+                let what = format!("mechanism {m}, attention fused");
+                match crate::ir::fuse::fuse_attention(&inst) {
+                    Ok((fused, n)) if n > 0 => {
+                        for o in check_instance(gpu, &what, &fused, 3) {
+                            push(o, &mut all);
+                        }
                     }
+                    Ok(_) => {}
+                    Err(e) => push(
+                        Outcome {
+                            what,
+                            worst: f64::INFINITY,
+                            error: Some(e.to_string()),
+                        },
+                        &mut all,
+                    ),
                 }
             }
             Err(e) => push(

@@ -213,6 +213,7 @@ pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, Error> {
         span,
     );
     let diagram = g.finish(format!("{} loss", d.name), vec![mean], span);
+    crate::ir::verify::verify(&diagram, crate::ir::verify::Form::Flat, "loss attachment")?;
     Ok(Instance {
         diagram,
         axes: inst.axes.clone(),
@@ -235,7 +236,7 @@ pub fn train_graph_with(cfg: &ModelConfig, fuse_attention: bool) -> Result<Train
     let batched = instance::lift_batch(&lm, "batch", cfg.batch)?;
     let mut forward = with_loss(&batched, "vocab")?;
     if fuse_attention {
-        forward = crate::ir::fuse::fuse_attention(&forward).0;
+        forward = crate::ir::fuse::fuse_attention(&forward)?.0;
     }
     let gradient = autodiff::gradient(&forward.diagram)?;
     Ok(TrainGraph { forward, gradient })

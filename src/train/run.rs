@@ -266,7 +266,7 @@ impl Trainer {
         if needs {
             // The GPU runs attention fused (flash-attention kernels); the CPU does not.
             let forward =
-                crate::ir::fuse::fuse_attention(&self.loss_instance(len, self.cfg.model.batch)?).0;
+                crate::ir::fuse::fuse_attention(&self.loss_instance(len, self.cfg.model.batch)?)?.0;
             let gradient = autodiff::gradient(&forward.diagram)?;
             let axes = ids_axes(&forward);
             let tg = super::model::TrainGraph { forward, gradient };
@@ -484,7 +484,7 @@ impl Trainer {
                 .as_ref()
                 .is_some_and(|g| g.evals.contains_key(&w.len))
             {
-                let inst = crate::ir::fuse::fuse_attention(&self.loss_instance(w.len, columns)?).0;
+                let inst = crate::ir::fuse::fuse_attention(&self.loss_instance(w.len, columns)?)?.0;
                 let plan = Plan::new(&inst.diagram, &inst.axes, &inst.sizes)?;
                 let axes = ids_axes(&inst);
                 let g = self

@@ -90,7 +90,7 @@ fn conform(
     want: &WireType,
     sizes: &[usize],
     axes: &crate::ir::AxisTable,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, Error> {
     let same_set = t.axes.len() == want.axes.len() && want.axes.iter().all(|a| t.axes.contains(a));
     if !same_set {
         let show = |ids: &[AxisId]| {
@@ -99,19 +99,19 @@ fn conform(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        return Err(format!(
+        return Err(Error::Run(format!(
             "has axes [{}], expected [{}]",
             show(&t.axes),
             show(&want.axes)
-        ));
+        )));
     }
     for (a, n) in t.axes.iter().zip(t.data.shape()) {
         if sizes[a.0 as usize] != *n {
-            return Err(format!(
+            return Err(Error::Run(format!(
                 "axis `{}` has size {n}, expected {}",
                 axes.name(*a),
                 sizes[a.0 as usize]
-            ));
+            )));
         }
     }
     Ok(t.aligned(&want.axes))
@@ -128,11 +128,11 @@ pub fn eval(
     outs: &[&WireType],
     sizes: &[usize],
     opts: RunOptions,
-) -> Result<Vec<Tensor>, String> {
+) -> Result<Vec<Tensor>, Error> {
     let out = |k: usize| outs[k].axes.clone();
     let num = |c: &crate::ir::Const| match c {
         crate::ir::Const::Num(x) => Ok(*x),
-        other => Err(format!("an unevaluated constant {other:?}")),
+        other => Err(Error::Run(format!("an unevaluated constant {other:?}"))),
     };
     Ok(match op {
         Op::Copy(n) => {
@@ -161,7 +161,7 @@ pub fn eval(
                 .as_standard_layout()
                 .into_owned()
                 .into_shape_with_order(IxDyn(&shape))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             vec![
                 Tensor {
                     axes: new_axes,
@@ -197,7 +197,7 @@ pub fn eval(
                 .as_standard_layout()
                 .into_owned()
                 .into_shape_with_order(IxDyn(&shape))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             vec![
                 Tensor {
                     axes: new_axes,
@@ -286,7 +286,7 @@ pub fn eval(
             let reverse = matches!(op, Op::Exec(_));
             vec![cumsum(one(ins), *a, reverse).aligned(&out(0))]
         }
-        Op::Dropout(_) => return Err("dropout was not keyed by instantiation".into()),
+        Op::Dropout(_) => return Err(Error::Run("dropout was not keyed by instantiation".into())),
         Op::Exec(ExecOp::Dropout { p, key }) => {
             let t = one(ins);
             if !opts.train || *p == 0.0 {
@@ -351,7 +351,9 @@ pub fn eval(
             let mut order = vec![*vocab];
             order.extend(to.iter().copied());
             if table.axes.len() != order.len() {
-                return Err("per-lane embedding tables are not supported".into());
+                return Err(Error::Run(
+                    "per-lane embedding tables are not supported".into(),
+                ));
             }
             let table = table.aligned(&order);
             let vsize = sizes[vocab.0 as usize];
@@ -361,23 +363,24 @@ pub fn eval(
                 .as_standard_layout()
                 .into_owned()
                 .into_shape_with_order(IxDyn(&[vsize, row]))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             let ids_std = ids.data.as_standard_layout().into_owned();
             let n = ids_std.len();
             let mut outv = Vec::with_capacity(n * row);
             for id in ids_std.iter() {
                 let i = *id as usize;
                 if *id < 0.0 || i >= vsize || id.fract() != 0.0 {
-                    return Err(format!(
+                    return Err(Error::Run(format!(
                         "token id {id} is outside the vocabulary (size {vsize})"
-                    ));
+                    )));
                 }
                 outv.extend(flat.index_axis(Axis(0), i).iter().copied());
             }
             let mut axes = ids.axes.clone();
             axes.extend(to.iter().copied());
             let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
-            let data = ArrayD::from_shape_vec(IxDyn(&shape), outv).map_err(|e| e.to_string())?;
+            let data = ArrayD::from_shape_vec(IxDyn(&shape), outv)
+                .map_err(|e| Error::Run(e.to_string()))?;
             vec![Tensor { axes, data }.aligned(&out(0))]
         }
         Op::Exec(ExecOp::EmbedBack { vocab }) => {
@@ -400,7 +403,7 @@ pub fn eval(
                 .as_standard_layout()
                 .into_owned()
                 .into_shape_with_order(IxDyn(&[n, row]))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             let mut table = ArrayD::zeros(IxDyn(&[vsize, row]));
             for (r, id) in ids.data.as_standard_layout().iter().enumerate() {
                 let mut dst = table.index_axis_mut(Axis(0), *id as usize);
@@ -411,7 +414,7 @@ pub fn eval(
             let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
             let data = table
                 .into_shape_with_order(IxDyn(&shape))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             vec![Tensor { axes, data }.aligned(&out(0))]
         }
         Op::Exec(ExecOp::CrossEntropy { classes })
@@ -436,14 +439,14 @@ pub fn eval(
                 .as_standard_layout()
                 .into_owned()
                 .into_shape_with_order(IxDyn(&[rows, n]))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Run(e.to_string()))?;
             let ts: Vec<f64> = targets.data.as_standard_layout().iter().copied().collect();
             let mut total = 0.0;
             let mut grad = ArrayD::zeros(IxDyn(&[rows, n]));
             for (r, t) in ts.iter().enumerate() {
                 let t = *t as usize;
                 if t >= n {
-                    return Err(format!("target {t} is outside the {n} classes"));
+                    return Err(Error::Run(format!("target {t} is outside the {n} classes")));
                 }
                 let lane = flat.index_axis(Axis(0), r);
                 let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
@@ -460,7 +463,7 @@ pub fn eval(
                 let shape: Vec<usize> = order.iter().map(|a| sizes[a.0 as usize]).collect();
                 let data = grad
                     .into_shape_with_order(IxDyn(&shape))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Error::Run(e.to_string()))?;
                 vec![Tensor { axes: order, data }.aligned(&out(0))]
             } else {
                 vec![Tensor {
@@ -613,10 +616,14 @@ pub fn eval(
             vec![gqf.aligned(&out(0)), gkf.aligned(&out(1)), gv]
         }
         Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
-            return Err("this box must be instantiated before it runs".into());
+            return Err(Error::Run(
+                "this box must be instantiated before it runs".into(),
+            ));
         }
         Op::Zip(_) | Op::Broadcast(_) | Op::Collect(_) | Op::LoopIn | Op::Capture | Op::LoopOut => {
-            return Err("region ports must be lowered before running".into());
+            return Err(Error::Run(
+                "region ports must be lowered before running".into(),
+            ));
         }
     })
 }
@@ -676,10 +683,10 @@ fn masked(mut t: Tensor, query: AxisId, key: AxisId, value: f64) -> Tensor {
 }
 
 /// A box's `N` inputs, in order.
-fn inputs<const N: usize>(ins: Vec<Tensor>) -> Result<[Tensor; N], String> {
+fn inputs<const N: usize>(ins: Vec<Tensor>) -> Result<[Tensor; N], Error> {
     let n = ins.len();
     ins.try_into()
-        .map_err(|_| format!("{n} inputs, expected {N}"))
+        .map_err(|_| Error::Run(format!("{n} inputs, expected {N}")))
 }
 
 const LN_EPS: f64 = 1e-5;

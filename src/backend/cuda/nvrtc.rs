@@ -28,7 +28,13 @@ use std::sync::OnceLock;
 const SONAME: &str = "libnvrtc.so.13";
 
 /// Where the library was found, or why it was not.
-static LOADED: OnceLock<Result<String, String>> = OnceLock::new();
+/// Where NVRTC was found, or why it was not (a message for the user).
+enum Loaded {
+    Found(String),
+    Missing(String),
+}
+
+static LOADED: OnceLock<Loaded> = OnceLock::new();
 
 fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -64,7 +70,7 @@ pub fn load() -> Result<&'static str, Error> {
         let explicit = std::env::var_os("DIAGC_NVRTC").is_some();
         // SAFETY: loading NVRTC runs no initialisation code with preconditions.
         if !explicit && unsafe { sys::is_culib_present() } {
-            return Ok("the system's library path".into());
+            return Loaded::Found("the system's library path".into());
         }
         for path in candidates() {
             if !path.is_file() {
@@ -91,20 +97,21 @@ pub fn load() -> Result<&'static str, Error> {
                     }
                     // SAFETY: as above.
                     if unsafe { sys::is_culib_present() } {
-                        return Ok(path.display().to_string());
+                        return Loaded::Found(path.display().to_string());
                     }
                 }
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) => return Loaded::Missing(format!("{}: {e}", path.display())),
             }
         }
-        Err(format!(
+        Loaded::Missing(format!(
             "NVRTC ({SONAME}) was not found: set DIAGC_NVRTC to it or its folder, or install \
              it with `python3 -m pip install --target target/nvrtc nvidia-cuda-nvrtc==13.0.88`"
         ))
     });
-    r.as_ref()
-        .map(String::as_str)
-        .map_err(|e| Error::Device(e.clone()))
+    match r {
+        Loaded::Found(at) => Ok(at.as_str()),
+        Loaded::Missing(why) => Err(Error::Device(why.clone())),
+    }
 }
 
 /// NVRTC's version, `(major, minor)`.
