@@ -27,6 +27,7 @@ pub mod ir;
 pub mod check;
 pub mod session;
 pub mod autodiff;
+pub mod lir;
 pub mod backend;
 pub mod render;
 pub mod rewrite;

@@ -9,9 +9,9 @@
 mod common;
 
 use common::{bindings, instance_of};
-use diagc::backend::cpu::exec::Plan;
 use diagc::backend::cuda::{codegen, kernels, nvrtc};
 use diagc::ir::instance::instantiate;
+use diagc::lir::Plan;
 use std::process::Command;
 
 const ARCH: &str = "sm_90";

@@ -54,7 +54,7 @@ impl GpuStep {
         max_norm: f64,
     ) -> Result<GpuStep, Error> {
         let f = &tg.forward;
-        let plan = crate::backend::cpu::exec::Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
+        let plan = crate::lir::Plan::new(&tg.gradient.diagram, &f.axes, &f.sizes)?;
         let np = f.params.len();
         if params.len() != np {
             return Err(Error::Device(format!(

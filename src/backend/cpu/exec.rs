@@ -1,167 +1,49 @@
-//! The fast CPU executor: f32, compiled once into a plan of precomputed steps, run many times.
+//! The fast CPU executor: f32, a backend-neutral plan ([`crate::lir::Plan`]) run many times.
 //!
-//! [`Plan::new`] compiles an instantiated diagram (forward or gradient: both are plain IR) for
-//! concrete axis sizes:
-//! - every wire gets a fixed row-major layout in its [`WireType`] axis order;
-//! - every box becomes zero or more steps (`kernels::Kernel`) whose strides and offset tables
-//!   are computed here, so a run never looks an axis up by name;
-//! - structural boxes cost nothing when they can: a copy box's outputs, and a rename, split or
-//!   merge whose output layout is its input's memory order, are aliases of their input's buffer
-//!   (the buffer then lives until the last alias is consumed); only a genuine change of memory
-//!   order is a copy;
-//! - contractions (`dot`, `outer`, `linear`, `einsum`) run on the `gemm` crate (its AVX-512
-//!   kernels where the CPU has them, chosen at run time; one product over every core, a batch
-//!   of products split over the cores by batch), reading their operands in place through strides whenever each operand's axes
-//!   of a role (rows, columns, contracted) collapse into one stride, and copying an operand to a
-//!   contiguous temporary only when they do not. Each product is oriented so that its longer
-//!   output side is the rows. Matrix-vector and outer products, which a GEMM's packing only
-//!   slows down, are direct loops; a linear map's bias is
-//!   written first and the product accumulated onto it;
-//! - every other op is a loop nest over strided layouts (`nest::Nest`: length-1 axes dropped,
-//!   axes contiguous for every operand merged, so the inner loop is long and usually has stride 1
-//!   for a contiguous fast path); large elementwise, dropout, copy, cumulative-sum and
-//!   matrix-vector steps split their outer loop over the cores, each thread writing a disjoint
-//!   part of the output, and reductions split a kept innermost axis (each output summed whole,
-//!   in the serial order, by one thread);
-//! - a memory planner gives every computed value a buffer from a small pool by liveness (a value
-//!   lives from the step that writes it to the last step that reads it or an alias of it), and
-//!   lets an elementwise or lane-wise step write over an input that dies there when both have
-//!   the same layout. Diagram inputs are the caller's slices, read in place and never written;
-//!   outputs live to the end of the run.
+//! [`Plan::new`] plans an instantiated diagram (`lir`: layouts, steps, buffers) and compiles
+//! each fused group of elementwise steps to machine code with cranelift ([`super::jit`]),
+//! keeping the code beside the plan. A group cranelift cannot compile is left unfused: the
+//! plan is made again without it. [`Plan::run`] then executes the steps on the caller's inputs
+//! (each a flat `&[f32]` in its input wire's layout) with a reusable [`Workspace`], and returns
+//! the outputs in their wires' layouts. Its semantics are the reference interpreter's
+//! ([`super::interp`], in f64), which the tests in `tests/fast_exec.rs` compare it against op
+//! by op and on whole models: the same [`RunOptions`], the same dropout masks (element indices
+//! in the output wire's layout), the same errors.
 //!
-//! [`Plan::run`] then executes the steps on the caller's inputs (each a flat `&[f32]` in its
-//! input wire's layout) with a reusable [`Workspace`], and returns the outputs in their wires'
-//! layouts. Its semantics are the reference interpreter's ([`super::interp`], in f64), which
-//! the tests in `tests/fast_exec.rs` compare it against op by op and on whole models: the same
-//! [`RunOptions`], the same dropout masks (element indices in the output wire's layout), the same
-//! errors.
-//!
-//! Fusion: with [`PlanOptions::jit`] (the default), after lowering and before buffers are
-//! assigned, runs of elementwise steps over one output layout (the bias and dropout after a
-//! linear map, the residual add, masks, scales, ReLU and its gradient...) become one kernel
-//! compiled with cranelift ([`super::jit`], grouped by `fuse`); the values between them are
-//! never written and get no buffer. Without it (`jit: false`, `--no-jit`), every step runs on
-//! the kernels of `kernels.rs`: the interpreter path that the JIT path is checked against.
-//! The planner, the GEMM steps and the run loop are the same on both paths.
+//! Products run on the `gemm` crate (its AVX-512 kernels where the CPU has them, chosen at run
+//! time; one product over every core, a batch of products split over the cores by batch);
+//! matrix-vector and outer products, which a GEMM's packing only slows down, are direct loops.
+//! Large elementwise, dropout, copy, cumulative-sum and matrix-vector steps split their outer
+//! loop over the cores, each thread writing a disjoint part of the output, and reductions split
+//! a kept innermost axis (each output summed whole, in the serial order, by one thread).
+//! Without fusion (`jit: false`, `--no-jit`), every step runs on the kernels of `kernels.rs`:
+//! the interpreter path that the JIT path is checked against.
 
 pub(crate) mod attention;
-mod fuse;
 pub(crate) mod kernels;
-pub(crate) mod nest;
 
 pub use super::interp::RunOptions;
+use super::jit;
 use crate::error::Error;
-use crate::ir::{AxisId, AxisTable, Const, Diagram, ExecOp, Op, WireType};
-use kernels::{Binary, Gemm, Kernel, LaneOp, Unary};
-use nest::{Dim, Nest};
+use crate::ir::{AxisTable, Diagram};
+use crate::lir::{Action, program::FusedGroup};
+pub use crate::lir::{Loc, PlanOptions};
+use kernels::Kernel;
 
-/// Where a value's elements are at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loc {
-    /// The caller's input slice `k` (read only).
-    Input(usize),
-    /// The plan's constant `k` (read only).
-    Const(usize),
-    /// Workspace buffer `k`.
-    Work(usize),
-}
-
-/// What a value's memory is, for the planner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    Input(usize),
-    Const(usize),
-    /// Computed by a step: it needs a workspace buffer.
-    Work,
-}
-
-/// A value of the plan: a wire, or a temporary of a lowered box. Row-major in `axes` order.
-#[derive(Clone, Debug)]
-struct Val {
-    axes: Vec<AxisId>,
-    strides: Vec<usize>,
-    len: usize,
-    /// The value whose memory this one is (itself when it is not an alias).
-    root: usize,
-    origin: Origin,
-    /// The step that writes it (roots only).
-    def: usize,
-}
-
-/// A `check_finite` point after a box: its outputs, with the message for each.
-#[derive(Clone, Debug)]
-struct Check {
-    messages: Vec<String>,
-    lens: Vec<usize>,
-}
-
-#[derive(Clone, Debug)]
-enum Action {
-    Kernel(Kernel),
-    Check(Check),
-}
-
-/// A step under construction: values rather than locations.
-struct Draft {
-    action: Action,
-    ins: Vec<usize>,
-    outs: Vec<usize>,
-    /// Input slots whose buffer the first output may take over (same layout, elementwise).
-    inplace: Vec<usize>,
-    /// The error prefix: the box this step belongs to.
-    label: String,
-}
-
-/// One step of a plan.
-#[derive(Clone, Debug)]
-struct Step {
-    action: Action,
-    /// Inputs, then outputs.
-    locs: Vec<Loc>,
-    label: String,
-}
-
-/// A diagram input as the plan expects it.
-#[derive(Clone, Debug)]
-struct InputSpec {
-    name: String,
-    len: usize,
-    /// `[tok, dm] = [5, 8]`, for error messages.
-    shape: String,
-}
-
-/// A compiled diagram. Immutable once built (`Send + Sync`): one plan can serve several
-/// threads, each with its own [`Workspace`].
+/// A plan with its fused groups compiled for this CPU. Dereferences to the backend-neutral
+/// [`crate::lir::Plan`] (sizes, buffers, steps). Immutable once built (`Send + Sync`): one plan
+/// can serve several threads, each with its own [`Workspace`].
 #[derive(Clone, Debug)]
 pub struct Plan {
-    steps: Vec<Step>,
-    inputs: Vec<InputSpec>,
-    /// Each output's location and length.
-    outputs: Vec<(Loc, usize)>,
-    consts: Vec<Vec<f32>>,
-    /// The capacity (elements) of each workspace buffer.
-    buffers: Vec<usize>,
-    /// Elements a plan without buffer reuse would allocate: one buffer per computed value.
-    no_reuse: usize,
-    gemm_flops: u64,
-    gemms: usize,
-    fused: usize,
+    lir: crate::lir::Plan,
+    /// The compiled code of each step that is a fused group (`None` for every other step).
+    code: Vec<Option<jit::Fused>>,
 }
 
-/// How a plan is compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanOptions {
-    /// Fuse elementwise steps into JIT-compiled kernels (cranelift). Off, every step runs on
-    /// the precompiled kernels (the interpreter path). Results are the same bit for bit, up
-    /// to the sign of zeros and NaN payloads. With `check_finite`, a fused plan checks only
-    /// the values it writes to memory, so a NaN is reported at the end of the group of steps
-    /// it arose in: compile without JIT to have the exact box.
-    pub jit: bool,
-}
-
-impl Default for PlanOptions {
-    fn default() -> Self {
-        PlanOptions { jit: true }
+impl std::ops::Deref for Plan {
+    type Target = crate::lir::Plan;
+    fn deref(&self) -> &crate::lir::Plan {
+        &self.lir
     }
 }
 
@@ -202,9 +84,10 @@ pub struct Workspace {
 }
 
 impl Plan {
-    /// Compiles an instantiated diagram (no regions, calls or unevaluated constants: an
+    /// Plans an instantiated diagram (no regions, calls or unevaluated constants: an
     /// [`crate::ir::instance::Instance`]'s diagram, or its [`crate::autodiff::gradient`]) for
-    /// the axis sizes `sizes` (indexed by `AxisId`). Errors name the box or axis involved.
+    /// the axis sizes `sizes` (indexed by `AxisId`) and compiles it for this CPU. Errors name
+    /// the box or axis involved.
     pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
         Plan::with_options(diagram, axes, sizes, PlanOptions::default())
     }
@@ -216,55 +99,45 @@ impl Plan {
         sizes: &[usize],
         options: PlanOptions,
     ) -> Result<Plan, Error> {
-        let mut b = Builder {
-            d: diagram,
-            axes,
-            sizes,
-            vals: Vec::new(),
-            wire_val: vec![None; diagram.wires.len()],
-            drafts: Vec::new(),
-            consts: Vec::new(),
-        };
-        let mut inputs = Vec::new();
-        for (k, w) in diagram.inputs.iter().enumerate() {
-            let ty = &diagram.wire(*w).ty;
-            let v = b.value(ty.axes.clone(), Origin::Input(k))?;
-            b.wire_val[w.0 as usize] = Some(v);
-            let name = diagram.input_names.get(k).cloned().unwrap_or_default();
-            let dims: Vec<String> = ty.axes.iter().map(|a| b.size(*a).to_string()).collect();
-            inputs.push(InputSpec {
-                name,
-                len: b.vals[v].len,
-                shape: format!("{} = [{}]", ty.display(axes), dims.join(", ")),
-            });
+        let mut unfused: Vec<usize> = Vec::new();
+        loop {
+            let lir = crate::lir::Plan::with_unfused(diagram, axes, sizes, options, &unfused)?;
+            let groups: Vec<(usize, &FusedGroup)> = lir
+                .steps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match &s.action {
+                    Action::Kernel(Kernel::Fused(g)) => Some((i, g.as_ref())),
+                    _ => None,
+                })
+                .collect();
+            let jobs = groups
+                .iter()
+                .map(|(_, g)| (g.program.clone(), g.nest.clone()))
+                .collect();
+            let mut code: Vec<Option<jit::Fused>> = vec![None; lir.steps.len()];
+            let mut failed = Vec::new();
+            for ((i, g), f) in groups.iter().zip(jit::compile(jobs)) {
+                match f {
+                    Ok(f) => code[*i] = Some(f),
+                    Err(_) => failed.push(g.id),
+                }
+            }
+            if failed.is_empty() {
+                return Ok(Plan { lir, code });
+            }
+            // Plan again with these groups left as separate steps (a group's id is its
+            // index among the candidates, which do not depend on what is excluded).
+            unfused.extend(failed);
         }
-        for bi in 0..diagram.boxes.len() {
-            b.lower(bi).map_err(|e| {
-                e.context(&format!(
-                    "box {bi} ({}): ",
-                    crate::ir::print::op_text(&diagram.boxes[bi].op, axes)
-                ))
-            })?;
-        }
-        let outs: Vec<usize> = diagram
-            .outputs
-            .iter()
-            .map(|w| {
-                b.wire_val[w.0 as usize].ok_or_else(|| Error::Plan("an output has no value".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        let fused = if options.jit { b.fuse(&outs) } else { 0 };
-        let mut plan = b.finish(inputs, &outs)?;
-        plan.fused = fused;
-        Ok(plan)
     }
 
-    /// Compiles an instance's diagram.
+    /// Plans and compiles an instance's diagram.
     pub fn for_instance(inst: &crate::ir::instance::Instance) -> Result<Plan, Error> {
         Plan::new(&inst.diagram, &inst.axes, &inst.sizes)
     }
 
-    /// Compiles an instance's diagram with explicit options.
+    /// Plans and compiles an instance's diagram with explicit options.
     pub fn for_instance_with(
         inst: &crate::ir::instance::Instance,
         options: PlanOptions,
@@ -272,9 +145,9 @@ impl Plan {
         Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, options)
     }
 
-    /// How many fused (JIT-compiled) kernels the plan has.
-    pub fn fused_count(&self) -> usize {
-        self.fused
+    /// The backend-neutral plan.
+    pub fn lir(&self) -> &crate::lir::Plan {
+        &self.lir
     }
 
     /// A workspace sized for this plan.
@@ -282,48 +155,6 @@ impl Plan {
         let mut ws = Workspace::default();
         ws.fit(self);
         ws
-    }
-
-    /// The bytes of the workspace buffers: the plan's peak memory besides the caller's inputs
-    /// and the plan's constants.
-    pub fn peak_bytes(&self) -> usize {
-        4 * self.buffers.iter().sum::<usize>()
-    }
-
-    /// The bytes a plan without buffer reuse would need: one buffer per computed value (views
-    /// and copies still aliased), for comparison with [`Plan::peak_bytes`].
-    pub fn no_reuse_bytes(&self) -> usize {
-        4 * self.no_reuse
-    }
-
-    /// How many workspace buffers the plan uses.
-    pub fn buffer_count(&self) -> usize {
-        self.buffers.len()
-    }
-
-    /// Floating-point operations of the contractions (GEMMs) of one run: `2 m k n` each.
-    pub fn gemm_flops(&self) -> u64 {
-        self.gemm_flops
-    }
-
-    /// How many GEMM steps the plan has (each may run several batched products).
-    pub fn gemm_count(&self) -> usize {
-        self.gemms
-    }
-
-    /// How many steps (kernels and `check_finite` points) the plan has.
-    pub fn step_count(&self) -> usize {
-        self.steps.len()
-    }
-
-    /// The number of elements input `k` must have.
-    pub fn input_len(&self, k: usize) -> usize {
-        self.inputs[k].len
-    }
-
-    /// The number of elements output `k` has.
-    pub fn output_len(&self, k: usize) -> usize {
-        self.outputs[k].1
     }
 
     /// Runs the plan on `inputs` (one flat slice per diagram input, row-major in the input
@@ -436,8 +267,8 @@ impl Plan {
                 Loc::Work(k) => bases[k],
             }
         };
-        let mut p = [std::ptr::null_mut::<f32>(); crate::backend::cpu::jit::MAX_OPERANDS];
-        for step in &self.steps {
+        let mut p = [std::ptr::null_mut::<f32>(); jit::MAX_OPERANDS];
+        for (i, step) in self.steps.iter().enumerate() {
             match &step.action {
                 Action::Kernel(k) => {
                     // Kernels take at most six pointers, fused ones at most `jit::MAX_OPERANDS`.
@@ -450,8 +281,15 @@ impl Plan {
                     // lengths of these buffers (`Kernel::check_bounds`), the workspace was
                     // just fitted to the plan and the inputs' lengths validated, and an output
                     // shares an input's buffer only where the planner allowed it in place.
-                    unsafe { k.run(p, opts.train, opts.seed) }
-                        .map_err(|e| Error::Run(format!("{}: {e}", step.label)))?;
+                    match (k, &self.code[i]) {
+                        // A fused group runs its compiled code; two threads pay off from a
+                        // quarter of the generic kernels' threshold.
+                        (Kernel::Fused(_), Some(f)) => unsafe {
+                            f.run(p, opts.train, opts.seed, kernels::PAR_MIN / 4)
+                        },
+                        _ => unsafe { k.run(p, opts.train, opts.seed) }
+                            .map_err(|e| Error::Run(format!("{}: {e}", step.label)))?,
+                    }
                     if let (Some(prof), Some(start)) = (prof.as_deref_mut(), start) {
                         prof.push(StepTime {
                             label: &step.label,
@@ -493,1186 +331,20 @@ impl Plan {
             })
             .collect()
     }
-
-    /// The plan's kernels in order, with their operands (inputs, then outputs) and the label of
-    /// the box each belongs to: what another backend (`backend::cuda::codegen`) lowers. The
-    /// `check_finite` points are left out.
-    pub fn kernel_steps(&self) -> impl Iterator<Item = (&Kernel, &[Loc], &str)> {
-        self.steps.iter().filter_map(|s| match &s.action {
-            Action::Kernel(k) => Some((k, s.locs.as_slice(), s.label.as_str())),
-            Action::Check(_) => None,
-        })
-    }
-
-    /// The capacity (elements) of each workspace buffer.
-    pub fn buffer_lens(&self) -> &[usize] {
-        &self.buffers
-    }
-
-    /// The plan's constants (read-only buffers).
-    pub fn consts(&self) -> &[Vec<f32>] {
-        &self.consts
-    }
-
-    /// Each output's location and length.
-    pub fn output_locs(&self) -> &[(Loc, usize)] {
-        &self.outputs
-    }
-
-    /// How many inputs the plan takes.
-    pub fn input_count(&self) -> usize {
-        self.inputs.len()
-    }
-
-    /// A one-line-per-step listing of the plan, for debugging and curiosity.
-    pub fn describe(&self) -> String {
-        let mut s = String::new();
-        for (i, st) in self.steps.iter().enumerate() {
-            let what = match &st.action {
-                Action::Check(_) => continue,
-                Action::Kernel(k) => match k {
-                    Kernel::Gemm(g) => format!(
-                        "gemm {}x[{}x{}x{}]{}",
-                        g.batch.len(),
-                        g.m,
-                        g.k,
-                        g.n,
-                        if g.bias.is_some() { " + bias" } else { "" }
-                    ),
-                    Kernel::Fused(f) => f.program.describe(),
-                    other => other.name().to_string(),
-                },
-            };
-            s.push_str(&format!("{i:4} {:<28} {:?}  {}\n", what, st.locs, st.label));
-        }
-        s
-    }
 }
 
 impl Workspace {
     /// Makes the buffers exactly the plan's (keeping allocations that already fit).
     fn fit(&mut self, plan: &Plan) {
-        self.bufs.truncate(plan.buffers.len());
-        while self.bufs.len() < plan.buffers.len() {
+        let caps = plan.buffer_lens();
+        self.bufs.truncate(caps.len());
+        while self.bufs.len() < caps.len() {
             self.bufs.push(Vec::new());
         }
-        for (b, cap) in self.bufs.iter_mut().zip(&plan.buffers) {
+        for (b, cap) in self.bufs.iter_mut().zip(caps) {
             if b.len() != *cap {
                 b.resize(*cap, 0.0);
             }
         }
-    }
-}
-
-struct Builder<'a> {
-    d: &'a Diagram,
-    axes: &'a AxisTable,
-    sizes: &'a [usize],
-    vals: Vec<Val>,
-    wire_val: Vec<Option<usize>>,
-    drafts: Vec<Draft>,
-    consts: Vec<Vec<f32>>,
-}
-
-fn num(c: &Const) -> Result<f32, Error> {
-    match c {
-        Const::Num(x) => Ok(*x as f32),
-        other => Err(Error::Plan(format!("an unevaluated constant {other:?}"))),
-    }
-}
-
-impl Builder<'_> {
-    fn size(&self, a: AxisId) -> usize {
-        self.sizes.get(a.0 as usize).copied().unwrap_or(0)
-    }
-
-    fn name(&self, a: AxisId) -> &str {
-        self.axes.name(a)
-    }
-
-    /// A new root value over `axes`.
-    fn value(&mut self, axes: Vec<AxisId>, origin: Origin) -> Result<usize, Error> {
-        let mut strides = vec![0; axes.len()];
-        let mut len = 1usize;
-        for (i, a) in axes.iter().enumerate().rev() {
-            let n = self.size(*a);
-            if n == 0 {
-                return Err(Error::Plan(format!("axis `{}` has no size", self.name(*a))));
-            }
-            strides[i] = len;
-            len *= n;
-        }
-        let id = self.vals.len();
-        self.vals.push(Val {
-            axes,
-            strides,
-            len,
-            root: id,
-            origin,
-            def: 0,
-        });
-        Ok(id)
-    }
-
-    fn fresh(&mut self, axes: Vec<AxisId>) -> Result<usize, Error> {
-        self.value(axes, Origin::Work)
-    }
-
-    /// A value over `axes` that is `of`'s memory, read in its own layout.
-    fn alias(&mut self, of: usize, axes: Vec<AxisId>) -> Result<usize, Error> {
-        let v = self.value(axes, Origin::Work)?;
-        let root = self.vals[of].root;
-        self.vals[v].root = root;
-        self.vals[v].origin = self.vals[root].origin;
-        Ok(v)
-    }
-
-    /// The stride of axis `a` in value `v`, 0 when `v` lacks it (a broadcast).
-    fn stride(&self, v: usize, a: AxisId) -> usize {
-        let val = &self.vals[v];
-        val.axes
-            .iter()
-            .position(|x| *x == a)
-            .map_or(0, |p| val.strides[p])
-    }
-
-    fn has(&self, v: usize, a: AxisId) -> bool {
-        self.vals[v].axes.contains(&a)
-    }
-
-    /// Loop dimensions over `axes` for the operands `ops` (`None`: an absent operand).
-    fn dims<const N: usize>(&self, axes: &[AxisId], ops: [Option<usize>; N]) -> Vec<Dim<N>> {
-        axes.iter()
-            .map(|a| Dim {
-                n: self.size(*a),
-                s: ops.map(|v| v.map_or(0, |v| self.stride(v, *a))),
-            })
-            .collect()
-    }
-
-    /// Whether `v` has exactly `out`'s layout, so that `out` can be written over it.
-    fn same_layout(&self, v: usize, out: usize) -> bool {
-        self.vals[v].len == self.vals[out].len
-            && self.vals[out]
-                .axes
-                .iter()
-                .all(|a| self.size(*a) == 1 || self.stride(v, *a) == self.stride(out, *a))
-    }
-
-    /// The input slots of `ins` that `out` could be computed over in place.
-    fn inplace(&self, ins: &[usize], out: usize) -> Vec<usize> {
-        (0..ins.len())
-            .filter(|k| self.same_layout(ins[*k], out))
-            .collect()
-    }
-
-    /// Checks that every axis of `v` is one of `axes` (what broadcasting ops require).
-    fn subset(&self, v: usize, axes: &[AxisId]) -> Result<(), Error> {
-        match self.vals[v].axes.iter().find(|a| !axes.contains(a)) {
-            Some(a) => Err(Error::Plan(format!(
-                "an input has axis `{}`, which the output lacks",
-                self.name(*a)
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn push(&mut self, kernel: Kernel, ins: Vec<usize>, outs: Vec<usize>, inplace: Vec<usize>) {
-        self.push_action(Action::Kernel(kernel), ins, outs, inplace);
-    }
-
-    fn push_action(
-        &mut self,
-        action: Action,
-        ins: Vec<usize>,
-        outs: Vec<usize>,
-        inplace: Vec<usize>,
-    ) {
-        let s = self.drafts.len();
-        for o in &outs {
-            self.vals[*o].def = s;
-        }
-        self.drafts.push(Draft {
-            action,
-            ins,
-            outs,
-            inplace,
-            label: String::new(),
-        });
-    }
-
-    /// A value over `out_axes` whose element at each point is `x`'s at offset `src` strides:
-    /// `src` lists, in the output's order, one `(length, stride in x)` per dimension, where a
-    /// merged output axis contributes one dimension per merged axis. The result aliases `x`
-    /// when that is `x`'s own memory order, and is a copy otherwise.
-    fn view(
-        &mut self,
-        x: usize,
-        out_axes: Vec<AxisId>,
-        src: Vec<(usize, usize)>,
-    ) -> Result<usize, Error> {
-        let mut dims = Vec::with_capacity(src.len());
-        let mut acc = 1;
-        for (n, s) in src.iter().rev() {
-            dims.push(Dim {
-                n: *n,
-                s: [acc, *s],
-            });
-            acc *= n;
-        }
-        dims.reverse();
-        let nest = Nest::new(dims);
-        let len: usize = src.iter().map(|d| d.0).product();
-        if len == self.vals[x].len && nest.same(0, 1) {
-            return self.alias(x, out_axes);
-        }
-        let out = self.fresh(out_axes)?;
-        self.push(Kernel::Copy(nest), vec![x], vec![out], vec![]);
-        Ok(out)
-    }
-
-    /// Sums `x` over the axes `keep` lacks, into a new value over `keep` (in that order).
-    fn reduce(&mut self, x: usize, keep: Vec<AxisId>) -> Result<usize, Error> {
-        for a in &keep {
-            if !self.has(x, *a) {
-                return Err(Error::Plan(format!(
-                    "the input lacks axis `{}`",
-                    self.name(*a)
-                )));
-            }
-        }
-        let out = self.fresh(keep)?;
-        let axes = self.vals[x].axes.clone();
-        let nest = Nest::new(self.dims(&axes, [Some(out), Some(x)]));
-        let len = self.vals[out].len;
-        self.push(Kernel::Reduce { nest, len }, vec![x], vec![out], vec![]);
-        Ok(out)
-    }
-
-    /// Whether the axes `group` (outermost first) of `v` collapse into one stride.
-    fn collapses(&self, v: usize, group: &[AxisId]) -> bool {
-        group
-            .windows(2)
-            .all(|w| self.stride(v, w[0]) == self.stride(v, w[1]) * self.size(w[1]))
-    }
-
-    /// The stride of a collapsed group in `v`: its innermost axis's (1 for an empty group,
-    /// where it does not matter).
-    fn group_stride(&self, v: usize, group: &[AxisId]) -> isize {
-        group.last().map_or(1, |a| self.stride(v, *a).max(1)) as isize
-    }
-
-    /// A contraction `x . y -> out_axes` (the interpreter's `einsum`): axes of both operands
-    /// and the output are a batch, axes of one operand and the output are rows or columns,
-    /// axes of both operands only are contracted, axes of one operand only are summed first.
-    /// With `bias`, the result is `x . y + bias` (bias broadcast over the axes it lacks).
-    fn contraction(
-        &mut self,
-        x: usize,
-        y: usize,
-        out_axes: Vec<AxisId>,
-        bias: Option<usize>,
-    ) -> Result<usize, Error> {
-        let keep = |b: &Self, v: usize, other: usize| -> Vec<AxisId> {
-            b.vals[v]
-                .axes
-                .iter()
-                .copied()
-                .filter(|a| out_axes.contains(a) || b.has(other, *a))
-                .collect()
-        };
-        let (kx, ky) = (keep(self, x, y), keep(self, y, x));
-        let x = if kx.len() < self.vals[x].axes.len() {
-            self.reduce(x, kx)?
-        } else {
-            x
-        };
-        let y = if ky.len() < self.vals[y].axes.len() {
-            self.reduce(y, ky)?
-        } else {
-            y
-        };
-        if let Some(a) = out_axes
-            .iter()
-            .find(|a| !self.has(x, **a) && !self.has(y, **a))
-        {
-            return Err(Error::Plan(format!(
-                "output axis `{}` is in neither input",
-                self.name(*a)
-            )));
-        }
-        if let Some(b) = bias {
-            self.subset(b, &out_axes)?;
-        }
-        // Axes of length 1 take no part: their offset is always 0.
-        let big = |b: &Self, a: &AxisId| b.size(*a) > 1;
-        let pick = |b: &Self, from: &[AxisId], f: &dyn Fn(&AxisId) -> bool| -> Vec<AxisId> {
-            from.iter().copied().filter(|a| big(b, a) && f(a)).collect()
-        };
-        let xa = self.vals[x].axes.clone();
-        let ya = self.vals[y].axes.clone();
-        let batch = pick(self, &out_axes, &|a| self.has(x, *a) && self.has(y, *a));
-        let rows_out = pick(self, &out_axes, &|a| self.has(x, *a) && !self.has(y, *a));
-        let cols_out = pick(self, &out_axes, &|a| self.has(y, *a) && !self.has(x, *a));
-        let contr_x = pick(self, &xa, &|a| self.has(y, *a) && !out_axes.contains(a));
-        // The order within each group: the output's for rows and columns when they collapse
-        // there (then the GEMM writes the output directly), else the operand's (then only the
-        // output goes through a temporary); the contracted axes in x's order, else y's.
-        let out_probe = self.fresh(out_axes.clone())?;
-        let rows = if self.collapses(out_probe, &rows_out) {
-            rows_out
-        } else {
-            pick(self, &xa, &|a| rows_out.contains(a))
-        };
-        let cols = if self.collapses(out_probe, &cols_out) {
-            cols_out
-        } else {
-            pick(self, &ya, &|a| cols_out.contains(a))
-        };
-        let contr = if self.collapses(x, &contr_x) {
-            contr_x
-        } else {
-            pick(self, &ya, &|a| contr_x.contains(a))
-        };
-        let ones = |b: &Self, v: &[AxisId]| -> Vec<AxisId> {
-            v.iter().copied().filter(|a| !big(b, a)).collect()
-        };
-        let x = if self.collapses(x, &rows) && self.collapses(x, &contr) {
-            x
-        } else {
-            let mut t: Vec<AxisId> = [&batch[..], &rows, &contr].concat();
-            t.extend(ones(self, &xa));
-            self.permuted(x, t)?
-        };
-        let y = if self.collapses(y, &contr) && self.collapses(y, &cols) {
-            y
-        } else {
-            let mut t: Vec<AxisId> = [&batch[..], &contr, &cols].concat();
-            t.extend(ones(self, &ya));
-            self.permuted(y, t)?
-        };
-        let direct = self.collapses(out_probe, &rows) && self.collapses(out_probe, &cols);
-        let c = if direct {
-            out_probe
-        } else {
-            let mut t: Vec<AxisId> = [&batch[..], &rows, &cols].concat();
-            t.extend(ones(self, &out_axes));
-            self.fresh(t)?
-        };
-        let prod = |b: &Self, g: &[AxisId]| g.iter().map(|a| b.size(*a)).product::<usize>();
-        let (m, k, n) = (prod(self, &rows), prod(self, &contr), prod(self, &cols));
-        let (a, bm, cm) = (
-            [self.group_stride(x, &rows), self.group_stride(x, &contr)],
-            [self.group_stride(y, &contr), self.group_stride(y, &cols)],
-            [self.group_stride(c, &rows), self.group_stride(c, &cols)],
-        );
-        // The longer side of the result becomes the rows, computing the transpose `y' x'` when
-        // it is the columns (strides make the transposition free): a GEMM splits its rows over
-        // threads most evenly (matrixmultiply, used before the `gemm` crate, split only rows, so
-        // 35 tokens against 10,000 vocabulary columns ran on one core).
-        let flip = m < n;
-        let (first, second) = if flip { (y, x) } else { (x, y) };
-        let gemm = Gemm {
-            batch: Nest::new(self.dims(&batch, [Some(c), Some(first), Some(second)])),
-            m: if flip { n } else { m },
-            k,
-            n: if flip { m } else { n },
-            a: if flip { [bm[1], bm[0]] } else { a },
-            b: if flip { [a[1], a[0]] } else { bm },
-            c: if flip { [cm[1], cm[0]] } else { cm },
-            bias: match bias {
-                Some(b) if direct => Some(Nest::new(self.dims(&out_axes, [Some(c), Some(b)]))),
-                _ => None,
-            },
-        };
-        let mut ins = vec![first, second];
-        if gemm.bias.is_some() {
-            ins.extend(bias);
-        }
-        self.push(Kernel::Gemm(gemm), ins, vec![c], vec![]);
-        if direct {
-            return Ok(c);
-        }
-        // The product is in a temporary: move it to the output's layout, adding the bias.
-        match bias {
-            Some(b) => {
-                let out = self.fresh(out_axes.clone())?;
-                let nest = Nest::new(self.dims(&out_axes, [Some(out), Some(c), Some(b)]));
-                self.push(
-                    Kernel::Binary(Binary::Add, nest),
-                    vec![c, b],
-                    vec![out],
-                    vec![],
-                );
-                Ok(out)
-            }
-            None => self.permuted(c, out_axes),
-        }
-    }
-
-    /// `x` with its axes in the order `axes` (a copy unless that is its memory order).
-    fn permuted(&mut self, x: usize, axes: Vec<AxisId>) -> Result<usize, Error> {
-        let src: Vec<(usize, usize)> = axes
-            .iter()
-            .map(|a| (self.size(*a), self.stride(x, *a)))
-            .collect();
-        self.view(x, axes, src)
-    }
-
-    /// Offsets of each operand over the axes `over`, enumerated in one common order.
-    fn table(&self, over: &[AxisId], ops: &[usize]) -> Vec<Vec<usize>> {
-        let mut tables: Vec<Vec<usize>> = vec![vec![0]; ops.len()];
-        for a in over {
-            let n = self.size(*a);
-            for (t, v) in tables.iter_mut().zip(ops) {
-                let s = self.stride(*v, *a);
-                *t = t
-                    .iter()
-                    .flat_map(|o| (0..n).map(move |i| o + i * s))
-                    .collect();
-            }
-        }
-        tables
-    }
-
-    /// Lowers box `bi`, binding its output wires to values.
-    fn lower(&mut self, bi: usize) -> Result<(), Error> {
-        let d = self.d;
-        let b = &d.boxes[bi];
-        let first_step = self.drafts.len();
-        let ins: Vec<usize> = b
-            .inputs
-            .iter()
-            .map(|w| {
-                self.wire_val[w.0 as usize]
-                    .ok_or_else(|| Error::Plan(format!("wire %{} has no value", w.0)))
-            })
-            .collect::<Result<_, _>>()?;
-        let out_ty = |k: usize| -> &WireType { &d.wire(b.outputs[k]).ty };
-        let oa = |k: usize| out_ty(k).axes.clone();
-        let arity = |n: usize| -> Result<(), Error> {
-            if ins.len() == n {
-                Ok(())
-            } else {
-                Err(Error::Plan(format!("{} inputs, expected {n}", ins.len())))
-            }
-        };
-        let outs: Vec<usize> = match &b.op {
-            Op::Copy(n) => {
-                arity(1)?;
-                (0..*n)
-                    .map(|k| self.permuted(ins[0], oa(k)))
-                    .collect::<Result<_, _>>()?
-            }
-            Op::Discard => vec![],
-            Op::Rename { from, to } => {
-                arity(1)?;
-                if self.size(*from) != self.size(*to) {
-                    return Err(Error::Plan(
-                        "a rename between axes of different sizes".into(),
-                    ));
-                }
-                let src = oa(0)
-                    .iter()
-                    .map(|a| {
-                        let s = if a == to { *from } else { *a };
-                        (self.size(*a), self.stride(ins[0], s))
-                    })
-                    .collect();
-                vec![self.view(ins[0], oa(0), src)?]
-            }
-            Op::Split { from, into } => {
-                arity(1)?;
-                let parts: usize = into.iter().map(|a| self.size(*a)).product();
-                if parts != self.size(*from) {
-                    return Err(Error::Plan(
-                        "the split axes' sizes do not multiply to the axis".into(),
-                    ));
-                }
-                let base = self.stride(ins[0], *from);
-                let src = oa(0)
-                    .iter()
-                    .map(|a| match into.iter().position(|x| x == a) {
-                        Some(j) => {
-                            let inner: usize =
-                                into[j + 1..].iter().map(|x| self.size(*x)).product();
-                            (self.size(*a), base * inner)
-                        }
-                        None => (self.size(*a), self.stride(ins[0], *a)),
-                    })
-                    .collect();
-                vec![self.view(ins[0], oa(0), src)?]
-            }
-            Op::Merge { from, into } => {
-                arity(1)?;
-                let parts: usize = from.iter().map(|a| self.size(*a)).product();
-                if parts != self.size(*into) {
-                    return Err(Error::Plan(
-                        "the merged axes' sizes do not multiply to the axis".into(),
-                    ));
-                }
-                // The merged index is row-major over `from` in the written order.
-                let mut src = Vec::new();
-                for a in oa(0) {
-                    if a == *into {
-                        src.extend(
-                            from.iter()
-                                .map(|f| (self.size(*f), self.stride(ins[0], *f))),
-                        );
-                    } else {
-                        src.push((self.size(a), self.stride(ins[0], a)));
-                    }
-                }
-                vec![self.view(ins[0], oa(0), src)?]
-            }
-            Op::Expand(_) => {
-                arity(1)?;
-                self.subset(ins[0], &oa(0))?;
-                vec![self.permuted(ins[0], oa(0))?]
-            }
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Exec(ExecOp::MapBack(_)) => {
-                arity(2)?;
-                let f = match &b.op {
-                    Op::Add => Binary::Add,
-                    Op::Sub => Binary::Sub,
-                    Op::Mul => Binary::Mul,
-                    Op::Div => Binary::Div,
-                    Op::Exec(ExecOp::MapBack(f)) => Binary::MapBack(*f),
-                    _ => unreachable!("matched above"),
-                };
-                vec![self.elementwise2(f, ins[0], ins[1], oa(0))?]
-            }
-            Op::Scale(c) | Op::Shift(c) => {
-                arity(1)?;
-                let k = num(c)?;
-                let u = if matches!(b.op, Op::Scale(_)) {
-                    Unary::Scale(k)
-                } else {
-                    Unary::Shift(k)
-                };
-                vec![self.elementwise1(u, ins[0], oa(0))?]
-            }
-            Op::Map(f) => {
-                arity(1)?;
-                vec![self.elementwise1(Unary::Map(*f), ins[0], oa(0))?]
-            }
-            Op::Exec(ExecOp::Dropout { p, key }) => {
-                arity(1)?;
-                self.subset(ins[0], &oa(0))?;
-                let out = self.fresh(oa(0))?;
-                let nest = Nest::new(self.dims(&oa(0), [Some(out), Some(ins[0])]));
-                let inplace = self.inplace(&ins, out);
-                self.push(
-                    Kernel::Dropout {
-                        p: *p,
-                        key: *key,
-                        nest,
-                    },
-                    ins.clone(),
-                    vec![out],
-                    inplace,
-                );
-                vec![out]
-            }
-            Op::Dropout(_) => {
-                return Err(Error::Plan("dropout was not keyed by instantiation".into()));
-            }
-            Op::Dot(_) | Op::Outer | Op::Exec(ExecOp::Einsum) => {
-                arity(2)?;
-                vec![self.contraction(ins[0], ins[1], oa(0), None)?]
-            }
-            Op::Linear { .. } => {
-                if ins.len() != 2 && ins.len() != 3 {
-                    return Err(Error::Plan(format!(
-                        "{} inputs, expected 2 or 3",
-                        ins.len()
-                    )));
-                }
-                vec![self.contraction(ins[0], ins[1], oa(0), ins.get(2).copied())?]
-            }
-            Op::Sum(_) | Op::Exec(ExecOp::SumTo) => {
-                arity(1)?;
-                vec![self.reduce(ins[0], oa(0))?]
-            }
-            Op::Softmax(a) | Op::Normalise(a) => {
-                arity(1)?;
-                let op = if matches!(b.op, Op::Softmax(_)) {
-                    LaneOp::Softmax
-                } else {
-                    LaneOp::Normalise
-                };
-                vec![self.lane(op, &ins, *a, oa(0))?]
-            }
-            Op::Exec(ExecOp::SoftmaxBack(a)) | Op::Exec(ExecOp::NormaliseBack(a)) => {
-                arity(2)?;
-                let op = if matches!(b.op, Op::Exec(ExecOp::SoftmaxBack(_))) {
-                    LaneOp::SoftmaxBack
-                } else {
-                    LaneOp::NormaliseBack
-                };
-                vec![self.lane(op, &ins, *a, oa(0))?]
-            }
-            Op::Causal { query, key } | Op::CausalZero { query, key } => {
-                arity(1)?;
-                let value = if matches!(b.op, Op::Causal { .. }) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                };
-                let x = ins[0];
-                self.subset(x, &oa(0))?;
-                let out = self.fresh(oa(0))?;
-                if !self.has(out, *query) || !self.has(out, *key) {
-                    return Err(Error::Plan("the output lacks the query or key axis".into()));
-                }
-                let rest: Vec<AxisId> = oa(0)
-                    .into_iter()
-                    .filter(|a| a != query && a != key)
-                    .collect();
-                let kernel = Kernel::Causal {
-                    value,
-                    copy: Nest::new(self.dims(&oa(0), [Some(out), Some(x)])),
-                    nq: self.size(*query),
-                    nk: self.size(*key),
-                    sq: self.stride(out, *query),
-                    sk: self.stride(out, *key),
-                    rest: Nest::new(self.dims(&rest, [Some(out)])),
-                };
-                let inplace = self.inplace(&ins, out);
-                self.push(kernel, ins.clone(), vec![out], inplace);
-                vec![out]
-            }
-            Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
-                arity(1)?;
-                let x = ins[0];
-                self.subset(x, &oa(0))?;
-                let out = self.fresh(oa(0))?;
-                let others: Vec<AxisId> = oa(0).into_iter().filter(|c| c != a).collect();
-                let kernel = Kernel::Cumsum {
-                    reverse: matches!(b.op, Op::Exec(_)),
-                    slab: Nest::new(self.dims(&others, [Some(out), Some(x)])),
-                    n: self.size(*a),
-                    s: [self.stride(out, *a), self.stride(x, *a)],
-                };
-                let inplace = self.inplace(&ins, out);
-                self.push(kernel, ins.clone(), vec![out], inplace);
-                vec![out]
-            }
-            Op::PosEnc { pos, feature } => {
-                arity(0)?;
-                let axes = oa(0);
-                if axes.len() != 2 || !axes.contains(pos) || !axes.contains(feature) {
-                    return Err(Error::Plan(
-                        "posenc's output must be exactly its two axes".into(),
-                    ));
-                }
-                let k = self.consts.len();
-                let v = self.value(axes, Origin::Const(k))?;
-                let (n, dm) = (self.size(*pos), self.size(*feature));
-                let (sp, sf) = (self.stride(v, *pos), self.stride(v, *feature));
-                let mut data = vec![0f32; n * dm];
-                // Computed in f64 as the interpreter does, then rounded once.
-                for p in 0..n {
-                    for i in 0..dm {
-                        let freq = 10000f64.powf((2 * (i / 2)) as f64 / dm as f64);
-                        let a = p as f64 / freq;
-                        data[p * sp + i * sf] = if i % 2 == 0 { a.sin() } else { a.cos() } as f32;
-                    }
-                }
-                self.consts.push(data);
-                vec![v]
-            }
-            Op::Exec(
-                e @ (ExecOp::Attention(_)
-                | ExecOp::AttentionBack(_)
-                | ExecOp::LinearAttention(_)
-                | ExecOp::LinearAttentionBack(_)),
-            ) => {
-                // Which kernel, and the axes its operands' strides are taken along (linear
-                // attention's queries and keys share one position axis).
-                let (form, back, query, key, feat, vfeat) = match e {
-                    ExecOp::Attention(a) | ExecOp::AttentionBack(a) => (
-                        attention::Form::Softmax {
-                            scale: a.scale as f32,
-                        },
-                        matches!(e, ExecOp::AttentionBack(_)),
-                        a.query,
-                        a.key,
-                        a.feat,
-                        a.vfeat,
-                    ),
-                    ExecOp::LinearAttention(a) | ExecOp::LinearAttentionBack(a) => (
-                        attention::Form::Linear { eps: a.eps as f32 },
-                        matches!(e, ExecOp::LinearAttentionBack(_)),
-                        a.pos,
-                        a.pos,
-                        a.feat,
-                        a.vfeat,
-                    ),
-                    _ => unreachable!("matched above"),
-                };
-                arity(if back { 6 } else { 3 })?;
-                if self.size(query) != self.size(key) {
-                    return Err(Error::Plan(
-                        "fused attention between query and key axes of different sizes".into(),
-                    ));
-                }
-                let mut ops: Vec<usize> = ins.clone();
-                let outs: Vec<usize> = (0..if back { 3 } else { 2 })
-                    .map(|k| self.fresh(oa(k)))
-                    .collect::<Result<_, _>>()?;
-                ops.extend(&outs);
-                // Each operand's position and feature axes (lse has no feature).
-                let role = |k: usize| -> (AxisId, Option<AxisId>) {
-                    match k {
-                        0 | 6 => (query, Some(feat)),
-                        1 | 7 => (key, Some(feat)),
-                        2 | 8 => (key, Some(vfeat)),
-                        3 | 5 => (query, Some(vfeat)),
-                        _ => (query, None),
-                    }
-                };
-                let lse = ops[4];
-                let lanes: Vec<AxisId> = self.vals[lse]
-                    .axes
-                    .iter()
-                    .copied()
-                    .filter(|a| *a != query)
-                    .collect();
-                let mut st = [0; attention::BACK];
-                let mut sf = [0; attention::BACK];
-                for (k, v) in ops.iter().enumerate() {
-                    let (pos, feat) = role(k);
-                    st[k] = self.stride(*v, pos);
-                    sf[k] = feat.map_or(0, |f| self.stride(*v, f));
-                }
-                let which: [Option<usize>; attention::BACK] =
-                    std::array::from_fn(|k| ops.get(k).copied());
-                let attn = attention::Attn {
-                    form,
-                    back,
-                    lanes: Nest::new(self.dims(&lanes, which)),
-                    t: self.size(query),
-                    d: self.size(feat),
-                    e: self.size(vfeat),
-                    st,
-                    sf,
-                };
-                self.push(
-                    Kernel::Attention(Box::new(attn)),
-                    ins.clone(),
-                    outs.clone(),
-                    vec![],
-                );
-                outs
-            }
-            Op::Exec(ExecOp::Zeros) => {
-                arity(0)?;
-                let out = self.fresh(oa(0))?;
-                let len = self.vals[out].len;
-                self.push(Kernel::Fill { value: 0.0, len }, vec![], vec![out], vec![]);
-                vec![out]
-            }
-            Op::LayerNorm(over) => {
-                arity(3)?;
-                let (x, g, bias) = (ins[0], ins[1], ins[2]);
-                self.subset(g, &self.vals[x].axes.clone())?;
-                self.subset(bias, &self.vals[x].axes.clone())?;
-                let out = self.fresh(oa(0))?;
-                let keep: Vec<AxisId> = oa(0).into_iter().filter(|a| !over.contains(a)).collect();
-                let ops = [out, x, g, bias];
-                let outer = Nest::new(self.dims(&keep, ops.map(Some)));
-                let t = self.table(over, &ops);
-                let inner: [Vec<usize>; 4] = t
-                    .try_into()
-                    .map_err(|_| Error::Plan("four tables".into()))?;
-                let inplace = self.inplace(&ins[..1], out);
-                let dense = kernels::dense(&inner);
-                self.push(
-                    Kernel::LayerNorm {
-                        outer,
-                        inner,
-                        dense,
-                    },
-                    ins.clone(),
-                    vec![out],
-                    inplace,
-                );
-                vec![out]
-            }
-            Op::Exec(ExecOp::LayerNormBack(over)) => {
-                arity(3)?;
-                let (x, g, gy) = (ins[0], ins[1], ins[2]);
-                self.subset(g, &self.vals[x].axes.clone())?;
-                let gx = self.fresh(oa(0))?;
-                let gg = self.fresh(oa(1))?;
-                let gb = self.fresh(oa(2))?;
-                let keep: Vec<AxisId> = oa(0).into_iter().filter(|a| !over.contains(a)).collect();
-                let ops = [gx, x, g, gy, gg, gb];
-                let outer = Nest::new(self.dims(&keep, ops.map(Some)));
-                let t = self.table(over, &ops);
-                let inner: [Vec<usize>; 6] =
-                    t.try_into().map_err(|_| Error::Plan("six tables".into()))?;
-                let lens = [self.vals[gg].len, self.vals[gb].len];
-                let inplace: Vec<usize> = [0, 2]
-                    .into_iter()
-                    .filter(|k| self.same_layout(ins[*k], gx))
-                    .collect();
-                let dense = kernels::dense(&inner);
-                self.push(
-                    Kernel::LayerNormBack {
-                        outer,
-                        inner,
-                        lens,
-                        dense,
-                    },
-                    ins.clone(),
-                    vec![gx, gg, gb],
-                    inplace,
-                );
-                vec![gx, gg, gb]
-            }
-            Op::Embed { vocab, to } => {
-                arity(2)?;
-                let (ids, table) = (ins[0], ins[1]);
-                let want = 1 + to.len();
-                let tab_axes = &self.vals[table].axes;
-                if tab_axes.len() != want
-                    || !tab_axes.contains(vocab)
-                    || to.iter().any(|a| !tab_axes.contains(a))
-                {
-                    return Err(Error::Plan(
-                        "per-lane embedding tables are not supported".into(),
-                    ));
-                }
-                let out = self.fresh(oa(0))?;
-                let id_axes = self.vals[ids].axes.clone();
-                let row_axes: Vec<AxisId> = oa(0).into_iter().filter(|a| to.contains(a)).collect();
-                if row_axes.len() != to.len() || id_axes.len() + to.len() != oa(0).len() {
-                    return Err(Error::Plan(
-                        "the output is not the ids' axes and the row's".into(),
-                    ));
-                }
-                let kernel = Kernel::Embed {
-                    ids: Nest::new(self.dims(&id_axes, [Some(out), Some(ids)])),
-                    row: Nest::new(self.dims(&row_axes, [Some(out), Some(table)])),
-                    vocab: self.size(*vocab),
-                    vstride: self.stride(table, *vocab),
-                };
-                self.push(kernel, ins.clone(), vec![out], vec![]);
-                vec![out]
-            }
-            Op::Exec(ExecOp::EmbedBack { vocab }) => {
-                arity(2)?;
-                let (ids, gy) = (ins[0], ins[1]);
-                let gt = self.fresh(oa(0))?;
-                let id_axes = self.vals[ids].axes.clone();
-                let row_axes: Vec<AxisId> = oa(0).into_iter().filter(|a| a != vocab).collect();
-                let want: usize = id_axes.len() + row_axes.len();
-                if want != self.vals[gy].axes.len()
-                    || row_axes.iter().any(|a| !self.has(gy, *a))
-                    || id_axes.iter().any(|a| !self.has(gy, *a))
-                {
-                    return Err(Error::Plan(
-                        "the gradient is not over the ids' axes and the row's".into(),
-                    ));
-                }
-                let kernel = Kernel::EmbedBack {
-                    ids: Nest::new(self.dims(&id_axes, [Some(gy), Some(ids)])),
-                    row: Nest::new(self.dims(&row_axes, [Some(gt), Some(gy)])),
-                    vocab: self.size(*vocab),
-                    vstride: self.stride(gt, *vocab),
-                    len: self.vals[gt].len,
-                };
-                self.push(kernel, ins.clone(), vec![gt], vec![]);
-                vec![gt]
-            }
-            Op::Exec(ExecOp::CrossEntropy { classes })
-            | Op::Exec(ExecOp::CrossEntropyBack { classes }) => {
-                let back = matches!(b.op, Op::Exec(ExecOp::CrossEntropyBack { .. }));
-                arity(if back { 3 } else { 2 })?;
-                let (logits, targets) = (ins[0], ins[1]);
-                let out = self.fresh(oa(0))?;
-                let positions = self.vals[targets].axes.clone();
-                let out_for_pos = if back { Some(out) } else { None };
-                let pos =
-                    Nest::new(self.dims(&positions, [Some(logits), Some(targets), out_for_pos]));
-                let s = [
-                    self.stride(logits, *classes),
-                    if back { self.stride(out, *classes) } else { 0 },
-                ];
-                let kernel = Kernel::CrossEntropy {
-                    back,
-                    pos,
-                    n: self.size(*classes),
-                    s,
-                };
-                self.push(kernel, ins.clone(), vec![out], vec![]);
-                vec![out]
-            }
-            Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
-                return Err(Error::Plan(
-                    "this box must be instantiated before it runs".into(),
-                ));
-            }
-            Op::Zip(_)
-            | Op::Broadcast(_)
-            | Op::Collect(_)
-            | Op::LoopIn
-            | Op::Capture
-            | Op::LoopOut => {
-                return Err(Error::Plan(
-                    "region ports must be lowered before running".into(),
-                ));
-            }
-        };
-        if outs.len() != b.outputs.len() {
-            return Err(Error::Plan(format!(
-                "{} outputs computed for {} wires",
-                outs.len(),
-                b.outputs.len()
-            )));
-        }
-        for (k, (w, v)) in b.outputs.iter().zip(&outs).enumerate() {
-            if self.vals[*v].axes.len() != out_ty(k).axes.len() {
-                return Err(Error::Plan(
-                    "an output's axes differ from its wire's".into(),
-                ));
-            }
-            self.wire_val[w.0 as usize] = Some(*v);
-        }
-        let op = crate::ir::print::op_text(&b.op, self.axes);
-        let label = format!("box {bi} ({op})");
-        for dr in &mut self.drafts[first_step..] {
-            dr.label = label.clone();
-        }
-        if !outs.is_empty() {
-            let messages = b
-                .outputs
-                .iter()
-                .map(|w| {
-                    let name = d.wire(*w).name.as_deref().unwrap_or("an unnamed wire");
-                    format!(
-                        "box {bi} `{op}` produced a NaN or infinity on {name} (at bytes {}..{} of the source)",
-                        b.span.start, b.span.end
-                    )
-                })
-                .collect();
-            let lens = outs.iter().map(|v| self.vals[*v].len).collect();
-            self.push_action(
-                Action::Check(Check { messages, lens }),
-                outs.clone(),
-                vec![],
-                vec![],
-            );
-            let n = self.drafts.len();
-            self.drafts[n - 1].label = label;
-        }
-        Ok(())
-    }
-
-    fn elementwise1(&mut self, u: Unary, x: usize, out_axes: Vec<AxisId>) -> Result<usize, Error> {
-        self.subset(x, &out_axes)?;
-        let out = self.fresh(out_axes.clone())?;
-        let nest = Nest::new(self.dims(&out_axes, [Some(out), Some(x)]));
-        let inplace = self.inplace(&[x], out);
-        self.push(Kernel::Unary(u, nest), vec![x], vec![out], inplace);
-        Ok(out)
-    }
-
-    fn elementwise2(
-        &mut self,
-        f: Binary,
-        a: usize,
-        b: usize,
-        out_axes: Vec<AxisId>,
-    ) -> Result<usize, Error> {
-        self.subset(a, &out_axes)?;
-        self.subset(b, &out_axes)?;
-        let out = self.fresh(out_axes.clone())?;
-        let nest = Nest::new(self.dims(&out_axes, [Some(out), Some(a), Some(b)]));
-        let inplace = self.inplace(&[a, b], out);
-        self.push(Kernel::Binary(f, nest), vec![a, b], vec![out], inplace);
-        Ok(out)
-    }
-
-    /// An op along axis `a`, lane by lane over the output's other axes.
-    fn lane(
-        &mut self,
-        op: LaneOp,
-        ins: &[usize],
-        a: AxisId,
-        out_axes: Vec<AxisId>,
-    ) -> Result<usize, Error> {
-        for x in ins {
-            self.subset(*x, &out_axes)?;
-        }
-        let out = self.fresh(out_axes.clone())?;
-        if !self.has(out, a) {
-            return Err(Error::Plan(format!(
-                "the output lacks axis `{}`",
-                self.name(a)
-            )));
-        }
-        let others: Vec<AxisId> = out_axes.iter().copied().filter(|c| *c != a).collect();
-        let second = ins.get(1).copied();
-        let outer = Nest::new(self.dims(&others, [Some(out), Some(ins[0]), second]));
-        let s = [
-            self.stride(out, a),
-            self.stride(ins[0], a),
-            second.map_or(0, |v| self.stride(v, a)),
-        ];
-        let kernel = Kernel::Lane {
-            op,
-            outer,
-            n: self.size(a),
-            s,
-        };
-        let inplace = self.inplace(ins, out);
-        self.push(kernel, ins.to_vec(), vec![out], inplace);
-        Ok(out)
-    }
-
-    /// Liveness, buffer assignment and the final steps.
-    fn finish(self, inputs: Vec<InputSpec>, outs: &[usize]) -> Result<Plan, Error> {
-        let nvals = self.vals.len();
-        let root = |v: usize| self.vals[v].root;
-        // A root lives from the step that writes it to the last step that reads it or any of
-        // its aliases; an output's root lives to the end.
-        let mut last: Vec<usize> = self.vals.iter().map(|v| v.def).collect();
-        for (s, dr) in self.drafts.iter().enumerate() {
-            for v in &dr.ins {
-                let r = root(*v);
-                last[r] = last[r].max(s);
-            }
-        }
-        for v in outs {
-            last[root(*v)] = usize::MAX;
-        }
-        let mut dying: Vec<Vec<usize>> = vec![Vec::new(); self.drafts.len()];
-        for r in 0..nvals {
-            if root(r) == r && self.vals[r].origin == Origin::Work && last[r] < dying.len() {
-                dying[last[r]].push(r);
-            }
-        }
-        // Greedy assignment in step order: an output takes over an input's buffer when the
-        // step may run in place and that input dies here; otherwise the best-fitting free
-        // buffer (the smallest that is large enough, else the largest, grown).
-        let mut buffer_of: Vec<Option<usize>> = vec![None; nvals];
-        let mut caps: Vec<usize> = Vec::new();
-        let mut free: Vec<usize> = Vec::new();
-        let mut no_reuse = 0;
-        for (s, dr) in self.drafts.iter().enumerate() {
-            let mut taken: Option<usize> = None;
-            for (k, o) in dr.outs.iter().enumerate() {
-                let need = self.vals[*o].len;
-                no_reuse += need;
-                if k == 0 {
-                    let candidate = dr.inplace.iter().copied().find(|slot| {
-                        let r = root(dr.ins[*slot]);
-                        self.vals[r].origin == Origin::Work
-                            && last[r] == s
-                            && dr
-                                .ins
-                                .iter()
-                                .enumerate()
-                                .all(|(j, v)| root(*v) != r || dr.inplace.contains(&j))
-                    });
-                    if let Some(slot) = candidate {
-                        let r = root(dr.ins[slot]);
-                        let buf = buffer_of[r]
-                            .ok_or_else(|| Error::Plan("an input without a buffer".into()))?;
-                        if caps[buf] >= need {
-                            buffer_of[*o] = Some(buf);
-                            taken = Some(r);
-                            continue;
-                        }
-                    }
-                }
-                let fit = free
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| caps[**b] >= need)
-                    .min_by_key(|(_, b)| caps[**b])
-                    .or_else(|| free.iter().enumerate().max_by_key(|(_, b)| caps[**b]))
-                    .map(|(i, _)| i);
-                let buf = match fit {
-                    Some(i) => free.swap_remove(i),
-                    None => {
-                        caps.push(0);
-                        caps.len() - 1
-                    }
-                };
-                caps[buf] = caps[buf].max(need);
-                buffer_of[*o] = Some(buf);
-            }
-            for r in &dying[s] {
-                if Some(*r) != taken
-                    && let Some(buf) = buffer_of[*r]
-                {
-                    free.push(buf);
-                }
-            }
-        }
-        let loc = |v: usize| -> Result<Loc, Error> {
-            let r = root(v);
-            match self.vals[r].origin {
-                Origin::Input(k) => Ok(Loc::Input(k)),
-                Origin::Const(k) => Ok(Loc::Const(k)),
-                Origin::Work => buffer_of[r]
-                    .map(Loc::Work)
-                    .ok_or_else(|| Error::Plan("a value without a buffer".into())),
-            }
-        };
-        let (mut gemm_flops, mut gemms) = (0, 0);
-        let mut steps = Vec::with_capacity(self.drafts.len());
-        for dr in self.drafts {
-            let locs: Vec<Loc> = dr
-                .ins
-                .iter()
-                .chain(&dr.outs)
-                .map(|v| loc(*v))
-                .collect::<Result<_, _>>()?;
-            if let Action::Kernel(k) = &dr.action {
-                let lens: Vec<usize> = dr
-                    .ins
-                    .iter()
-                    .chain(&dr.outs)
-                    .map(|v| self.vals[*v].len)
-                    .collect();
-                if k.arity() != locs.len() {
-                    return Err(Error::Plan(format!(
-                        "{}: plan bug: wrong operand count",
-                        dr.label
-                    )));
-                }
-                k.check_bounds(&lens)
-                    .map_err(|e| Error::Plan(format!("{}: {e}", dr.label)))?;
-                if let Kernel::Gemm(g) = k {
-                    gemm_flops += g.flops();
-                    gemms += 1;
-                }
-            }
-            steps.push(Step {
-                action: dr.action,
-                locs,
-                label: dr.label,
-            });
-        }
-        let outputs = outs
-            .iter()
-            .map(|v| Ok((loc(*v)?, self.vals[*v].len)))
-            .collect::<Result<_, Error>>()?;
-        Ok(Plan {
-            steps,
-            inputs,
-            outputs,
-            consts: self.consts,
-            buffers: caps,
-            no_reuse,
-            gemm_flops,
-            gemms,
-            fused: 0,
-        })
     }
 }

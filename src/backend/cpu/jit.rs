@@ -34,6 +34,9 @@
 use crate::backend::cpu::exec::kernels::{apply, derivative};
 use crate::error::Error;
 use crate::ir::Func;
+use crate::lir::nest::DynNest;
+use crate::lir::program::{H1, H2, H3, H4};
+pub use crate::lir::program::{Inst, MAX_OPERANDS, Program, keep_threshold};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value, types,
@@ -43,246 +46,6 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use std::sync::Arc;
-
-/// The most operands (inputs and outputs) one fused kernel may have.
-pub const MAX_OPERANDS: usize = 16;
-
-/// A per-element operation of a fused program.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Inst {
-    /// Input operand `k` at this element.
-    Load(usize),
-    /// `x * k`.
-    Scale(usize, f32),
-    /// `x + k`.
-    Shift(usize, f32),
-    /// `f(x)`.
-    Map(Func, usize),
-    Add(usize, usize),
-    Sub(usize, usize),
-    Mul(usize, usize),
-    Div(usize, usize),
-    /// `(x, gy) -> gy * f'(x)`.
-    MapBack(Func, usize, usize),
-    /// Dropout of `x` with keep probability `1 - p`; the mask hashes (seed, key, the element's
-    /// offset in the group's output layout).
-    Dropout {
-        p: f64,
-        key: u64,
-        x: usize,
-    },
-}
-
-impl Inst {
-    fn args(&self) -> Vec<usize> {
-        match *self {
-            Inst::Load(_) => vec![],
-            Inst::Scale(x, _) | Inst::Shift(x, _) | Inst::Map(_, x) => vec![x],
-            Inst::Dropout { x, .. } => vec![x],
-            Inst::Add(a, b)
-            | Inst::Sub(a, b)
-            | Inst::Mul(a, b)
-            | Inst::Div(a, b)
-            | Inst::MapBack(_, a, b) => vec![a, b],
-        }
-    }
-
-    /// Whether the instruction needs the scalar loop (a call).
-    fn scalar_only(&self) -> bool {
-        match *self {
-            Inst::Map(f, _) => !matches!(f, Func::Relu | Func::Sqrt | Func::Recip | Func::Tanh),
-            Inst::MapBack(f, _, _) => !matches!(f, Func::Relu | Func::Tanh),
-            _ => false,
-        }
-    }
-}
-
-/// A fused elementwise program: SSA instructions (each refers to earlier ones by index), over
-/// `inputs` input operands, storing the values `stores` to the output operands in order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Program {
-    pub insts: Vec<Inst>,
-    pub inputs: usize,
-    pub stores: Vec<usize>,
-}
-
-impl Program {
-    /// Checks that every reference is to an earlier instruction and every load to an input.
-    pub fn validate(&self) -> Result<(), Error> {
-        for (i, inst) in self.insts.iter().enumerate() {
-            if let Inst::Load(k) = inst
-                && *k >= self.inputs
-            {
-                return Err(Error::Plan(format!(
-                    "instruction {i} loads input {k} of {}",
-                    self.inputs
-                )));
-            }
-            if inst.args().iter().any(|a| *a >= i) {
-                return Err(Error::Plan(format!("instruction {i} uses a later value")));
-            }
-        }
-        if let Some(s) = self.stores.iter().find(|s| **s >= self.insts.len()) {
-            return Err(Error::Plan(format!(
-                "a store of value {s}, which does not exist"
-            )));
-        }
-        if self.inputs + self.stores.len() > MAX_OPERANDS {
-            return Err(Error::Plan("too many operands".into()));
-        }
-        Ok(())
-    }
-
-    /// The dropout instructions, in order: the `k`th reads mask pointer `k` (after the
-    /// operands).
-    fn dropouts(&self) -> Vec<(f64, u64)> {
-        self.insts
-            .iter()
-            .filter_map(|i| match *i {
-                Inst::Dropout { p, key, .. } => Some((p, key)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn vectorisable(&self, strides: &[usize]) -> bool {
-        strides.iter().all(|s| *s <= 1) && !self.insts.iter().any(Inst::scalar_only)
-    }
-
-    /// A short description: `fused[add, dropout, add]`.
-    pub fn describe(&self) -> String {
-        let names: Vec<String> = self
-            .insts
-            .iter()
-            .filter_map(|i| match i {
-                Inst::Load(_) => None,
-                Inst::Scale(..) => Some("scale".into()),
-                Inst::Shift(..) => Some("shift".into()),
-                Inst::Map(f, _) => Some(format!("{f:?}").to_lowercase()),
-                Inst::Add(..) => Some("add".into()),
-                Inst::Sub(..) => Some("sub".into()),
-                Inst::Mul(..) => Some("mul".into()),
-                Inst::Div(..) => Some("div".into()),
-                Inst::MapBack(f, ..) => Some(format!("{f:?}-back").to_lowercase()),
-                Inst::Dropout { .. } => Some("dropout".into()),
-            })
-            .collect();
-        format!("fused[{}]", names.join(", "))
-    }
-}
-
-/// A loop nest with a run-time number of operands: dimensions outermost first, each a length
-/// and one stride per operand. Normalised as `exec::nest::Nest` is: length-1 dimensions
-/// dropped, dimensions contiguous for every operand merged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DynNest {
-    /// `(length, strides)`, outermost first; never empty (a scalar is one dimension of 1).
-    dims: Vec<(usize, Vec<usize>)>,
-    ops: usize,
-}
-
-impl DynNest {
-    pub fn new(dims: Vec<(usize, Vec<usize>)>, ops: usize) -> DynNest {
-        let mut out: Vec<(usize, Vec<usize>)> = Vec::with_capacity(dims.len());
-        for (n, s) in dims.into_iter().filter(|d| d.0 != 1) {
-            if let Some(last) = out.last_mut()
-                && (0..ops).all(|k| last.1[k] == s[k] * n)
-            {
-                last.0 *= n;
-                last.1 = s;
-                continue;
-            }
-            out.push((n, s));
-        }
-        if out.is_empty() {
-            out.push((1, vec![0; ops]));
-        }
-        DynNest { dims: out, ops }
-    }
-
-    /// The dimensions, outermost first: `(length, one stride per operand)`.
-    pub fn dims(&self) -> &[(usize, Vec<usize>)] {
-        &self.dims
-    }
-
-    /// Points visited.
-    pub fn len(&self) -> usize {
-        self.dims.iter().map(|d| d.0).product()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The largest offset operand `k` reaches (for plan-time bounds checks).
-    pub fn reach(&self, k: usize) -> usize {
-        if self.is_empty() {
-            return 0;
-        }
-        self.dims.iter().map(|d| (d.0 - 1) * d.1[k]).sum()
-    }
-
-    /// The innermost dimension's strides: constants of the generated code.
-    pub fn inner_strides(&self) -> Vec<usize> {
-        self.dims.last().map_or(vec![0; self.ops], |d| d.1.clone())
-    }
-
-    /// Calls `f(offsets, n)` once per innermost row, the offsets at the row's first point.
-    fn rows(&self, base: &[usize], mut f: impl FnMut(&[usize], usize)) {
-        if self.is_empty() {
-            return;
-        }
-        let Some(((n, _), outer)) = self.dims.split_last() else {
-            return;
-        };
-        let mut idx = vec![0usize; outer.len()];
-        let mut off = base.to_vec();
-        loop {
-            f(&off, *n);
-            let mut d = outer.len();
-            loop {
-                if d == 0 {
-                    return;
-                }
-                d -= 1;
-                idx[d] += 1;
-                for (o, s) in off.iter_mut().zip(&outer[d].1) {
-                    *o += s;
-                }
-                if idx[d] < outer[d].0 {
-                    break;
-                }
-                for (o, s) in off.iter_mut().zip(&outer[d].1) {
-                    *o -= s * outer[d].0;
-                }
-                idx[d] = 0;
-            }
-        }
-    }
-
-    /// Up to `parts` nests over consecutive ranges of the outermost dimension, each with the
-    /// offsets of its first point.
-    fn split(&self, parts: usize) -> Vec<(Vec<usize>, DynNest)> {
-        let first = &self.dims[0];
-        let parts = parts.clamp(1, first.0.max(1));
-        let mut out = Vec::with_capacity(parts);
-        let mut start = 0;
-        for k in 0..parts {
-            let end = first.0 * (k + 1) / parts;
-            let mut dims = self.dims.clone();
-            dims[0].0 = end - start;
-            out.push((
-                first.1.iter().map(|s| s * start).collect(),
-                DynNest {
-                    dims,
-                    ops: self.ops,
-                },
-            ));
-            start = end;
-        }
-        out
-    }
-}
 
 /// The generated row function.
 type RowFn = unsafe extern "C" fn(*const *mut f32, usize, u64);
@@ -515,7 +278,7 @@ fn compile_inner(groups: Vec<(Program, DynNest)>) -> Result<Vec<Result<Fused, Er
     for (g, (prog, nest)) in groups.iter().enumerate() {
         let id = (|| -> Result<FuncId, Error> {
             prog.validate()?;
-            if nest.ops != prog.inputs + prog.stores.len() + 1 {
+            if nest.operands() != prog.inputs + prog.stores.len() + 1 {
                 return Err(Error::Plan(
                     "the nest's operands do not match the program".into(),
                 ));
@@ -596,24 +359,6 @@ shims!(
     log log_back Log, sqrt sqrt_back Sqrt, elu1 elu1_back Elu1, sigmoid sigmoid_back Sigmoid,
     recip recip_back Recip
 );
-
-/// The SplitMix64 constants of the dropout hash (`interp::keep`).
-const H1: u64 = 0x9E37_79B9_7F4A_7C15;
-const H2: u64 = 0xD1B5_4A32_D192_ED03;
-const H3: u64 = 0xBF58_476D_1CE4_E5B9;
-const H4: u64 = 0x94D0_49BB_1331_11EB;
-
-/// The integer threshold equivalent to `u >= p` for `u = m / 2^53`: `m >= ceil(p 2^53)`.
-pub fn keep_threshold(p: f64) -> u64 {
-    let t = (p * (1u64 << 53) as f64).ceil();
-    if t.is_nan() || t <= 0.0 {
-        0
-    } else if t >= (1u64 << 53) as f64 {
-        1u64 << 53
-    } else {
-        t as u64
-    }
-}
 
 /// Emits the row function of `prog` for inner strides `strides` (inputs, outputs, index).
 fn emit(
@@ -931,12 +676,12 @@ mod tests {
     #[test]
     fn nests_merge_and_split() {
         let n = DynNest::new(vec![(4, vec![3, 0, 3]), (3, vec![1, 1, 1])], 3);
-        assert_eq!(n.dims.len(), 2);
+        assert_eq!(n.dims().len(), 2);
         let m = DynNest::new(
             vec![(4, vec![3, 3, 3]), (3, vec![1, 1, 1]), (1, vec![9, 9, 9])],
             3,
         );
-        assert_eq!(m.dims, vec![(12, vec![1, 1, 1])]);
+        assert_eq!(m.dims(), &[(12, vec![1, 1, 1])]);
         let mut whole = Vec::new();
         n.rows(&[0, 0, 0], |o, len| whole.push((o.to_vec(), len)));
         for parts in 1..6 {

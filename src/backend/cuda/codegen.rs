@@ -22,12 +22,12 @@
 //! can meet bad input (an id outside the table, a target outside the classes) record a code in
 //! an error word; [`Generated::errors`] says what each code means.
 
-use crate::backend::cpu::exec::attention::Form;
-use crate::backend::cpu::exec::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
-use crate::backend::cpu::exec::nest::Nest;
-use crate::backend::cpu::exec::{Loc, Plan};
-use crate::backend::cpu::jit::{Inst, keep_threshold};
 use crate::ir::Func;
+use crate::lir::attention::{Attn, Form};
+use crate::lir::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
+use crate::lir::nest::Nest;
+use crate::lir::program::{Inst, keep_threshold};
+use crate::lir::{Loc, Plan};
 use std::fmt::Write;
 
 /// The first lines of a kernel with dropout: the run's seed and mode, read from device memory.
@@ -1139,7 +1139,7 @@ impl Gen {
 ///   `dqf_i = sum_j b_ij kf_j`, `dkf_j = sum_i b_ij qf_i`, `dv_j = sum_i a_ij dn_i`.
 /// The CPU scans a running state instead: the same sums in another order.
 fn linear_kernels(
-    a: &crate::backend::cpu::exec::attention::Attn,
+    a: &Attn,
     s: &mut String,
     name: &str,
     eps: String,
@@ -1219,10 +1219,7 @@ fn linear_kernels(
 /// operands (pointer indices), where every operand of a class has the same layout and its
 /// features are contiguous (`lse`, `den`: index 4, has none). `None`: more than two lane
 /// dimensions, or a class whose operands differ.
-fn lane_layouts(
-    a: &crate::backend::cpu::exec::attention::Attn,
-    classes: &[&[usize]],
-) -> Option<(usize, usize, Vec<[u64; 3]>)> {
+fn lane_layouts(a: &Attn, classes: &[&[usize]]) -> Option<(usize, usize, Vec<[u64; 3]>)> {
     let ops = a.arity();
     let dims = dims_of(&a.lanes);
     let (nb, nh, sb, sh) = match &dims[..] {
@@ -1254,7 +1251,7 @@ fn grid_of(blocks: Option<usize>) -> Option<u32> {
 /// step, where its layout is theirs: one feature length D in {32, 64, 96, 128} for scores and
 /// values, features contiguous, at most two lane dimensions (batch, then head), and q, k, v and
 /// their gradients in one layout, o and its gradient in another. `None`: generated kernels.
-fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+fn flash(a: &Attn, locs: &[Loc]) -> Option<Vec<Op>> {
     let Form::Softmax { scale } = a.form else {
         return None;
     };
@@ -1319,7 +1316,7 @@ fn flash(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option
 /// layout is theirs: D and E at most 128, the constant 1e-6 (the kernels' own), features
 /// contiguous, at most two lane dimensions, qf, kf and their gradients in one layout, v and its
 /// gradient in one, out and its gradient in one. `None`: generated kernels.
-fn linear(a: &crate::backend::cpu::exec::attention::Attn, locs: &[Loc]) -> Option<Vec<Op>> {
+fn linear(a: &Attn, locs: &[Loc]) -> Option<Vec<Op>> {
     let Form::Linear { eps } = a.form else {
         return None;
     };

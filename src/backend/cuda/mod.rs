@@ -7,9 +7,8 @@
 //!
 //! - [`nvrtc`]: finding NVRTC, compiling to CUBIN for the device's architecture, the disk cache;
 //! - [`kernels`]: the hand-written kernels of `kernels/` (embedded in the binary);
-//! - [`codegen`]: CUDA C generated from a CPU [`crate::backend::cpu::exec::Plan`] (the same
-//!   lowering, memory plan and elementwise grouping the CPU JIT uses), `diagc compile --emit
-//!   cuda`.
+//! - [`codegen`]: CUDA C rendered from the backend-neutral plan ([`crate::lir::Plan`]: the same
+//!   lowering, memory plan and elementwise groups the CPU runs), `diagc compile --emit cuda`.
 
 use crate::error::Error;
 pub mod codegen;
@@ -75,7 +74,7 @@ pub fn emit_instance(
     inst: &crate::ir::instance::Instance,
     title: &str,
 ) -> Result<(String, Vec<codegen::Part>), Error> {
-    use crate::backend::cpu::exec::Plan;
+    use crate::lir::Plan;
     let forward = Plan::for_instance(inst)?;
     let grad = crate::autodiff::gradient(&inst.diagram)?;
     let backward = Plan::new(&grad.diagram, &inst.axes, &inst.sizes)?;

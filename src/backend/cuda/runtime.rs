@@ -14,8 +14,8 @@
 
 use super::codegen::{self, Arg, GemmCall, Launch, Op};
 use super::{DeviceInfo, nvrtc};
-use crate::backend::cpu::exec::{Loc, Plan};
 use crate::error::Error;
+use crate::lir::{Loc, Plan};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,

@@ -1,4 +1,5 @@
-//! Grouping elementwise steps into fused, JIT-compiled kernels ([`crate::backend::cpu::jit`]).
+//! Grouping elementwise steps into fused steps: one scalar program each ([`super::program`]),
+//! which the CPU compiles with cranelift (`backend::cpu::jit`) and CUDA renders as one kernel.
 //!
 //! Runs on the drafts of a plan after every box is lowered and before buffers are assigned
 //! (`Builder::finish`), so the values that live only inside a group never get a buffer.
@@ -13,11 +14,14 @@
 //! to memory only when something outside the group reads it (or it is a diagram output);
 //! the others, and the `check_finite` points on them, disappear.
 //!
-//! A group whose code cannot be generated keeps its original steps.
+//! A group the caller asks to leave unfused (`unfused`: a backend could not compile it) keeps
+//! its original steps.
 
+use super::build::Builder;
 use super::kernels::{Binary, Kernel, Unary};
-use super::{Action, Builder, Draft, Origin};
-use crate::backend::cpu::jit::{self, DynNest, Inst, Program};
+use super::nest::DynNest;
+use super::program::{FusedGroup, Inst, MAX_OPERANDS, Program};
+use super::{Action, Draft, Origin};
 use crate::ir::AxisId;
 
 /// What one member computes, before its operands are resolved.
@@ -62,7 +66,7 @@ impl Builder<'_> {
 
     /// Replaces groups of elementwise drafts by fused kernels. `outs` are the diagram's
     /// outputs (always written to memory).
-    pub(super) fn fuse(&mut self, outs: &[usize]) -> usize {
+    pub(super) fn fuse(&mut self, outs: &[usize], unfused: &[usize]) -> usize {
         let nvals = self.vals.len();
         let root = |v: usize| self.vals[v].root;
         // Which drafts (kernels only) read each root.
@@ -109,7 +113,7 @@ impl Builder<'_> {
                         true
                     }
                 });
-                ok && ext.len() + cur.len() < jit::MAX_OPERANDS
+                ok && ext.len() + cur.len() < MAX_OPERANDS
             };
             if !joins {
                 if !cur.is_empty() {
@@ -236,14 +240,20 @@ impl Builder<'_> {
             return 0;
         }
 
-        // Compile, then splice the fused steps in.
-        let compiled = jit::compile(jobs);
+        // Splice the fused steps in (those the caller did not exclude).
+        let compiled: Vec<Option<FusedGroup>> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(id, (program, nest))| {
+                (!unfused.contains(&id)).then_some(FusedGroup { id, program, nest })
+            })
+            .collect();
         let mut first_of: Vec<Option<Draft>> = (0..self.drafts.len()).map(|_| None).collect();
         let mut gone = vec![false; self.drafts.len()];
         let mut internal = vec![false; nvals];
         let mut fused = 0;
         for (b, f) in built.into_iter().zip(compiled) {
-            let Ok(f) = f else { continue };
+            let Some(f) = f else { continue };
             fused += 1;
             for m in &b.members {
                 gone[*m] = true;

@@ -1,4 +1,6 @@
-//! Loop nests over strided layouts: the one iteration scheme behind every non-GEMM kernel.
+//! Loop nests over strided layouts: the one iteration scheme behind every non-GEMM kernel
+//! ([`Nest`], a fixed number of operands) and every fused group ([`DynNest`], as many operands
+//! as the group has).
 //!
 //! A nest is a list of dimensions, outermost first, each with a length and one stride per
 //! operand (an operand that lacks the dimension has stride 0, which is how broadcasting is
@@ -144,6 +146,124 @@ impl<const N: usize> Nest<N> {
                 }
             }
         });
+    }
+}
+
+/// A loop nest with a run-time number of operands: dimensions outermost first, each a length
+/// and one stride per operand. Normalised as [`Nest`] is: length-1 dimensions
+/// dropped, dimensions contiguous for every operand merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynNest {
+    /// `(length, strides)`, outermost first; never empty (a scalar is one dimension of 1).
+    dims: Vec<(usize, Vec<usize>)>,
+    ops: usize,
+}
+
+impl DynNest {
+    pub fn new(dims: Vec<(usize, Vec<usize>)>, ops: usize) -> DynNest {
+        let mut out: Vec<(usize, Vec<usize>)> = Vec::with_capacity(dims.len());
+        for (n, s) in dims.into_iter().filter(|d| d.0 != 1) {
+            if let Some(last) = out.last_mut()
+                && (0..ops).all(|k| last.1[k] == s[k] * n)
+            {
+                last.0 *= n;
+                last.1 = s;
+                continue;
+            }
+            out.push((n, s));
+        }
+        if out.is_empty() {
+            out.push((1, vec![0; ops]));
+        }
+        DynNest { dims: out, ops }
+    }
+
+    /// The dimensions, outermost first: `(length, one stride per operand)`.
+    pub fn dims(&self) -> &[(usize, Vec<usize>)] {
+        &self.dims
+    }
+
+    /// Points visited.
+    pub fn len(&self) -> usize {
+        self.dims.iter().map(|d| d.0).product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The largest offset operand `k` reaches (for plan-time bounds checks).
+    pub fn reach(&self, k: usize) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        self.dims.iter().map(|d| (d.0 - 1) * d.1[k]).sum()
+    }
+
+    /// How many operands the nest walks.
+    pub fn operands(&self) -> usize {
+        self.ops
+    }
+
+    /// The innermost dimension's strides: constants of the generated code.
+    pub fn inner_strides(&self) -> Vec<usize> {
+        self.dims.last().map_or(vec![0; self.ops], |d| d.1.clone())
+    }
+
+    /// Calls `f(offsets, n)` once per innermost row, the offsets at the row's first point.
+    pub fn rows(&self, base: &[usize], mut f: impl FnMut(&[usize], usize)) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(((n, _), outer)) = self.dims.split_last() else {
+            return;
+        };
+        let mut idx = vec![0usize; outer.len()];
+        let mut off = base.to_vec();
+        loop {
+            f(&off, *n);
+            let mut d = outer.len();
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                idx[d] += 1;
+                for (o, s) in off.iter_mut().zip(&outer[d].1) {
+                    *o += s;
+                }
+                if idx[d] < outer[d].0 {
+                    break;
+                }
+                for (o, s) in off.iter_mut().zip(&outer[d].1) {
+                    *o -= s * outer[d].0;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// Up to `parts` nests over consecutive ranges of the outermost dimension, each with the
+    /// offsets of its first point.
+    pub fn split(&self, parts: usize) -> Vec<(Vec<usize>, DynNest)> {
+        let first = &self.dims[0];
+        let parts = parts.clamp(1, first.0.max(1));
+        let mut out = Vec::with_capacity(parts);
+        let mut start = 0;
+        for k in 0..parts {
+            let end = first.0 * (k + 1) / parts;
+            let mut dims = self.dims.clone();
+            dims[0].0 = end - start;
+            out.push((
+                first.1.iter().map(|s| s * start).collect(),
+                DynNest {
+                    dims,
+                    ops: self.ops,
+                },
+            ));
+            start = end;
+        }
+        out
     }
 }
 
