@@ -1,15 +1,7 @@
 //! The command line contract: exit codes, output formats, and `--help` on every command.
 
-use std::process::{Command, Output};
-
-fn diagc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diagc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+use common::diagc;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -9,11 +9,9 @@ use diagc::ir::Diagram;
 use diagc::render::{self, DrawError, DrawOptions, Flow, Geometry, Highlight, PageRect, Scene};
 use diagc::session::{self, Outcome};
 use std::path::PathBuf;
-use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{diagc, golden_check, root};
 
 fn checked(rel: &str) -> Outcome {
     let o = session::check_path(&root().join(rel)).expect("the file is readable");
@@ -38,32 +36,6 @@ fn opts(expand: usize, flow: Flow) -> DrawOptions {
         flow,
         highlight: Highlight::default(),
     }
-}
-
-fn blessing() -> bool {
-    std::env::var_os("DIAGC_BLESS").is_some_and(|v| v != "0")
-}
-
-/// Compares `svg` with the file at `rel`, or rewrites the file when blessing.
-fn golden(rel: &str, svg: &str) -> Result<(), String> {
-    let path = root().join(rel);
-    if blessing() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, svg).unwrap();
-        return Ok(());
-    }
-    let want = std::fs::read_to_string(&path).map_err(|e| format!("{rel}: {e}"))?;
-    if want == svg {
-        return Ok(());
-    }
-    let actual = root().join("target/draw-actual").join(rel);
-    std::fs::create_dir_all(actual.parent().unwrap()).unwrap();
-    std::fs::write(&actual, svg).unwrap();
-    Err(format!(
-        "{rel} differs from the drawing (written to {}); if the change is intended, look at it \
-         and bless: DIAGC_BLESS=1 cargo test --release --test draw",
-        actual.display()
-    ))
 }
 
 /// A picture under test: a diagram of a file, drawn one way.
@@ -152,7 +124,7 @@ fn draw(c: &Case) -> String {
 fn golden_pictures_of_the_stdlib_and_the_gallery() {
     let failures: Vec<String> = cases()
         .iter()
-        .filter_map(|c| golden(&c.golden, &draw(c)).err())
+        .filter_map(|c| golden_check(&c.golden, &draw(c)).err())
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -484,7 +456,7 @@ fn a_rewrite_step_draws_before_and_after() {
     let h1 = Highlight::by_wire_names(m1, &["s".into()]).unwrap();
     let h2 = Highlight::by_wire_names(dot, &["s".into()]).unwrap();
     let svg = render::draw_step((p, m1, &h1), (p, dot, &h2), &opts(0, Flow::BottomToTop)).unwrap();
-    golden("tests/golden/draw/step-m1-to-luong-dot.svg", &svg).unwrap();
+    golden_check("tests/golden/draw/step-m1-to-luong-dot.svg", &svg).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let panels: Vec<&str> = doc
         .descendants()
@@ -588,15 +560,6 @@ fn large_diagrams_draw_or_are_refused() {
         render::draw(&o.checked.program, d, &opts(0, Flow::BottomToTop)),
         Err(DrawError::TooLarge(_))
     ));
-}
-
-fn diagc(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_diagc"))
-        .args(args)
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the binary runs")
 }
 
 fn temp(name: &str) -> PathBuf {

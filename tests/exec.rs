@@ -437,3 +437,84 @@ fn a_batched_instance_runs_each_sequence_as_the_unbatched_one() {
     let r = harness::gradcheck(&batched, 5, 12, true).unwrap();
     assert!(r.worst < 1e-6, "{:.3e} at {}", r.worst, r.worst_at);
 }
+
+#[test]
+fn the_primitive_corpus_covers_every_primitive_of_the_prelude() {
+    // `src/selftest/primitives.diag` is what `diagc selftest` and these tests run every
+    // primitive through: a primitive missing from it would go unchecked on every backend.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = session::check_path(&root.join("src/selftest/primitives.diag")).unwrap();
+    assert!(o.checked.is_ok());
+    let p = &o.checked.program;
+    let mut used = std::collections::BTreeSet::new();
+    for d in &p.diagrams {
+        for b in &d.boxes {
+            let text = diagc::ir::print::op_text(&b.op, &p.axes);
+            let name: String = text
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+    }
+    let missing: Vec<&str> = diagc::check::primitive_names()
+        .filter(|n| !used.contains(*n))
+        .collect();
+    assert!(missing.is_empty(), "not in the corpus: {missing:?}");
+    // And the test sees what it should: the corpus has the arithmetic and the maps.
+    for n in ["add", "dot", "softmax", "relu", "linear", "embed"] {
+        assert!(used.contains(n), "{n} among {used:?}");
+    }
+}
+
+#[test]
+fn abs_and_its_gradient_match_a_naive_computation() {
+    // `abs` is the op added to show what a new elementwise op touches: checked here against
+    // |x| and sign(x) computed in the test, on the interpreter (the oracle), through autodiff.
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { abs(x) }\n";
+    let o = session::check_text("<abs>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let inst = instantiate(&o.checked.program, "f", &bindings(&[("a", 5)], &[])).unwrap();
+    let xs = [-2.5, -0.25, 0.0, 0.5, 3.0];
+    let a = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+    let x = Tensor::from_vec(a.clone(), &[5], xs.to_vec());
+    let y = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        vec![x.clone()],
+        RunOptions::default(),
+    )
+    .unwrap();
+    let want: Vec<f64> = xs
+        .iter()
+        .map(|v: &f64| if *v < 0.0 { -v } else { *v })
+        .collect();
+    assert_eq!(y[0].data.iter().copied().collect::<Vec<_>>(), want);
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let seed = Tensor::from_vec(a, &[5], vec![1.0; 5]);
+    let g = interp::run(
+        &grad.diagram,
+        &inst.axes,
+        &inst.sizes,
+        vec![x, seed],
+        RunOptions::default(),
+    )
+    .unwrap();
+    let sign: Vec<f64> = xs
+        .iter()
+        .map(|v| {
+            if *v > 0.0 {
+                1.0
+            } else if *v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    assert_eq!(
+        g.last().unwrap().data.iter().copied().collect::<Vec<_>>(),
+        sign
+    );
+}

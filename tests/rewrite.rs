@@ -8,7 +8,7 @@ use diagc::rewrite::term::Term;
 use diagc::rewrite::verify::{self, Agreement};
 
 mod common;
-use common::golden;
+use common::{diagc, golden};
 
 fn book() -> RuleBook {
     RuleBook::stdlib().expect("the stdlib rules load")
@@ -228,15 +228,6 @@ fn diagrams_rewriting_cannot_take_are_refused_with_a_reason() {
         e.contains("diagram-valued hyperparameter") || e.contains("repeat"),
         "{e}"
     );
-}
-
-fn diagc(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_diagc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the binary runs")
 }
 
 #[test]

@@ -15,6 +15,8 @@
 mod body;
 mod prims;
 
+pub use prims::{PRIMITIVES, primitive_names};
+
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::ir::size::Size;
 use crate::ir::{AxisId, AxisInfo, AxisTable, Callee, HyperArg, HyperType, Op, Program, WireType};

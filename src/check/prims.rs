@@ -25,7 +25,8 @@ pub enum Val {
     Nothing(Span),
 }
 
-/// The prelude: every primitive box, with the form users write it in.
+/// The prelude: every primitive box but the elementwise functions, with the form users write it
+/// in. The functions (`relu(x)`, `exp(x)`...) are `ir::Func::ALL`, the one list of them.
 pub const PRIMITIVES: &[(&str, &str)] = &[
     ("add", "add(a, b)"),
     ("sub", "sub(a, b)"),
@@ -39,15 +40,6 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("softmax", "softmax[AXIS](x)"),
     ("normalise", "normalise[AXIS](x)"),
     ("cumsum", "cumsum[AXIS](x)"),
-    ("relu", "relu(x)"),
-    ("gelu", "gelu(x)"),
-    ("tanh", "tanh(x)"),
-    ("exp", "exp(x)"),
-    ("log", "log(x)"),
-    ("sqrt", "sqrt(x)"),
-    ("elu1", "elu1(x)"),
-    ("sigmoid", "sigmoid(x)"),
-    ("recip", "recip(x)"),
     ("causal", "causal[QUERY, KEY](x)"),
     ("causal_zero", "causal_zero[QUERY, KEY](x)"),
     ("rename", "rename[FROM -> TO](x)"),
@@ -70,14 +62,22 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
 ];
 
 pub fn is_primitive(name: &str) -> bool {
-    PRIMITIVES.iter().any(|(n, _)| *n == name)
+    primitive_names().any(|n| n == name)
 }
 
-fn usage(name: &str) -> &'static str {
+/// The name of every primitive box of the prelude, the elementwise functions included.
+pub fn primitive_names() -> impl Iterator<Item = &'static str> {
     PRIMITIVES
         .iter()
-        .find(|(n, _)| *n == name)
-        .map_or("", |(_, u)| u)
+        .map(|(n, _)| *n)
+        .chain(Func::ALL.iter().map(|(n, _)| *n))
+}
+
+fn usage(name: &str) -> String {
+    match PRIMITIVES.iter().find(|(n, _)| *n == name) {
+        Some((_, u)) => u.to_string(),
+        None => format!("{name}(x)"),
+    }
 }
 
 /// How many positional values a side of the brackets takes.
@@ -427,7 +427,7 @@ impl Body<'_, '_> {
         let d = Diagnostic::new(Code::UnknownBox, format!("no box or diagram `{name}`"))
             .primary(callee.span, "not defined");
         let d = if self.cx.suggest() {
-            let mut cands: Vec<&str> = PRIMITIVES.iter().map(|(n, _)| *n).collect();
+            let mut cands: Vec<&str> = primitive_names().collect();
             cands.extend(self.cx.sig_by_name.keys().map(String::as_str));
             cands.extend(self.hypers.iter().map(|h| h.name.as_str()));
             did_you_mean(d, name, cands)

@@ -245,6 +245,8 @@ pub enum Func {
     Sigmoid,
     /// `1 / x`.
     Recip,
+    /// `|x|` (derivative: the sign of `x`, 0 at 0).
+    Abs,
 }
 
 impl Func {
@@ -258,6 +260,7 @@ impl Func {
         ("elu1", Func::Elu1),
         ("sigmoid", Func::Sigmoid),
         ("recip", Func::Recip),
+        ("abs", Func::Abs),
     ];
 
     pub fn name(self) -> &'static str {

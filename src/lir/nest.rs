@@ -1,38 +1,88 @@
-//! Loop nests over strided layouts: the one iteration scheme behind every non-GEMM kernel
-//! ([`Nest`], a fixed number of operands) and every fused group ([`DynNest`], as many operands
-//! as the group has).
+//! Loop nests over strided layouts: the one iteration scheme behind every non-GEMM kernel and
+//! every fused group.
 //!
-//! A nest is a list of dimensions, outermost first, each with a length and one stride per
-//! operand (an operand that lacks the dimension has stride 0, which is how broadcasting is
-//! expressed). Nests are built at plan time and normalised there: dimensions of length 1 are
-//! dropped and neighbours that are contiguous for every operand at once are merged, so that at
-//! run time the innermost dimension is as long as possible and usually has stride 1.
+//! A nest ([`LoopNest`]) is a list of dimensions, outermost first, each with a length and one
+//! stride per operand (an operand that lacks the dimension has stride 0, which is how
+//! broadcasting is expressed). Nests are built at plan time and normalised there: dimensions of
+//! length 1 are dropped and neighbours that are contiguous for every operand at once are
+//! merged, so that at run time the innermost dimension is as long as possible and usually has
+//! stride 1.
+//!
+//! The strides of a dimension are an array when the number of operands is fixed by the kernel
+//! ([`Nest`]`<N>`, `[usize; N]`: kept on the stack, what the kernels' loops use) and a vector
+//! when it is known only at plan time ([`DynNest`], a fused group's operands). Both are the
+//! same type and walk with the same odometer ([`LoopNest::walk`]).
 
-/// One dimension of a nest: its length and the stride of each of the `N` operands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dim<const N: usize> {
-    pub n: usize,
-    pub s: [usize; N],
+/// The strides (or offsets) of one dimension (or point), one per operand.
+pub trait Offsets: Clone + PartialEq + Eq + std::fmt::Debug {
+    /// `n` zeros (an array ignores `n`: it has its own length).
+    fn zeros(n: usize) -> Self;
+    fn slice(&self) -> &[usize];
+    fn slice_mut(&mut self) -> &mut [usize];
 }
 
-/// A normalised loop nest over `N` operands.
-#[derive(Clone, Debug)]
-pub struct Nest<const N: usize> {
-    dims: Vec<Dim<N>>,
+impl<const N: usize> Offsets for [usize; N] {
+    fn zeros(_: usize) -> Self {
+        [0; N]
+    }
+    fn slice(&self) -> &[usize] {
+        self
+    }
+    fn slice_mut(&mut self) -> &mut [usize] {
+        self
+    }
+}
+
+impl Offsets for Vec<usize> {
+    fn zeros(n: usize) -> Self {
+        vec![0; n]
+    }
+    fn slice(&self) -> &[usize] {
+        self
+    }
+    fn slice_mut(&mut self) -> &mut [usize] {
+        self
+    }
+}
+
+/// One dimension of a nest: its length and the stride of each operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestDim<S> {
+    pub n: usize,
+    pub s: S,
+}
+
+/// A dimension over `N` operands.
+pub type Dim<const N: usize> = NestDim<[usize; N]>;
+
+/// A normalised loop nest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopNest<S> {
+    dims: Vec<NestDim<S>>,
     /// Some dimension has length 0, so the nest visits nothing.
     empty: bool,
+    /// The number of operands.
+    ops: usize,
 }
 
-impl<const N: usize> Nest<N> {
+/// A nest over `N` operands (every kernel but fused groups).
+pub type Nest<const N: usize> = LoopNest<[usize; N]>;
+
+/// A nest over a number of operands known at plan time (fused groups: inputs, outputs, then
+/// the element index that dropout hashes). Never without dimensions: a scalar is one dimension
+/// of length 1, so that a group always has an innermost row.
+pub type DynNest = LoopNest<Vec<usize>>;
+
+impl<S: Offsets> LoopNest<S> {
     /// Normalises `dims` (outermost first): drops length-1 dimensions and merges a dimension
     /// into the one outside it when every operand's outer stride is its inner stride times the
     /// inner length. Merging never changes which offsets are visited, only how many loops do it.
-    pub fn new(dims: Vec<Dim<N>>) -> Nest<N> {
+    fn normalised(dims: Vec<NestDim<S>>, ops: usize) -> LoopNest<S> {
         let empty = dims.iter().any(|d| d.n == 0);
-        let mut out: Vec<Dim<N>> = Vec::with_capacity(dims.len());
+        let mut out: Vec<NestDim<S>> = Vec::with_capacity(dims.len());
         for d in dims.into_iter().filter(|d| d.n != 1) {
             if let Some(last) = out.last_mut()
-                && (0..N).all(|k| last.s[k] == d.s[k] * d.n)
+                && (0..ops).all(|k| last.s.slice()[k] == d.s.slice()[k] * d.n)
             {
                 last.n *= d.n;
                 last.s = d.s;
@@ -40,12 +90,21 @@ impl<const N: usize> Nest<N> {
             }
             out.push(d);
         }
-        Nest { dims: out, empty }
+        LoopNest {
+            dims: out,
+            empty,
+            ops,
+        }
     }
 
-    /// The normalised dimensions, outermost first (empty for a scalar).
-    pub fn dims(&self) -> &[Dim<N>] {
+    /// The normalised dimensions, outermost first.
+    pub fn dims(&self) -> &[NestDim<S>] {
         &self.dims
+    }
+
+    /// How many operands the nest walks.
+    pub fn operands(&self) -> usize {
+        self.ops
     }
 
     /// How many points the nest visits.
@@ -57,18 +116,29 @@ impl<const N: usize> Nest<N> {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The largest offset operand `k` reaches from base 0: plan-time bounds checks use it.
     pub fn reach(&self, k: usize) -> usize {
         if self.empty {
             return 0;
         }
-        self.dims.iter().map(|d| (d.n - 1) * d.s[k]).sum()
+        self.dims.iter().map(|d| (d.n - 1) * d.s.slice()[k]).sum()
     }
 
     /// Whether operands `a` and `b` visit the same offsets at every point (one could be
     /// written in place of the other).
     pub fn same(&self, a: usize, b: usize) -> bool {
-        self.dims.iter().all(|d| d.s[a] == d.s[b])
+        self.dims.iter().all(|d| d.s.slice()[a] == d.s.slice()[b])
+    }
+
+    /// The innermost dimension's strides (zeros for a scalar): constants of generated code.
+    pub fn inner_strides(&self) -> S {
+        self.dims
+            .last()
+            .map_or_else(|| S::zeros(self.ops), |d| d.s.clone())
     }
 
     /// Calls `f(offsets, len, strides)` once per innermost row: `offsets` are the operands'
@@ -76,18 +146,18 @@ impl<const N: usize> Nest<N> {
     /// The row loop itself is the caller's, so that it can be specialised (contiguous, reduce
     /// to a scalar...) and stay tight.
     #[inline]
-    pub fn rows(&self, base: [usize; N], mut f: impl FnMut([usize; N], usize, [usize; N])) {
+    pub fn walk(&self, base: S, mut f: impl FnMut(&S, usize, &S)) {
         if self.empty {
             return;
         }
         let Some((inner, outer)) = self.dims.split_last() else {
-            f(base, 1, [0; N]);
+            f(&base, 1, &S::zeros(self.ops));
             return;
         };
         let mut idx = vec![0usize; outer.len()];
         let mut off = base;
         loop {
-            f(off, inner.n, inner.s);
+            f(&off, inner.n, &inner.s);
             // The odometer: advance the innermost outer dimension, carrying outwards.
             let mut d = outer.len();
             loop {
@@ -96,13 +166,13 @@ impl<const N: usize> Nest<N> {
                 }
                 d -= 1;
                 idx[d] += 1;
-                for (o, s) in off.iter_mut().zip(outer[d].s) {
+                for (o, s) in off.slice_mut().iter_mut().zip(outer[d].s.slice()) {
                     *o += s;
                 }
                 if idx[d] < outer[d].n {
                     break;
                 }
-                for (o, s) in off.iter_mut().zip(outer[d].s) {
+                for (o, s) in off.slice_mut().iter_mut().zip(outer[d].s.slice()) {
                     *o -= s * outer[d].n;
                 }
                 idx[d] = 0;
@@ -112,9 +182,9 @@ impl<const N: usize> Nest<N> {
 
     /// Up to `parts` nests over consecutive ranges of the outermost dimension, with the offsets
     /// of each one's first point: together they visit exactly the points of this nest.
-    pub fn split(&self, parts: usize) -> Vec<([usize; N], Nest<N>)> {
+    pub fn split(&self, parts: usize) -> Vec<(S, LoopNest<S>)> {
         let Some(first) = self.dims.first() else {
-            return vec![([0; N], self.clone())];
+            return vec![(S::zeros(self.ops), self.clone())];
         };
         let parts = parts.clamp(1, first.n.max(1));
         let mut out = Vec::with_capacity(parts);
@@ -123,22 +193,41 @@ impl<const N: usize> Nest<N> {
             let end = first.n * (k + 1) / parts;
             let mut dims = self.dims.clone();
             dims[0].n = end - start;
+            let mut base = S::zeros(self.ops);
+            for (b, s) in base.slice_mut().iter_mut().zip(first.s.slice()) {
+                *b = s * start;
+            }
             out.push((
-                first.s.map(|s| s * start),
-                Nest {
+                base,
+                LoopNest {
                     dims,
                     empty: self.empty,
+                    ops: self.ops,
                 },
             ));
             start = end;
         }
         out
     }
+}
+
+impl<const N: usize> LoopNest<[usize; N]> {
+    /// A normalised nest over `N` operands (see [`LoopNest::walk`]).
+    pub fn new(dims: Vec<Dim<N>>) -> Nest<N> {
+        LoopNest::normalised(dims, N)
+    }
+
+    /// [`LoopNest::walk`] with the offsets and strides by value.
+    #[inline]
+    pub fn rows(&self, base: [usize; N], mut f: impl FnMut([usize; N], usize, [usize; N])) {
+        self.walk(base, |o, n, s| f(*o, n, *s));
+    }
 
     /// Calls `f(offsets)` at every point.
     #[inline]
     pub fn each(&self, base: [usize; N], mut f: impl FnMut([usize; N])) {
-        self.rows(base, |mut off, n, s| {
+        self.walk(base, |off, n, s| {
+            let mut off = *off;
             for _ in 0..n {
                 f(off);
                 for (o, s) in off.iter_mut().zip(s) {
@@ -149,121 +238,24 @@ impl<const N: usize> Nest<N> {
     }
 }
 
-/// A loop nest with a run-time number of operands: dimensions outermost first, each a length
-/// and one stride per operand. Normalised as [`Nest`] is: length-1 dimensions
-/// dropped, dimensions contiguous for every operand merged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DynNest {
-    /// `(length, strides)`, outermost first; never empty (a scalar is one dimension of 1).
-    dims: Vec<(usize, Vec<usize>)>,
-    ops: usize,
-}
-
-impl DynNest {
+impl LoopNest<Vec<usize>> {
+    /// A normalised nest over `ops` operands from `(length, strides)` dimensions, outermost
+    /// first; a scalar gets one dimension of length 1.
     pub fn new(dims: Vec<(usize, Vec<usize>)>, ops: usize) -> DynNest {
-        let mut out: Vec<(usize, Vec<usize>)> = Vec::with_capacity(dims.len());
-        for (n, s) in dims.into_iter().filter(|d| d.0 != 1) {
-            if let Some(last) = out.last_mut()
-                && (0..ops).all(|k| last.1[k] == s[k] * n)
-            {
-                last.0 *= n;
-                last.1 = s;
-                continue;
-            }
-            out.push((n, s));
+        let dims = dims.into_iter().map(|(n, s)| NestDim { n, s }).collect();
+        let mut nest = LoopNest::normalised(dims, ops);
+        if nest.dims.is_empty() {
+            nest.dims.push(NestDim {
+                n: 1,
+                s: vec![0; ops],
+            });
         }
-        if out.is_empty() {
-            out.push((1, vec![0; ops]));
-        }
-        DynNest { dims: out, ops }
-    }
-
-    /// The dimensions, outermost first: `(length, one stride per operand)`.
-    pub fn dims(&self) -> &[(usize, Vec<usize>)] {
-        &self.dims
-    }
-
-    /// Points visited.
-    pub fn len(&self) -> usize {
-        self.dims.iter().map(|d| d.0).product()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The largest offset operand `k` reaches (for plan-time bounds checks).
-    pub fn reach(&self, k: usize) -> usize {
-        if self.is_empty() {
-            return 0;
-        }
-        self.dims.iter().map(|d| (d.0 - 1) * d.1[k]).sum()
-    }
-
-    /// How many operands the nest walks.
-    pub fn operands(&self) -> usize {
-        self.ops
-    }
-
-    /// The innermost dimension's strides: constants of the generated code.
-    pub fn inner_strides(&self) -> Vec<usize> {
-        self.dims.last().map_or(vec![0; self.ops], |d| d.1.clone())
+        nest
     }
 
     /// Calls `f(offsets, n)` once per innermost row, the offsets at the row's first point.
     pub fn rows(&self, base: &[usize], mut f: impl FnMut(&[usize], usize)) {
-        if self.is_empty() {
-            return;
-        }
-        let Some(((n, _), outer)) = self.dims.split_last() else {
-            return;
-        };
-        let mut idx = vec![0usize; outer.len()];
-        let mut off = base.to_vec();
-        loop {
-            f(&off, *n);
-            let mut d = outer.len();
-            loop {
-                if d == 0 {
-                    return;
-                }
-                d -= 1;
-                idx[d] += 1;
-                for (o, s) in off.iter_mut().zip(&outer[d].1) {
-                    *o += s;
-                }
-                if idx[d] < outer[d].0 {
-                    break;
-                }
-                for (o, s) in off.iter_mut().zip(&outer[d].1) {
-                    *o -= s * outer[d].0;
-                }
-                idx[d] = 0;
-            }
-        }
-    }
-
-    /// Up to `parts` nests over consecutive ranges of the outermost dimension, each with the
-    /// offsets of its first point.
-    pub fn split(&self, parts: usize) -> Vec<(Vec<usize>, DynNest)> {
-        let first = &self.dims[0];
-        let parts = parts.clamp(1, first.0.max(1));
-        let mut out = Vec::with_capacity(parts);
-        let mut start = 0;
-        for k in 0..parts {
-            let end = first.0 * (k + 1) / parts;
-            let mut dims = self.dims.clone();
-            dims[0].0 = end - start;
-            out.push((
-                first.1.iter().map(|s| s * start).collect(),
-                DynNest {
-                    dims,
-                    ops: self.ops,
-                },
-            ));
-            start = end;
-        }
-        out
+        self.walk(base.to_vec(), |o, n, _| f(o, n));
     }
 }
 

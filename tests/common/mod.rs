@@ -1,6 +1,6 @@
 //! Helpers shared by the test files: bindings and instances (the LM among them) for the
-//! execution tests (`exec.rs`, `fast_exec.rs`, `jit.rs`, `fuse.rs`, `cuda_emulated.rs`), golden files for the rewriting tests (`rewrite.rs`,
-//! `opt.rs`). Each test file uses some of them.
+//! execution tests, golden files (one meaning of `DIAGC_BLESS`), and running the `diagc`
+//! binary. Each test file uses some of them.
 #![allow(dead_code)]
 
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
@@ -52,16 +52,59 @@ pub fn lm(mech: &str, layers: f64, sizes: &[(&str, u64)]) -> Instance {
     instance_of("stdlib/lm.diag", &[module.as_str()], "lm", &b)
 }
 
-/// Compares `actual` with the file at `path`, or writes the file when `DIAGC_BLESS` is set.
-pub fn golden(path: &str, actual: &str) {
-    if std::env::var_os("DIAGC_BLESS").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
+/// The crate's root (where the tests' relative paths start).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether golden files are being rewritten: `DIAGC_BLESS` set to anything but `0` (or empty).
+pub fn blessing() -> bool {
+    std::env::var_os("DIAGC_BLESS").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Compares `actual` with the golden file `rel` (relative to the crate root), or rewrites the
+/// file when [`blessing`]. A difference writes the actual text under `target/golden-actual/`
+/// and says how to look and bless.
+pub fn golden_check(rel: &str, actual: &str) -> Result<(), String> {
+    let path = root().join(rel);
+    if blessing() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return Ok(());
     }
-    let want = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("{path} is missing; run with DIAGC_BLESS=1 to create it"));
-    assert_eq!(
-        want, actual,
-        "{path} differs (DIAGC_BLESS=1 regenerates it)"
-    );
+    let want = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{rel}: {e}; run with DIAGC_BLESS=1 to create it"))?;
+    if want == actual {
+        return Ok(());
+    }
+    let out = root().join("target/golden-actual").join(rel);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, actual).unwrap();
+    Err(format!(
+        "{rel} differs (the actual text is in {}); if the change is intended, look at it and \
+         bless: DIAGC_BLESS=1 cargo test --release",
+        out.display()
+    ))
+}
+
+/// [`golden_check`], failing the test on a difference.
+pub fn golden(rel: &str, actual: &str) {
+    if let Err(e) = golden_check(rel, actual) {
+        panic!("{e}");
+    }
+}
+
+/// Runs the `diagc` binary with `args` in the crate root, without colour.
+pub fn diagc(args: &[&str]) -> std::process::Output {
+    diagc_in(root(), args)
+}
+
+/// Runs the `diagc` binary with `args` in `dir`, without colour.
+pub fn diagc_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
 }

@@ -24,6 +24,7 @@ macro_rules! elementwise {
                 }
                 Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
                 Func::Recip => 1.0 / x,
+                Func::Abs => x.abs(),
             }
         }
 
@@ -60,6 +61,15 @@ macro_rules! elementwise {
                     s * (1.0 - s)
                 }
                 Func::Recip => -1.0 / (x * x),
+                Func::Abs => {
+                    if x > 0.0 {
+                        1.0
+                    } else if x < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                }
             }
         }
     };

@@ -31,7 +31,7 @@
 //! Compilation never panics on a program the executor builds: a group whose code cannot be
 //! generated is reported as an error and the executor keeps its unfused kernels.
 
-use crate::backend::cpu::exec::kernels::{apply, derivative};
+use crate::backend::cpu::exec::kernels::{Shared, apply, derivative};
 use crate::error::Error;
 use crate::ir::Func;
 use crate::lir::nest::DynNest;
@@ -122,28 +122,11 @@ impl Fused {
         self.program.inputs + self.program.stores.len()
     }
 
-    /// Checks every operand's reach against its length (`lens`: inputs then outputs).
-    pub fn check_bounds(&self, lens: &[usize]) -> Result<(), Error> {
-        if lens.len() != self.arity() {
-            return Err(Error::Plan(
-                "plan bug: wrong operand count for a fused kernel".into(),
-            ));
-        }
-        for (k, len) in lens.iter().enumerate() {
-            let r = self.nest.reach(k);
-            if *len > 0 && r >= *len {
-                return Err(Error::Plan(format!(
-                    "plan bug: fused operand {k} reaches offset {r} of a {len}-element buffer"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the kernel.
     ///
     /// # Safety
-    /// As `Kernel::run`: the pointers cover the lengths checked by [`Fused::check_bounds`], and
+    /// As `Kernel::run`: the pointers cover the lengths the plan checked
+    /// (`lir::program::FusedGroup::check_bounds`), and
     /// an output shares an input's buffer only where both have the same layout.
     pub unsafe fn run(&self, p: &[*mut f32], train: bool, seed: u64, par_min: usize) {
         let cores = crate::backend::cpu::exec::kernels::cores();
@@ -216,20 +199,6 @@ impl Fused {
             }
             body(&parts[0].0, &parts[0].1);
         });
-    }
-}
-
-/// Raw pointers handed to the threads of [`Fused::run`]: each thread writes a disjoint range of
-/// the outermost dimension of every output.
-#[derive(Clone, Copy)]
-struct Shared<T>(T);
-// SAFETY: see the type's comment.
-unsafe impl<T> Send for Shared<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Shared<T> {}
-impl<T: Copy> Shared<T> {
-    fn get(self) -> T {
-        self.0
     }
 }
 
@@ -357,7 +326,7 @@ macro_rules! shims {
 shims!(
     relu relu_back Relu, gelu gelu_back Gelu, tanh tanh_back Tanh, exp exp_back Exp,
     log log_back Log, sqrt sqrt_back Sqrt, elu1 elu1_back Elu1, sigmoid sigmoid_back Sigmoid,
-    recip recip_back Recip
+    recip recip_back Recip, abs abs_back Abs
 );
 
 /// Emits the row function of `prog` for inner strides `strides` (inputs, outputs, index).
@@ -681,7 +650,8 @@ mod tests {
             vec![(4, vec![3, 3, 3]), (3, vec![1, 1, 1]), (1, vec![9, 9, 9])],
             3,
         );
-        assert_eq!(m.dims(), &[(12, vec![1, 1, 1])]);
+        assert_eq!(m.dims().len(), 1);
+        assert_eq!((m.dims()[0].n, m.dims()[0].s.clone()), (12, vec![1, 1, 1]));
         let mut whole = Vec::new();
         n.rows(&[0, 0, 0], |o, len| whole.push((o.to_vec(), len)));
         for parts in 1..6 {

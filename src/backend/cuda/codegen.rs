@@ -148,6 +148,8 @@ __device__ __forceinline__ float dg_elu1(float x) {{ return x > 0.0f ? x + 1.0f 
 __device__ __forceinline__ float dg_sigmoid(float x) {{ return 1.0f / (1.0f + expf(-x)); }}
 __device__ __forceinline__ float dg_recip(float x) {{ return 1.0f / x; }}
 __device__ __forceinline__ float dg_relu_d(float x) {{ return x > 0.0f ? 1.0f : 0.0f; }}
+__device__ __forceinline__ float dg_abs(float x) {{ return fabsf(x); }}
+__device__ __forceinline__ float dg_abs_d(float x) {{ return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }}
 __device__ __forceinline__ float dg_gelu_d(float x) {{
     float cdf = 0.5f * (1.0f + erff(x / {sqrt2}));
     float pdf = expf(-0.5f * x * x) / {sqrt2pi};
@@ -581,7 +583,8 @@ impl Gen {
                 let prog = &f.program;
                 let nest = f.nest();
                 let ops = f.arity();
-                let dims: Vec<(usize, Vec<usize>)> = nest.dims().to_vec();
+                let dims: Vec<(usize, Vec<usize>)> =
+                    nest.dims().iter().map(|d| (d.n, d.s.clone())).collect();
                 let n = points(&dims);
                 if nest.is_empty() {
                     return vec![];

@@ -117,11 +117,13 @@ mod tests {
 /// calling thread: a scoped thread costs some tens of microseconds to start.
 pub const PAR_MIN: usize = 1 << 18;
 
-/// A raw pointer handed to the threads of [`par`]. Sound because [`par`] gives each thread a
-/// disjoint range of the outermost loop of a nest whose first operand (the output) has distinct
-/// offsets at distinct points: the threads write disjoint elements and only read the rest.
+/// Raw pointers handed to the threads of [`par`] and of a fused kernel
+/// (`jit::Fused::run`). Sound because both give each thread a disjoint range of the outermost
+/// loop of a nest whose output operands have distinct offsets at distinct points (the planner
+/// builds every output's nest from its own row-major layout): the threads write disjoint
+/// elements and only read the rest, and the pointers outlive the scope of the threads.
 #[derive(Clone, Copy)]
-struct Shared<T>(T);
+pub(crate) struct Shared<T>(pub(crate) T);
 // SAFETY: see the type's comment; the pointers outlive the scope of the threads.
 unsafe impl<T> Send for Shared<T> {}
 // SAFETY: as above.
@@ -129,7 +131,7 @@ unsafe impl<T> Sync for Shared<T> {}
 
 impl<T: Copy> Shared<T> {
     /// The pointer (a method, so that closures capture the whole `Shared`, not its field).
-    fn get(self) -> T {
+    pub(crate) fn get(self) -> T {
         self.0
     }
 }
