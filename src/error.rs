@@ -18,11 +18,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// A file or directory that could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("{context}cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
         source: std::io::Error,
+        /// Said first (`cannot resume: `), empty by default.
+        context: String,
     },
     /// Source text that does not check: the checker's diagnostics with the files they point
     /// into. `Display` is the plain (uncoloured) report, then `context`.
@@ -89,6 +91,7 @@ impl Error {
             action: "read",
             path: path.into(),
             source,
+            context: String::new(),
         }
     }
 
@@ -98,6 +101,7 @@ impl Error {
             action: "write",
             path: path.into(),
             source,
+            context: String::new(),
         }
     }
 
@@ -107,6 +111,7 @@ impl Error {
             action: "create",
             path: path.into(),
             source,
+            context: String::new(),
         }
     }
 
@@ -116,7 +121,17 @@ impl Error {
         use Error::*;
         match self {
             Usage(m) => Usage(format!("{prefix}{m}")),
-            Io { .. } => Checkpoint(format!("{prefix}{self}")),
+            Io {
+                action,
+                path,
+                source,
+                context,
+            } => Io {
+                action,
+                path,
+                source,
+                context: format!("{prefix}{context}"),
+            },
             Frontend {
                 sources,
                 diagnostics,

@@ -210,3 +210,63 @@ fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
     args.extend(small);
     assert_eq!(diagc(&args).status.code(), Some(2));
 }
+
+#[test]
+fn every_command_prints_its_errors_as_json_when_asked() {
+    // One JSON object per line on standard output, with the phase as `kind`; nothing on
+    // standard error; the exit code of the error's variant.
+    let cases: &[(&[&str], &str, i32)] = &[
+        (&["run", "no/such/file.diag"], "io", 2),
+        (&["gradcheck", "no/such/file.diag"], "io", 2),
+        (&["draw", "no/such/file.diag"], "io", 2),
+        (&["compile", "no/such/file.diag"], "io", 2),
+        (&["rewrite", "no/such/file.diag"], "io", 2),
+        (&["explain", "E9999"], "usage", 2),
+        (&["derive", "no-such-derivation"], "io", 2),
+        (
+            &["run", "stdlib/attention/m1.diag", "--size", "tok=x"],
+            "usage",
+            2,
+        ),
+        (&["bench", "m1", "--device", "tpu"], "usage", 2),
+        (&["eval", "no/such/run"], "checkpoint", 2),
+    ];
+    for (args, kind, code) in cases {
+        let mut a = args.to_vec();
+        a.extend(["--message-format", "json"]);
+        let o = diagc(&a);
+        assert_eq!(o.status.code(), Some(*code), "{a:?}: {}", text(&o.stderr));
+        assert!(o.stderr.is_empty(), "{a:?}: {}", text(&o.stderr));
+        let line = text(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{a:?}: not JSON ({e}): {line}"));
+        assert_eq!(v["kind"], *kind, "{a:?}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+}
+
+#[test]
+fn an_unbound_size_points_at_the_axis_declaration() {
+    let dir = std::env::temp_dir().join(format!("diagc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("f.diag");
+    std::fs::write(
+        &f,
+        "axis tok, dm\ndiagram f(x: [tok, dm]) -> [tok, dm] { relu(x) }\n",
+    )
+    .unwrap();
+    let path = f.to_str().unwrap();
+    let o = diagc(&["run", path, "--size", "tok=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("`dm`") && err.contains(":1:11"), "{err}");
+    let o = diagc(&["run", path, "--size", "tok=3", "--message-format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert_eq!(v["kind"], "instance");
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64()),
+        (Some(1), Some(11))
+    );
+    assert_eq!(v["path"], path);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -57,7 +57,7 @@ pub(super) fn compile(
                     .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
                 {
                     Ok(i) => i,
-                    Err(e) => return fail(e),
+                    Err(e) => return fail_in(e, &o.sources),
                 };
                 text.push_str(&print::diagram(&inst.diagram, &inst.axes));
             }
@@ -67,7 +67,7 @@ pub(super) fn compile(
                     .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
                 {
                     Ok(i) => i,
-                    Err(e) => return fail(e),
+                    Err(e) => return fail_in(e, &o.sources),
                 };
                 let sizes: Vec<String> = inst
                     .axes
@@ -83,10 +83,9 @@ pub(super) fn compile(
                 {
                     Ok((src, _)) => text.push_str(&src),
                     Err(e) => {
-                        return fail(Error::Usage(format!(
-                            "cannot generate CUDA for `{}`: {e}",
-                            d.name
-                        )));
+                        return fail(
+                            e.context(&format!("cannot generate CUDA for `{}`: ", d.name)),
+                        );
                     }
                 }
             }
@@ -112,7 +111,7 @@ pub(super) fn compile(
                         text.push_str(&t.to_text());
                     }
                     Err(e) => {
-                        return fail(Error::Usage(format!("cannot optimise `{}`: {e}", d.name)));
+                        return fail(e.context(&format!("cannot optimise `{}`: ", d.name)));
                     }
                 }
             }
@@ -213,7 +212,7 @@ pub(super) fn draw(
     let bytes = match picture {
         Ok(b) => b,
         Err(e) => {
-            return fail(Error::Usage(format!("`{}`: {e}", d.name)));
+            return fail(Error::from(e).context(&format!("`{}`: ", d.name)));
         }
     };
     match output {

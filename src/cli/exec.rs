@@ -32,7 +32,7 @@ fn load_instance(
     instance
         .bindings()
         .and_then(|b| crate::ir::instance::instantiate(program, &name, &b))
-        .map_err(fail)
+        .map_err(|e| fail_in(e, &o.sources))
 }
 
 pub(super) fn run_cmd(

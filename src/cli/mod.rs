@@ -91,6 +91,34 @@ fn fail(e: Error) -> i32 {
     exit_code(&e)
 }
 
+/// [`fail`] for an error of a checked program whose `sources` are at hand: an instantiation
+/// error with a span also says where the axis or hyperparameter is declared.
+fn fail_in(e: Error, sources: &crate::source::SourceMap) -> i32 {
+    let Error::Instance { span: Some(sp), .. } = &e else {
+        return fail(e);
+    };
+    if sp.file.0 as usize >= sources.files().count() {
+        return fail(e);
+    }
+    let (line, col) = sources.line_col(sp.file, sp.start);
+    let path = &sources.get(sp.file).name;
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        for mut v in e.to_json() {
+            v["path"] = path.as_str().into();
+            v["line"] = line.into();
+            v["column"] = col.into();
+            println!("{v}");
+        }
+    } else {
+        eprintln!("diagc: {e}");
+        eprintln!(
+            "  --> {path}:{line}:{col} (`{}` is declared here)",
+            sources.slice(*sp)
+        );
+    }
+    exit_code(&e)
+}
+
 /// Prints `e` as the user asked, for an error after which the command goes on.
 fn print_error(e: &Error) {
     if JSON_ERRORS.load(Ordering::Relaxed) {

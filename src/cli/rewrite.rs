@@ -141,15 +141,14 @@ pub fn derive(
     };
     let text = match d::STDLIB.iter().find(|(n, _)| *n == which) {
         Some((_, t)) => t.to_string(),
-        None => match std::fs::read_to_string(&which) {
+        None => match crate::session::read_text(Path::new(&which)) {
             Ok(t) => t,
             Err(e) => {
                 let names: Vec<&str> = d::STDLIB.iter().map(|(n, _)| *n).collect();
-                eprintln!(
-                    "diagc: `{which}` is neither a stdlib derivation ({}) nor a readable file: {e}",
+                return fail(e.context(&format!(
+                    "`{which}` is neither a stdlib derivation ({}) nor a readable file: ",
                     names.join(", ")
-                );
-                return 2;
+                )));
             }
         },
     };

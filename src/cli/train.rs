@@ -10,40 +10,15 @@ pub(super) fn train_cmd(
     device: &str,
     jit: bool,
 ) -> i32 {
-    use crate::train::{checkpoint, data::data_dir, run};
+    use crate::train::{data::data_dir, run};
     if !cpu_device(device) {
         return 2;
     }
     let data_dir = data_dir(data);
-    let (cfg, out, ck) = match &resume {
-        Some(dir) => match checkpoint::load(dir, "last") {
-            Ok(ck) => {
-                let saved: run::TrainConfig =
-                    match serde_json::from_value(ck.sidecar["config"].clone()) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            eprintln!(
-                                "diagc: {}/last.json has no usable config: {e}",
-                                dir.display()
-                            );
-                            return 2;
-                        }
-                    };
-                // Only the stopping point may change on resume (`--steps`).
-                let mut saved = saved;
-                saved.max_steps = cfg.max_steps.or(saved.max_steps);
-                (saved, dir.clone(), Some(ck))
-            }
-            Err(e) => return fail(e.context("cannot resume: ")),
-        },
-        None => {
-            let out = out.unwrap_or_else(|| run::default_run_dir(&cfg));
-            (cfg, out, None)
-        }
+    let (cfg, out, ck) = match run::start_or_resume(cfg, out, resume.as_deref()) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
     };
-    if let Err(e) = run::prepare_run_dir(&out, ck.is_some()) {
-        return fail(Error::Usage(format!("{e}")));
-    }
     let mut trainer = match run::Trainer::new(cfg.clone(), &data_dir) {
         Ok(t) => t,
         Err(e) => return fail(e),
@@ -53,7 +28,7 @@ pub(super) fn train_cmd(
         match crate::backend::cuda::runtime::Gpu::open(Default::default()) {
             Ok(gpu) => {
                 eprintln!(
-                    "diagc: training on {} ({}); evaluation runs on the CPU",
+                    "diagc: training and evaluating on {} ({})",
                     gpu.info.name,
                     gpu.info.arch()
                 );
@@ -65,12 +40,8 @@ pub(super) fn train_cmd(
     if let Some(ck) = &ck
         && let Err(e) = trainer.restore(ck)
     {
-        return fail(Error::Usage(format!("cannot resume: {e}")));
+        return fail(e.context("cannot resume: "));
     }
-    let _ = std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
-    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
@@ -106,27 +77,17 @@ pub(super) fn train_cmd(
 }
 
 pub(super) fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
-    use crate::train::{checkpoint, data::data_dir, run};
-    let ck = match checkpoint::load(run_dir, "best") {
-        Ok(c) => c,
+    use crate::train::{data::data_dir, run};
+    let (cfg, ck) = match run::load_run(run_dir, "best") {
+        Ok(x) => x,
         Err(e) => return fail(e),
-    };
-    let cfg: run::TrainConfig = match serde_json::from_value(ck.sidecar["config"].clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "diagc: {}/best.json has no usable config: {e}",
-                run_dir.display()
-            );
-            return 2;
-        }
     };
     let mut t = match run::Trainer::new(cfg, &data_dir(data)) {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
     if let Err(e) = t.restore(&ck) {
-        return fail(Error::Usage(format!("{e}")));
+        return fail(e);
     }
     match t.perplexity(split) {
         Ok(p) => {

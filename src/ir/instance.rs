@@ -246,15 +246,32 @@ impl Builder<'_> {
             .ok_or_else(|| {
                 let mut unbound = Vec::new();
                 self.unbound(c, env, &mut unbound);
-                Error::instance(format!(
-                    "cannot evaluate `{}`: {} unbound (use --size NAME=N / --hyper NAME=V)",
-                    c.display(&self.axes),
-                    unbound.join(", ")
-                ))
+                Error::Instance {
+                    message: format!(
+                        "cannot evaluate `{}`: {} unbound (use --size NAME=N / --hyper NAME=V)",
+                        c.display(&self.axes),
+                        unbound.join(", ")
+                    ),
+                    span: self
+                        .first_unbound_axis(c)
+                        .and_then(|a| self.axes.get(a).span),
+                }
             })
     }
 
     /// The axes without a size and the hyperparameters without a value that `c` uses.
+    /// The first axis of `c` without a size.
+    fn first_unbound_axis(&self, c: &Const) -> Option<AxisId> {
+        match c {
+            Const::Size(a) if self.size_of(*a).is_none() => Some(*a),
+            Const::Num(_) | Const::Size(_) | Const::Hyper(_) => None,
+            Const::Neg(x) | Const::Sqrt(x) => self.first_unbound_axis(x),
+            Const::Bin(_, a, b) => self
+                .first_unbound_axis(a)
+                .or_else(|| self.first_unbound_axis(b)),
+        }
+    }
+
     fn unbound(&self, c: &Const, env: &Env, out: &mut Vec<String>) {
         match c {
             Const::Num(_) => {}
@@ -791,10 +808,12 @@ impl Builder<'_> {
     fn finish(self, outputs: Vec<WireId>) -> Result<Instance, Error> {
         // Unsized axes.
         let mut missing: Vec<String> = Vec::new();
+        let mut first_span = None;
         for w in &self.g.wires {
             for a in &w.ty.axes {
                 if self.size_of(*a).is_none() {
                     let info = self.axes.get(*a);
+                    first_span = first_span.or(info.span);
                     let vars: Vec<&String> = info.size.vars.keys().collect();
                     let what = if vars.is_empty() || (vars.len() == 1 && *vars[0] == info.name) {
                         format!("`{}`", info.name)
@@ -816,10 +835,13 @@ impl Builder<'_> {
             }
         }
         if !missing.is_empty() {
-            return Err(Error::instance(format!(
-                "these axes have no size: {} (bind the free ones with `--size NAME=N`; sizes must divide evenly)",
-                missing.join(", ")
-            )));
+            return Err(Error::Instance {
+                message: format!(
+                    "these axes have no size: {} (bind the free ones with `--size NAME=N`; sizes must divide evenly)",
+                    missing.join(", ")
+                ),
+                span: first_span,
+            });
         }
         let span = Span {
             file: crate::source::FileId(0),

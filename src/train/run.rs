@@ -828,3 +828,44 @@ pub fn cpu_step(
     adam.update_scaled(params, &grads, lr, k);
     Ok((loss, ready))
 }
+
+/// The run that `diagc train` starts or continues: for a new run, `cfg` and its directory
+/// (`out`, else [`default_run_dir`]), prepared; with `resume`, the run saved there (its own
+/// configuration, of which only the stopping point `--steps` may change) and its last
+/// checkpoint to restore.
+pub fn start_or_resume(
+    cfg: TrainConfig,
+    out: Option<PathBuf>,
+    resume: Option<&Path>,
+) -> Result<(TrainConfig, PathBuf, Option<checkpoint::Checkpoint>), Error> {
+    let (cfg, out, ck) = match resume {
+        Some(dir) => {
+            let (mut saved, ck) =
+                load_run(dir, "last").map_err(|e| e.context("cannot resume: "))?;
+            saved.max_steps = cfg.max_steps.or(saved.max_steps);
+            (saved, dir.to_path_buf(), Some(ck))
+        }
+        None => {
+            let out = out.unwrap_or_else(|| default_run_dir(&cfg));
+            (cfg, out, None)
+        }
+    };
+    prepare_run_dir(&out, ck.is_some())?;
+    let path = out.join("config.json");
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Train(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::write(path, e))?;
+    Ok((cfg, out, ck))
+}
+
+/// The checkpoint `stem` (`best`, `last`) of a run directory with the configuration it was
+/// trained with.
+pub fn load_run(dir: &Path, stem: &str) -> Result<(TrainConfig, checkpoint::Checkpoint), Error> {
+    let ck = checkpoint::load(dir, stem)?;
+    let cfg: TrainConfig = serde_json::from_value(ck.sidecar["config"].clone()).map_err(|e| {
+        Error::Checkpoint(format!(
+            "{}/{stem}.json has no usable config: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok((cfg, ck))
+}
