@@ -62,6 +62,10 @@ pub enum Error {
     /// The rewrite system: terms, rules, derivations, the optimiser, the enumeration.
     #[error("{0}")]
     Rewrite(String),
+    /// The optimiser cannot take a diagram (`compile --emit optimized-ir`): over its limits, or
+    /// a form it does not handle.
+    #[error("{0}")]
+    Optimise(String),
     /// Drawing: a picture too large to lay out, or one that cannot be rasterised.
     #[error("{0}")]
     Render(String),
@@ -153,6 +157,7 @@ impl Error {
             Checkpoint(m) => Checkpoint(format!("{prefix}{m}")),
             Train(m) => Train(format!("{prefix}{m}")),
             Rewrite(m) => Rewrite(format!("{prefix}{m}")),
+            Optimise(m) => Optimise(format!("{prefix}{m}")),
             Render(m) => Render(format!("{prefix}{m}")),
             External(m) => External(format!("{prefix}{m}")),
             Internal { pass, message } => Internal {
@@ -178,6 +183,7 @@ impl Error {
             Checkpoint(_) => "checkpoint",
             Train(_) => "train",
             Rewrite(_) => "rewrite",
+            Optimise(_) => "optimise",
             Render(_) => "render",
             External(_) => "external",
             Internal { .. } => "internal",

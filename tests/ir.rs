@@ -1,5 +1,6 @@
 //! The IR's invariants hold for every stdlib diagram, before and after SIMD lowering.
 
+use diagc::ir::verify::{Form, verify};
 use diagc::ir::{BoxKind, Op, RegionKind, WireSink, lower::lower_simd, print};
 use diagc::session;
 
@@ -22,10 +23,9 @@ fn stdlib_programs() -> Vec<(String, session::Outcome)> {
 fn every_stdlib_diagram_is_a_valid_graph_before_and_after_lowering() {
     for (p, o) in stdlib_programs() {
         for d in &o.checked.program.diagrams {
-            d.validate()
-                .unwrap_or_else(|e| panic!("{p}/{}: {e}", d.name));
+            verify(d, Form::Checked, "check").unwrap_or_else(|e| panic!("{p}/{}: {e}", d.name));
             let l = lower_simd(d);
-            l.validate()
+            verify(&l, Form::Checked, "SIMD lowering")
                 .unwrap_or_else(|e| panic!("{p}/{} lowered: {e}", d.name));
             assert!(
                 l.regions
@@ -174,4 +174,88 @@ fn printing_is_deterministic() {
         let empty = print::program(&session::check_text("<empty>", "").checked.program);
         assert_ne!(texts[0], empty, "{p} prints as an empty program");
     }
+}
+
+#[test]
+fn the_printer_names_every_op_as_the_op_table_does() {
+    // Every op of the stdlib (checked), of an instantiated LM, its gradient and its fused form.
+    let mut seen = 0;
+    let mut check = |d: &diagc::ir::Diagram, axes: &diagc::ir::AxisTable| {
+        for b in &d.boxes {
+            let text = print::op_text(&b.op, axes);
+            let name = diagc::ir::ops::spec(&b.op).name;
+            assert!(
+                text.starts_with(&name),
+                "`{text}` is printed, the table says `{name}`"
+            );
+            seen += 1;
+        }
+    };
+    for (_, o) in stdlib_programs() {
+        for d in &o.checked.program.diagrams {
+            check(d, &o.checked.program.axes);
+        }
+    }
+    let cfg = diagc::train::model::ModelConfig {
+        d_model: 8,
+        heads: 2,
+        d_ff: 12,
+        vocab: 11,
+        bptt: 5,
+        batch: 2,
+        ..Default::default()
+    };
+    for fuse in [false, true] {
+        let tg = diagc::train::model::train_graph_with(&cfg, fuse).unwrap();
+        check(&tg.forward.diagram, &tg.forward.axes);
+        check(&tg.gradient.diagram, &tg.forward.axes);
+    }
+    assert!(seen > 1000, "only {seen} boxes seen");
+}
+
+#[test]
+fn the_verifier_catches_broken_ir_and_names_the_pass() {
+    let o = session::check_text(
+        "<v>",
+        "axis a, b\ndiagram f(x: [a, b]) -> [a] { sum[b](exp(x)) }\n",
+    );
+    let d = &o.checked.program.diagrams[0];
+    verify(d, Form::Checked, "check").unwrap();
+    // An op whose output type does not follow from its input: `sum[b]` claiming to keep `b`.
+    let mut wrong = d.clone();
+    let sum = wrong
+        .boxes
+        .iter()
+        .position(|b| matches!(b.op, Op::Sum(_)))
+        .unwrap();
+    let out = wrong.boxes[sum].outputs[0];
+    wrong.wires[out.0 as usize].ty = wrong.wire(wrong.inputs[0]).ty.clone();
+    let e = verify(&wrong, Form::Checked, "a test pass")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a test pass") && e.contains("output 0 has axes"),
+        "{e}"
+    );
+    // A box with an input too many.
+    let mut wrong = d.clone();
+    let extra = wrong.inputs[0];
+    wrong.boxes[sum].inputs.push(extra);
+    let e = verify(&wrong, Form::Checked, "a test pass")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("input"), "{e}");
+    // A checked diagram is not an instance: a region port or a call is refused as flat.
+    let o = session::check_text(
+        "<v>",
+        "axis a, h\ndiagram g(x: [h, a]) -> [h, a] { simd h { exp(x) } }\n",
+    );
+    let g = &o.checked.program.diagrams[0];
+    let e = verify(g, Form::Flat, "instantiation")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("instantiation") && e.contains("not executable"),
+        "{e}"
+    );
 }

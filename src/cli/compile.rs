@@ -111,7 +111,11 @@ pub(super) fn compile(
                         text.push_str(&t.to_text());
                     }
                     Err(e) => {
-                        return fail(e.context(&format!("cannot optimise `{}`: ", d.name)));
+                        // Whatever stopped it, the optimiser could not take this diagram.
+                        return fail(Error::Optimise(format!(
+                            "cannot optimise `{}`: {e}",
+                            d.name
+                        )));
                     }
                 }
             }

@@ -72,6 +72,7 @@ pub fn exit_code(e: &Error) -> i32 {
         | Error::Device(_)
         | Error::Data(_)
         | Error::Checkpoint(_)
+        | Error::Optimise(_)
         | Error::Render(_)
         | Error::External(_) => 2,
     }

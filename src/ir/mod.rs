@@ -19,6 +19,7 @@ pub mod build;
 pub mod fuse;
 pub mod instance;
 pub mod lower;
+pub mod ops;
 pub mod print;
 pub mod size;
 pub mod verify;
@@ -469,44 +470,9 @@ pub enum BoxKind {
 }
 
 impl Op {
+    /// The op's kind, from the op table ([`ops::spec`]).
     pub fn kind(&self) -> BoxKind {
-        use Op::*;
-        match self {
-            Copy(_)
-            | Discard
-            | Zip(_)
-            | Broadcast(_)
-            | Collect(_)
-            | LoopIn
-            | Capture
-            | LoopOut
-            | Rename { .. }
-            | Split { .. }
-            | Merge { .. }
-            | Expand(_) => BoxKind::Structural,
-            Add
-            | Sub
-            | Mul
-            | Div
-            | Scale(_)
-            | Shift(_)
-            | Dot(_)
-            | Outer
-            | Sum(_)
-            | Softmax(_)
-            | Normalise(_)
-            | Map(_)
-            | Causal { .. }
-            | CausalZero { .. }
-            | Cumsum(_)
-            | Dropout(_)
-            | PosEnc { .. } => BoxKind::Primitive,
-            Linear { .. } | Learner { .. } | Param(_) | LayerNorm(_) | Embed { .. } => {
-                BoxKind::Learned
-            }
-            Call { .. } => BoxKind::Composite,
-            Exec(_) => BoxKind::Primitive,
-        }
+        ops::spec(self).kind
     }
 }
 

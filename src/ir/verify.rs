@@ -13,7 +13,8 @@
 //!
 //! A failure is [`Error::Internal`]: always a compiler bug, never the user's input.
 
-use super::{BoxKind, Diagram, ExecOp, Op, WireId, WireSink, WireSource};
+pub use super::ops::Count;
+use super::{Diagram, ExecOp, Op, WireId, WireSink, WireSource};
 use crate::error::Error;
 use std::collections::BTreeSet;
 
@@ -26,58 +27,13 @@ pub enum Form {
     Flat,
 }
 
-/// How many wires a box takes or gives: exactly `n`, or any number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Count {
-    Exactly(usize),
-    Any,
-}
-
-impl Count {
-    fn admits(self, n: usize) -> bool {
-        match self {
-            Count::Exactly(k) => k == n,
-            Count::Any => true,
-        }
-    }
-}
-
-/// The inputs and outputs an op takes in a diagram of the given form. Learned ops take their
-/// parameters as inputs only in the flat form (before, they are the box's `params`).
-pub fn arity(op: &Op, form: Form) -> (Count, Count) {
-    use Count::{Any, Exactly as N};
-    use Op::*;
-    let flat = form == Form::Flat;
-    match op {
-        Copy(n) => (N(1), N(*n)),
-        Discard => (N(1), N(0)),
-        Zip(_) | Broadcast(_) | Collect(_) | LoopIn | Capture | LoopOut => (N(1), N(1)),
-        Rename { .. } | Split { .. } | Merge { .. } | Expand(_) => (N(1), N(1)),
-        Add | Sub | Mul | Div | Dot(_) | Outer => (N(2), N(1)),
-        Scale(_) | Shift(_) | Sum(_) | Softmax(_) | Normalise(_) | Map(_) => (N(1), N(1)),
-        Causal { .. } | CausalZero { .. } | Cumsum(_) | Dropout(_) => (N(1), N(1)),
-        PosEnc { .. } => (Any, N(1)),
-        Linear { bias, .. } if flat => (N(2 + usize::from(*bias)), N(1)),
-        LayerNorm(_) if flat => (N(3), N(1)),
-        Embed { .. } if flat => (N(2), N(1)),
-        Linear { .. } | LayerNorm(_) | Embed { .. } => (N(1), N(1)),
-        Learner { .. } => (Any, N(1)),
-        Param(_) => (N(0), N(1)),
-        Call { .. } => (Any, Any),
-        Exec(e) => match e {
-            ExecOp::Dropout { .. } | ExecOp::SumTo | ExecOp::CumsumBack(_) => (N(1), N(1)),
-            ExecOp::Zeros => (Any, N(1)),
-            ExecOp::Einsum
-            | ExecOp::SoftmaxBack(_)
-            | ExecOp::NormaliseBack(_)
-            | ExecOp::MapBack(_)
-            | ExecOp::EmbedBack { .. }
-            | ExecOp::CrossEntropy { .. } => (N(2), N(1)),
-            ExecOp::CrossEntropyBack { .. } => (N(3), N(1)),
-            ExecOp::LayerNormBack(_) => (N(3), N(3)),
-            ExecOp::Attention(_) | ExecOp::LinearAttention(_) => (N(3), N(2)),
-            ExecOp::AttentionBack(_) | ExecOp::LinearAttentionBack(_) => (N(6), N(3)),
-        },
+/// The inputs and outputs an op takes in a diagram of the given form (the op table's, `None`
+/// for an op that cannot appear in that form).
+pub fn arity(op: &Op, form: Form) -> Option<(Count, Count)> {
+    let spec = super::ops::spec(op);
+    match form {
+        Form::Checked => Some(spec.checked),
+        Form::Flat => spec.flat,
     }
 }
 
@@ -98,7 +54,12 @@ fn check(d: &Diagram, form: Form) -> Result<(), String> {
         ));
     }
     for (bi, b) in d.boxes.iter().enumerate() {
-        let (ins, outs) = arity(&b.op, form);
+        let Some((ins, outs)) = arity(&b.op, form) else {
+            return Err(format!(
+                "box {bi} ({:?}) is not executable: instantiate the diagram first",
+                b.op
+            ));
+        };
         if !ins.admits(b.inputs.len()) || !outs.admits(b.outputs.len()) {
             return Err(format!(
                 "box {bi} ({:?}) has {} input(s) and {} output(s), its op takes {ins:?} and gives {outs:?}",
@@ -107,23 +68,8 @@ fn check(d: &Diagram, form: Form) -> Result<(), String> {
                 b.outputs.len()
             ));
         }
-        if form == Form::Flat {
-            let executable = match &b.op {
-                Op::Call { .. } | Op::Learner { .. } | Op::Param(_) => false,
-                Op::Zip(_)
-                | Op::Broadcast(_)
-                | Op::Collect(_)
-                | Op::LoopIn
-                | Op::Capture
-                | Op::LoopOut => false,
-                op => op.kind() != BoxKind::Composite,
-            };
-            if !executable || b.region.is_some() {
-                return Err(format!(
-                    "box {bi} ({:?}) is not executable: instantiate the diagram first",
-                    b.op
-                ));
-            }
+        if form == Form::Flat && b.region.is_some() {
+            return Err(format!("box {bi} is inside a region in a flat diagram"));
         }
         types(d, bi).map_err(|m| format!("box {bi} ({:?}): {m}", b.op))?;
     }

@@ -318,7 +318,7 @@ pub fn optimise(
 ) -> Result<(Term, Program, Report), Error> {
     for r in SIMPLIFY.iter().chain(REASSOCIATE) {
         if book.get(r).is_none() {
-            return Err(Error::Rewrite(format!(
+            return Err(Error::Optimise(format!(
                 "the optimiser's rule `{r}` is missing from the rule book"
             )));
         }
@@ -665,7 +665,7 @@ fn by_rules(
         for name in rules {
             let r = book
                 .get(name)
-                .ok_or_else(|| Error::Rewrite(format!("no rule `{name}`")))?;
+                .ok_or_else(|| Error::Optimise(format!("no rule `{name}`")))?;
             for (i, m) in rule::find_matches(r, t).iter().enumerate() {
                 let gain = match cost {
                     None => None,
