@@ -65,8 +65,6 @@ pub struct Term {
     pub outputs: Vec<Port>,
 }
 
-/// Why a diagram cannot become a term.
-
 impl Term {
     /// The term of a checked diagram of `program`.
     pub fn from_diagram(d: &Diagram, axes: &AxisTable) -> Result<Term, Error> {

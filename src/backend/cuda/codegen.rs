@@ -518,7 +518,7 @@ impl Gen {
             Kernel::Copy(nest) | Kernel::Unary(_, nest) | Kernel::Dropout { nest, .. } => {
                 let dims = dims_of(nest);
                 let n = points(&dims);
-                if nest.len() == 0 {
+                if nest.is_empty() {
                     return vec![];
                 }
                 let dropout = matches!(k, Kernel::Dropout { .. });
@@ -560,7 +560,7 @@ impl Gen {
             }
             Kernel::Fill { value, len } => vec![fill(locs[0], *len, *value)],
             Kernel::Binary(op, nest) => {
-                if nest.len() == 0 {
+                if nest.is_empty() {
                     return vec![];
                 }
                 let dims = dims_of(nest);
@@ -654,7 +654,7 @@ impl Gen {
                 rest,
             } => {
                 let mut ops = Vec::new();
-                if copy.len() > 0 {
+                if !copy.is_empty() {
                     let dims = dims_of(copy);
                     let n = points(&dims);
                     open(s, &format!("{name}_copy"), &params(2, &[]), n);
@@ -666,7 +666,7 @@ impl Gen {
                         args: bufs(locs),
                     }));
                 }
-                if rest.len() > 0 && *nq > 0 && *nk > 0 {
+                if !rest.is_empty() && *nq > 0 && *nk > 0 {
                     // Points (rest, q, k); those with k > q get `value`.
                     let mut dims = dims_of(rest);
                     dims.push((*nq, vec![*sq]));
@@ -690,7 +690,7 @@ impl Gen {
             }
             Kernel::Reduce { nest, len } => {
                 let mut ops = vec![fill(locs[1], *len, 0.0)];
-                if nest.len() > 0 {
+                if !nest.is_empty() {
                     let dims = dims_of(nest);
                     let n = points(&dims);
                     open(s, &name, &params(2, &[]), n);
@@ -706,7 +706,7 @@ impl Gen {
                 n,
                 s: st,
             } => {
-                if outer.len() == 0 {
+                if outer.is_empty() {
                     return vec![];
                 }
                 let dims = dims_of(outer);
@@ -755,7 +755,7 @@ impl Gen {
                 n,
                 s: st,
             } => {
-                if slab.len() == 0 || *n == 0 {
+                if slab.is_empty() || *n == 0 {
                     return vec![];
                 }
                 let dims = dims_of(slab);
@@ -782,7 +782,7 @@ impl Gen {
                 inner,
                 dense,
             } => {
-                if outer.len() == 0 {
+                if outer.is_empty() {
                     return vec![];
                 }
                 // Pointers [x, gain, bias, out]; operands [out, x, gain, bias].
@@ -821,7 +821,7 @@ impl Gen {
                 // Pointers [x, gain, gy, gx, ggain, gbias]; operands [gx, x, gain, gy, ggain,
                 // gbias].
                 let mut ops = vec![fill(locs[4], lens[0], 0.0), fill(locs[5], lens[1], 0.0)];
-                if outer.len() == 0 {
+                if outer.is_empty() {
                     return ops;
                 }
                 let dims = dims_of(outer);
@@ -867,7 +867,7 @@ impl Gen {
                 let mut ops = Vec::new();
                 let c = locs[locs.len() - 1];
                 if let Some(bias) = &g.bias
-                    && bias.len() > 0
+                    && !bias.is_empty()
                 {
                     let dims = dims_of(bias);
                     let n = points(&dims);
@@ -943,7 +943,7 @@ impl Gen {
                 vocab,
                 vstride,
             } => {
-                if ids.len() == 0 || row.len() == 0 {
+                if ids.is_empty() || row.is_empty() {
                     return vec![];
                 }
                 // Pointers [ids, table, out]; `ids` operands [out, ids], `row` [out, table].
@@ -964,7 +964,7 @@ impl Gen {
                 len,
             } => {
                 let mut ops = vec![fill(locs[2], *len, 0.0)];
-                if ids.len() == 0 || row.len() == 0 {
+                if ids.is_empty() || row.is_empty() {
                     return ops;
                 }
                 // Pointers [ids, gy, gtable]; `ids` operands [gy, ids], `row` [gtable, gy].
@@ -989,7 +989,7 @@ impl Gen {
                 if !back {
                     ops.push(fill(out, 1, 0.0));
                 }
-                if pos.len() == 0 || *n == 0 {
+                if pos.is_empty() || *n == 0 {
                     return ops;
                 }
                 let code = self.error(format!("{label}: a target is outside the {n} classes"));
@@ -1259,7 +1259,7 @@ fn flash(a: &Attn, locs: &[Loc]) -> Option<Vec<Op>> {
         return None;
     };
     let d = a.d;
-    if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.len() == 0 {
+    if d != a.e || ![32, 64, 96, 128].contains(&d) || a.t == 0 || a.lanes.is_empty() {
         return None;
     }
     let (nb, nh, lays) = lane_layouts(a, &[&[0, 1, 2, 6, 7, 8], &[3, 5], &[4]])?;
@@ -1324,7 +1324,7 @@ fn linear(a: &Attn, locs: &[Loc]) -> Option<Vec<Op>> {
         return None;
     };
     let (d, e) = (a.d, a.e);
-    if eps != 1e-6 || d > 128 || e > 128 || d == 0 || e == 0 || a.t == 0 || a.lanes.len() == 0 {
+    if eps != 1e-6 || d > 128 || e > 128 || d == 0 || e == 0 || a.t == 0 || a.lanes.is_empty() {
         return None;
     }
     let (nb, nh, lays) = lane_layouts(a, &[&[0, 1, 6, 7], &[2, 8], &[3, 5], &[4]])?;
