@@ -254,8 +254,14 @@ fn the_verifier_catches_broken_ir_and_names_the_pass() {
     let e = verify(g, Form::Flat, "instantiation")
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("instantiation") && e.contains("not executable"),
-        "{e}"
-    );
+    assert!(e.contains("instantiation") && e.contains("region"), "{e}");
+    let mut no_regions = g.clone();
+    no_regions.regions.clear();
+    for b in &mut no_regions.boxes {
+        b.region = None;
+    }
+    let e = verify(&no_regions, Form::Flat, "instantiation")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not executable"), "{e}");
 }

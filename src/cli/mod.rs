@@ -78,6 +78,16 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
+/// Whether the raw arguments ask for JSON errors (`--message-format json` or `=json`), for
+/// errors clap finds before the arguments are parsed.
+fn json_asked(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a == "--message-format=json"
+            || (a == "--message-format" && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}
+
 /// `check` and `compile` print their diagnostics in their `--format`; their errors follow it.
 fn json_errors_with(format: Format) {
     if matches!(format, Format::Json) {
@@ -574,6 +584,20 @@ pub fn main() -> i32 {
 fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.use_stderr() && json_asked(std::env::args()) => {
+            // A usage error found by clap, for a tool that asked for JSON errors.
+            JSON_ERRORS.store(true, Ordering::Relaxed);
+            // Clap's message is the paragraph before its usage line.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            return fail(Error::Usage(
+                message.join(" ").trim_start_matches("error: ").to_string(),
+            ));
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
