@@ -70,7 +70,8 @@ for layers in 1 5; do
         for batch in $batches; do
             # Four rows share a call's 10 minutes: diagc, PyTorch eager and torch.compile each.
             part "bench-$mech-${layers}l-b$batch" 140 "$BIN" bench "$mech" --device cuda \
-                --layers "$layers" --batch-size "$batch" --steps 50 --pytorch
+                --layers "$layers" --batch-size "$batch" --steps 50 --pytorch \
+                --pytorch-script bench/pytorch_lm_step.py
         done
     done
 done

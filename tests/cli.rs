@@ -231,6 +231,19 @@ fn every_command_prints_its_errors_as_json_when_asked() {
             2,
         ),
         (&["bench", "m1", "--device", "tpu"], "usage", 2),
+        (
+            &[
+                "bench",
+                "m1",
+                "--steps",
+                "1",
+                "--pytorch",
+                "--pytorch-script",
+                "no/such/peer.py",
+            ],
+            "external",
+            2,
+        ),
         (&["eval", "no/such/run"], "checkpoint", 2),
     ];
     for (args, kind, code) in cases {

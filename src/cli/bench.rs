@@ -2,17 +2,67 @@
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn bench_cmd(
-    mech: &str,
-    layers: usize,
-    batch: usize,
-    bptt: usize,
-    (steps, jit, fuse, rounds, top): (usize, bool, FuseArg, usize, usize),
-    pytorch: bool,
-    device: &str,
-    precision: PrecisionArg,
-) -> i32 {
+/// The arguments of `diagc bench`.
+#[derive(clap::Args)]
+pub(super) struct BenchArgs {
+    /// The mechanism (a stdlib name: m1, m0, bahdanau, ...).
+    pub mech: String,
+    #[arg(long, default_value_t = 1)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 20)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 35)]
+    pub bptt: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Also run the PyTorch peer (`bench/pytorch_lm_step.py`) with the same configuration and
+    /// print the ratio.
+    #[arg(long)]
+    pub pytorch: bool,
+    /// The PyTorch peer's path (default: `DIAGC_PYTORCH_SCRIPT`, else
+    /// `bench/pytorch_lm_step.py` of the source tree diagc was built from).
+    #[arg(long, value_name = "PATH")]
+    pub pytorch_script: Option<PathBuf>,
+    /// Repeat the measurement this many times, alternating diagc and PyTorch (with
+    /// `--pytorch`), and report every round and the median ratio: on a shared machine the
+    /// load changes within a minute, and alternating exposes both sides to it alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Also list the N slowest steps of one forward+backward on the CPU, each with the
+    /// boxes it computes (and the GFLOP/s of a product): where a mechanism's time goes.
+    #[arg(long, default_value_t = 0)]
+    pub top: usize,
+    /// Run every step on the precompiled kernels (the interpreter path), without the
+    /// cranelift-fused elementwise kernels.
+    #[arg(long)]
+    pub no_jit: bool,
+    /// Fuse causal softmax and linear attention into one box per layer (flash and linear
+    /// attention kernels on the GPU). `auto`: on the GPU, not on the CPU, as `diagc train`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub fuse_attention: FuseArg,
+    /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
+    /// per step, attention fused); without a GPU it says why and runs on the CPU.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Products on the GPU: fp32, or tf32 (tensor cores, 10-bit mantissa inputs).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
+}
+
+pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
+    let (steps, jit, fuse, rounds, top) = (
+        a.steps,
+        !a.no_jit,
+        a.fuse_attention,
+        a.rounds as usize,
+        a.top,
+    );
+    let (mech, layers, batch, bptt) = (a.mech.as_str(), a.layers, a.batch_size, a.bptt);
+    let (pytorch, device, precision) = (a.pytorch, a.device.as_str(), a.precision);
+    let script = crate::train::bench::pytorch_script(a.pytorch_script.as_deref());
+    if pytorch && let Err(e) = crate::train::bench::require_script(&script) {
+        return fail(e);
+    }
     let cfg = crate::train::model::ModelConfig {
         mech: mech.to_string(),
         layers,
@@ -31,7 +81,13 @@ pub(super) fn bench_cmd(
             match Gpu::open(p) {
                 Ok(gpu) => {
                     let fuse = fuse != FuseArg::No;
-                    return bench_cuda(&gpu, &cfg, (steps.max(1), fuse), pytorch, precision);
+                    return bench_cuda(
+                        &gpu,
+                        &cfg,
+                        (steps.max(1), fuse),
+                        pytorch.then_some(script.as_path()),
+                        precision,
+                    );
                 }
                 Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
             }
@@ -56,7 +112,12 @@ pub(super) fn bench_cmd(
         if pytorch {
             // PyTorch gets as many threads as diagc's pool.
             let threads = crate::backend::cpu::exec::kernels::cores().to_string();
-            match crate::train::bench::run_pytorch(&cfg, steps.max(1), &["--threads", &threads]) {
+            match crate::train::bench::run_pytorch(
+                &script,
+                &cfg,
+                steps.max(1),
+                &["--threads", &threads],
+            ) {
                 Ok(v) => {
                     if round == 0 {
                         print_pytorch(
@@ -209,12 +270,12 @@ fn print_pytorch(
 }
 
 /// `diagc bench --device cuda`: the training step on the GPU, and PyTorch's (eager and
-/// torch.compile) in the same run with `--pytorch`.
+/// torch.compile) in the same run with the peer script `pytorch`.
 fn bench_cuda(
     gpu: &crate::backend::cuda::runtime::Gpu,
     cfg: &crate::train::model::ModelConfig,
     (steps, fuse): (usize, bool),
-    pytorch: bool,
+    pytorch: Option<&Path>,
     precision: PrecisionArg,
 ) -> i32 {
     let (step, fb, bytes) = match crate::train::gpu::bench(gpu, cfg, steps, 0, fuse) {
@@ -247,7 +308,7 @@ fn bench_cuda(
         "  device memory held (plan buffers, parameters, gradients, Adam moments): {:.0} MiB",
         bytes as f64 / (1u64 << 20) as f64
     );
-    if pytorch {
+    if let Some(script) = pytorch {
         for (label, extra) in [
             ("eager", vec!["--device", "cuda"]),
             ("torch.compile", vec!["--device", "cuda", "--compile"]),
@@ -256,7 +317,7 @@ fn bench_cuda(
             if tf32 {
                 extra.push("--tf32");
             }
-            match crate::train::bench::run_pytorch(cfg, steps, &extra) {
+            match crate::train::bench::run_pytorch(script, cfg, steps, &extra) {
                 Ok(v) => print_pytorch(
                     &v,
                     &format!(" {label}"),

@@ -336,45 +336,7 @@ enum Command {
     /// Time one training step (forward, backward through the loss, clipping, Adam) of the
     /// language model at the protocol's sizes on the CPU, and optionally PyTorch's in the same
     /// run (`--pytorch`, needs python3 with torch) with the ratio.
-    Bench {
-        /// The mechanism (a stdlib name: m1, m0, bahdanau, ...).
-        mech: String,
-        #[arg(long, default_value_t = 1)]
-        layers: usize,
-        #[arg(long, default_value_t = 20)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 35)]
-        bptt: usize,
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// Also run bench/pytorch_lm_step.py with the same configuration and print the ratio.
-        #[arg(long)]
-        pytorch: bool,
-        /// Repeat the measurement this many times, alternating diagc and PyTorch (with
-        /// `--pytorch`), and report every round and the median ratio: on a shared machine the
-        /// load changes within a minute, and alternating exposes both sides to it alike.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-        rounds: u32,
-        /// Also list the N slowest steps of one forward+backward on the CPU, each with the
-        /// boxes it computes (and the GFLOP/s of a product): where a mechanism's time goes.
-        #[arg(long, default_value_t = 0)]
-        top: usize,
-        /// Run every step on the precompiled kernels (the interpreter path), without the
-        /// cranelift-fused elementwise kernels.
-        #[arg(long)]
-        no_jit: bool,
-        /// Fuse causal softmax and linear attention into one box per layer (flash and linear
-        /// attention kernels on the GPU). `auto`: on the GPU, not on the CPU, as `diagc train`.
-        #[arg(long, value_enum, default_value = "auto")]
-        fuse_attention: FuseArg,
-        /// cpu, cuda or auto (auto means cpu). `cuda` times the step on the GPU (one CUDA graph
-        /// per step, attention fused); without a GPU it says why and runs on the CPU.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Products on the GPU: fp32, or tf32 (tensor cores, 10-bit mantissa inputs).
-        #[arg(long, value_enum, default_value = "fp32")]
-        precision: PrecisionArg,
-    },
+    Bench(bench::BenchArgs),
     /// Train a language model around a mechanism on Penn Treebank (the protocol of
     /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
     Train {
@@ -652,29 +614,7 @@ fn run() -> i32 {
             tolerance,
             train,
         ),
-        Command::Bench {
-            mech,
-            layers,
-            batch_size,
-            bptt,
-            steps,
-            pytorch,
-            rounds,
-            top,
-            no_jit,
-            fuse_attention,
-            device,
-            precision,
-        } => bench_cmd(
-            &mech,
-            layers,
-            batch_size,
-            bptt,
-            (steps, !no_jit, fuse_attention, rounds as usize, top),
-            pytorch,
-            &device,
-            precision,
-        ),
+        Command::Bench(args) => bench_cmd(&args),
         Command::Train {
             mech,
             layers,

@@ -123,29 +123,40 @@ pub fn bench(
     })
 }
 
-/// The PyTorch peer of `diagc bench`: `DIAGC_PYTORCH_SCRIPT` when set, else
-/// `bench/pytorch_lm_step.py` of the source tree diagc was built from (never a path relative to
-/// the working directory).
-pub fn pytorch_script() -> std::path::PathBuf {
+/// The PyTorch peer of `diagc bench`: `given` (the `--pytorch-script` flag), else
+/// `DIAGC_PYTORCH_SCRIPT` when set, else `bench/pytorch_lm_step.py` of the source tree diagc
+/// was built from (never a path relative to the working directory).
+pub fn pytorch_script(given: Option<&std::path::Path>) -> std::path::PathBuf {
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
     match std::env::var_os("DIAGC_PYTORCH_SCRIPT") {
         Some(p) => p.into(),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_lm_step.py"),
     }
 }
 
-/// Runs the PyTorch peer ([`pytorch_script`]) for `cfg` with `extra` arguments; its JSON line.
+/// Checks that the PyTorch peer `script` exists (before a benchmark spends its time).
+pub fn require_script(script: &std::path::Path) -> Result<(), Error> {
+    if script.is_file() {
+        Ok(())
+    } else {
+        Err(Error::External(format!(
+            "the PyTorch peer {} is missing (give its path with --pytorch-script)",
+            script.display()
+        )))
+    }
+}
+
+/// Runs the PyTorch peer `script` ([`pytorch_script`]) for `cfg` with `extra` arguments; its
+/// JSON line.
 pub fn run_pytorch(
+    script: &std::path::Path,
     cfg: &ModelConfig,
     steps: usize,
     extra: &[&str],
 ) -> Result<serde_json::Value, Error> {
-    let script = pytorch_script();
-    if !script.is_file() {
-        return Err(Error::External(format!(
-            "the PyTorch peer {} is missing (set DIAGC_PYTORCH_SCRIPT to its path)",
-            script.display()
-        )));
-    }
+    require_script(script)?;
     let out = std::process::Command::new("python3")
         .arg(&script)
         .args(["--mech", &cfg.mech, "--layers", &cfg.layers.to_string()])
