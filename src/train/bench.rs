@@ -158,7 +158,7 @@ pub fn run_pytorch(
 ) -> Result<serde_json::Value, Error> {
     require_script(script)?;
     let out = std::process::Command::new("python3")
-        .arg(&script)
+        .arg(script)
         .args(["--mech", &cfg.mech, "--layers", &cfg.layers.to_string()])
         .args([
             "--batch",
