@@ -99,14 +99,17 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
         }
     }
     let fuse = fuse == FuseArg::Yes;
-    let mut rows: Vec<Round> = Vec::new();
+    let mut rows: Vec<crate::train::bench::Round> = Vec::new();
     for round in 0..rounds {
         let r = match crate::train::bench::bench(&cfg, steps.max(1), 0, jit, fuse) {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
         if round == 0 {
-            print_cpu_bench(&r, &cfg, (jit, fuse), top);
+            print!(
+                "{}",
+                crate::train::bench::cpu_report(&r, &cfg, (jit, fuse), top)
+            );
         }
         let mut theirs = None;
         if pytorch {
@@ -120,12 +123,15 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
             ) {
                 Ok(v) => {
                     if round == 0 {
-                        print_pytorch(
-                            &v,
-                            "",
-                            8,
-                            (r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s()),
-                            ("peak RSS", "peak_rss_mib"),
+                        print!(
+                            "{}",
+                            crate::train::bench::pytorch_report(
+                                &v,
+                                "",
+                                8,
+                                (r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s()),
+                                ("peak RSS", "peak_rss_mib"),
+                            )
                         );
                     }
                     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -137,136 +143,9 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
         rows.push((r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s(), theirs));
     }
     if rounds > 1 {
-        print_rounds(&rows);
+        print!("{}", crate::train::bench::rounds_table(&rows));
     }
     0
-}
-
-/// The CPU benchmark's report of one round.
-fn print_cpu_bench(
-    r: &crate::train::bench::BenchReport,
-    cfg: &crate::train::model::ModelConfig,
-    (jit, fuse): (bool, bool),
-    top: usize,
-) {
-    let mib = |b: usize| b as f64 / (1 << 20) as f64;
-    println!(
-        "diagc (CPU, f32, {}{}) {}, {} layer(s), batch {} x {}, {} parameters, {} threads available",
-        if jit { "fused JIT kernels" } else { "no JIT" },
-        if fuse { ", attention fused" } else { "" },
-        cfg.mech,
-        cfg.layers,
-        cfg.batch,
-        cfg.bptt,
-        r.params,
-        crate::backend::cpu::exec::kernels::cores()
-    );
-    println!(
-        "  forward+backward:         {:8.0} tokens/s",
-        r.fwd_bwd_tokens_per_s()
-    );
-    println!(
-        "  whole step (+clip, Adam): {:8.0} tokens/s",
-        r.step_tokens_per_s()
-    );
-    println!(
-        "  memory: workspace {:.0} MiB (without reuse {:.0} MiB), parameters+gradients+Adam {:.0} MiB",
-        mib(r.workspace),
-        mib(r.workspace_no_reuse),
-        mib(r.state)
-    );
-    println!(
-        "  clipping + Adam: {:.1} ms; one forward+backward by kernel:",
-        r.update * 1e3
-    );
-    for (kind, secs, n) in r.profile.iter().take(8) {
-        println!("    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3);
-    }
-    if top > 0 {
-        println!("  the {} slowest steps:", top.min(r.steps.len()));
-    }
-    for (label, kind, secs, flops) in r.steps.iter().take(top) {
-        let rate = if *flops > 0 && *secs > 0.0 {
-            format!("{:6.0} GFLOP/s", *flops as f64 / secs / 1e9)
-        } else {
-            String::new()
-        };
-        println!("    {kind:<20} {:8.2} ms {rate:>14}  {label}", secs * 1e3);
-    }
-}
-
-/// Every round of `bench --rounds` (diagc's tokens/s, forward+backward and whole step, and
-/// PyTorch's when it ran), then the median of each column and of the per-round ratios.
-fn print_rounds(rows: &[Round]) {
-    use crate::train::bench::median;
-    let torch = rows.iter().all(|r| r.2.is_some());
-    println!(
-        "{} rounds, tokens/s (forward+backward / whole step){}:",
-        rows.len(),
-        if torch {
-            ", diagc then PyTorch in each"
-        } else {
-            ""
-        }
-    );
-    for (k, (fb, st, t)) in rows.iter().enumerate() {
-        match t {
-            Some((pf, ps)) => println!(
-                "  round {:2}: diagc {fb:6.0} / {st:6.0}   PyTorch {pf:6.0} / {ps:6.0}   ratio {:.2}x / {:.2}x",
-                k + 1,
-                fb / pf,
-                st / ps
-            ),
-            None => println!("  round {:2}: diagc {fb:6.0} / {st:6.0}", k + 1),
-        }
-    }
-    let col = |f: &dyn Fn(&Round) -> f64| median(rows.iter().map(f).collect());
-    print!(
-        "  median:   diagc {:6.0} / {:6.0}",
-        col(&|r| r.0),
-        col(&|r| r.1)
-    );
-    if torch {
-        let t = |r: &Round| r.2.unwrap_or((f64::NAN, f64::NAN));
-        println!(
-            "   PyTorch {:6.0} / {:6.0}   ratio {:.2}x / {:.2}x (median of the rounds' ratios)",
-            col(&|r| t(r).0),
-            col(&|r| t(r).1),
-            col(&|r| r.0 / t(r).0),
-            col(&|r| r.1 / t(r).1)
-        );
-    } else {
-        println!();
-    }
-}
-
-/// Prints PyTorch's figures from its JSON line `v` beside diagc's tokens/s `(forward+backward,
-/// whole step)`, with the ratios: `label` follows the version (` eager`), `width` is the
-/// figures' column width, `memory` the memory line's text and JSON key.
-fn print_pytorch(
-    v: &serde_json::Value,
-    label: &str,
-    width: usize,
-    (fb, step): (f64, f64),
-    (memory, key): (&str, &str),
-) {
-    let (pf, ps) = (
-        v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
-        v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
-    );
-    println!(
-        "PyTorch {}{label} in the same run:",
-        v["torch"].as_str().unwrap_or("?")
-    );
-    println!(
-        "  forward+backward:         {pf:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-        fb / pf
-    );
-    println!(
-        "  whole step (+clip, Adam): {ps:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
-        step / ps
-    );
-    println!("  {memory}: {:.0} MiB", v[key].as_f64().unwrap_or(0.0));
 }
 
 /// `diagc bench --device cuda`: the training step on the GPU, and PyTorch's (eager and
@@ -318,12 +197,15 @@ fn bench_cuda(
                 extra.push("--tf32");
             }
             match crate::train::bench::run_pytorch(script, cfg, steps, &extra) {
-                Ok(v) => print_pytorch(
-                    &v,
-                    &format!(" {label}"),
-                    10,
-                    (tokens / fb, tokens / step),
-                    ("peak GPU memory (allocator)", "peak_gpu_mib"),
+                Ok(v) => print!(
+                    "{}",
+                    crate::train::bench::pytorch_report(
+                        &v,
+                        &format!(" {label}"),
+                        10,
+                        (tokens / fb, tokens / step),
+                        ("peak GPU memory (allocator)", "peak_gpu_mib"),
+                    )
                 ),
                 Err(e) => eprintln!("diagc: {e}"),
             }
@@ -331,7 +213,3 @@ fn bench_cuda(
     }
     0
 }
-
-/// One round of `bench --rounds`: diagc's tokens/s (forward+backward, whole step), and
-/// PyTorch's when it ran.
-type Round = (f64, f64, Option<(f64, f64)>);

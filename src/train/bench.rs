@@ -9,6 +9,7 @@ use crate::backend::cpu::exec::{Plan, PlanOptions, by_kind};
 use crate::backend::cpu::harness;
 use crate::backend::cpu::interp::RunOptions;
 use crate::error::Error;
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -202,4 +203,163 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// One round of `bench --rounds`: diagc's tokens/s (forward+backward, whole step), and
+/// PyTorch's when it ran.
+pub type Round = (f64, f64, Option<(f64, f64)>);
+
+/// The CPU benchmark's report of one round, as `diagc bench` prints it.
+pub fn cpu_report(
+    r: &BenchReport,
+    cfg: &ModelConfig,
+    (jit, fuse): (bool, bool),
+    top: usize,
+) -> String {
+    let mut s = String::new();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    writeln!(s,
+        "diagc (CPU, f32, {}{}) {}, {} layer(s), batch {} x {}, {} parameters, {} threads available",
+        if jit { "fused JIT kernels" } else { "no JIT" },
+        if fuse { ", attention fused" } else { "" },
+        cfg.mech,
+        cfg.layers,
+        cfg.batch,
+        cfg.bptt,
+        r.params,
+        crate::backend::cpu::exec::kernels::cores()
+    ).unwrap();
+    writeln!(
+        s,
+        "  forward+backward:         {:8.0} tokens/s",
+        r.fwd_bwd_tokens_per_s()
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "  whole step (+clip, Adam): {:8.0} tokens/s",
+        r.step_tokens_per_s()
+    )
+    .unwrap();
+    writeln!(s,
+        "  memory: workspace {:.0} MiB (without reuse {:.0} MiB), parameters+gradients+Adam {:.0} MiB",
+        mib(r.workspace),
+        mib(r.workspace_no_reuse),
+        mib(r.state)
+    ).unwrap();
+    writeln!(
+        s,
+        "  clipping + Adam: {:.1} ms; one forward+backward by kernel:",
+        r.update * 1e3
+    )
+    .unwrap();
+    for (kind, secs, n) in r.profile.iter().take(8) {
+        writeln!(s, "    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3).unwrap();
+    }
+    if top > 0 {
+        writeln!(s, "  the {} slowest steps:", top.min(r.steps.len())).unwrap();
+    }
+    for (label, kind, secs, flops) in r.steps.iter().take(top) {
+        let rate = if *flops > 0 && *secs > 0.0 {
+            format!("{:6.0} GFLOP/s", *flops as f64 / secs / 1e9)
+        } else {
+            String::new()
+        };
+        writeln!(
+            s,
+            "    {kind:<20} {:8.2} ms {rate:>14}  {label}",
+            secs * 1e3
+        )
+        .unwrap();
+    }
+    s
+}
+
+/// Every round of `bench --rounds` (diagc's tokens/s, forward+backward and whole step, and
+/// PyTorch's when it ran), then the median of each column and of the per-round ratios.
+pub fn rounds_table(rows: &[Round]) -> String {
+    let mut s = String::new();
+    let torch = rows.iter().all(|r| r.2.is_some());
+    writeln!(
+        s,
+        "{} rounds, tokens/s (forward+backward / whole step){}:",
+        rows.len(),
+        if torch {
+            ", diagc then PyTorch in each"
+        } else {
+            ""
+        }
+    )
+    .unwrap();
+    for (k, (fb, st, t)) in rows.iter().enumerate() {
+        match t {
+            Some((pf, ps)) => writeln!(s,
+                "  round {:2}: diagc {fb:6.0} / {st:6.0}   PyTorch {pf:6.0} / {ps:6.0}   ratio {:.2}x / {:.2}x",
+                k + 1,
+                fb / pf,
+                st / ps
+            ).unwrap(),
+            None => writeln!(s, "  round {:2}: diagc {fb:6.0} / {st:6.0}", k + 1).unwrap(),
+        }
+    }
+    let col = |f: &dyn Fn(&Round) -> f64| median(rows.iter().map(f).collect());
+    write!(
+        s,
+        "  median:   diagc {:6.0} / {:6.0}",
+        col(&|r| r.0),
+        col(&|r| r.1)
+    )
+    .unwrap();
+    if torch {
+        let t = |r: &Round| r.2.unwrap_or((f64::NAN, f64::NAN));
+        writeln!(
+            s,
+            "   PyTorch {:6.0} / {:6.0}   ratio {:.2}x / {:.2}x (median of the rounds' ratios)",
+            col(&|r| t(r).0),
+            col(&|r| t(r).1),
+            col(&|r| r.0 / t(r).0),
+            col(&|r| r.1 / t(r).1)
+        )
+        .unwrap();
+    } else {
+        writeln!(s).unwrap();
+    }
+    s
+}
+
+/// PyTorch's figures from its JSON line `v` beside diagc's tokens/s `(forward+backward,
+/// whole step)`, with the ratios: `label` follows the version (` eager`), `width` is the
+/// figures' column width, `memory` the memory line's text and JSON key.
+pub fn pytorch_report(
+    v: &serde_json::Value,
+    label: &str,
+    width: usize,
+    (fb, step): (f64, f64),
+    (memory, key): (&str, &str),
+) -> String {
+    let mut s = String::new();
+    let (pf, ps) = (
+        v["fwd_bwd_tokens_per_s"].as_f64().unwrap_or(0.0),
+        v["step_tokens_per_s"].as_f64().unwrap_or(0.0),
+    );
+    writeln!(
+        s,
+        "PyTorch {}{label} in the same run:",
+        v["torch"].as_str().unwrap_or("?")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "  forward+backward:         {pf:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+        fb / pf
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "  whole step (+clip, Adam): {ps:width$.0} tokens/s   (diagc / PyTorch = {:.2}x)",
+        step / ps
+    )
+    .unwrap();
+    writeln!(s, "  {memory}: {:.0} MiB", v[key].as_f64().unwrap_or(0.0)).unwrap();
+    s
 }
