@@ -17,11 +17,13 @@
 
 use crate::error::Error;
 use crate::ir::build::Graph;
+use crate::ir::verify::Flat;
 use crate::ir::{Const, Diagram, ExecOp, Op, WireId, WireType};
 
 /// A gradient diagram and how its outputs line up with the forward diagram.
 pub struct Gradient {
-    pub diagram: Diagram,
+    /// Flat: verified to hold executable ops only.
+    pub diagram: Flat,
     /// For each forward input, the index of its gradient among the gradient diagram's outputs
     /// (`None` for index wires, which have no gradient).
     pub grad_of: Vec<Option<usize>>,
@@ -150,8 +152,10 @@ pub fn gradient(f: &Diagram) -> Result<Gradient, Error> {
         grad_of.push(Some(outputs.len()));
         outputs.push(gw);
     }
-    let diagram = g.finish(format!("grad {}", f.name), outputs, f.span);
-    crate::ir::verify::verify(&diagram, crate::ir::verify::Form::Flat, "autodiff")?;
+    let diagram = Flat::new(
+        g.finish(format!("grad {}", f.name), outputs, f.span),
+        "autodiff",
+    )?;
     Ok(Gradient {
         diagram,
         grad_of,

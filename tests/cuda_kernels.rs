@@ -2086,7 +2086,11 @@ fn attention_alone(mech: &str) -> diagc::ir::instance::Instance {
         bx.span,
     );
     diagc::ir::instance::Instance {
-        diagram: g.finish("attention".into(), vec![outs[0]], bx.span),
+        diagram: diagc::ir::verify::Flat::new(
+            g.finish("attention".into(), vec![outs[0]], bx.span),
+            "a test",
+        )
+        .unwrap(),
         data_inputs: 3,
         params: vec![],
         ..inst

@@ -16,8 +16,8 @@ use diagc::backend::cpu::exec::{Plan, PlanOptions, RunOptions};
 use diagc::backend::cpu::harness::{self, Rng};
 use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
-use diagc::ir::Diagram;
 use diagc::ir::instance::{Instance, instantiate};
+use diagc::ir::verify::Flat;
 use diagc::session;
 use std::path::Path;
 
@@ -48,7 +48,7 @@ fn flat(t: &Tensor, axes: &[diagc::ir::AxisId]) -> Vec<f64> {
 /// Runs `d` on `inputs` in both executors and returns the worst scaled error, with where.
 fn compare(
     inst: &Instance,
-    d: &Diagram,
+    d: &Flat,
     inputs: &[Tensor],
     opts: RunOptions,
 ) -> Result<(f64, String), String> {

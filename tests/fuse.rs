@@ -40,7 +40,7 @@ fn agree(what: &str, plain: &Instance, fused: &Instance) {
         seed: 3,
         check_finite: false,
     };
-    let run = |i: &Instance, d: &diagc::ir::Diagram, xs: Vec<Tensor>| {
+    let run = |i: &Instance, d: &diagc::ir::verify::Flat, xs: Vec<Tensor>| {
         interp::run(d, &i.axes, &i.sizes, xs, opts).unwrap_or_else(|e| panic!("{what}: {e}"))
     };
     let a = run(plain, &plain.diagram, inputs.clone());

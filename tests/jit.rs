@@ -19,6 +19,7 @@ use diagc::backend::cpu::interp;
 use diagc::backend::cpu::tensor::Tensor;
 use diagc::ir::Diagram;
 use diagc::ir::instance::{Instance, instantiate};
+use diagc::ir::verify::Flat;
 use diagc::session;
 use std::path::Path;
 
@@ -65,12 +66,7 @@ fn inputs(inst: &Instance, grad: &Diagram, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec
 
 /// Runs `d` with JIT on and off on `xs`; returns a failure line per differing output, and the
 /// number of fused kernels of the JIT plan.
-fn compare(
-    inst: &Instance,
-    d: &Diagram,
-    xs: &[Vec<f32>],
-    opts: RunOptions,
-) -> (Vec<String>, usize) {
+fn compare(inst: &Instance, d: &Flat, xs: &[Vec<f32>], opts: RunOptions) -> (Vec<String>, usize) {
     let plan = |jit| Plan::with_options(d, &inst.axes, &inst.sizes, PlanOptions { jit }).unwrap();
     let (fast, slow) = (plan(true), plan(false));
     assert_eq!(slow.fused_count(), 0);

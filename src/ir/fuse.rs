@@ -101,8 +101,10 @@ pub fn fuse_attention(inst: &Instance) -> Result<(Instance, usize), crate::error
         g.boxes.last_mut().expect("just added").params = b.params.clone();
     }
     let outputs = d.outputs.iter().map(|w| get(&map, *w)).collect();
-    let diagram = g.finish(d.name.clone(), outputs, d.span);
-    super::verify::verify(&diagram, super::verify::Form::Flat, "attention fusion")?;
+    let diagram = super::verify::Flat::new(
+        g.finish(d.name.clone(), outputs, d.span),
+        "attention fusion",
+    )?;
     let n = chains.len();
     Ok((
         Instance {

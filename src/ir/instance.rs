@@ -14,6 +14,7 @@
 //! - concrete sizes for every axis it uses ([`Instance::sizes`]);
 //! - the IR invariants: one source and one sink per wire, topological order.
 
+use super::verify::Flat;
 use super::*;
 use crate::error::Error;
 use std::collections::BTreeMap;
@@ -53,7 +54,8 @@ pub struct ParamInfo {
 /// An executable diagram.
 #[derive(Clone, Debug)]
 pub struct Instance {
-    pub diagram: Diagram,
+    /// Flat: verified to hold executable ops only.
+    pub diagram: Flat,
     pub axes: AxisTable,
     /// The size of each axis (indexed by `AxisId`); 0 for axes the instance does not use and
     /// whose size is unknown.
@@ -848,8 +850,10 @@ impl Builder<'_> {
             start: 0,
             end: 0,
         };
-        let d = self.g.finish(self.name.clone(), outputs, span);
-        super::verify::verify(&d, super::verify::Form::Flat, "instantiation")?;
+        let d = Flat::new(
+            self.g.finish(self.name.clone(), outputs, span),
+            "instantiation",
+        )?;
         let sizes = self.sizes.iter().map(|s| s.unwrap_or(0) as usize).collect();
         Ok(Instance {
             diagram: d,
@@ -936,8 +940,10 @@ pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, Err
         .iter()
         .map(|w| map[w.0 as usize].expect("outputs are produced"))
         .collect();
-    let diagram = g.finish(d.name.clone(), outputs, d.span);
-    super::verify::verify(&diagram, super::verify::Form::Flat, "batching (lift_batch)")?;
+    let diagram = Flat::new(
+        g.finish(d.name.clone(), outputs, d.span),
+        "batching (lift_batch)",
+    )?;
     Ok(Instance {
         diagram,
         axes,

@@ -37,6 +37,33 @@ pub fn arity(op: &Op, form: Form) -> Option<(Count, Count)> {
     }
 }
 
+/// A diagram proved flat and executable ([`Form::Flat`]): no region, no call, learner or
+/// parameter box, no region port, and well wired and typed. [`Flat::new`], which verifies, is
+/// the only way to make one; the interpreter and the planner take nothing else, so "this box
+/// must be instantiated first" cannot arise when a diagram runs. Read it as a [`Diagram`].
+#[derive(Clone, Debug)]
+pub struct Flat(Diagram);
+
+impl Flat {
+    /// `d`, verified as flat; `pass` names the pass that produced it, for the error.
+    pub fn new(d: Diagram, pass: &'static str) -> Result<Flat, Error> {
+        verify(&d, Form::Flat, pass)?;
+        Ok(Flat(d))
+    }
+
+    /// The diagram, to be changed (and verified again).
+    pub fn into_inner(self) -> Diagram {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Flat {
+    type Target = Diagram;
+    fn deref(&self) -> &Diagram {
+        &self.0
+    }
+}
+
 /// Checks `d` (see the module docs). `pass` names the pass that produced it, for the error.
 pub fn verify(d: &Diagram, form: Form, pass: &'static str) -> Result<(), Error> {
     check(d, form).map_err(|message| Error::Internal {

@@ -863,21 +863,19 @@ impl Builder<'_> {
                 self.push(kernel, ins.clone(), vec![out], vec![]);
                 vec![out]
             }
-            Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
-                return Err(Error::Plan(
-                    "this box must be instantiated before it runs".into(),
-                ));
-            }
-            Op::Zip(_)
+            // The planner takes a `Flat` diagram, which `ir::verify` proved free of these.
+            Op::Learner { .. }
+            | Op::Param(_)
+            | Op::Call { .. }
+            | Op::Zip(_)
             | Op::Broadcast(_)
             | Op::Collect(_)
             | Op::LoopIn
             | Op::Capture
-            | Op::LoopOut => {
-                return Err(Error::Plan(
-                    "region ports must be lowered before running".into(),
-                ));
-            }
+            | Op::LoopOut => unreachable!(
+                "a flat diagram has no `{}` box",
+                crate::ir::ops::spec(&b.op).name
+            ),
         };
         if outs.len() != b.outputs.len() {
             return Err(Error::Plan(format!(

@@ -38,7 +38,8 @@ pub mod nest;
 pub mod program;
 
 use crate::error::Error;
-use crate::ir::{AxisId, AxisTable, Diagram};
+use crate::ir::verify::Flat;
+use crate::ir::{AxisId, AxisTable};
 use build::Builder;
 use kernels::Kernel;
 
@@ -158,13 +159,13 @@ impl Plan {
     /// Compiles an instantiated diagram (no regions, calls or unevaluated constants: an
     /// [`crate::ir::instance::Instance`]'s diagram, or its [`crate::autodiff::gradient`]) for
     /// the axis sizes `sizes` (indexed by `AxisId`). Errors name the box or axis involved.
-    pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
+    pub fn new(diagram: &Flat, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
         Plan::with_options(diagram, axes, sizes, PlanOptions::default())
     }
 
     /// [`Plan::new`] with explicit options (JIT fusion on or off).
     pub fn with_options(
-        diagram: &Diagram,
+        diagram: &Flat,
         axes: &AxisTable,
         sizes: &[usize],
         options: PlanOptions,
@@ -175,7 +176,7 @@ impl Plan {
     /// [`Plan::with_options`], leaving the candidate groups whose [`FusedGroup::id`] is in
     /// `unfused` as separate steps (for a backend that could not compile them).
     pub fn with_unfused(
-        diagram: &Diagram,
+        diagram: &Flat,
         axes: &AxisTable,
         sizes: &[usize],
         options: PlanOptions,

@@ -212,8 +212,10 @@ pub fn with_loss(inst: &Instance, classes: &str) -> Result<Instance, Error> {
         WireType::values(vec![]),
         span,
     );
-    let diagram = g.finish(format!("{} loss", d.name), vec![mean], span);
-    crate::ir::verify::verify(&diagram, crate::ir::verify::Form::Flat, "loss attachment")?;
+    let diagram = crate::ir::verify::Flat::new(
+        g.finish(format!("{} loss", d.name), vec![mean], span),
+        "loss attachment",
+    )?;
     Ok(Instance {
         diagram,
         axes: inst.axes.clone(),

@@ -25,7 +25,8 @@ pub(crate) mod kernels;
 pub use super::interp::RunOptions;
 use super::jit;
 use crate::error::Error;
-use crate::ir::{AxisTable, Diagram};
+use crate::ir::AxisTable;
+use crate::ir::verify::Flat;
 use crate::lir::{Action, program::FusedGroup};
 pub use crate::lir::{Loc, PlanOptions};
 use kernels::Kernel;
@@ -88,13 +89,13 @@ impl Plan {
     /// [`crate::ir::instance::Instance`]'s diagram, or its [`crate::autodiff::gradient`]) for
     /// the axis sizes `sizes` (indexed by `AxisId`) and compiles it for this CPU. Errors name
     /// the box or axis involved.
-    pub fn new(diagram: &Diagram, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
+    pub fn new(diagram: &Flat, axes: &AxisTable, sizes: &[usize]) -> Result<Plan, Error> {
         Plan::with_options(diagram, axes, sizes, PlanOptions::default())
     }
 
     /// [`Plan::new`] with explicit options (JIT fusion on or off).
     pub fn with_options(
-        diagram: &Diagram,
+        diagram: &Flat,
         axes: &AxisTable,
         sizes: &[usize],
         options: PlanOptions,

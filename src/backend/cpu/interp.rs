@@ -7,6 +7,7 @@
 
 use super::tensor::{Tensor, einsum};
 use crate::error::Error;
+use crate::ir::verify::Flat;
 use crate::ir::{AxisId, Diagram, ExecOp, Op, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
@@ -23,7 +24,7 @@ pub struct RunOptions {
 
 /// Runs `d` (an instantiated diagram) on `inputs`, one per diagram input, in order.
 pub fn run(
-    d: &Diagram,
+    d: &Flat,
     axes: &crate::ir::AxisTable,
     sizes: &[usize],
     inputs: Vec<Tensor>,
@@ -122,7 +123,7 @@ fn one(mut v: Vec<Tensor>) -> Tensor {
 }
 
 /// Evaluates one op.
-pub fn eval(
+fn eval(
     op: &Op,
     mut ins: Vec<Tensor>,
     outs: &[&WireType],
@@ -615,16 +616,19 @@ pub fn eval(
             let gv = einsum(&u, &kf, &out(2), sizes);
             vec![gqf.aligned(&out(0)), gkf.aligned(&out(1)), gv]
         }
-        Op::Learner { .. } | Op::Param(_) | Op::Call { .. } => {
-            return Err(Error::Run(
-                "this box must be instantiated before it runs".into(),
-            ));
-        }
-        Op::Zip(_) | Op::Broadcast(_) | Op::Collect(_) | Op::LoopIn | Op::Capture | Op::LoopOut => {
-            return Err(Error::Run(
-                "region ports must be lowered before running".into(),
-            ));
-        }
+        // `run` takes a `Flat` diagram, which `ir::verify` proved free of these.
+        Op::Learner { .. }
+        | Op::Param(_)
+        | Op::Call { .. }
+        | Op::Zip(_)
+        | Op::Broadcast(_)
+        | Op::Collect(_)
+        | Op::LoopIn
+        | Op::Capture
+        | Op::LoopOut => unreachable!(
+            "a flat diagram has no `{}` box",
+            crate::ir::ops::spec(op).name
+        ),
     })
 }
 
