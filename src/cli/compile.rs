@@ -42,6 +42,11 @@ pub(super) fn compile(
             .filter(|d| d.span.file == root)
             .collect(),
     };
+    let instantiate = |name: &str| {
+        instance
+            .bindings()
+            .and_then(|b| crate::ir::instance::instantiate(program, name, &b))
+    };
     let mut text = String::new();
     let mut book = None;
     for (i, d) in selected.iter().enumerate() {
@@ -52,20 +57,14 @@ pub(super) fn compile(
             Emit::Ir => text.push_str(&print::diagram(d, &program.axes)),
             Emit::IrLowered => text.push_str(&print::diagram(&lower::lower_simd(d), &program.axes)),
             Emit::Instance => {
-                let inst = match instance
-                    .bindings()
-                    .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
-                {
+                let inst = match instantiate(&d.name) {
                     Ok(i) => i,
                     Err(e) => return fail_in(e, &o.sources),
                 };
                 text.push_str(&print::diagram(&inst.diagram, &inst.axes));
             }
             Emit::Cuda => {
-                let inst = match instance
-                    .bindings()
-                    .and_then(|b| crate::ir::instance::instantiate(program, &d.name, &b))
-                {
+                let inst = match instantiate(&d.name) {
                     Ok(i) => i,
                     Err(e) => return fail_in(e, &o.sources),
                 };
