@@ -261,6 +261,25 @@ fn every_command_prints_its_errors_as_json_when_asked() {
 }
 
 #[test]
+fn diagnostics_follow_the_message_format_of_every_command() {
+    // An ill-typed file given to `run` and `draw`: with `--message-format json` its diagnostics
+    // are JSON lines on standard output, as `check --format json` prints them.
+    for cmd in ["run", "draw", "gradcheck"] {
+        let o = diagc(&[
+            cmd,
+            "examples/ill-typed/forgot-rename.diag",
+            "--message-format",
+            "json",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        assert!(o.stderr.is_empty(), "{cmd}: {}", text(&o.stderr));
+        let v: serde_json::Value =
+            serde_json::from_str(text(&o.stdout).lines().next().unwrap()).unwrap();
+        assert_eq!(v["code"], "E0204", "{cmd}: {v}");
+    }
+}
+
+#[test]
 fn an_unbound_size_points_at_the_axis_declaration() {
     let dir = std::env::temp_dir().join(format!("diagc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

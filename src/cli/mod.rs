@@ -88,10 +88,16 @@ fn json_asked(args: impl Iterator<Item = String>) -> bool {
     })
 }
 
-/// `check` and `compile` print their diagnostics in their `--format`; their errors follow it.
-fn json_errors_with(format: Format) {
+/// `check` and `compile` print their diagnostics in their `--format`, and their errors follow
+/// it; `--message-format json` makes it JSON too. Returns the format in force.
+fn json_errors_with(format: Format) -> Format {
     if matches!(format, Format::Json) {
         JSON_ERRORS.store(true, Ordering::Relaxed);
+    }
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        Format::Json
+    } else {
+        Format::Human
     }
 }
 
@@ -576,7 +582,7 @@ fn run() -> i32 {
             color,
             verify_rules,
         } => {
-            json_errors_with(format);
+            let format = json_errors_with(format);
             check(&files, format, color, verify_rules)
         }
         Command::Explain { code, list } => explain(code.as_deref(), list),
@@ -679,7 +685,7 @@ fn run() -> i32 {
             format,
             color,
         } => {
-            json_errors_with(format);
+            let format = json_errors_with(format);
             compile(
                 &file,
                 diagram.as_deref(),
@@ -735,6 +741,12 @@ fn use_color(c: ColorChoice) -> bool {
 
 /// Prints an outcome's diagnostics; returns whether there were any.
 fn print_diagnostics(o: &Outcome, format: Format, color: ColorChoice) -> bool {
+    // `--message-format json` asks for every message as JSON, diagnostics included.
+    let format = if JSON_ERRORS.load(Ordering::Relaxed) {
+        Format::Json
+    } else {
+        format
+    };
     let color = use_color(color);
     let mut err = std::io::stderr().lock();
     for d in &o.checked.diagnostics {
