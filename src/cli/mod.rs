@@ -208,7 +208,7 @@ enum Emit {
     OptimizedIr,
     /// The generated CUDA C of the executable form (as `instance`; needs `--size` for free
     /// axes), with causal softmax attention fused as the GPU trainer runs it: the forward
-    /// kernels and the gradient's, one kernel per step of the CPU plan with its sizes and
+    /// kernels and the gradient's, one kernel per step of the plan with its sizes and
     /// strides as constants (fused attention of head size 32, 64, 96 or 128 on the flash
     /// kernels), headed by the launch sequence. Self-contained: NVRTC compiles it alone.
     Cuda,

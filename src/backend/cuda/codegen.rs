@@ -1,6 +1,6 @@
-//! CUDA C generated from a CPU plan: one kernel per step, specialised to its sizes and strides.
+//! CUDA C rendered from a plan (`lir::Plan`): one kernel per step, specialised to its sizes and strides.
 //!
-//! The CPU executor's [`Plan`] is the lowered form of a diagram that both backends share: the
+//! The [`Plan`] (`lir`) is the lowered form of a diagram that both backends share: the
 //! layouts of the wires, the steps (each a [`Kernel`] over raw buffers, with its loop nests'
 //! lengths and strides), the elementwise groups the fuser made (the same groups the cranelift
 //! JIT compiles), and the memory plan (which buffer every value lives in). This module turns

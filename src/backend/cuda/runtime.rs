@@ -1,7 +1,7 @@
 //! Running a plan on the GPU: the generated module compiled to CUBIN, every buffer allocated
 //! once, the launch sequence replayed (eagerly, or captured once as a CUDA graph).
 //!
-//! Memory is the CPU plan's: one device buffer per workspace buffer of [`Plan`] (so the same
+//! Memory is the plan's: one device buffer per workspace buffer of an [`lir::Plan`](Plan) (so the same
 //! liveness-based reuse and the same peak), the plan's constants uploaded once, and one device
 //! buffer per input that the caller fills before a run. The dropout seed and the training flag
 //! live in device memory, so a captured graph reads each run's values. Products go to cuBLAS
@@ -491,7 +491,7 @@ impl GpuPlan {
                     };
                     // SAFETY: the kernel's parameters are the generated signature's, in order
                     // (pointers as 64-bit device addresses); every offset it computes was
-                    // bounds-checked against these buffers' lengths when the CPU plan was built.
+                    // bounds-checked against these buffers' lengths when the plan was built (`lir`).
                     unsafe { b.launch(cfg) }.map_err(drv)?;
                 }
                 RtOp::Blas { call, a, b, c } => {
@@ -515,7 +515,7 @@ impl GpuPlan {
                         } else {
                             (at(pb, base[2]), at(pa, base[1]), strides[2], strides[1])
                         };
-                        // SAFETY: the operands' extents were bounds-checked by the CPU plan;
+                        // SAFETY: the operands' extents were bounds-checked by the plan (`lir`);
                         // `alpha` and `beta` are host scalars (the handle's default pointer mode).
                         unsafe {
                             blas::sgemm_strided_batched(
