@@ -231,6 +231,25 @@ fn every_command_prints_its_errors_as_json_when_asked() {
             2,
         ),
         (&["bench", "m1", "--device", "tpu"], "usage", 2),
+        (&["train", "m1", "--device", "tpu"], "usage", 2),
+        (&["selftest", "--device", "tpu"], "usage", 2),
+        (
+            &[
+                "compile",
+                "stdlib/attention/m1.diag",
+                "--diagram",
+                "nope",
+                "--emit",
+                "ir",
+            ],
+            "usage",
+            2,
+        ),
+        (
+            &["draw", "stdlib/attention/m1.diag", "--highlight", "nope"],
+            "usage",
+            2,
+        ),
         (
             &[
                 "bench",

@@ -70,32 +70,27 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
         bptt,
         ..Default::default()
     };
-    match device {
-        "cpu" | "auto" => {}
-        "cuda" => {
-            use crate::backend::cuda::runtime::{Gpu, Precision};
-            let p = match precision {
-                PrecisionArg::Fp32 => Precision::Fp32,
-                PrecisionArg::Tf32 => Precision::Tf32,
-            };
-            match Gpu::open(p) {
-                Ok(gpu) => {
-                    let fuse = fuse != FuseArg::No;
-                    return bench_cuda(
-                        &gpu,
-                        &cfg,
-                        (steps.max(1), fuse),
-                        pytorch.then_some(script.as_path()),
-                        precision,
-                    );
-                }
-                Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+    if let Err(e) = known_device(device) {
+        return fail(e);
+    }
+    if device == "cuda" {
+        use crate::backend::cuda::runtime::{Gpu, Precision};
+        let p = match precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Tf32 => Precision::Tf32,
+        };
+        match Gpu::open(p) {
+            Ok(gpu) => {
+                let fuse = fuse != FuseArg::No;
+                return bench_cuda(
+                    &gpu,
+                    &cfg,
+                    (steps.max(1), fuse),
+                    pytorch.then_some(script.as_path()),
+                    precision,
+                );
             }
-        }
-        other => {
-            return fail(Error::Usage(format!(
-                "unknown device `{other}` (cpu, cuda or auto)"
-            )));
+            Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
         }
     }
     let fuse = fuse == FuseArg::Yes;

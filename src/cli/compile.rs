@@ -28,12 +28,11 @@ pub(super) fn compile(
             Some(d) => vec![d],
             None => {
                 let names: Vec<&str> = program.diagrams.iter().map(|d| d.name.as_str()).collect();
-                eprintln!(
-                    "diagc: no diagram `{name}` in {}; there are: {}",
+                return fail(Error::Usage(format!(
+                    "no diagram `{name}` in {}; there are: {}",
                     file.display(),
                     names.join(", ")
-                );
-                return 2;
+                )));
             }
         },
         None => program
@@ -191,12 +190,11 @@ pub(super) fn draw(
     let highlight = match render::Highlight::by_wire_names(d, highlight) {
         Ok(h) => h,
         Err(missing) => {
-            eprintln!(
-                "diagc: no wire named {} in `{}`",
+            return fail(Error::Usage(format!(
+                "no wire named {} in `{}`",
                 missing.join(", "),
                 d.name
-            );
-            return 2;
+            )));
         }
     };
     let opts = render::DrawOptions {

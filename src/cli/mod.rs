@@ -136,6 +136,17 @@ fn fail_in(e: Error, sources: &crate::source::SourceMap) -> i32 {
     exit_code(&e)
 }
 
+/// Whether `--device` names a device (`cpu`, `cuda` or `auto`, which means the CPU). What
+/// `cuda` does without a GPU (run on the CPU, saying why) is the caller's.
+fn known_device(device: &str) -> Result<(), Error> {
+    match device {
+        "cpu" | "auto" | "cuda" => Ok(()),
+        other => Err(Error::Usage(format!(
+            "unknown device `{other}` (cpu, cuda or auto)"
+        ))),
+    }
+}
+
 /// Prints `e` as the user asked, for an error after which the command goes on.
 fn print_error(e: &Error) {
     if JSON_ERRORS.load(Ordering::Relaxed) {

@@ -1,13 +1,15 @@
 //! `diagc selftest --device cuda`.
 
+use super::*;
+
 pub(super) fn selftest(device: &str, quick: bool) -> i32 {
     use crate::selftest as st;
     if device != "cuda" {
-        eprintln!(
-            "diagc: selftest checks a backend against the CPU executor; only `--device cuda` \
-             exists (the CPU executor itself is checked by `cargo test`)"
-        );
-        return 2;
+        return fail(Error::Usage(
+            "selftest checks a backend against the CPU executor; only `--device cuda` exists \
+             (the CPU executor itself is checked by `cargo test`)"
+                .into(),
+        ));
     }
     let gpu = match st::open() {
         Ok(g) => g,

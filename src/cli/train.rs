@@ -11,8 +11,8 @@ pub(super) fn train_cmd(
     jit: bool,
 ) -> i32 {
     use crate::train::{data::data_dir, run};
-    if !cpu_device(device) {
-        return 2;
+    if let Err(e) = known_device(device) {
+        return fail(e);
     }
     let data_dir = data_dir(data);
     let (cfg, out, ck) = match run::start_or_resume(cfg, out, resume.as_deref()) {
@@ -95,17 +95,5 @@ pub(super) fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 
             0
         }
         Err(e) => fail(e),
-    }
-}
-
-/// Whether `--device` names a device (`cpu`, `cuda` or `auto`, which means the CPU); otherwise
-/// says so. What `cuda` does without a GPU (run on the CPU, saying why) is the caller's.
-fn cpu_device(device: &str) -> bool {
-    match device {
-        "cpu" | "auto" | "cuda" => true,
-        other => {
-            eprintln!("diagc: unknown device `{other}` (cpu, cuda or auto)");
-            false
-        }
     }
 }

@@ -106,15 +106,18 @@ fn check(d: &Diagram, form: Form) -> Result<(), String> {
 /// The wiring invariants: one source and one consumer per wire, each naming the wire back;
 /// boxes in topological order.
 pub(crate) fn wiring(d: &Diagram) -> Result<(), String> {
-    let ids: Vec<WireId> = (0..d.wires.len()).map(|i| WireId(i as u32)).collect();
-    let me = |i: usize| ids.get(i);
     for (i, w) in d.wires.iter().enumerate() {
+        let me = Some(WireId(i as u32));
         match w.source {
-            WireSource::Input(k) if d.inputs.get(k) != me(i) => {
+            WireSource::Input(k) if d.inputs.get(k).copied() != me => {
                 return Err(format!("wire %{i} claims input {k}"));
             }
             WireSource::Box(b, k)
-                if d.boxes.get(b.0 as usize).map(|b| b.outputs.get(k)) != Some(me(i)) =>
+                if d.boxes
+                    .get(b.0 as usize)
+                    .and_then(|b| b.outputs.get(k))
+                    .copied()
+                    != me =>
             {
                 return Err(format!("wire %{i} claims output {k} of box {}", b.0));
             }
@@ -123,11 +126,15 @@ pub(crate) fn wiring(d: &Diagram) -> Result<(), String> {
         match w.sink {
             None => return Err(format!("wire %{i} has no consumer")),
             Some(WireSink::Box(b, k))
-                if d.boxes.get(b.0 as usize).map(|b| b.inputs.get(k)) != Some(me(i)) =>
+                if d.boxes
+                    .get(b.0 as usize)
+                    .and_then(|b| b.inputs.get(k))
+                    .copied()
+                    != me =>
             {
                 return Err(format!("wire %{i} claims input {k} of box {}", b.0));
             }
-            Some(WireSink::Output(k)) if d.outputs.get(k) != me(i) => {
+            Some(WireSink::Output(k)) if d.outputs.get(k).copied() != me => {
                 return Err(format!("wire %{i} claims output {k}"));
             }
             _ => {}

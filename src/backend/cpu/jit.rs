@@ -111,12 +111,6 @@ impl std::fmt::Debug for Fused {
 }
 
 impl Fused {
-    /// The loop nest over the kernel's operands (inputs, outputs, then the element index that
-    /// dropout hashes).
-    pub fn nest(&self) -> &DynNest {
-        &self.nest
-    }
-
     /// Inputs and outputs.
     pub fn arity(&self) -> usize {
         self.program.inputs + self.program.stores.len()
