@@ -185,7 +185,7 @@ fn the_printer_names_every_op_as_the_op_table_does() {
             let text = print::op_text(&b.op, axes);
             let name = diagc::ir::ops::spec(&b.op).name;
             assert!(
-                text.starts_with(&name),
+                text.starts_with(name.as_ref()),
                 "`{text}` is printed, the table says `{name}`"
             );
             seen += 1;

@@ -10,6 +10,7 @@
 //! `autodiff`, its typing by `check::prims`: adding an op adds its entry here and those rules.
 
 use super::{AxisId, BoxKind, ExecOp, Op};
+use std::borrow::Cow;
 
 /// How many wires a box takes or gives: exactly `n`, or any number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +33,7 @@ impl Count {
 pub struct OpSpec {
     /// The name the printer starts the op's text with (`softmax`, `copy`, `attention_back`;
     /// an elementwise function's own name, `relu`).
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub kind: BoxKind,
     /// Inputs and outputs in a checked diagram (learned ops: the data inputs only; their
     /// parameters are the box's `params`).
@@ -50,7 +51,7 @@ pub fn spec(op: &Op) -> OpSpec {
     use Count::{Any, Exactly as N};
     use Op::*;
     let both = |i: Count, o: Count| ((i, o), Some((i, o)));
-    let (name, kind, (checked, flat), axes): (String, _, _, Vec<AxisId>) = match op {
+    let (name, kind, (checked, flat), axes): (Cow<'static, str>, _, _, Vec<AxisId>) = match op {
         Copy(n) => ("copy".into(), Structural, both(N(1), N(*n)), vec![]),
         Discard => ("discard".into(), Structural, both(N(1), N(0)), vec![]),
         Zip(a) => ("zip".into(), Structural, ((N(1), N(1)), None), vec![*a]),
@@ -94,7 +95,7 @@ pub fn spec(op: &Op) -> OpSpec {
         Sum(a) => ("sum".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Softmax(a) => ("softmax".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Normalise(a) => ("normalise".into(), Primitive, both(N(1), N(1)), vec![*a]),
-        Map(f) => (f.name().to_string(), Primitive, both(N(1), N(1)), vec![]),
+        Map(f) => (f.name().into(), Primitive, both(N(1), N(1)), vec![]),
         Causal { query, key } => (
             "causal".into(),
             Primitive,
@@ -156,7 +157,7 @@ pub fn spec(op: &Op) -> OpSpec {
 }
 
 /// The entry of an executable-only op: name, inputs, outputs, axes named.
-fn exec_spec(e: &ExecOp) -> (String, Count, Count, Vec<AxisId>) {
+fn exec_spec(e: &ExecOp) -> (Cow<'static, str>, Count, Count, Vec<AxisId>) {
     use Count::{Any, Exactly as N};
     match e {
         ExecOp::Dropout { .. } => ("dropout".into(), N(1), N(1), vec![]),
@@ -165,7 +166,7 @@ fn exec_spec(e: &ExecOp) -> (String, Count, Count, Vec<AxisId>) {
         ExecOp::Zeros => ("zeros".into(), Any, N(1), vec![]),
         ExecOp::SoftmaxBack(a) => ("softmax_back".into(), N(2), N(1), vec![*a]),
         ExecOp::NormaliseBack(a) => ("normalise_back".into(), N(2), N(1), vec![*a]),
-        ExecOp::MapBack(f) => (format!("{}_back", f.name()), N(2), N(1), vec![]),
+        ExecOp::MapBack(f) => (format!("{}_back", f.name()).into(), N(2), N(1), vec![]),
         ExecOp::CumsumBack(a) => ("cumsum_back".into(), N(1), N(1), vec![*a]),
         ExecOp::LayerNormBack(ids) => ("layernorm_back".into(), N(3), N(3), ids.clone()),
         ExecOp::EmbedBack { vocab } => ("embed_back".into(), N(2), N(1), vec![*vocab]),
