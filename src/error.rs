@@ -91,31 +91,33 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error reading `path`.
     pub fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            action: "read",
-            path: path.into(),
-            source,
-            context: String::new(),
-        }
+        Error::io("read", path.into(), source)
     }
 
     /// An I/O error writing `path`.
     pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::io("write", path.into(), source)
+    }
+
+    /// An I/O error creating the directory `path`.
+    pub fn create(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::io("create", path.into(), source)
+    }
+
+    fn io(action: &'static str, path: PathBuf, source: std::io::Error) -> Error {
         Error::Io {
-            action: "write",
-            path: path.into(),
+            action,
+            path,
             source,
             context: String::new(),
         }
     }
 
-    /// An I/O error creating the directory `path`.
-    pub fn create(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            action: "create",
-            path: path.into(),
-            source,
-            context: String::new(),
+    /// An instantiation error without a span.
+    pub fn instance(message: impl Into<String>) -> Error {
+        Error::Instance {
+            message: message.into(),
+            span: None,
         }
     }
 
@@ -214,16 +216,6 @@ impl Error {
                 }
                 vec![v]
             }
-        }
-    }
-}
-
-impl Error {
-    /// An instantiation error without a span.
-    pub fn instance(message: impl Into<String>) -> Error {
-        Error::Instance {
-            message: message.into(),
-            span: None,
         }
     }
 }
