@@ -104,6 +104,11 @@ impl Error {
         Error::io("create", path.into(), source)
     }
 
+    /// An I/O error removing `path`.
+    pub fn remove(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::io("remove", path.into(), source)
+    }
+
     fn io(action: &'static str, path: PathBuf, source: std::io::Error) -> Error {
         Error::Io {
             action,

@@ -315,6 +315,7 @@ fn only_these_modules_touch_the_file_system() {
         "train/data.rs",
         "train/checkpoint.rs",
         "train/run.rs",
+        "train/rundir.rs",
         "backend/cuda/nvrtc.rs",
         "cli/",
     ];

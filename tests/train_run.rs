@@ -5,9 +5,9 @@
 use diagc::train::checkpoint;
 use diagc::train::data::{self, Corpus};
 use diagc::train::model::ModelConfig;
-use diagc::train::run::{Outcome, TrainConfig, Trainer, prepare_run_dir};
+use diagc::train::run::{Control, Outcome, Start, TrainConfig, Trainer, open};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 
 fn tiny(epochs: usize, max_steps: Option<usize>) -> TrainConfig {
     TrainConfig {
@@ -22,7 +22,7 @@ fn tiny(epochs: usize, max_steps: Option<usize>) -> TrainConfig {
             batch: 8,
             dropout: 0.1,
         },
-        epochs,
+        epochs: Some(epochs),
         max_steps,
         warmup: 100,
         lr_scale: 2.0,
@@ -32,6 +32,7 @@ fn tiny(epochs: usize, max_steps: Option<usize>) -> TrainConfig {
         valid_every: None,
         train_tokens: Some(20_000),
         eval_tokens: Some(2_000),
+        divergence: Default::default(),
     }
 }
 
@@ -50,11 +51,19 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+fn new_run(cfg: TrainConfig, out: &Path) -> Trainer {
+    let start = Start::New {
+        cfg,
+        out: Some(out.to_path_buf()),
+        overwrite: false,
+    };
+    open(start, None).unwrap().trainer
+}
+
 fn train(cfg: TrainConfig, out: &Path) -> Trainer {
-    prepare_run_dir(out, false).unwrap();
-    let mut t = Trainer::new(cfg, &data::data_dir(None)).unwrap();
-    let outcome = t.run(out, &AtomicBool::new(false), false).unwrap();
-    assert!(matches!(outcome, Outcome::Finished { .. }));
+    let mut t = new_run(cfg, out);
+    let outcome = t.run(out, &Control::quiet(&AtomicUsize::new(0))).unwrap();
+    assert!(matches!(outcome, Outcome::Finished(_)));
     t
 }
 
@@ -112,11 +121,13 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     let b = fresh_dir("half");
     train(tiny(1, Some(20)), &b);
     // Resume from b's last checkpoint with a later stopping point.
-    let ck = checkpoint::load(&b, "last").unwrap();
-    let mut t = Trainer::new(tiny(1, Some(40)), &data::data_dir(None)).unwrap();
-    t.restore(&ck).unwrap();
+    let start = Start::Resume {
+        dir: b.clone(),
+        bounds: Some((Some(1), Some(40))),
+    };
+    let mut t = open(start, None).unwrap().trainer;
     assert_eq!(t.step, 20);
-    t.run(&b, &AtomicBool::new(false), false).unwrap();
+    t.run(&b, &Control::quiet(&AtomicUsize::new(0))).unwrap();
     let (la, lb) = (losses(&a), losses(&b));
     assert_eq!(la.len(), 40);
     assert_eq!(lb.len(), 40);
@@ -130,18 +141,18 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
 #[test]
 fn an_interrupt_saves_the_state() {
     let out = fresh_dir("stop");
-    prepare_run_dir(&out, false).unwrap();
-    let mut t = Trainer::new(tiny(1, None), &data::data_dir(None)).unwrap();
-    let outcome = t.run(&out, &AtomicBool::new(true), false).unwrap();
-    assert_eq!(outcome, Outcome::Interrupted);
+    let mut t = new_run(tiny(1, None), &out);
+    let outcome = t.run(&out, &Control::quiet(&AtomicUsize::new(15))).unwrap();
+    assert_eq!(outcome, Outcome::Interrupted { signal: 15 });
     assert!(checkpoint::load(&out, "last").is_ok());
     // A directory holding a run is not overwritten by a new one.
-    assert!(
-        prepare_run_dir(&out, false)
-            .unwrap_err()
-            .to_string()
-            .contains("--resume")
-    );
+    let again = Start::New {
+        cfg: tiny(1, None),
+        out: Some(out.clone()),
+        overwrite: false,
+    };
+    let e = open(again, None).err().unwrap().to_string();
+    assert!(e.contains("--resume") && e.contains("--overwrite"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -157,6 +168,11 @@ fn bad_data_and_run_directories_fail_before_training() {
     );
     let file = std::env::temp_dir().join(format!("diagc-not-a-dir-{}", std::process::id()));
     std::fs::write(&file, b"x").unwrap();
-    assert!(prepare_run_dir(&file.join("run"), false).is_err());
+    let start = Start::New {
+        cfg: tiny(1, None),
+        out: Some(file.join("run")),
+        overwrite: false,
+    };
+    assert!(open(start, None).is_err());
     std::fs::remove_file(&file).unwrap();
 }

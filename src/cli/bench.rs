@@ -90,7 +90,7 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
                     precision,
                 );
             }
-            Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+            Err(why) => errln!("diagc: --device cuda: {why}; running on the CPU"),
         }
     }
     let fuse = fuse == FuseArg::Yes;
@@ -101,7 +101,7 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
             Err(e) => return fail(e),
         };
         if round == 0 {
-            print!(
+            out!(
                 "{}",
                 crate::train::bench::cpu_report(&r, &cfg, (jit, fuse), top)
             );
@@ -118,7 +118,7 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
             ) {
                 Ok(v) => {
                     if round == 0 {
-                        print!(
+                        out!(
                             "{}",
                             crate::train::bench::pytorch_report(
                                 &v,
@@ -138,7 +138,7 @@ pub(super) fn bench_cmd(a: &BenchArgs) -> i32 {
         rows.push((r.fwd_bwd_tokens_per_s(), r.step_tokens_per_s(), theirs));
     }
     if rounds > 1 {
-        print!("{}", crate::train::bench::rounds_table(&rows));
+        out!("{}", crate::train::bench::rounds_table(&rows));
     }
     0
 }
@@ -158,7 +158,7 @@ fn bench_cuda(
     };
     let tokens = (cfg.batch * cfg.bptt) as f64;
     let tf32 = matches!(precision, PrecisionArg::Tf32);
-    println!(
+    outln!(
         "diagc (CUDA, {}, {}, one CUDA graph per step) {}, {} layer(s), batch {} x {}, on {} ({})",
         if tf32 { "TF32 products" } else { "fp32" },
         if fuse {
@@ -173,12 +173,12 @@ fn bench_cuda(
         gpu.info.name,
         gpu.info.arch()
     );
-    println!("  forward+backward:         {:10.0} tokens/s", tokens / fb);
-    println!(
+    outln!("  forward+backward:         {:10.0} tokens/s", tokens / fb);
+    outln!(
         "  whole step (+clip, Adam): {:10.0} tokens/s",
         tokens / step
     );
-    println!(
+    outln!(
         "  device memory held (plan buffers, parameters, gradients, Adam moments): {:.0} MiB",
         bytes as f64 / (1u64 << 20) as f64
     );
@@ -192,7 +192,7 @@ fn bench_cuda(
                 extra.push("--tf32");
             }
             match crate::train::bench::run_pytorch(script, cfg, steps, &extra) {
-                Ok(v) => print!(
+                Ok(v) => out!(
                     "{}",
                     crate::train::bench::pytorch_report(
                         &v,
@@ -202,7 +202,7 @@ fn bench_cuda(
                         ("peak GPU memory (allocator)", "peak_gpu_mib"),
                     )
                 ),
-                Err(e) => eprintln!("diagc: {e}"),
+                Err(e) => errln!("diagc: {e}"),
             }
         }
     }

@@ -25,9 +25,9 @@ pub(super) fn check(
                     for (rule, verdict) in crate::rewrite::verify::verify_rules(&o.checked.program)
                     {
                         match verdict {
-                            Ok(line) => eprintln!("rule `{rule}`: {line}"),
+                            Ok(line) => errln!("rule `{rule}`: {line}"),
                             Err(e) => {
-                                eprintln!("diagc: rule `{rule}` ({}): {e}", f.display());
+                                errln!("diagc: rule `{rule}` ({}): {e}", f.display());
                                 any_errors = true;
                                 total += 1;
                             }
@@ -43,9 +43,9 @@ pub(super) fn check(
     }
     if matches!(format, Format::Human) {
         if any_errors {
-            eprintln!("{total} error(s) in {} file(s) checked", files.len());
+            errln!("{total} error(s) in {} file(s) checked", files.len());
         } else if !io_error {
-            eprintln!("{} file(s) checked, no errors", files.len());
+            errln!("{} file(s) checked, no errors", files.len());
         }
     }
     if io_error {
@@ -60,14 +60,14 @@ pub(super) fn check(
 pub(super) fn explain(code: Option<&str>, list: bool) -> i32 {
     if list {
         for c in ALL_CODES {
-            println!("{}", c.title());
+            outln!("{}", c.title());
         }
         return 0;
     }
     let code = code.unwrap_or_default();
     match Code::parse(code) {
         Some(c) => {
-            print!("{}", c.explanation());
+            out!("{}", c.explanation());
             0
         }
         None => fail(Error::Usage(format!(

@@ -125,7 +125,7 @@ pub(super) fn compile(
                 return fail(Error::write(path, e));
             }
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     0
 }
@@ -223,7 +223,7 @@ pub(super) fn draw(
             }
         }
         None => {
-            let _ = std::io::stdout().write_all(&bytes);
+            output::write(0, &bytes);
         }
     }
     0

@@ -68,7 +68,7 @@ pub(super) fn run_cmd(
             return fail(Error::write(path, e));
         }
     }
-    println!(
+    outln!(
         "{}: {} parameters in {} tensors, seed {seed}",
         inst.diagram.name,
         inst.parameter_count(),
@@ -87,7 +87,7 @@ pub(super) fn run_cmd(
         let min = t.data.iter().copied().fold(f64::INFINITY, f64::min);
         let max = t.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let first: Vec<String> = t.data.iter().take(4).map(|x| format!("{x:.5}")).collect();
-        println!(
+        outln!(
             "output {k} [{}]: mean {mean:.6} std {std:.6} min {min:.6} max {max:.6} first [{}]",
             axes.join(", "),
             first.join(", ")
@@ -114,16 +114,17 @@ pub(super) fn gradcheck_cmd(
         Err(e) => return fail(e.context("gradcheck failed to run: ")),
     };
     for (name, n, worst) in &report.per_input {
-        println!("{worst:10.3e}  {name} ({n} elements)");
+        outln!("{worst:10.3e}  {name} ({n} elements)");
     }
     let verdict = if report.worst <= tolerance {
         "ok"
     } else {
         "FAILED"
     };
-    println!(
+    outln!(
         "worst error {:.3e} at {} (tolerance {tolerance:.1e}): {verdict}",
-        report.worst, report.worst_at
+        report.worst,
+        report.worst_at
     );
     if report.worst <= tolerance { 0 } else { 1 }
 }

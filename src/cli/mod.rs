@@ -10,10 +10,33 @@
 //! (run, gradcheck), `bench`, `train` (train, eval), `rewrite` (rewrite, derive, enumerate,
 //! taxonomy), `selftest`.
 
+/// `println!` that never panics: see [`output`].
+macro_rules! outln {
+    () => { $crate::cli::output::write(0, b"\n") };
+    ($($t:tt)*) => { $crate::cli::output::write_fmt(0, format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` that never panics.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::output::write_fmt(0, format_args!($($t)*)) };
+}
+
+/// `eprintln!` that never panics.
+macro_rules! errln {
+    () => { $crate::cli::output::write(1, b"\n") };
+    ($($t:tt)*) => { $crate::cli::output::write_fmt(1, format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `eprint!` that never panics.
+macro_rules! err {
+    ($($t:tt)*) => { $crate::cli::output::write_fmt(1, format_args!($($t)*)) };
+}
+
 mod bench;
 mod check;
 mod compile;
 mod exec;
+pub mod output;
 mod rewrite;
 mod selftest;
 mod train;
@@ -29,7 +52,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use compile::{compile, draw};
 use exec::{gradcheck_cmd, run_cmd};
 use selftest::selftest;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use train::{eval_cmd, train_cmd};
@@ -124,11 +147,11 @@ fn fail_in(e: Error, sources: &crate::source::SourceMap) -> i32 {
             v["path"] = path.as_str().into();
             v["line"] = line.into();
             v["column"] = col.into();
-            println!("{v}");
+            outln!("{v}");
         }
     } else {
-        eprintln!("diagc: {e}");
-        eprintln!(
+        errln!("diagc: {e}");
+        errln!(
             "  --> {path}:{line}:{col} (`{}` is declared here)",
             sources.slice(*sp)
         );
@@ -150,9 +173,8 @@ fn known_device(device: &str) -> Result<(), Error> {
 /// Prints `e` as the user asked, for an error after which the command goes on.
 fn print_error(e: &Error) {
     if JSON_ERRORS.load(Ordering::Relaxed) {
-        let mut out = std::io::stdout().lock();
         for v in e.to_json() {
-            let _ = writeln!(out, "{v}");
+            outln!("{v}");
         }
     } else if let Error::Frontend {
         sources,
@@ -161,15 +183,14 @@ fn print_error(e: &Error) {
     } = e
     {
         let color = use_color(ColorChoice::Auto);
-        let mut err = std::io::stderr().lock();
         for d in diagnostics {
-            let _ = write!(err, "{}", report::render(d, sources, color));
+            err!("{}", report::render(d, sources, color));
         }
         if !context.is_empty() {
-            let _ = writeln!(err, "diagc: {context}");
+            errln!("diagc: {context}");
         }
     } else {
-        eprintln!("diagc: {e}");
+        errln!("diagc: {e}");
     }
 }
 
@@ -355,75 +376,14 @@ enum Command {
     /// run (`--pytorch`, needs python3 with torch) with the ratio.
     Bench(bench::BenchArgs),
     /// Train a language model around a mechanism on Penn Treebank (the protocol of
-    /// docs/experiment.md) and print its perplexities. Ctrl-C saves the state; --resume continues.
-    Train {
-        /// The mechanism: a stdlib name (m1, m0, bahdanau, ...) or a path to a .diag file
-        /// defining a diagram from [tok, dm] to [tok, dm].
-        #[arg(required_unless_present = "resume")]
-        mech: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        layers: usize,
-        #[arg(long, default_value_t = 512)]
-        d_model: usize,
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        #[arg(long, default_value_t = 2048)]
-        d_ff: usize,
-        #[arg(long, default_value_t = 0.1)]
-        dropout: f64,
-        #[arg(long, default_value_t = 35)]
-        bptt: usize,
-        #[arg(long, default_value_t = 20)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 1)]
-        epochs: usize,
-        /// Stop after this many steps in all.
-        #[arg(long)]
-        steps: Option<usize>,
-        #[arg(long, default_value_t = 4000)]
-        warmup: u64,
-        #[arg(long, default_value_t = 1.0)]
-        lr_scale: f64,
-        /// Global gradient-norm clipping (0 disables).
-        #[arg(long, default_value_t = 1.0)]
-        clip: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Validate every N steps too (besides every epoch).
-        #[arg(long)]
-        valid_every: Option<usize>,
-        /// Train on the first N tokens only (quick runs).
-        #[arg(long)]
-        train_tokens: Option<usize>,
-        /// Evaluate on the first N validation and test tokens only (quick runs).
-        #[arg(long)]
-        eval_tokens: Option<usize>,
-        /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// The run directory (default: runs/MECH-Ll-seedS).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue the run in this directory from its last checkpoint.
-        #[arg(long, value_name = "RUN_DIR")]
-        resume: Option<PathBuf>,
-        /// cpu, cuda or auto (auto means cpu). `cuda` trains and evaluates on the GPU (each step
-        /// one CUDA graph, attention fused); without a GPU it says why and runs on the CPU.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Run every step on the precompiled kernels (the interpreter path), without the
-        /// cranelift-fused elementwise kernels (the same results, bit for bit).
-        #[arg(long)]
-        no_jit: bool,
-    },
-    /// Perplexity of a run's best checkpoint on a split.
-    Eval {
-        run_dir: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: String,
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
+    /// docs/experiment.md) and print its perplexities. The run directory keeps everything
+    /// needed to continue or evaluate it. Ctrl-C, SIGTERM and SIGUSR1 save the state at the
+    /// next step and exit 128 + the signal's number (130, 143, 138); --resume continues. A
+    /// diverged run exits 1.
+    Train(train::TrainArgs),
+    /// Perplexity of a run's checkpoint (best or last) on a split, with the model the run
+    /// copied when it started.
+    Eval(train::EvalArgs),
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -552,9 +512,9 @@ enum Picture {
 pub fn main() -> i32 {
     let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(run);
     match worker.map(|h| h.join()) {
-        Ok(Ok(code)) => code,
+        Ok(Ok(code)) => output::finish(code),
         _ => {
-            eprintln!("diagc: internal error (this is a bug; please report it with the input)");
+            errln!("diagc: internal error (this is a bug; please report it with the input)");
             101
         }
     }
@@ -578,7 +538,8 @@ fn run() -> i32 {
             ));
         }
         Err(e) => {
-            let _ = e.print();
+            let text = e.render().to_string();
+            output::write(usize::from(e.use_stderr()), text.as_bytes());
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
@@ -632,61 +593,8 @@ fn run() -> i32 {
             train,
         ),
         Command::Bench(args) => bench_cmd(&args),
-        Command::Train {
-            mech,
-            layers,
-            d_model,
-            heads,
-            d_ff,
-            dropout,
-            bptt,
-            batch_size,
-            epochs,
-            steps,
-            warmup,
-            lr_scale,
-            clip,
-            seed,
-            valid_every,
-            train_tokens,
-            eval_tokens,
-            data,
-            out,
-            resume,
-            device,
-            no_jit,
-        } => {
-            let model = crate::train::model::ModelConfig {
-                mech: mech.unwrap_or_default(),
-                layers,
-                d_model,
-                heads,
-                d_ff,
-                vocab: 10_000,
-                bptt,
-                batch: batch_size,
-                dropout,
-            };
-            let cfg = crate::train::run::TrainConfig {
-                model,
-                epochs,
-                max_steps: steps,
-                warmup,
-                lr_scale,
-                clip,
-                seed,
-                eval_batch: 10,
-                valid_every,
-                train_tokens,
-                eval_tokens,
-            };
-            train_cmd(cfg, data.as_deref(), out, resume, &device, !no_jit)
-        }
-        Command::Eval {
-            run_dir,
-            split,
-            data,
-        } => eval_cmd(&run_dir, &split, data.as_deref()),
+        Command::Train(args) => train_cmd(&args),
+        Command::Eval(args) => eval_cmd(&args),
         Command::Compile {
             file,
             diagram,
@@ -759,16 +667,15 @@ fn print_diagnostics(o: &Outcome, format: Format, color: ColorChoice) -> bool {
         format
     };
     let color = use_color(color);
-    let mut err = std::io::stderr().lock();
     for d in &o.checked.diagnostics {
-        let _ = match format {
-            Format::Human => write!(err, "{}", report::render(d, &o.sources, color)),
+        match format {
+            Format::Human => err!("{}", report::render(d, &o.sources, color)),
             // For tools: JSON lines on standard output, where a pipe reads them.
-            Format::Json => writeln!(std::io::stdout(), "{}", report::to_json(d, &o.sources)),
-        };
+            Format::Json => outln!("{}", report::to_json(d, &o.sources)),
+        }
     }
     if o.checked.suppressed > 0 && matches!(format, Format::Human) {
-        let _ = writeln!(err, "... and {} more errors", o.checked.suppressed);
+        errln!("... and {} more errors", o.checked.suppressed);
     }
     !o.checked.diagnostics.is_empty()
 }

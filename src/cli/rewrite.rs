@@ -43,7 +43,7 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
     };
     if a.list {
         for r in &book.rules {
-            println!("{:<28} {:<11} {}", r.name, r.class.name(), r.origin);
+            outln!("{:<28} {:<11} {}", r.name, r.class.name(), r.origin);
         }
         return 0;
     }
@@ -68,7 +68,7 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
                     None => format!("{}", i + 1),
                 })
                 .collect();
-            println!("{:<28} {:<11} {}", r.name, r.class.name(), at.join(" "));
+            outln!("{:<28} {:<11} {}", r.name, r.class.name(), at.join(" "));
         }
         return 0;
     }
@@ -78,8 +78,8 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
         return fail(Error::create(dir, e));
     }
     if a.trace {
-        println!("// {}: the diagram as rewriting sees it", term.name);
-        print!("{}", term.to_text());
+        outln!("// {}: the diagram as rewriting sees it", term.name);
+        out!("{}", term.to_text());
     }
     for (i, spec) in a.apply.iter().enumerate() {
         let (name, site) = parse_apply(spec);
@@ -88,14 +88,14 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
             Err(e) => return fail(e.context(&format!("step {}: ", i + 1))),
         };
         if a.trace {
-            println!(
+            outln!(
                 "\n// step {}: {} ({}) at site {}",
                 i + 1,
                 step.rule,
                 step.class.name(),
                 step.site
             );
-            print!("{}", step.after.to_text());
+            out!("{}", step.after.to_text());
         }
         if let Some(dir) = &a.draw {
             let path = dir.join(format!("step{}.svg", i + 1));
@@ -105,13 +105,13 @@ pub fn rewrite(a: RewriteArgs) -> i32 {
                         return fail(Error::write(path, e));
                     }
                 }
-                Err(e) => eprintln!("diagc: step {} not drawn: {e}", i + 1),
+                Err(e) => errln!("diagc: step {} not drawn: {e}", i + 1),
             }
         }
         term = step.after;
     }
     if !a.trace {
-        print!("{}", term.to_text());
+        out!("{}", term.to_text());
     }
     0
 }
@@ -132,7 +132,7 @@ pub fn derive(
                 .unwrap_or("")
                 .trim_start_matches('#')
                 .trim();
-            println!("{name:<28} {title}");
+            outln!("{name:<28} {title}");
         }
         return 0;
     }
@@ -176,14 +176,14 @@ pub fn derive(
             }
             None => String::new(),
         };
-        println!(
+        outln!(
             "step {i}: {} ({}) at site {}: types hold{numeric}",
             c.step.rule,
             c.step.class.name(),
             c.step.site
         );
         if trace {
-            print!("{}", c.step.after.to_text());
+            out!("{}", c.step.after.to_text());
         }
         if let Some(dir) = &draw {
             match draw_step(&c.step).and_then(|svg| {
@@ -192,7 +192,7 @@ pub fn derive(
             }) {
                 Ok(()) => {}
                 Err(e) => {
-                    eprintln!("diagc: step {i} not drawn: {e}");
+                    errln!("diagc: step {i} not drawn: {e}");
                     failed_draw = true;
                 }
             }
@@ -201,8 +201,8 @@ pub fn derive(
     match result {
         Ok(t) => {
             match &der.end {
-                Some((end, _)) => println!("end: the result is `{end}` up to wire names"),
-                None => print!("{}", t.to_text()),
+                Some((end, _)) => outln!("end: the result is `{end}` up to wire names"),
+                None => out!("{}", t.to_text()),
             }
             if failed_draw { 2 } else { 0 }
         }
@@ -228,13 +228,13 @@ pub fn enumerate(dir: &Path, check: bool) -> i32 {
         let text = crate::rewrite::enumerate::file_text(m);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                eprintln!("diagc: {} differs from a fresh enumeration", path.display());
+                errln!("diagc: {} differs from a fresh enumeration", path.display());
                 stale = true;
             }
         } else if let Err(e) = std::fs::write(&path, &text) {
             return fail(Error::write(path, e));
         }
-        println!(
+        outln!(
             "{:<4} {:<14} {:<17} {}",
             m.name,
             m.recipe,
@@ -242,7 +242,7 @@ pub fn enumerate(dir: &Path, check: bool) -> i32 {
             path.display()
         );
     }
-    println!("{} mechanisms", ms.len());
+    outln!("{} mechanisms", ms.len());
     if stale { 1 } else { 0 }
 }
 
@@ -279,7 +279,7 @@ pub fn taxonomy(format: super::TaxonomyFormat, output: Option<&Path>) -> i32 {
             if let Err(e) = std::fs::write(path, &bytes) {
                 return fail(Error::write(path, e));
             }
-            eprintln!(
+            errln!(
                 "wrote {} ({} diagrams, {} derivations)",
                 path.display(),
                 t.nodes.len(),
@@ -287,12 +287,11 @@ pub fn taxonomy(format: super::TaxonomyFormat, output: Option<&Path>) -> i32 {
             );
         }
         None => {
-            use std::io::Write;
-            let _ = std::io::stdout().write_all(&bytes);
+            super::output::write(0, &bytes);
         }
     }
     if !t.not_reached.is_empty() {
-        eprintln!(
+        errln!(
             "note: stdlib mechanisms no derivation reaches yet: {}",
             t.not_reached.join(", ")
         );

@@ -14,20 +14,20 @@ pub(super) fn selftest(device: &str, quick: bool) -> i32 {
     let gpu = match st::open() {
         Ok(g) => g,
         Err(why) => {
-            eprintln!("diagc: selftest --device cuda: {why}; nothing to check on this machine");
+            errln!("diagc: selftest --device cuda: {why}; nothing to check on this machine");
             return 3;
         }
     };
     let nvrtc = crate::backend::cuda::nvrtc::load().unwrap_or("?");
     let version =
         crate::backend::cuda::nvrtc::version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
-    println!(
+    outln!(
         "diagc selftest: {} ({}, {:.0} GiB), NVRTC {version} from {nvrtc}",
         gpu.info.name,
         gpu.info.arch(),
         gpu.info.memory_bytes as f64 / (1u64 << 30) as f64
     );
-    println!(
+    outln!(
         "tolerances: |gpu - cpu| <= {} + {} |cpu| (LM step: {} + {} |cpu|); `worst` is the largest error / tolerance",
         st::ATOL,
         st::RTOL,
@@ -35,8 +35,8 @@ pub(super) fn selftest(device: &str, quick: bool) -> i32 {
         st::LM_RTOL
     );
     let mut say = |o: &st::Outcome| match &o.error {
-        Some(e) => println!("FAIL {}: {e}", o.what),
-        None => println!(
+        Some(e) => outln!("FAIL {}: {e}", o.what),
+        None => outln!(
             "{} {} (worst {:.3})",
             if o.passed() { "ok  " } else { "FAIL" },
             o.what,
@@ -45,7 +45,7 @@ pub(super) fn selftest(device: &str, quick: bool) -> i32 {
     };
     let all = st::run(&gpu, quick, &mut say);
     let failed = all.iter().filter(|o| !o.passed()).count();
-    println!(
+    outln!(
         "{} checks, {} passed, {failed} failed",
         all.len(),
         all.len() - failed

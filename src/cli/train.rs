@@ -1,97 +1,310 @@
 //! `diagc train` and `diagc eval`.
 
 use super::*;
+use crate::train::run::{self, Control, Outcome, Start, TrainConfig};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
-pub(super) fn train_cmd(
-    cfg: crate::train::run::TrainConfig,
-    data: Option<&Path>,
-    out: Option<PathBuf>,
-    resume: Option<PathBuf>,
-    device: &str,
-    jit: bool,
-) -> i32 {
-    use crate::train::{data::data_dir, run};
-    if let Err(e) = known_device(device) {
+/// The arguments of `diagc train`. The model and protocol flags are optional so that `--resume`
+/// can refuse them (a resumed run keeps its configuration); their defaults are the protocol's.
+#[derive(clap::Args)]
+pub(super) struct TrainArgs {
+    /// The mechanism: a stdlib name (m1, m0, bahdanau, ...) or a path to a .diag file
+    /// defining a diagram from [tok, dm] to [tok, dm].
+    #[arg(required_unless_present = "resume")]
+    pub mech: Option<String>,
+    /// Transformer blocks, 1 to 256 [default: 1].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Model width [default: 512].
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Attention heads; must divide --d-model [default: 4].
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Feed-forward width [default: 2048].
+    #[arg(long)]
+    pub d_ff: Option<usize>,
+    /// Dropout probability, in [0, 1) [default: 0.1].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Tokens per window (backpropagation through time) [default: 35].
+    #[arg(long)]
+    pub bptt: Option<usize>,
+    /// Columns of the batch [default: 20].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Stop after N epochs [default: 1, unless --steps is given].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Train exactly N steps (as many epochs as that takes), unless --epochs ends the run
+    /// first. With --resume, --epochs and --steps replace the run's stopping point.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Warm-up steps of the Noam schedule [default: 4000].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Factor on the Noam learning rate, > 0 [default: 1].
+    #[arg(long)]
+    pub lr_scale: Option<f64>,
+    /// Global gradient-norm clipping, >= 0 (0 disables) [default: 1].
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Seed of the initialisation and the dropout masks [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Validate (and save last.safetensors) every N steps too, besides every epoch.
+    #[arg(long)]
+    pub valid_every: Option<usize>,
+    /// Train on the first N tokens only (quick runs).
+    #[arg(long)]
+    pub train_tokens: Option<usize>,
+    /// Evaluate on the first N validation and test tokens only (quick runs).
+    #[arg(long)]
+    pub eval_tokens: Option<usize>,
+    /// Stop as diverged when the loss stays above ln(vocab) + NATS for --diverge-steps steps
+    /// [default: 5].
+    #[arg(long, value_name = "NATS")]
+    pub diverge_margin: Option<f64>,
+    /// Steps in a row above that threshold that count as divergence; 0 disables the test (a
+    /// non-finite loss always stops the run) [default: 10].
+    #[arg(long, value_name = "K")]
+    pub diverge_steps: Option<usize>,
+    /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb; a resumed run uses
+    /// the one it recorded).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The run directory (default: runs/MECH-Ll-seedS).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the run that --out holds (its files only; nothing else in the directory).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Continue the run in this directory from its last checkpoint, with its configuration.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Save last.safetensors at least every this many minutes (besides validations, epoch
+    /// ends and stops).
+    #[arg(long, value_name = "MINUTES", default_value_t = 5.0)]
+    pub checkpoint_every_min: f64,
+    /// cpu, cuda or auto (auto means cpu). `cuda` trains and evaluates on the GPU (each step
+    /// one CUDA graph, attention fused); without a GPU it says why and runs on the CPU.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Run every step on the precompiled kernels (the interpreter path), without the
+    /// cranelift-fused elementwise kernels (the same results, bit for bit).
+    #[arg(long)]
+    pub no_jit: bool,
+}
+
+impl TrainArgs {
+    /// The flags that set the configuration, by name, when given (a resumed run refuses them).
+    fn given_config_flags(&self) -> Vec<&'static str> {
+        let given = [
+            ("--layers", self.layers.is_some()),
+            ("--d-model", self.d_model.is_some()),
+            ("--heads", self.heads.is_some()),
+            ("--d-ff", self.d_ff.is_some()),
+            ("--dropout", self.dropout.is_some()),
+            ("--bptt", self.bptt.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--warmup", self.warmup.is_some()),
+            ("--lr-scale", self.lr_scale.is_some()),
+            ("--clip", self.clip.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--valid-every", self.valid_every.is_some()),
+            ("--train-tokens", self.train_tokens.is_some()),
+            ("--eval-tokens", self.eval_tokens.is_some()),
+            ("--diverge-margin", self.diverge_margin.is_some()),
+            ("--diverge-steps", self.diverge_steps.is_some()),
+            ("MECH", self.mech.is_some()),
+        ];
+        given.iter().filter(|g| g.1).map(|g| g.0).collect()
+    }
+
+    /// The configuration of a new run: the flags over the protocol's defaults.
+    fn config(&self) -> TrainConfig {
+        let d = TrainConfig::default();
+        let m = &d.model;
+        TrainConfig {
+            model: crate::train::model::ModelConfig {
+                mech: self.mech.clone().unwrap_or_default(),
+                layers: self.layers.unwrap_or(m.layers),
+                d_model: self.d_model.unwrap_or(m.d_model),
+                heads: self.heads.unwrap_or(m.heads),
+                d_ff: self.d_ff.unwrap_or(m.d_ff),
+                vocab: m.vocab,
+                bptt: self.bptt.unwrap_or(m.bptt),
+                batch: self.batch_size.unwrap_or(m.batch),
+                dropout: self.dropout.unwrap_or(m.dropout),
+            },
+            epochs: match (self.epochs, self.steps) {
+                (None, None) => Some(1),
+                (e, _) => e,
+            },
+            max_steps: self.steps,
+            warmup: self.warmup.unwrap_or(d.warmup),
+            lr_scale: self.lr_scale.unwrap_or(d.lr_scale),
+            clip: self.clip.unwrap_or(d.clip),
+            seed: self.seed.unwrap_or(d.seed),
+            eval_batch: d.eval_batch,
+            valid_every: self.valid_every,
+            train_tokens: self.train_tokens,
+            eval_tokens: self.eval_tokens,
+            divergence: crate::train::run::Divergence {
+                margin: self.diverge_margin.unwrap_or(d.divergence.margin),
+                steps: self.diverge_steps.unwrap_or(d.divergence.steps),
+            },
+        }
+    }
+}
+
+/// The exit code of a run stopped by `signal`: 128 + its number (130 for Ctrl-C, 143 for
+/// SIGTERM, 138 for SIGUSR1), as shells report a process killed by it.
+pub(super) fn stopped_code(signal: usize) -> i32 {
+    128 + signal as i32
+}
+
+pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
+    if let Err(e) = known_device(&a.device) {
         return fail(e);
     }
-    let data_dir = data_dir(data);
-    let (cfg, out, ck) = match run::start_or_resume(cfg, out, resume.as_deref()) {
-        Ok(x) => x,
+    if !(a.checkpoint_every_min.is_finite() && a.checkpoint_every_min > 0.0) {
+        return fail(Error::Usage(format!(
+            "--checkpoint-every-min: {} is not a positive number of minutes",
+            a.checkpoint_every_min
+        )));
+    }
+    let start = match &a.resume {
+        Some(dir) => {
+            let given = a.given_config_flags();
+            if !given.is_empty() {
+                return fail(Error::Usage(format!(
+                    "--resume continues a run with its own configuration; {} cannot change \
+                     (only --epochs and --steps can)",
+                    given.join(", ")
+                )));
+            }
+            let bounds = (a.epochs.is_some() || a.steps.is_some()).then_some((a.epochs, a.steps));
+            Start::Resume {
+                dir: dir.clone(),
+                bounds,
+            }
+        }
+        None => Start::New {
+            cfg: a.config(),
+            out: a.out.clone(),
+            overwrite: a.overwrite,
+        },
+    };
+    // Signals first: a stop asked during the set-up is honoured at the first step boundary.
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ] {
+        if let Err(e) = signal_hook::flag::register_usize(sig, stop.clone(), sig as usize) {
+            return fail(Error::External(format!("cannot handle signal {sig}: {e}")));
+        }
+    }
+    let opened = match run::open(start, a.data.as_deref()) {
+        Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let mut trainer = match run::Trainer::new(cfg.clone(), &data_dir) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    trainer.plan_options.jit = jit;
-    if device == "cuda" {
+    let run::Opened {
+        mut trainer,
+        out,
+        data_dir,
+        resumed_from,
+    } = opened;
+    trainer.plan_options.jit = !a.no_jit;
+    if a.device == "cuda" {
         match crate::backend::cuda::runtime::Gpu::open(Default::default()) {
             Ok(gpu) => {
-                eprintln!(
+                errln!(
                     "diagc: training and evaluating on {} ({})",
                     gpu.info.name,
                     gpu.info.arch()
                 );
                 trainer.use_gpu(gpu);
             }
-            Err(why) => eprintln!("diagc: --device cuda: {why}; running on the CPU"),
+            Err(why) => errln!("diagc: --device cuda: {why}; running on the CPU"),
         }
     }
-    if let Some(ck) = &ck
-        && let Err(e) = trainer.restore(ck)
-    {
-        return fail(e.context("cannot resume: "));
+    let cfg = &trainer.cfg;
+    let (total, bound) = trainer.total_steps();
+    match resumed_from {
+        Some(Some(step)) => errln!("resuming {} from step {step} of {total}", out.display()),
+        Some(None) => errln!(
+            "{} has no checkpoint yet: starting it again from step 0",
+            out.display()
+        ),
+        None => {}
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
-    eprintln!(
-        "training {} ({} layer(s), {} parameters) on {} into {}",
+    errln!(
+        "training {} ({} layer(s), {} parameters) on {} into {}: {total} steps (bound: {})",
         cfg.model.mech,
         cfg.model.layers,
         trainer.parameter_count(),
         data_dir.display(),
-        out.display()
+        out.display(),
+        match bound {
+            run::Bound::Steps => "--steps",
+            run::Bound::Epochs => "--epochs",
+        }
     );
-    let progress = std::io::stderr().is_terminal();
-    match trainer.run(&out, &stop, progress) {
-        Ok(run::Outcome::Finished {
-            valid_ppl,
-            test_ppl,
-        }) => {
-            println!("valid perplexity {:.2}", valid_ppl.unwrap_or(f64::NAN));
-            println!("test perplexity {test_ppl:.2}");
-            println!("summary: {}", out.join("summary.json").display());
+    let ctl = Control {
+        stop: &stop,
+        progress: std::io::stderr().is_terminal(),
+        checkpoint_every: std::time::Duration::from_secs_f64(a.checkpoint_every_min * 60.0),
+    };
+    match trainer.run(&out, &ctl) {
+        Ok(Outcome::Finished(f)) => {
+            let (bs, bv, bt) = f.best;
+            let (ls, lv, lt) = f.last;
+            let text = format!(
+                "valid perplexity {bv:.2}\ntest perplexity {bt:.2}\n\
+                 (best checkpoint, step {bs}; last checkpoint, step {ls}: valid {lv:.2}, test {lt:.2})\n\
+                 summary: {}\n",
+                out.join("summary.json").display()
+            );
+            out!("{text}");
             0
         }
-        Ok(run::Outcome::Interrupted) => {
-            eprintln!(
-                "interrupted at step {}; continue with `diagc train --resume {}`",
+        Ok(Outcome::Interrupted { signal }) => {
+            errln!(
+                "stopped by signal {signal} at step {}; state saved; continue with `diagc train --resume {}`",
                 trainer.step,
                 out.display()
             );
-            130
+            stopped_code(signal)
         }
         Err(e) => fail(e),
     }
 }
 
-pub(super) fn eval_cmd(run_dir: &Path, split: &str, data: Option<&Path>) -> i32 {
-    use crate::train::{data::data_dir, run};
-    let (cfg, ck) = match run::load_run(run_dir, "best") {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    let mut t = match run::Trainer::new(cfg, &data_dir(data)) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = t.restore(&ck) {
-        return fail(e);
-    }
-    match t.perplexity(split) {
+/// The arguments of `diagc eval`.
+#[derive(clap::Args)]
+pub(super) struct EvalArgs {
+    /// A run directory written by `diagc train`.
+    pub run_dir: PathBuf,
+    /// valid or test.
+    #[arg(long, default_value = "test", value_parser = ["valid", "test"])]
+    pub split: String,
+    /// Which checkpoint: the best validation's, or the last one.
+    #[arg(long, default_value = "best", value_parser = ["best", "last"])]
+    pub checkpoint: String,
+    /// The PTB directory (default: the one the run recorded, else $DIAGC_DATA, else
+    /// ../shared/data/ptb).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+pub(super) fn eval_cmd(a: &EvalArgs) -> i32 {
+    match run::evaluate(&a.run_dir, &a.checkpoint, &a.split, a.data.as_deref()) {
         Ok(p) => {
-            println!("{split} perplexity {p:.2}");
+            outln!("{} perplexity {p:.2}", a.split);
             0
         }
         Err(e) => fail(e),

@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod fault;
 pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod run;
+pub mod rundir;

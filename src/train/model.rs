@@ -47,23 +47,103 @@ pub struct TrainGraph {
 
 /// Checks the stdlib LM with the chosen mechanism and instantiates it at `cfg`'s sizes.
 pub fn language_model(cfg: &ModelConfig) -> Result<Instance, Error> {
-    let (program, mech) = if cfg.mech.ends_with(".diag") {
-        user_mechanism(std::path::Path::new(&cfg.mech))?
-    } else {
-        let known: Vec<String> = crate::stdlib::mechanisms().collect();
-        if !known.contains(&cfg.mech) {
-            return Err(Error::Usage(format!(
-                "unknown mechanism `{}`; the stdlib has: {} (or give a path to a .diag file)",
-                cfg.mech,
-                known.join(", ")
-            )));
-        }
-        let module = format!("attention.{}", cfg.mech);
-        let checked = crate::session::check_stdlib("lm", &[module.as_str()])?
-            .ok_or_error("")?
-            .checked;
-        (checked.program, cfg.mech.clone())
-    };
+    language_model_in(cfg, None)
+}
+
+/// The sources of a model, as a run directory keeps them (`source/` of [`crate::train::run`]):
+/// every file the check read, by its path relative to the LM's (stdlib files by their stdlib
+/// path: `lm.diag`, `attention/m1.diag`; a user's mechanism file by its name, and the files it
+/// `use`s by their paths relative to it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sources {
+    /// The file that is checked: `lm.diag` for a stdlib mechanism, the mechanism's file name for
+    /// a user's mechanism.
+    pub root: String,
+    pub files: Vec<(String, String)>,
+}
+
+/// The sources that [`language_model`] checks for `cfg`'s mechanism, to copy into a run.
+pub fn sources(cfg: &ModelConfig) -> Result<Sources, Error> {
+    let (outcome, _, root) = check_model(cfg, None)?;
+    let root_dir = std::path::Path::new(&cfg.mech)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    for (id, f) in outcome.sources.files() {
+        let rel = if let Some(p) = f.name.strip_prefix("<stdlib>/") {
+            p.to_string()
+        } else if id == crate::source::FileId(0) {
+            root.clone()
+        } else {
+            let p = std::path::Path::new(&f.name);
+            match p.strip_prefix(&root_dir) {
+                Ok(r) if !r.components().any(|c| c == std::path::Component::ParentDir) => {
+                    r.to_string_lossy().to_string()
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "{} uses {}, outside its directory; a run copies the sources of its \
+                         model, and only those in the mechanism's directory or below",
+                        cfg.mech, f.name
+                    )));
+                }
+            }
+        };
+        files.push((rel, f.text.to_string()));
+    }
+    Ok(Sources { root, files })
+}
+
+/// Checks the model's sources: from `source_dir` (a run's copy, see [`Sources`]) when given,
+/// else the stdlib and the mechanism's file. Returns the outcome, the mechanism's diagram name
+/// and the root's name in [`Sources`].
+fn check_model(
+    cfg: &ModelConfig,
+    source_dir: Option<&std::path::Path>,
+) -> Result<(crate::session::Outcome, String, String), Error> {
+    if cfg.mech.ends_with(".diag") {
+        let given = std::path::Path::new(&cfg.mech);
+        let name = given
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let path = match source_dir {
+            Some(dir) => dir.join(&name),
+            None => given.to_path_buf(),
+        };
+        let (outcome, mech) = user_mechanism(&path)?;
+        return Ok((outcome, mech, name));
+    }
+    let known: Vec<String> = crate::stdlib::mechanisms().collect();
+    if !known.contains(&cfg.mech) {
+        let near = known
+            .iter()
+            .filter(|k| strsim::levenshtein(k, &cfg.mech) <= 2 && cfg.mech.len() < 64)
+            .min_by_key(|k| strsim::levenshtein(k, &cfg.mech));
+        let hint = near.map_or(String::new(), |n| format!("did you mean `{n}`? "));
+        return Err(Error::Usage(format!(
+            "unknown mechanism `{}`; {hint}the stdlib has: {} (or give a path to a .diag file)",
+            cfg.mech,
+            known.join(", ")
+        )));
+    }
+    let module = format!("attention.{}", cfg.mech);
+    let outcome = match source_dir {
+        Some(dir) => crate::session::check_path_with(&dir.join("lm.diag"), &[module.as_str()])?,
+        None => crate::session::check_stdlib("lm", &[module.as_str()])?,
+    }
+    .ok_or_error("")?;
+    Ok((outcome, cfg.mech.clone(), "lm.diag".to_string()))
+}
+
+/// [`language_model`] from a run's copy of its sources in `source_dir`, if given.
+pub fn language_model_in(
+    cfg: &ModelConfig,
+    source_dir: Option<&std::path::Path>,
+) -> Result<Instance, Error> {
+    let (outcome, mech, _) = check_model(cfg, source_dir)?;
+    let program = outcome.checked.program;
     let sizes = [
         ("tok", cfg.bptt),
         ("dm", cfg.d_model),
@@ -90,10 +170,10 @@ pub fn language_model(cfg: &ModelConfig) -> Result<Instance, Error> {
 /// A mechanism from a user's file: the file is checked (its diagnostics are the error) with the
 /// stdlib LM loaded beside it; the mechanism is the diagram named like the file, else the only
 /// diagram of the file with the boundary `([tok, dm]) -> [tok, dm]`.
-fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String), Error> {
+fn user_mechanism(path: &std::path::Path) -> Result<(crate::session::Outcome, String), Error> {
     let o = crate::session::check_path_with(path, &["lm"])?
         .ok_or_error(format!("{} has errors", path.display()))?;
-    let p = o.checked.program;
+    let p = &o.checked.program;
     let root = crate::source::FileId(0);
     let stem = path
         .file_stem()
@@ -150,7 +230,7 @@ fn user_mechanism(path: &std::path::Path) -> Result<(crate::ir::Program, String)
             }
         }
     };
-    Ok((p, name))
+    Ok((o, name))
 }
 
 /// Appends the mean cross-entropy of `targets` (a new data input after the ids, typed like the

@@ -1,18 +1,21 @@
 //! The training loop of `diagc train` and the evaluation of `diagc eval`, as the protocol of
 //! `../shared/docs/experiment.md` says: windows in order, Adam with the Noam schedule and
 //! clipping, validation after every epoch (and every N steps if asked), the best-validation
-//! checkpoint kept, the test perplexity of the best checkpoint at the end in `summary.json`.
+//! checkpoint kept, the test perplexity of the best and of the last checkpoint at the end in
+//! `summary.json`.
 //!
-//! A run directory holds `config.json`, `metrics.jsonl` (one JSON object per step and per
-//! validation), `last.{safetensors,json}` (to resume), `best.{safetensors,json}` and
-//! `summary.json`. Checkpoints are written atomically, so an interruption (Ctrl-C, a NaN loss, a
-//! crash) leaves the last good one intact; a resumed run replays the same losses because dropout
-//! masks depend only on the seed and the step.
+//! What a run directory holds is [`super::rundir`]'s to say. A run survives any interruption:
+//! `last.safetensors` is replaced atomically at every `--valid-every`, at every epoch end, every
+//! `--checkpoint-every-min` minutes and when a stop is asked (Ctrl-C, SIGTERM, SIGUSR1: at the
+//! next step boundary), so a crash loses at most the steps since then; a resumed run cuts
+//! `metrics.jsonl` back to its checkpoint's step and replays the same losses bit for bit,
+//! because dropout masks depend only on the seed and the step.
 
 use super::checkpoint::{self, Checkpoint, NamedTensor};
 use super::data::{Batched, Corpus, Window, batchify};
-use super::model::{ModelConfig, language_model, with_loss};
+use super::model::{ModelConfig, language_model_in, with_loss};
 use super::optim::{Adam, clip_factor, noam};
+use super::rundir::{self, Existing, Metrics, RunRecord};
 use crate::autodiff;
 use crate::backend::cpu::exec::{Plan, PlanOptions, Workspace};
 use crate::backend::cpu::harness::Rng;
@@ -20,16 +23,16 @@ use crate::backend::cpu::interp::RunOptions;
 use crate::error::Error;
 use crate::ir::instance::{Init, Instance, lift_batch};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Everything a training run is configured by.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     pub model: ModelConfig,
-    pub epochs: usize,
+    /// Stop after this many epochs, if set.
+    pub epochs: Option<usize>,
     /// Stop after this many steps (all epochs together), if set.
     pub max_steps: Option<usize>,
     pub warmup: u64,
@@ -44,13 +47,37 @@ pub struct TrainConfig {
     pub train_tokens: Option<usize>,
     /// Use only the first this many validation and test tokens.
     pub eval_tokens: Option<usize>,
+    /// When a run counts as diverged.
+    #[serde(default)]
+    pub divergence: Divergence,
 }
+
+/// A run has diverged when its loss is not finite, or when it stays above the cross-entropy of
+/// the uniform distribution (ln vocab) by more than `margin` nats for `steps` steps in a row
+/// (0 turns that second test off).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Divergence {
+    pub margin: f64,
+    pub steps: usize,
+}
+
+impl Default for Divergence {
+    fn default() -> Self {
+        Divergence {
+            margin: 5.0,
+            steps: 10,
+        }
+    }
+}
+
+/// The most layers `diagc train` builds (the IR of the LM grows with them).
+pub const MAX_LAYERS: usize = 256;
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: ModelConfig::default(),
-            epochs: 1,
+            epochs: Some(1),
             max_steps: None,
             warmup: 4000,
             lr_scale: 1.0,
@@ -60,6 +87,118 @@ impl Default for TrainConfig {
             valid_every: None,
             train_tokens: None,
             eval_tokens: None,
+            divergence: Divergence::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value against its range; the message names the flag.
+    pub fn validate(&self) -> Result<(), Error> {
+        let m = &self.model;
+        let bad = |flag: &str, why: String| Err(Error::Usage(format!("--{flag}: {why}")));
+        let positive = [
+            ("layers", m.layers),
+            ("d-model", m.d_model),
+            ("heads", m.heads),
+            ("d-ff", m.d_ff),
+            ("bptt", m.bptt),
+            ("batch-size", m.batch),
+            ("vocab", m.vocab),
+            ("eval-batch", self.eval_batch),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return bad(flag, "must be positive".into());
+            }
+        }
+        let optional = [
+            ("epochs", self.epochs),
+            ("steps", self.max_steps),
+            ("valid-every", self.valid_every),
+            ("train-tokens", self.train_tokens),
+            ("eval-tokens", self.eval_tokens),
+        ];
+        for (flag, v) in optional {
+            if v == Some(0) {
+                return bad(flag, "must be positive".into());
+            }
+        }
+        if m.layers > MAX_LAYERS {
+            return bad("layers", format!("{} is more than {MAX_LAYERS}", m.layers));
+        }
+        if !m.d_model.is_multiple_of(m.heads) {
+            return bad(
+                "heads",
+                format!(
+                    "{} does not divide --d-model {} (each head gets d-model / heads features)",
+                    m.heads, m.d_model
+                ),
+            );
+        }
+        if !(m.dropout.is_finite() && (0.0..1.0).contains(&m.dropout)) {
+            return bad("dropout", format!("{} is not in [0, 1)", m.dropout));
+        }
+        if !(self.lr_scale.is_finite() && self.lr_scale > 0.0) {
+            return bad(
+                "lr-scale",
+                format!("{} is not a positive number", self.lr_scale),
+            );
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return bad(
+                "clip",
+                format!("{} is not a number >= 0 (0 disables clipping)", self.clip),
+            );
+        }
+        let d = &self.divergence;
+        if !(d.margin.is_finite() && d.margin > 0.0) {
+            return bad(
+                "diverge-margin",
+                format!("{} is not a positive number", d.margin),
+            );
+        }
+        Ok(())
+    }
+
+    /// What ends the run first: a step count or an epoch count (a run with neither trains one
+    /// epoch).
+    fn bounds(&self, per_epoch: usize) -> (usize, Bound) {
+        let by_epochs = self
+            .epochs
+            .map(|e| e.saturating_mul(per_epoch))
+            .unwrap_or(usize::MAX);
+        match self.max_steps {
+            Some(s) if s < by_epochs || self.epochs.is_none() => (s, Bound::Steps),
+            _ if self.epochs.is_none() => (per_epoch, Bound::Epochs),
+            _ => (by_epochs, Bound::Epochs),
+        }
+    }
+}
+
+/// Which bound ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    Steps,
+    Epochs,
+}
+
+/// How a run is driven: its stop flag (0: go on; else the number of the signal that asked it to
+/// stop), the progress bar, and how often `last` is saved besides validations and epoch ends.
+pub struct Control<'a> {
+    pub stop: &'a AtomicUsize,
+    pub progress: bool,
+    pub checkpoint_every: Duration,
+}
+
+impl Control<'_> {
+    /// No progress bar, checkpoints every five minutes.
+    pub fn quiet(stop: &AtomicUsize) -> Control<'_> {
+        Control {
+            stop,
+            progress: false,
+            checkpoint_every: Duration::from_secs(300),
         }
     }
 }
@@ -87,6 +226,15 @@ pub struct Trainer {
     /// The next training window of the current epoch.
     pub window: usize,
     pub best_valid: Option<f64>,
+    /// The step of the best validation.
+    pub best_step: Option<usize>,
+    /// The step of the newest `last` checkpoint in the run directory, if one was saved.
+    pub last_saved: Option<usize>,
+    /// Consecutive steps with a loss above the divergence threshold.
+    high_loss_steps: usize,
+    /// Where the model's sources are checked from: the run directory's copy (`source/`) once
+    /// the run has one; `None`: the stdlib and the mechanism's file.
+    pub source_dir: Option<PathBuf>,
     train_graphs: HashMap<usize, Compiled>,
     eval_graphs: HashMap<usize, Compiled>,
     train: Batched,
@@ -111,11 +259,36 @@ struct GpuTraining {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Finished {
-        valid_ppl: Option<f64>,
-        test_ppl: f64,
+    Finished(Box<Finished>),
+    /// Stopped by this signal (2: SIGINT, 15: SIGTERM, 10: SIGUSR1) at a step boundary, with
+    /// the state saved in `last`.
+    Interrupted {
+        signal: usize,
     },
-    Interrupted,
+}
+
+/// The perplexities of a finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub stopped_by: Bound,
+    /// The best checkpoint's step, validation and test perplexity.
+    pub best: (usize, f64, f64),
+    /// The last checkpoint's (the final step's).
+    pub last: (usize, f64, f64),
+}
+/// Refuses to allocate `bytes` for `what` when the machine does not have them available.
+fn check_memory(bytes: u128, what: &str) -> Result<(), Error> {
+    if let Some(avail) = crate::train::rundir::available_memory()
+        && bytes > avail as u128
+    {
+        return Err(Error::Train(format!(
+            "{what} need about {}, more than the {} of memory available on this machine; \
+             train a smaller model (--d-model, --d-ff, --layers, --batch-size, --bptt)",
+            rundir::human_bytes(u64::try_from(bytes).unwrap_or(u64::MAX)),
+            rundir::human_bytes(avail)
+        )));
+    }
+    Ok(())
 }
 
 fn model_for(cfg: &TrainConfig, vocab: usize, len: usize, batch: usize) -> ModelConfig {
@@ -180,6 +353,17 @@ fn layout(tokens: &[u32], len: usize, columns: usize, axes: &[String]) -> Vec<f3
 impl Trainer {
     /// A fresh run: loads the data and initialises the parameters.
     pub fn new(cfg: TrainConfig, data_dir: &Path) -> Result<Trainer, Error> {
+        Trainer::with_sources(cfg, data_dir, None)
+    }
+
+    /// [`Trainer::new`] with the model checked from `source_dir` (a run's `source/`) if given.
+    /// Refuses a model whose parameters and Adam's state alone would not fit in memory.
+    pub fn with_sources(
+        cfg: TrainConfig,
+        data_dir: &Path,
+        source_dir: Option<PathBuf>,
+    ) -> Result<Trainer, Error> {
+        cfg.validate()?;
         let mut corpus = Corpus::load(data_dir)?;
         if let Some(n) = cfg.train_tokens {
             corpus.train.truncate(n);
@@ -189,13 +373,29 @@ impl Trainer {
             corpus.test.truncate(n);
         }
         let vocab = corpus.vocab.len();
-        let inst = language_model(&model_for(&cfg, vocab, cfg.model.bptt, 1))?;
+        let inst = language_model_in(
+            &model_for(&cfg, vocab, cfg.model.bptt, 1),
+            source_dir.as_deref(),
+        )?;
         let names: Vec<String> = inst.params.iter().map(|p| p.name.clone()).collect();
         let shapes: Vec<Vec<usize>> = inst
             .params
             .iter()
             .map(|p| p.axes.iter().map(|a| inst.size(*a)).collect())
             .collect();
+        let count = shapes
+            .iter()
+            .try_fold(0usize, |n, s| {
+                s.iter()
+                    .try_fold(1usize, |a, b| a.checked_mul(*b))
+                    .and_then(|k| n.checked_add(k))
+            })
+            .ok_or_else(|| Error::Train("the model's parameter count overflows".into()))?;
+        // Parameters, Adam's two moments and the gradients, in f32.
+        check_memory(
+            count as u128 * 16,
+            "the parameters, their gradients and Adam's state",
+        )?;
         let params = init_params(&inst, cfg.seed);
         let adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
         let train = batchify(&corpus.train, cfg.model.batch);
@@ -215,6 +415,10 @@ impl Trainer {
             epoch: 0,
             window: 0,
             best_valid: None,
+            best_step: None,
+            last_saved: None,
+            high_loss_steps: 0,
+            source_dir,
             train_graphs: HashMap::new(),
             eval_graphs: HashMap::new(),
             plan_options: PlanOptions::default(),
@@ -255,10 +459,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// [`Trainer::train_step`] on the GPU: the step of this window length (built on first use)
-    /// takes the live state, then runs as one CUDA graph.
-    fn train_step_gpu(&mut self, w: &Window, seed: u64, lr: f64) -> Result<f64, Error> {
-        let len = w.len;
+    /// Builds the GPU training step for windows of `len` tokens, if it is not built yet.
+    fn gpu_step_ready(&mut self, len: usize) -> Result<(), Error> {
         let needs = self
             .gpu
             .as_ref()
@@ -277,6 +479,24 @@ impl Trainer {
             let step = crate::train::gpu::GpuStep::new(&g.gpu, &tg, &self.params, self.cfg.clip)?;
             g.steps.insert(len, (step, axes));
         }
+        Ok(())
+    }
+
+    /// Builds (plans, compiles, allocates) what a training step on windows of `len` tokens
+    /// runs, so that the step's own time excludes it.
+    fn prepare_step(&mut self, len: usize) -> Result<(), Error> {
+        if self.gpu.is_some() {
+            self.gpu_step_ready(len)
+        } else {
+            self.train_graph(len).map(|_| ())
+        }
+    }
+
+    /// [`Trainer::train_step`] on the GPU: the step of this window length (built on first use)
+    /// takes the live state, then runs as one CUDA graph.
+    fn train_step_gpu(&mut self, w: &Window, seed: u64, lr: f64) -> Result<f64, Error> {
+        let len = w.len;
+        self.gpu_step_ready(len)?;
         if self.gpu.as_ref().is_some_and(|g| g.live != Some(len)) {
             self.sync_from_gpu()?;
             let g = self
@@ -315,8 +535,28 @@ impl Trainer {
     fn loss_instance(&self, len: usize, batch: usize) -> Result<Instance, Error> {
         let m = model_for(&self.cfg, self.corpus.vocab.len(), len, batch);
         with_loss(
-            &lift_batch(&language_model(&m)?, "batch", m.batch)?,
+            &lift_batch(
+                &language_model_in(&m, self.source_dir.as_deref())?,
+                "batch",
+                m.batch,
+            )?,
             "vocab",
+        )
+    }
+
+    /// Refuses a plan whose workspace, with the workspaces already allocated and the
+    /// parameters' state, would not fit in the memory available.
+    fn check_workspace(&self, plan: &Plan) -> Result<(), Error> {
+        let held: u128 = self
+            .train_graphs
+            .values()
+            .chain(self.eval_graphs.values())
+            .map(|g| g.plan.peak_bytes() as u128)
+            .sum();
+        let state = self.parameter_count() as u128 * 12;
+        check_memory(
+            plan.peak_bytes() as u128 + held + state,
+            "the planned workspaces with the parameters and Adam's state",
         )
     }
 
@@ -336,6 +576,7 @@ impl Trainer {
                 .collect();
             let plan =
                 Plan::with_options(&grad.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
+            self.check_workspace(&plan)?;
             let ws = plan.workspace();
             self.train_graphs.insert(
                 len,
@@ -355,6 +596,7 @@ impl Trainer {
             let inst = self.loss_instance(len, self.cfg.eval_batch)?;
             let plan =
                 Plan::with_options(&inst.diagram, &inst.axes, &inst.sizes, self.plan_options)?;
+            self.check_workspace(&plan)?;
             let ws = plan.workspace();
             self.eval_graphs.insert(
                 len,
@@ -388,9 +630,7 @@ impl Trainer {
             let lr = noam(step, d, warmup, scale);
             let loss = self.train_step_gpu(w, seed, lr)?;
             if !loss.is_finite() {
-                return Err(Error::Train(format!(
-                    "the loss became {loss} at step {step}; the last good checkpoint is kept"
-                )));
+                return Err(self.diverged(format!("the loss became {loss} at step {step}")));
             }
             self.step += 1;
             return Ok(loss);
@@ -410,12 +650,23 @@ impl Trainer {
             (seed, lr, clip),
         )?;
         if !loss.is_finite() {
-            return Err(Error::Train(format!(
-                "the loss became {loss} at step {step}; the last good checkpoint is kept"
-            )));
+            return Err(self.diverged(format!("the loss became {loss} at step {step}")));
         }
         self.step += 1;
         Ok(loss as f64)
+    }
+
+    /// The error of a diverged run: `what` happened, and truthfully whether a checkpoint
+    /// exists to go back to.
+    fn diverged(&self, what: String) -> Error {
+        let kept = match self.last_saved {
+            Some(s) => format!("the last checkpoint, from step {s}, is kept in last.safetensors"),
+            None => "no checkpoint had been saved, so nothing can be resumed".to_string(),
+        };
+        Error::Train(format!(
+            "{what}: the run diverged and stopped ({kept}); a smaller --lr-scale or a longer \
+             --warmup usually helps"
+        ))
     }
 
     /// Perplexity on a split (`valid` or `test`): exp(total NLL / target tokens), eval mode.
@@ -551,64 +802,104 @@ impl Trainer {
             "window": self.window,
             "adam_step": self.adam.step,
             "best_valid_ppl": self.best_valid,
+            "best_step": self.best_step,
+            "high_loss_steps": self.high_loss_steps,
             "vocab": self.corpus.vocab.len(),
         });
         Checkpoint { tensors, sidecar }
     }
 
-    /// Restores the state of a checkpoint (made by a run with the same configuration).
+    /// Restores the state of a checkpoint made by a run of this configuration: every tensor of
+    /// the model must be there with its shape, in each of the three groups, and nothing else.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), Error> {
         let s = &ck.sidecar;
         let get = |k: &str| {
             s[k].as_u64()
-                .ok_or_else(|| Error::Train(format!("the checkpoint lacks `{k}`")))
+                .ok_or_else(|| Error::Checkpoint(format!("the checkpoint lacks `{k}`")))
         };
-        self.step = get("step")? as usize;
-        self.epoch = get("epoch")? as usize;
-        self.window = get("window")? as usize;
-        self.adam.step = get("adam_step")?;
-        self.best_valid = s["best_valid_ppl"].as_f64();
+        let vocab = get("vocab")? as usize;
+        if vocab != self.corpus.vocab.len() {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint was trained with a vocabulary of {vocab} words, this data has {}",
+                self.corpus.vocab.len()
+            )));
+        }
+        let groups = ["param", "adam_m", "adam_v"];
+        let mut seen = vec![[false; 3]; self.names.len()];
         for (group, t) in &ck.tensors {
             let k = self
                 .names
                 .iter()
                 .position(|n| *n == t.name)
                 .ok_or_else(|| {
-                    Error::Train(format!("the checkpoint has an unknown tensor `{}`", t.name))
+                    Error::Checkpoint(format!(
+                        "the checkpoint has a tensor `{}` that the model does not",
+                        t.name
+                    ))
                 })?;
+            let g = groups.iter().position(|g| g == group).ok_or_else(|| {
+                Error::Checkpoint(format!("unknown tensor group `{group}` in the checkpoint"))
+            })?;
             if t.shape != self.shapes[k] {
-                return Err(Error::Train(format!(
-                    "tensor `{}` has shape {:?}, the model {:?}",
+                return Err(Error::Checkpoint(format!(
+                    "tensor `{group}/{}` has shape {:?} in the checkpoint, {:?} in the model",
                     t.name, t.shape, self.shapes[k]
                 )));
             }
+            seen[k][g] = true;
+        }
+        for (k, name) in self.names.iter().enumerate() {
+            if let Some(g) = seen[k].iter().position(|s| !s) {
+                return Err(Error::Checkpoint(format!(
+                    "the checkpoint has no tensor `{}/{name}`",
+                    groups[g]
+                )));
+            }
+        }
+        for (group, t) in &ck.tensors {
+            let k = self.names.iter().position(|n| *n == t.name).unwrap_or(0);
             let dst = match group.as_str() {
                 "param" => &mut self.params[k],
                 "adam_m" => &mut self.adam.m[k],
-                "adam_v" => &mut self.adam.v[k],
-                other => return Err(Error::Train(format!("unknown tensor group `{other}`"))),
+                _ => &mut self.adam.v[k],
             };
             dst.copy_from_slice(&t.data);
+        }
+        self.step = get("step")? as usize;
+        self.epoch = get("epoch")? as usize;
+        self.window = get("window")? as usize;
+        self.adam.step = get("adam_step")?;
+        self.best_valid = s["best_valid_ppl"].as_f64();
+        self.best_step = s["best_step"].as_u64().map(|x| x as usize);
+        self.high_loss_steps = s["high_loss_steps"].as_u64().unwrap_or(0) as usize;
+        if let Some(g) = &mut self.gpu {
+            g.live = None;
         }
         Ok(())
     }
 
-    /// Trains until the configured epochs or steps end, or `stop` is set (Ctrl-C). Writes
-    /// metrics, checkpoints and the summary into `out`.
-    pub fn run(&mut self, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome, Error> {
+    /// The number of steps the run will take in all, and which bound that is.
+    pub fn total_steps(&self) -> (usize, Bound) {
+        self.cfg
+            .bounds(self.train.window_count(self.cfg.model.bptt))
+    }
+
+    /// Saves `last` (the state is brought back from the GPU first).
+    fn save_last(&mut self, out: &Path) -> Result<(), Error> {
+        self.sync_from_gpu()?;
+        checkpoint::save(out, "last", &self.checkpoint())?;
+        self.last_saved = Some(self.step);
+        Ok(())
+    }
+
+    /// Trains until the configured epochs or steps end, or a stop is asked. Writes metrics,
+    /// checkpoints and the summary into `out`.
+    pub fn run(&mut self, out: &Path, ctl: &Control) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(out.join("metrics.jsonl"))
-            .map_err(|e| Error::Train(format!("cannot write in {}: {e}", out.display())))?;
+        let mut metrics = Metrics::open(out, Some(self.step))?;
         let per_epoch = self.train.window_count(self.cfg.model.bptt);
-        let total_steps = self
-            .cfg
-            .max_steps
-            .unwrap_or(usize::MAX)
-            .min(per_epoch * self.cfg.epochs);
-        let bar = if progress {
+        let (total_steps, bound) = self.total_steps();
+        let bar = if ctl.progress {
             indicatif::ProgressBar::new(total_steps as u64)
         } else {
             indicatif::ProgressBar::hidden()
@@ -620,28 +911,41 @@ impl Trainer {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_position(self.step as u64);
-        let mut tokens_done = 0usize;
-        let train_started = Instant::now();
-        let mut last_valid = None;
-        while self.epoch < self.cfg.epochs && self.step < total_steps {
+        let (mut tokens_done, mut step_time, mut eval_time) =
+            (0usize, Duration::ZERO, Duration::ZERO);
+        let mut setup_time = Duration::ZERO;
+        let mut last_valid: Option<(usize, f64)> = None;
+        let mut saved_at = Instant::now();
+        let uniform = (self.corpus.vocab.len() as f64).ln();
+        while self.step < total_steps {
+            if self.window >= per_epoch {
+                // A checkpoint taken at an epoch's end, before the epoch counter moved on.
+                self.epoch += 1;
+                self.window = 0;
+            }
             let windows: Vec<Window> = self
                 .train
                 .windows(self.cfg.model.bptt)
                 .skip(self.window)
                 .collect();
             for w in windows {
-                if stop.load(Ordering::SeqCst) {
-                    self.sync_from_gpu()?;
-                    checkpoint::save(out, "last", &self.checkpoint())?;
+                let signal = ctl.stop.load(Ordering::SeqCst);
+                if signal != 0 {
+                    self.save_last(out)?;
                     bar.abandon_with_message(
-                        "interrupted: state saved in last.*; continue with --resume",
+                        "stopped: state saved in last.safetensors; continue with --resume",
                     );
-                    return Ok(Outcome::Interrupted);
+                    return Ok(Outcome::Interrupted { signal });
                 }
                 if self.step >= total_steps {
                     break;
                 }
+                let t = Instant::now();
+                self.prepare_step(w.len)?;
+                setup_time += t.elapsed();
+                let t = Instant::now();
                 let loss = self.train_step(&w)?;
+                step_time += t.elapsed();
                 self.window += 1;
                 tokens_done += w.len * self.cfg.model.batch;
                 let lr = noam(
@@ -650,39 +954,73 @@ impl Trainer {
                     self.cfg.warmup,
                     self.cfg.lr_scale,
                 );
-                let tps = tokens_done as f64 / train_started.elapsed().as_secs_f64();
-                let _ = writeln!(
-                    metrics,
-                    "{}",
-                    serde_json::json!({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "tokens_per_s": tps})
-                );
+                let tps = tokens_done as f64 / step_time.as_secs_f64().max(1e-9);
+                metrics.write(&serde_json::json!({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "tokens_per_s": tps}))?;
                 bar.set_position(self.step as u64);
                 bar.set_message(format!(
                     "loss {loss:.3} ppl {:.1} lr {lr:.2e} {tps:.0} tok/s",
                     loss.exp()
                 ));
+                let d = &self.cfg.divergence;
+                if loss > uniform + d.margin {
+                    self.high_loss_steps += 1;
+                } else {
+                    self.high_loss_steps = 0;
+                }
+                if d.steps > 0 && self.high_loss_steps >= d.steps {
+                    return Err(self.diverged(format!(
+                        "the loss stayed above {:.2} (the uniform distribution's {uniform:.2} \
+                         plus the margin {}) for {} steps, up to {loss:.4e} at step {}",
+                        uniform + d.margin,
+                        d.margin,
+                        d.steps,
+                        self.step
+                    )));
+                }
+                let mut save = saved_at.elapsed() >= ctl.checkpoint_every;
+                let t = Instant::now();
                 if let Some(n) = self.cfg.valid_every
-                    && n > 0
                     && self.step.is_multiple_of(n)
                 {
-                    let v = self.validate(out, &mut metrics)?;
-                    last_valid = Some(v);
+                    last_valid = Some((self.step, self.validate(out, &mut metrics)?));
+                    save = true;
+                }
+                if self.window >= per_epoch {
+                    if last_valid.is_none_or(|(s, _)| s != self.step) {
+                        last_valid = Some((self.step, self.validate(out, &mut metrics)?));
+                    }
+                    if let Some((_, v)) = last_valid {
+                        bar.println(format!("epoch {}: valid perplexity {v:.2}", self.epoch + 1));
+                    }
+                    save = true;
+                }
+                if self.step >= total_steps && last_valid.is_none_or(|(s, _)| s != self.step) {
+                    // The run ends here: its last state is validated too.
+                    last_valid = Some((self.step, self.validate(out, &mut metrics)?));
+                }
+                eval_time += t.elapsed();
+                if save || self.step >= total_steps {
+                    self.save_last(out)?;
+                    saved_at = Instant::now();
                 }
             }
-            if self.window >= per_epoch {
+            if self.window >= per_epoch && self.step < total_steps {
                 self.epoch += 1;
                 self.window = 0;
-                let v = self.validate(out, &mut metrics)?;
-                last_valid = Some(v);
-                bar.println(format!("epoch {}: valid perplexity {v:.2}", self.epoch));
             }
-            self.sync_from_gpu()?;
-            checkpoint::save(out, "last", &self.checkpoint())?;
         }
-        if last_valid.is_none() {
-            last_valid = Some(self.validate(out, &mut metrics)?);
+        if self.window >= per_epoch {
+            self.epoch += 1;
+            self.window = 0;
         }
         bar.finish_and_clear();
+        let t = Instant::now();
+        let (last_step, last_valid_ppl) = match last_valid {
+            Some(v) => v,
+            // A resumed run that had nothing left to do: validate its state.
+            None => (self.step, self.perplexity("valid")?),
+        };
+        let last_test = self.perplexity("test")?;
         // The test perplexity of the best checkpoint.
         let best = checkpoint::load(out, "best")?;
         let current = self.params.clone();
@@ -693,11 +1031,23 @@ impl Trainer {
                 self.params[k].copy_from_slice(&t.data);
             }
         }
-        let test = self.perplexity("test")?;
+        let best_test = self.perplexity("test")?;
         self.params = current;
         if let Some(g) = &mut self.gpu {
             // The GPU's state was brought back before the best checkpoint was loaded.
             g.live = None;
+        }
+        eval_time += t.elapsed();
+        let best_valid = self.best_valid.unwrap_or(f64::NAN);
+        let best_step = self.best_step.unwrap_or(self.step);
+        for (what, v) in [
+            ("best validation perplexity", best_valid),
+            ("test perplexity of the best checkpoint", best_test),
+            ("test perplexity of the last checkpoint", last_test),
+        ] {
+            if !v.is_finite() {
+                return Err(self.diverged(format!("the {what} is {v}")));
+            }
         }
         let wall = started.elapsed().as_secs_f64();
         let workspace: usize = self
@@ -714,36 +1064,48 @@ impl Trainer {
             "precision": "f32",
             "steps": self.step,
             "epochs_done": self.epoch,
-            "best_valid_ppl": self.best_valid,
-            "last_valid_ppl": last_valid,
-            "test_ppl": test,
+            "stopped_by": bound,
+            "best": {"step": best_step, "valid_ppl": best_valid, "test_ppl": best_test},
+            "last": {"step": last_step, "valid_ppl": last_valid_ppl, "test_ppl": last_test},
+            "best_valid_ppl": best_valid,
+            "last_valid_ppl": last_valid_ppl,
+            "test_ppl": best_test,
             "wall_time_s": wall,
-            "train_tokens_per_s": tokens_done as f64 / train_started.elapsed().as_secs_f64(),
+            "setup_time_s": setup_time.as_secs_f64(),
+            "train_time_s": step_time.as_secs_f64(),
+            "eval_time_s": eval_time.as_secs_f64(),
+            "train_tokens": tokens_done,
+            "train_tokens_per_s": if tokens_done > 0 {
+                Some(tokens_done as f64 / step_time.as_secs_f64().max(1e-9))
+            } else {
+                None
+            },
             "peak_memory_bytes": workspace + self.parameter_count() * 4 * 4,
         });
-        checkpoint::write_atomic(
-            &out.join("summary.json"),
-            serde_json::to_string_pretty(&summary)
-                .unwrap_or_default()
-                .as_bytes(),
-        )
-        .map_err(|e| Error::Train(format!("cannot write the summary: {e}")))?;
-        Ok(Outcome::Finished {
-            valid_ppl: self.best_valid,
-            test_ppl: test,
-        })
+        let path = out.join("summary.json");
+        let text =
+            serde_json::to_string_pretty(&summary).map_err(|e| Error::Train(e.to_string()))?;
+        checkpoint::write_atomic(&path, text.as_bytes()).map_err(|e| Error::write(&path, e))?;
+        Ok(Outcome::Finished(Box::new(Finished {
+            stopped_by: bound,
+            best: (best_step, best_valid, best_test),
+            last: (last_step, last_valid_ppl, last_test),
+        })))
     }
 
     /// Validation perplexity; keeps the best checkpoint.
-    fn validate(&mut self, out: &Path, metrics: &mut std::fs::File) -> Result<f64, Error> {
+    fn validate(&mut self, out: &Path, metrics: &mut Metrics) -> Result<f64, Error> {
         let v = self.perplexity("valid")?;
-        let _ = writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"step": self.step, "valid_ppl": v})
-        );
+        metrics.write(&serde_json::json!({"step": self.step, "valid_ppl": v}))?;
+        if !v.is_finite() {
+            return Err(self.diverged(format!(
+                "the validation perplexity became {v} at step {}",
+                self.step
+            )));
+        }
         if self.best_valid.is_none_or(|b| v < b) {
             self.best_valid = Some(v);
+            self.best_step = Some(self.step);
             // `perplexity` brought the state back from the GPU.
             checkpoint::save(out, "best", &self.checkpoint())?;
         }
@@ -751,38 +1113,14 @@ impl Trainer {
     }
 }
 
-/// Checks that `out` can hold a run before any work starts: it is created, writable, and not
-/// a finished or started run (unless resuming).
-pub fn prepare_run_dir(out: &Path, resuming: bool) -> Result<(), Error> {
-    std::fs::create_dir_all(out).map_err(|e| {
-        Error::Train(format!(
-            "cannot create the run directory {}: {e}",
-            out.display()
-        ))
-    })?;
-    let probe = out.join(".write-probe");
-    std::fs::write(&probe, b"probe").map_err(|e| {
-        Error::Train(format!(
-            "the run directory {} is not writable: {e}",
-            out.display()
-        ))
-    })?;
-    let _ = std::fs::remove_file(&probe);
-    if !resuming && (out.join("last.json").exists() || out.join("summary.json").exists()) {
-        return Err(Error::Train(format!(
-            "{} already holds a run; continue it with --resume {}, or choose another --out",
-            out.display(),
-            out.display()
-        )));
-    }
-    Ok(())
-}
-
 /// The default run directory for a configuration.
 pub fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    let mech = Path::new(&cfg.model.mech)
+        .file_stem()
+        .map_or(cfg.model.mech.clone(), |s| s.to_string_lossy().to_string());
     PathBuf::from(format!(
-        "runs/{}-{}l-seed{}",
-        cfg.model.mech, cfg.model.layers, cfg.seed
+        "runs/{mech}-{}l-seed{}",
+        cfg.model.layers, cfg.seed
     ))
 }
 
@@ -829,43 +1167,193 @@ pub fn cpu_step(
     Ok((loss, ready))
 }
 
-/// The run that `diagc train` starts or continues: for a new run, `cfg` and its directory
-/// (`out`, else [`default_run_dir`]), prepared; with `resume`, the run saved there (its own
-/// configuration, of which only the stopping point `--steps` may change) and its last
-/// checkpoint to restore.
-pub fn start_or_resume(
-    cfg: TrainConfig,
-    out: Option<PathBuf>,
-    resume: Option<&Path>,
-) -> Result<(TrainConfig, PathBuf, Option<checkpoint::Checkpoint>), Error> {
-    let (cfg, out, ck) = match resume {
-        Some(dir) => {
-            let (mut saved, ck) =
-                load_run(dir, "last").map_err(|e| e.context("cannot resume: "))?;
-            saved.max_steps = cfg.max_steps.or(saved.max_steps);
-            (saved, dir.to_path_buf(), Some(ck))
-        }
-        None => {
-            let out = out.unwrap_or_else(|| default_run_dir(&cfg));
-            (cfg, out, None)
-        }
-    };
-    prepare_run_dir(&out, ck.is_some())?;
-    let path = out.join("config.json");
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Train(e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| Error::write(path, e))?;
-    Ok((cfg, out, ck))
+/// How `diagc train` starts.
+pub enum Start {
+    /// A new run of `cfg` in `out` (else [`default_run_dir`]); `overwrite` replaces the files of
+    /// a run already there.
+    New {
+        cfg: TrainConfig,
+        out: Option<PathBuf>,
+        overwrite: bool,
+    },
+    /// The run in `dir`, from its last checkpoint, with its own configuration; `bounds`
+    /// (`epochs`, `steps`), when given, replace its stopping point.
+    Resume {
+        dir: PathBuf,
+        bounds: Option<(Option<usize>, Option<usize>)>,
+    },
 }
 
-/// The checkpoint `stem` (`best`, `last`) of a run directory with the configuration it was
-/// trained with.
-pub fn load_run(dir: &Path, stem: &str) -> Result<(TrainConfig, checkpoint::Checkpoint), Error> {
+/// A run ready to train.
+pub struct Opened {
+    pub trainer: Trainer,
+    pub out: PathBuf,
+    pub data_dir: PathBuf,
+    /// For a resumed run, the step of the checkpoint it continues from (`None`: it had none and
+    /// starts again from step 0).
+    pub resumed_from: Option<Option<usize>>,
+}
+
+/// Opens a run for `diagc train`. Everything that can be checked is checked before the run
+/// directory is touched: the flags, the mechanism, the data, the memory; then the directory
+/// is prepared (a directory holding a run is refused unless resumed or overwritten), the free
+/// space checked, and the model's sources copied into it (a new run) or verified (a resumed one).
+pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
+    match start {
+        Start::New {
+            cfg,
+            out,
+            overwrite,
+        } => {
+            cfg.validate()?;
+            let out = out.unwrap_or_else(|| default_run_dir(&cfg));
+            let shown = out.display();
+            let how = "choose another --out, or pass --overwrite to replace it";
+            match rundir::existing(&out) {
+                Existing::Empty => {}
+                _ if overwrite => {}
+                Existing::Finished => {
+                    return Err(Error::Train(format!(
+                        "{shown} already holds a finished run; {how}"
+                    )));
+                }
+                Existing::Resumable => {
+                    return Err(Error::Train(format!(
+                        "{shown} already holds a run; continue it with --resume {shown}, or {how}"
+                    )));
+                }
+                Existing::Started => {
+                    return Err(Error::Train(format!(
+                        "{shown} holds a run that stopped before its first checkpoint; start it \
+                         again with --resume {shown} (its configuration, from step 0), or {how}"
+                    )));
+                }
+            }
+            let sources = super::model::sources(&cfg.model)?;
+            let data_dir = super::data::data_dir(data);
+            let mut trainer = Trainer::new(cfg.clone(), &data_dir)?;
+            rundir::create(&out)?;
+            if overwrite {
+                rundir::clear(&out)?;
+            }
+            check_space(&trainer, &out)?;
+            rundir::write_start(&out, &cfg, &sources, &data_dir)?;
+            trainer.source_dir = Some(out.join("source"));
+            Ok(Opened {
+                trainer,
+                out,
+                data_dir,
+                resumed_from: None,
+            })
+        }
+        Start::Resume { dir, bounds } => {
+            let (mut cfg, record) = rundir::read(&dir).map_err(|e| e.context("cannot resume: "))?;
+            let saved = cfg.clone();
+            if let Some((epochs, steps)) = bounds {
+                cfg.epochs = epochs;
+                cfg.max_steps = steps;
+            }
+            cfg.validate()?;
+            let data_dir = recorded_data(data, &record);
+            let mut trainer =
+                Trainer::with_sources(cfg.clone(), &data_dir, Some(dir.join("source")))?;
+            let resumed_from = match checkpoint::load(&dir, "last") {
+                Ok(ck) => {
+                    check_config(&ck, &saved, &checkpoint::path(&dir, "last"))
+                        .and_then(|_| trainer.restore(&ck))
+                        .map_err(|e| e.context("cannot resume: "))?;
+                    trainer.last_saved = Some(trainer.step);
+                    Some(trainer.step)
+                }
+                Err(_) if !checkpoint::path(&dir, "last").exists() => None,
+                Err(e) => return Err(e.context("cannot resume: ")),
+            };
+            rundir::create(&dir)?;
+            if cfg != saved {
+                let text =
+                    serde_json::to_string_pretty(&cfg).map_err(|e| Error::Train(e.to_string()))?;
+                let path = dir.join("config.json");
+                checkpoint::write_atomic(&path, text.as_bytes())
+                    .map_err(|e| Error::write(&path, e))?;
+            }
+            let summary = dir.join("summary.json");
+            if summary.exists() {
+                std::fs::remove_file(&summary).map_err(|e| Error::remove(&summary, e))?;
+            }
+            check_space(&trainer, &dir)?;
+            Ok(Opened {
+                trainer,
+                out: dir,
+                data_dir,
+                resumed_from: Some(resumed_from),
+            })
+        }
+    }
+}
+
+/// The data directory of an existing run: `--data` if given, else the one it recorded (if it
+/// still exists), else the default lookup.
+fn recorded_data(flag: Option<&Path>, record: &RunRecord) -> PathBuf {
+    match flag {
+        Some(d) => d.to_path_buf(),
+        None if record.data_dir.is_dir() && std::env::var_os("DIAGC_DATA").is_none() => {
+            record.data_dir.clone()
+        }
+        None => super::data::data_dir(None),
+    }
+}
+
+/// Refuses a run whose directory cannot hold its files at their largest: `best` and `last`,
+/// a third checkpoint being written, and the metrics; less what is there already.
+fn check_space(t: &Trainer, out: &Path) -> Result<(), Error> {
+    let one = checkpoint::size_estimate(t.parameter_count() * 3, t.names.len() * 3);
+    let (steps, _) = t.total_steps();
+    let metrics = (steps.saturating_sub(t.step) as u64).saturating_mul(160);
+    let have: u64 = ["last", "best"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(checkpoint::path(out, s)).ok())
+        .map(|m| m.len())
+        .sum();
+    rundir::check_free_space(out, (3 * one + metrics).saturating_sub(have))
+}
+
+/// Refuses a checkpoint whose configuration is not the run's (`config.json`), naming the first
+/// field that differs. The stopping point (`epochs`, `max_steps`) may differ: a resumed run may
+/// change it.
+fn check_config(ck: &Checkpoint, cfg: &TrainConfig, file: &Path) -> Result<(), Error> {
+    let mut a = ck.sidecar["config"].clone();
+    let mut b = serde_json::to_value(cfg).map_err(|e| Error::Train(e.to_string()))?;
+    for v in [&mut a, &mut b] {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("epochs");
+            o.remove("max_steps");
+        }
+    }
+    if let Some((field, x, y)) = rundir::first_difference(&a, &b, "") {
+        return Err(Error::Checkpoint(format!(
+            "{} does not belong to this run: its `{field}` is {x}, config.json says {y}",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The checkpoint `stem` (`best`, `last`) of a run directory, with the run's configuration and
+/// record, every file checked: the sources against their checksums, the checkpoint against
+/// its own and against `config.json`.
+pub fn load_run(dir: &Path, stem: &str) -> Result<(TrainConfig, RunRecord, Checkpoint), Error> {
+    let (cfg, record) = rundir::read(dir)?;
     let ck = checkpoint::load(dir, stem)?;
-    let cfg: TrainConfig = serde_json::from_value(ck.sidecar["config"].clone()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "{}/{stem}.json has no usable config: {e}",
-            dir.display()
-        ))
-    })?;
-    Ok((cfg, ck))
+    check_config(&ck, &cfg, &checkpoint::path(dir, stem))?;
+    Ok((cfg, record, ck))
+}
+
+/// `diagc eval`: the perplexity of checkpoint `stem` of the run in `dir` on `split`, with the
+/// model checked from the run's copy of its sources, on `data` or the run's data directory.
+pub fn evaluate(dir: &Path, stem: &str, split: &str, data: Option<&Path>) -> Result<f64, Error> {
+    let (cfg, record, ck) = load_run(dir, stem)?;
+    let data_dir = recorded_data(data, &record);
+    let mut t = Trainer::with_sources(cfg, &data_dir, Some(dir.join("source")))?;
+    t.restore(&ck)?;
+    t.perplexity(split)
 }
