@@ -81,6 +81,11 @@ fn temporary(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
 /// On failure the temporary file is removed and `path` keeps what it held.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, false)
+}
+
+/// [`write_atomic`]; `checkpoint`: with the fault-injection hook of [`fault`] in the window.
+fn write_file(path: &Path, bytes: &[u8], checkpoint: bool) -> std::io::Result<()> {
     let tmp = temporary(path);
     let result = (|| {
         {
@@ -90,7 +95,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
         // The window between a complete temporary file and the rename: a crash here must
         // leave the old file usable (the crash test stops the process here).
-        fault::in_checkpoint_window()?;
+        if checkpoint {
+            fault::in_checkpoint_window()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -177,7 +184,8 @@ pub fn save(dir: &Path, stem: &str, ck: &Checkpoint) -> Result<(), Error> {
     let data = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::Checkpoint(e.to_string()))?;
     let file = path(dir, stem);
-    write_atomic(&file, &data).map_err(|e| Error::write(&file, e).context("saving a checkpoint: "))
+    write_file(&file, &data, true)
+        .map_err(|e| Error::write(&file, e).context("saving a checkpoint: "))
 }
 
 /// Loads a checkpoint, refusing one whose checksum does not match its contents.

@@ -281,7 +281,7 @@ fn check_memory(bytes: u128, what: &str) -> Result<(), Error> {
     if let Some(avail) = crate::train::rundir::available_memory()
         && bytes > avail as u128
     {
-        return Err(Error::Train(format!(
+        return Err(Error::Usage(format!(
             "{what} need about {}, more than the {} of memory available on this machine; \
              train a smaller model (--d-model, --d-ff, --layers, --batch-size, --bptt)",
             rundir::human_bytes(u64::try_from(bytes).unwrap_or(u64::MAX)),
@@ -1296,9 +1296,7 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
 fn recorded_data(flag: Option<&Path>, record: &RunRecord) -> PathBuf {
     match flag {
         Some(d) => d.to_path_buf(),
-        None if record.data_dir.is_dir() && std::env::var_os("DIAGC_DATA").is_none() => {
-            record.data_dir.clone()
-        }
+        None if record.data_dir.is_dir() => record.data_dir.clone(),
         None => super::data::data_dir(None),
     }
 }

@@ -289,13 +289,16 @@ pub fn check_free_space(out: &Path, need: u64) -> Result<(), Error> {
     if let Some(free) = free_bytes(out)
         && free < need
     {
-        return Err(Error::Train(format!(
-            "the file system of {} has {} free; this run needs about {} more (checkpoints while \
+        let why = format!(
+            "its file system has {} free, and this run needs about {} more (checkpoints while \
              one is replaced, and metrics); free some space or choose another --out",
-            out.display(),
             human_bytes(free),
             human_bytes(need)
-        )));
+        );
+        return Err(Error::write(
+            out,
+            std::io::Error::new(std::io::ErrorKind::StorageFull, why),
+        ));
     }
     Ok(())
 }
