@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_diagc");
+/// The binary under test (`DIAGC_TEST_BIN` runs these tests against another build).
+fn bin() -> String {
+    std::env::var("DIAGC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_diagc").to_string())
+}
 
 /// The tiny model of the trials, on small slices of the data.
 const TINY: &[&str] = &[
@@ -38,7 +41,7 @@ fn fresh(tag: &str) -> PathBuf {
 }
 
 fn cmd(args: &[&str], fault: Option<&str>) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.args(args).current_dir(root()).env("NO_COLOR", "1");
     c.env_remove("DIAGC_FAULT");
     if let Some(f) = fault {
@@ -384,7 +387,7 @@ fn edited_checkpoints_configs_and_sources_are_refused() {
     std::fs::write(&ck, &bytes).unwrap();
     // `eval --checkpoint last`, and the data directory the run recorded (no --data, run from
     // elsewhere, where ../shared does not resolve).
-    let o = Command::new(BIN)
+    let o = Command::new(bin())
         .args(["eval", d, "--checkpoint", "last", "--split", "valid"])
         .current_dir(std::env::temp_dir())
         .env_remove("DIAGC_DATA")
@@ -427,7 +430,10 @@ fn steps_are_exact_and_the_summary_says_what_ended_the_run() {
         s["wall_time_s"].as_f64().unwrap(),
     );
     // Windows of 16 tokens (shorter at each epoch's end) of 8 columns.
-    assert!(tokens > 140.0 * 16.0 * 8.0 && tokens <= 150.0 * 16.0 * 8.0, "{s}");
+    assert!(
+        tokens > 140.0 * 16.0 * 8.0 && tokens <= 150.0 * 16.0 * 8.0,
+        "{s}"
+    );
     assert!((s["train_tokens_per_s"].as_f64().unwrap() - tokens / t).abs() < 1e-6 * tokens / t);
     assert!(t + s["eval_time_s"].as_f64().unwrap() <= wall, "{s}");
     // --epochs with --steps: whichever comes first.

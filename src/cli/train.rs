@@ -254,6 +254,13 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
             run::Bound::Epochs => "--epochs",
         }
     );
+    if trainer.full_windows_only {
+        errln!(
+            "note: {}'s parameters depend on the window length, so each split's shorter last \
+             window is left out of training and evaluation",
+            cfg.model.mech
+        );
+    }
     let ctl = Control {
         stop: &stop,
         progress: std::io::stderr().is_terminal(),

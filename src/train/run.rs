@@ -235,6 +235,10 @@ pub struct Trainer {
     /// Where the model's sources are checked from: the run directory's copy (`source/`) once
     /// the run has one; `None`: the stdlib and the mechanism's file.
     pub source_dir: Option<PathBuf>,
+    /// Whether the model's parameters depend on the window length (a parameter over `tok`,
+    /// such as the Synthesizer's): then only full windows can be used, and the shorter last
+    /// window of each split is left out of training and evaluation.
+    pub full_windows_only: bool,
     train_graphs: HashMap<usize, Compiled>,
     eval_graphs: HashMap<usize, Compiled>,
     train: Batched,
@@ -396,10 +400,20 @@ impl Trainer {
             count as u128 * 16,
             "the parameters, their gradients and Adam's state",
         )?;
+        // Instantiated at another window length, does any parameter change shape?
+        let other = language_model_in(
+            &model_for(&cfg, vocab, cfg.model.bptt + 1, 1),
+            source_dir.as_deref(),
+        )?;
+        let full_windows_only = other
+            .params
+            .iter()
+            .map(|p| p.axes.iter().map(|a| other.size(*a)).collect::<Vec<_>>())
+            .ne(shapes.iter().cloned());
         let params = init_params(&inst, cfg.seed);
         let adam = Adam::new(&params.iter().map(Vec::len).collect::<Vec<_>>());
         let train = batchify(&corpus.train, cfg.model.batch);
-        if train.rows < 2 {
+        if train.rows < 2 || (full_windows_only && train.rows <= cfg.model.bptt) {
             return Err(Error::Train(
                 "the training split is too small for this batch size".into(),
             ));
@@ -419,6 +433,7 @@ impl Trainer {
             last_saved: None,
             high_loss_steps: 0,
             source_dir,
+            full_windows_only,
             train_graphs: HashMap::new(),
             eval_graphs: HashMap::new(),
             plan_options: PlanOptions::default(),
@@ -679,7 +694,10 @@ impl Trainer {
         };
         let b = batchify(&tokens, self.cfg.eval_batch);
         let (mut total, mut count) = (0.0f64, 0usize);
-        let windows: Vec<Window> = b.windows(self.cfg.model.bptt).collect();
+        let windows: Vec<Window> = b
+            .windows(self.cfg.model.bptt)
+            .filter(|w| !self.full_windows_only || w.len == self.cfg.model.bptt)
+            .collect();
         if windows.is_empty() {
             return Err(Error::Train(format!("the {split} split is too small")));
         }
@@ -878,10 +896,21 @@ impl Trainer {
         Ok(())
     }
 
+    /// The training windows of an epoch.
+    fn windows_per_epoch(&self) -> usize {
+        let bptt = self.cfg.model.bptt;
+        let n = self.train.window_count(bptt);
+        let partial = (self.train.rows - 1) % bptt != 0;
+        if self.full_windows_only && partial {
+            n - 1
+        } else {
+            n
+        }
+    }
+
     /// The number of steps the run will take in all, and which bound that is.
     pub fn total_steps(&self) -> (usize, Bound) {
-        self.cfg
-            .bounds(self.train.window_count(self.cfg.model.bptt))
+        self.cfg.bounds(self.windows_per_epoch())
     }
 
     /// Saves `last` (the state is brought back from the GPU first).
@@ -897,7 +926,7 @@ impl Trainer {
     pub fn run(&mut self, out: &Path, ctl: &Control) -> Result<Outcome, Error> {
         let started = Instant::now();
         let mut metrics = Metrics::open(out, Some(self.step))?;
-        let per_epoch = self.train.window_count(self.cfg.model.bptt);
+        let per_epoch = self.windows_per_epoch();
         let (total_steps, bound) = self.total_steps();
         let bar = if ctl.progress {
             indicatif::ProgressBar::new(total_steps as u64)
@@ -926,6 +955,7 @@ impl Trainer {
             let windows: Vec<Window> = self
                 .train
                 .windows(self.cfg.model.bptt)
+                .filter(|w| !self.full_windows_only || w.len == self.cfg.model.bptt)
                 .skip(self.window)
                 .collect();
             for w in windows {
@@ -1081,6 +1111,7 @@ impl Trainer {
                 None
             },
             "peak_memory_bytes": workspace + self.parameter_count() * 4 * 4,
+            "full_windows_only": self.full_windows_only,
         });
         let path = out.join("summary.json");
         let text =

@@ -3,6 +3,8 @@
 //! binary. Each test file uses some of them.
 #![allow(dead_code)]
 
+pub mod mutate;
+
 use diagc::ir::instance::{Bindings, HyperValue, Instance, instantiate};
 use diagc::session;
 use std::path::Path;
