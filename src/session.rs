@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 use crate::source::SourceMap;
 use std::path::Path;
 
-/// Files larger than this are refused as an I/O error rather than read.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Source files (`.diag`, rule and derivation files, modules they `use`) larger than this
+/// (16 MiB) are refused before they are read. Only regular files are read: a device
+/// (`/dev/zero`), a FIFO or a directory is refused by its kind, since its length says nothing
+/// about what reading it would return.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// The outcome of checking one file.
 pub struct Outcome {
@@ -49,16 +52,17 @@ impl Outcome {
 pub struct DiskFiles;
 
 impl ModuleFiles for DiskFiles {
+    fn key(&self, path: &Path) -> String {
+        let key = std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
+        key.to_string_lossy().to_string()
+    }
+
     fn read(&self, path: &Path) -> Option<(String, String)> {
         if !path.is_file() {
             return None;
         }
-        let key = std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
-        let bytes = std::fs::read(path).ok()?;
-        Some((
-            key.to_string_lossy().to_string(),
-            String::from_utf8_lossy(&bytes).into_owned(),
-        ))
+        let bytes = read_bytes(path).ok()?;
+        Some((self.key(path), String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -94,20 +98,40 @@ pub fn read_text(path: &Path) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
 }
 
-/// The bytes of a regular file of at most [`MAX_FILE_BYTES`].
+/// The bytes of a regular file of at most [`MAX_FILE_BYTES`]. Anything else (a directory, a
+/// device, a FIFO, a socket) is refused before it is opened for reading, and the read itself
+/// stops one byte past the limit, so a file that grows while it is read is refused too.
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| Error::read(path, e))?;
     if meta.is_dir() {
         return Err(Error::Usage(format!("{shown} is a directory")));
     }
-    if meta.len() > MAX_FILE_BYTES {
+    if !meta.is_file() {
         return Err(Error::Usage(format!(
-            "{shown} is {} bytes; diagc reads files up to {MAX_FILE_BYTES} bytes",
-            meta.len()
+            "{shown} is not a regular file (a device, a FIFO or a socket); diagc reads source \
+             files only"
         )));
     }
-    std::fs::read(path).map_err(|e| Error::read(path, e))
+    let too_large = |size: String| {
+        Error::Usage(format!(
+            "{shown} is {size} bytes; diagc reads source files of at most {MAX_FILE_BYTES} bytes \
+             (16 MiB)"
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::read(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(format!("more than {MAX_FILE_BYTES}")));
+    }
+    Ok(bytes)
 }
 
 /// Like [`check_path`], with extra modules loaded as if `use`d by the file.
