@@ -257,3 +257,47 @@ fn a_leading_byte_order_mark_is_skipped_and_spans_stay_right() {
     let clean = "\u{feff}axis tok\n";
     assert!(diagnostics(clean).is_empty());
 }
+
+/// `compile --emit optimized-ir` of `src` (written to a scratch file), checked again.
+fn optimised(name: &str, src: &str, diagram: &str) -> String {
+    let dir = scratch(name);
+    let f = dir.join("f.diag");
+    std::fs::write(&f, src).unwrap();
+    let o = diagc(&[
+        "compile",
+        f.to_str().unwrap(),
+        "--diagram",
+        diagram,
+        "--emit",
+        "optimized-ir",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let again = session::check_text("<optimised>", &out);
+    assert!(again.checked.is_ok(), "{out}\n{}", again.plain_report());
+    out
+}
+
+#[test]
+fn optimized_ir_of_posenc_reads_back() {
+    // The embedding of the stdlib LM (`stdlib/lm.diag`), without its `repeat` and mechanism.
+    let src = "axis tok, dm, vocab\n\
+               diagram emb(ids: [tok] of vocab) -> [tok, dm] {\n\
+                   embed[vocab -> dm](ids) * sqrt(dm) + posenc[tok, dm]()\n\
+               }\n";
+    let out = optimised("posenc", src, "emb");
+    assert!(out.contains("posenc[tok, dm]()"), "{out}");
+}
+
+#[test]
+fn optimized_ir_binds_a_callees_defaulted_float_hyperparameter() {
+    let src = "axis tok, dm\n\
+               diagram scaler[s: float = 0.5](x: [tok, dm]) -> [tok, dm] { x * s }\n\
+               diagram whole[t: float = 2](x: [tok, dm]) -> [tok, dm] {\n\
+                   relu(scaler(x)) + scaler[s = t](x)\n\
+               }\n";
+    let out = optimised("float-default", src, "whole");
+    assert!(out.contains("0.5") && out.contains("x * t"), "{out}");
+    assert!(!out.contains("* s"), "{out}");
+}
