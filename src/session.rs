@@ -187,3 +187,42 @@ pub fn diag_files(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf
     }
     Ok(out)
 }
+
+/// The memory this machine has available for a run, in bytes: `MemAvailable` of
+/// `/proc/meminfo` (else `MemTotal`); `None` where that file cannot be read (not Linux). Lives
+/// here, in a low layer that may touch the file system, so that every phase can ask.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    field("MemAvailable:").or_else(|| field("MemTotal:"))
+}
+
+/// Refuses, before anything is allocated, a run whose estimated memory (`bytes`, `None` when
+/// it overflows 64 bits) exceeds what [`available_memory`] reports; `what` says whose estimate
+/// it is. Passes when the machine's memory is unknown.
+pub fn check_memory(bytes: Option<u64>, what: &str) -> Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let Some(bytes) = bytes else {
+        return Err(Error::Run(format!(
+            "{what} needs more bytes than 64 bits can count; use smaller sizes"
+        )));
+    };
+    match available_memory() {
+        Some(avail) if bytes > avail => Err(Error::Run(format!(
+            "{what} needs about {bytes} bytes ({:.2} GiB), more than the {avail} bytes \
+             ({:.2} GiB) this machine has available; use smaller sizes",
+            gib(bytes),
+            gib(avail)
+        ))),
+        _ => Ok(()),
+    }
+}

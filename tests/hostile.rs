@@ -301,3 +301,100 @@ fn optimized_ir_binds_a_callees_defaulted_float_hyperparameter() {
     assert!(out.contains("0.5") && out.contains("x * t"), "{out}");
     assert!(!out.contains("* s"), "{out}");
 }
+
+#[test]
+fn sizes_whose_products_overflow_are_errors_not_panics() {
+    let dir = scratch("overflow");
+    let two = dir.join("two.diag");
+    std::fs::write(
+        &two,
+        "axis a, b\ndiagram g(x: [a, b]) -> [a, b] { relu(x) }\n",
+    )
+    .unwrap();
+    let axes: Vec<String> = (0..64).map(|k| format!("a{k}")).collect();
+    let many = dir.join("many.diag");
+    std::fs::write(
+        &many,
+        format!(
+            "axis {}\ndiagram g(x: [{}]) -> [{}] {{ relu(x) }}\n",
+            axes.join(", "),
+            axes.join(", "),
+            axes.join(", ")
+        ),
+    )
+    .unwrap();
+    let big = ["--size", "a=4294967296", "--size", "b=4294967296"];
+    let twos: Vec<String> = axes.iter().map(|a| format!("{a}=2")).collect();
+    let mut cases: Vec<Vec<&str>> = Vec::new();
+    for cmd in ["run", "gradcheck"] {
+        let mut v = vec![cmd, two.to_str().unwrap()];
+        v.extend(big);
+        cases.push(v);
+        let mut v = vec![cmd, many.to_str().unwrap()];
+        for t in &twos {
+            v.extend(["--size", t.as_str()]);
+        }
+        cases.push(v);
+    }
+    let out = dir.join("ws");
+    let mut v = vec![
+        "compile",
+        two.to_str().unwrap(),
+        "--emit",
+        "cuda",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    v.extend(big);
+    cases.push(v);
+    for args in &cases {
+        let o = diagc(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("overflows"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_before_allocating() {
+    let avail = session::available_memory();
+    if cfg!(target_os = "linux") {
+        assert!(avail.is_some_and(|b| b > 0), "{avail:?}");
+    }
+    if avail.is_none() {
+        return;
+    }
+    // 2^31 x 2^20 values: 16 PiB in f64, no overflow, no machine.
+    let dir = scratch("memory");
+    let f = dir.join("f.diag");
+    std::fs::write(
+        &f,
+        "axis tok, dm
+diagram g(x: [tok, dm]) -> [tok, dm] { relu(x) }
+",
+    )
+    .unwrap();
+    for cmd in ["run", "gradcheck"] {
+        let o = diagc_within(
+            &[
+                cmd,
+                f.to_str().unwrap(),
+                "--size",
+                "tok=2147483648",
+                "--size",
+                "dm=1048576",
+            ],
+            60,
+        )
+        .expect("refused at once");
+        let err = text(&o.stderr);
+        // A run error (exit code 1), not a panic (101) or an abort.
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains("available") && err.contains("GiB"),
+            "{cmd}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -70,6 +70,21 @@ impl Instance {
         self.sizes[a.0 as usize]
     }
 
+    /// The elements of every wire of the diagram together, with checked arithmetic (`None` on
+    /// overflow): what the f64 reference interpreter holds at most, in values, when it keeps
+    /// every wire. Multiply by 8 for its bytes.
+    pub fn value_elements(&self) -> Option<u64> {
+        let mut total: u64 = 0;
+        for w in &self.diagram.wires {
+            let mut n: u64 = 1;
+            for a in &w.ty.axes {
+                n = n.checked_mul(self.size(*a) as u64)?;
+            }
+            total = total.checked_add(n)?;
+        }
+        Some(total)
+    }
+
     /// The shape of a wire (sizes in its layout order).
     pub fn shape(&self, ty: &WireType) -> Vec<usize> {
         ty.axes.iter().map(|a| self.size(*a)).collect()
@@ -357,6 +372,18 @@ impl Builder<'_> {
         });
         self.sizes.push(Some(width));
         id
+    }
+
+    /// `tok=5, dm=8`: a wire's axes with their sizes.
+    fn shape_text(&self, ty: &WireType) -> String {
+        ty.axes
+            .iter()
+            .map(|a| match self.size_of(*a) {
+                Some(n) => format!("{}={n}", self.axes.name(*a)),
+                None => self.axes.name(*a).to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Why axis `a` has no size although the variables of its size are all bound (a quotient
@@ -890,6 +917,37 @@ impl Builder<'_> {
                 ),
                 span: first_span,
             });
+        }
+        // Element counts and bytes (8 per element, the interpreter's f64) of every wire must
+        // fit in 64 bits: later phases compute buffer sizes from them.
+        for w in &self.g.wires {
+            let mut n: u64 = 1;
+            for a in &w.ty.axes {
+                let k = self.size_of(*a).unwrap_or(1);
+                n = match n.checked_mul(k) {
+                    Some(n) => n,
+                    None => {
+                        return Err(Error::Instance {
+                            message: format!(
+                                "the wire [{}] has more elements than 64 bits can count \
+                                 (the product of its sizes overflows); use smaller sizes",
+                                self.shape_text(&w.ty)
+                            ),
+                            span: Some(w.span),
+                        });
+                    }
+                };
+            }
+            if n.checked_mul(8).is_none_or(|b| b > isize::MAX as u64) {
+                return Err(Error::Instance {
+                    message: format!(
+                        "the wire [{}] has {n} elements, whose bytes overflow the address \
+                         space; use smaller sizes",
+                        self.shape_text(&w.ty)
+                    ),
+                    span: Some(w.span),
+                });
+            }
         }
         let span = Span {
             file: crate::source::FileId(0),
