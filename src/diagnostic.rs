@@ -246,13 +246,23 @@ impl Diagnostic {
     }
 }
 
-/// "did you mean" support: the closest candidate within a small edit distance.
+/// Names longer than this (in bytes) get no "did you mean": the edit distance is quadratic in
+/// the length, and a hostile 200,000-character name must not stall the checker.
+pub const MAX_SUGGEST_LEN: usize = 64;
+
+/// "did you mean" support: the closest candidate within a small edit distance. Bounded work:
+/// nothing for a name longer than [`MAX_SUGGEST_LEN`], and a candidate whose length alone
+/// puts it out of reach (or that is longer than the limit) is skipped without computing the
+/// distance, so one call costs at most `MAX_SUGGEST_LEN²` steps per candidate.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    if name.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
     let limit = (name.chars().count() / 3).max(1) + 1;
     let mut best: Option<(usize, &str)> = None;
     for cand in candidates {
         // Cheap filter first: the length alone already bounds the edit distance.
-        if cand.len().abs_diff(name.len()) > limit || cand == name {
+        if cand.len() > MAX_SUGGEST_LEN || cand.len().abs_diff(name.len()) > limit || cand == name {
             continue;
         }
         let d = strsim::levenshtein(name, cand);

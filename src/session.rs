@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 use crate::source::SourceMap;
 use std::path::Path;
 
-/// Files larger than this are refused as an I/O error rather than read.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Source files (`.diag`, rule and derivation files, modules they `use`) larger than this
+/// (16 MiB) are refused before they are read. Only regular files are read: a device
+/// (`/dev/zero`), a FIFO or a directory is refused by its kind, since its length says nothing
+/// about what reading it would return.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// The outcome of checking one file.
 pub struct Outcome {
@@ -49,16 +52,17 @@ impl Outcome {
 pub struct DiskFiles;
 
 impl ModuleFiles for DiskFiles {
+    fn key(&self, path: &Path) -> String {
+        let key = std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
+        key.to_string_lossy().to_string()
+    }
+
     fn read(&self, path: &Path) -> Option<(String, String)> {
         if !path.is_file() {
             return None;
         }
-        let key = std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
-        let bytes = std::fs::read(path).ok()?;
-        Some((
-            key.to_string_lossy().to_string(),
-            String::from_utf8_lossy(&bytes).into_owned(),
-        ))
+        let bytes = read_bytes(path).ok()?;
+        Some((self.key(path), String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -94,20 +98,40 @@ pub fn read_text(path: &Path) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
 }
 
-/// The bytes of a regular file of at most [`MAX_FILE_BYTES`].
+/// The bytes of a regular file of at most [`MAX_FILE_BYTES`]. Anything else (a directory, a
+/// device, a FIFO, a socket) is refused before it is opened for reading, and the read itself
+/// stops one byte past the limit, so a file that grows while it is read is refused too.
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| Error::read(path, e))?;
     if meta.is_dir() {
         return Err(Error::Usage(format!("{shown} is a directory")));
     }
-    if meta.len() > MAX_FILE_BYTES {
+    if !meta.is_file() {
         return Err(Error::Usage(format!(
-            "{shown} is {} bytes; diagc reads files up to {MAX_FILE_BYTES} bytes",
-            meta.len()
+            "{shown} is not a regular file (a device, a FIFO or a socket); diagc reads source \
+             files only"
         )));
     }
-    std::fs::read(path).map_err(|e| Error::read(path, e))
+    let too_large = |size: String| {
+        Error::Usage(format!(
+            "{shown} is {size} bytes; diagc reads source files of at most {MAX_FILE_BYTES} bytes \
+             (16 MiB)"
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::read(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(format!("more than {MAX_FILE_BYTES}")));
+    }
+    Ok(bytes)
 }
 
 /// Like [`check_path`], with extra modules loaded as if `use`d by the file.
@@ -162,4 +186,44 @@ pub fn diag_files(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf
         }
     }
     Ok(out)
+}
+
+/// The memory this machine has available for a run, in bytes: `MemAvailable` of
+/// `/proc/meminfo` (else `MemTotal`); `None` where that file cannot be read (not Linux). Lives
+/// here, in a low layer that may touch the file system, so that every phase can ask.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    field("MemAvailable:").or_else(|| field("MemTotal:"))
+}
+
+/// Refuses (a usage error: the sizes asked for are too big for this machine), before anything
+/// is allocated, a run whose estimated memory (`bytes`, `None` when
+/// it overflows 64 bits) exceeds what [`available_memory`] reports; `what` says whose estimate
+/// it is. Passes when the machine's memory is unknown.
+pub fn check_memory(bytes: Option<u64>, what: &str) -> Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let Some(bytes) = bytes else {
+        return Err(Error::Usage(format!(
+            "{what} needs more bytes than 64 bits can count; use smaller sizes"
+        )));
+    };
+    match available_memory() {
+        Some(avail) if bytes > avail => Err(Error::Usage(format!(
+            "{what} needs about {bytes} bytes ({:.2} GiB), more than the {avail} bytes \
+             ({:.2} GiB) this machine has available; use smaller sizes",
+            gib(bytes),
+            gib(avail)
+        ))),
+        _ => Ok(()),
+    }
 }

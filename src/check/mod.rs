@@ -61,6 +61,12 @@ pub trait ModuleFiles {
     /// The text of the file at `path` when it exists and can be read, with the key that
     /// identifies it (two paths to one file give one key).
     fn read(&self, path: &Path) -> Option<(String, String)>;
+
+    /// The key [`ModuleFiles::read`] would give the file at `path` (used for the file being
+    /// checked, so that a module that `use`s it back is known as the same file).
+    fn key(&self, path: &Path) -> String {
+        path.to_string_lossy().into_owned()
+    }
 }
 
 /// A reader that finds no file: only the stdlib resolves `use`.
@@ -171,6 +177,19 @@ fn load(
 ) -> Vec<Loaded> {
     let mut loaded: Vec<Loaded> = Vec::new();
     let mut seen: HashMap<String, FileId> = HashMap::new();
+    // The root is known by the same key as a module, so a module that uses it back finds it.
+    let root_name = sources.get(root).name.clone();
+    match origin_of(&root_name) {
+        Origin::Disk(path) => {
+            seen.insert(files.key(&path), root);
+        }
+        Origin::Stdlib => {
+            seen.insert(root_name, root);
+        }
+        Origin::Memory => {}
+    }
+    // Every `use` between loaded files, for the cycle check.
+    let mut uses_of: HashMap<FileId, Vec<(FileId, Option<Span>)>> = HashMap::new();
     let mut queue = vec![root];
     let mut first = true;
     while let Some(file) = queue.pop() {
@@ -192,7 +211,11 @@ fn load(
             if dotted == "prelude" {
                 continue;
             }
-            match resolve_module(sources, &origin, &dotted, files, &mut seen) {
+            let found = resolve_module(sources, &origin, &dotted, files, &mut seen);
+            if let Some((id, _)) = found {
+                uses_of.entry(file).or_default().push((id, span));
+            }
+            match found {
                 Some((id, true)) => queue.push(id),
                 Some((_, false)) => {}
                 None => {
@@ -209,7 +232,71 @@ fn load(
         loaded.push(Loaded { file, module });
     }
     loaded.sort_by_key(|l| l.file);
+    report_use_cycles(sources, &loaded, &uses_of, diags);
     loaded
+}
+
+/// Reports every cycle of `use`s (a file that uses itself, directly or through other files)
+/// once, naming the files on it, at the `use` that closes it. Iterative DFS with colours, in
+/// file order, so the report is deterministic.
+fn report_use_cycles(
+    sources: &SourceMap,
+    loaded: &[Loaded],
+    uses_of: &HashMap<FileId, Vec<(FileId, Option<Span>)>>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut colour: HashMap<FileId, u8> = HashMap::new();
+    let mut reported: std::collections::HashSet<FileId> = Default::default();
+    let none = Vec::new();
+    for start in loaded.iter().map(|l| l.file) {
+        if colour.contains_key(&start) {
+            continue;
+        }
+        let mut stack: Vec<(FileId, usize)> = vec![(start, 0)];
+        colour.insert(start, 1);
+        while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            let out = uses_of.get(&v).unwrap_or(&none);
+            if *next >= out.len() {
+                colour.insert(v, 2);
+                stack.pop();
+                continue;
+            }
+            let (w, span) = out[*next];
+            *next += 1;
+            match colour.get(&w) {
+                None => {
+                    colour.insert(w, 1);
+                    stack.push((w, 0));
+                }
+                Some(1) => {
+                    let pos = stack.iter().position(|(x, _)| *x == w).unwrap_or(0);
+                    let members: Vec<FileId> = stack[pos..].iter().map(|(x, _)| *x).collect();
+                    if members.iter().any(|m| reported.contains(m)) {
+                        continue;
+                    }
+                    reported.extend(members.iter().copied());
+                    let mut names: Vec<&str> = members
+                        .iter()
+                        .map(|m| sources.get(*m).name.as_str())
+                        .collect();
+                    names.push(sources.get(w).name.as_str());
+                    let mut d = Diagnostic::new(
+                        Code::UnknownModule,
+                        format!("`use` cycle: {}", names.join(" uses ")),
+                    )
+                    .help(
+                        "modules form a tree: move what the files share into a third module \
+                         that both use",
+                    );
+                    if let Some(span) = span {
+                        d = d.primary(span, format!("this closes the cycle back to {}", names[0]));
+                    }
+                    diags.push(d);
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 /// Finds module `dotted` for a file of `origin`: next to the file on disk, then in the stdlib.
@@ -838,21 +925,43 @@ impl<'m> Ctx<'m> {
             .enumerate()
             .map(|(i, d)| (d.name.as_str(), i))
             .collect();
-        // Edges with the call's span.
-        let edges: Vec<Vec<(usize, Span)>> = program
+        // Edges with the span that closes them: a call's span, or the default of a
+        // diagram-valued hyperparameter that a call (or a diagram passed on to a call) uses.
+        // A diagram passed as a hyperparameter is an edge too: the callee may call it.
+        let edges: Vec<Vec<(usize, Span, Option<Span>)>> = program
             .diagrams
             .iter()
             .map(|d| {
-                d.boxes
-                    .iter()
-                    .filter_map(|b| match &b.op {
-                        Op::Call {
-                            callee: Callee::Diagram(n),
-                            ..
-                        } => index.get(n.as_str()).map(|&j| (j, b.span)),
-                        _ => None,
-                    })
-                    .collect()
+                let sig = self
+                    .sig_by_name
+                    .get(d.name.as_str())
+                    .map(|&i| &self.sigs[i]);
+                // The diagram a hyperparameter of `d` names by default, with the default's span.
+                let default_of = |h: &str, at: Span| -> Option<(usize, Span, Option<Span>)> {
+                    let sig = sig?;
+                    let k = sig.hypers.iter().position(|x| x.name == h)?;
+                    let Some(HyperArg::Diagram(Callee::Diagram(n))) = &sig.hypers[k].default else {
+                        return None;
+                    };
+                    let span = sig.def.hypers.get(k)?.default.as_ref()?.span();
+                    index.get(n.as_str()).map(|&j| (j, span, Some(at)))
+                };
+                let target = |c: &Callee, at: Span| match c {
+                    Callee::Diagram(n) => index.get(n.as_str()).map(|&j| (j, at, None)),
+                    Callee::Hyper(h) => default_of(h, at),
+                };
+                let mut out = Vec::new();
+                for b in &d.boxes {
+                    if let Op::Call { callee, hypers } = &b.op {
+                        out.extend(target(callee, b.span));
+                        for (_, a) in hypers {
+                            if let HyperArg::Diagram(c) = a {
+                                out.extend(target(c, b.span));
+                            }
+                        }
+                    }
+                }
+                out
             })
             .collect();
         // Iterative DFS with colours; a grey target closes a cycle.
@@ -867,7 +976,7 @@ impl<'m> Ctx<'m> {
             colour[start] = 1;
             while let Some(&mut (v, ref mut next)) = stack.last_mut() {
                 if *next < edges[v].len() {
-                    let (w, span) = edges[v][*next];
+                    let (w, span, via_default) = edges[v][*next];
                     *next += 1;
                     if colour[w] == 1 {
                         // The cycle is the stack from w to v.
@@ -890,8 +999,18 @@ impl<'m> Ctx<'m> {
                                     }
                                 ),
                             )
-                            .primary(span, "this call closes the loop")
+                            .primary(
+                                span,
+                                if via_default.is_some() {
+                                    "this default closes the loop"
+                                } else {
+                                    "this call closes the loop"
+                                },
+                            )
                             .help("a diagram is a finite graph; use `repeat` to stack layers");
+                            if let Some(call) = via_default {
+                                d = d.secondary(call, "the default is used here");
+                            }
                             for m in &members {
                                 reported[*m] = true;
                                 if *m != v {

@@ -70,6 +70,21 @@ impl Instance {
         self.sizes[a.0 as usize]
     }
 
+    /// The elements of every wire of the diagram together, with checked arithmetic (`None` on
+    /// overflow): what the f64 reference interpreter holds at most, in values, when it keeps
+    /// every wire. Multiply by 8 for its bytes.
+    pub fn value_elements(&self) -> Option<u64> {
+        let mut total: u64 = 0;
+        for w in &self.diagram.wires {
+            let mut n: u64 = 1;
+            for a in &w.ty.axes {
+                n = n.checked_mul(self.size(*a) as u64)?;
+            }
+            total = total.checked_add(n)?;
+        }
+        Some(total)
+    }
+
     /// The shape of a wire (sizes in its layout order).
     pub fn shape(&self, ty: &WireType) -> Vec<usize> {
         ty.axes.iter().map(|a| self.size(*a)).collect()
@@ -107,6 +122,8 @@ struct Builder<'p> {
     program: &'p Program,
     axes: AxisTable,
     sizes: Vec<Option<u64>>,
+    /// The sizes the caller bound (`--size`), to say why a derived size has no value.
+    bound: BTreeMap<String, u64>,
     lowered: BTreeMap<String, Diagram>,
     /// The flat diagram under construction: data inputs first, then parameters as they are
     /// met. Wires may have several consumers until [`build::Graph::finish`] inserts copies.
@@ -132,11 +149,17 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
     })?;
     // Sizes of every axis that the bindings determine.
     let lookup = |v: &str| bindings.sizes.get(v).copied();
-    for v in bindings.sizes.keys() {
-        if program.axes.lookup(v).is_none() {
+    for (v, n) in &bindings.sizes {
+        let Some(a) = program.axes.lookup(v) else {
             return Err(Error::instance(format!(
                 "`--size {v}=...` names no axis of the program"
             )));
+        };
+        if *n == 0 {
+            return Err(Error::Instance {
+                message: format!("the size of `{v}` must be positive, not 0"),
+                span: program.axes.get(a).span,
+            });
         }
     }
     let sizes: Vec<Option<u64>> = program
@@ -211,6 +234,11 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
         program,
         axes: program.axes.clone(),
         sizes,
+        bound: bindings
+            .sizes
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
         lowered: BTreeMap::new(),
         g: build::Graph::default(),
         data_inputs: d.inputs.len(),
@@ -248,12 +276,23 @@ impl Builder<'_> {
             .ok_or_else(|| {
                 let mut unbound = Vec::new();
                 self.unbound(c, env, &mut unbound);
-                Error::Instance {
-                    message: format!(
+                let problem = self
+                    .first_unbound_axis(c)
+                    .and_then(|a| self.size_problem(a).map(|why| (a, why)));
+                let message = match problem {
+                    Some((a, why)) => format!(
+                        "cannot evaluate `{}`: the size of `{}` is invalid: {why}",
+                        c.display(&self.axes),
+                        self.axes.name(a)
+                    ),
+                    None => format!(
                         "cannot evaluate `{}`: {} unbound (use --size NAME=N / --hyper NAME=V)",
                         c.display(&self.axes),
                         unbound.join(", ")
                     ),
+                };
+                Error::Instance {
+                    message,
                     span: self
                         .first_unbound_axis(c)
                         .and_then(|a| self.axes.get(a).span),
@@ -277,11 +316,14 @@ impl Builder<'_> {
     fn unbound(&self, c: &Const, env: &Env, out: &mut Vec<String>) {
         match c {
             Const::Num(_) => {}
-            Const::Size(a) if self.size_of(*a).is_none() => out.push(format!(
-                "the size of `{}` ({}) is",
-                self.axes.name(*a),
-                self.axes.size(*a)
-            )),
+            Const::Size(a) if self.size_of(*a).is_none() => out.push(match self.size_problem(*a) {
+                Some(why) => format!("the size of `{}` ({why}) is", self.axes.name(*a)),
+                None => format!(
+                    "the size of `{}` ({}) is",
+                    self.axes.name(*a),
+                    self.axes.size(*a)
+                ),
+            }),
             Const::Size(_) => {}
             Const::Hyper(h) if env.num(h).is_none() => out.push(format!("hyperparameter `{h}` is")),
             Const::Hyper(_) => {}
@@ -330,6 +372,25 @@ impl Builder<'_> {
         });
         self.sizes.push(Some(width));
         id
+    }
+
+    /// `tok=5, dm=8`: a wire's axes with their sizes.
+    fn shape_text(&self, ty: &WireType) -> String {
+        ty.axes
+            .iter()
+            .map(|a| match self.size_of(*a) {
+                Some(n) => format!("{}={n}", self.axes.name(*a)),
+                None => self.axes.name(*a).to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Why axis `a` has no size although the variables of its size are all bound (a quotient
+    /// that does not divide, a product that overflows); `None` when one is unbound.
+    fn size_problem(&self, a: AxisId) -> Option<String> {
+        let bound = &self.bound;
+        self.axes.get(a).size.why_not(&|v| bound.get(v).copied())
     }
 
     fn size_of(&self, a: AxisId) -> Option<u64> {
@@ -808,7 +869,19 @@ impl Builder<'_> {
     /// Inserts copies and discards, numbers the inputs (data, then parameters), checks that
     /// every axis has a size.
     fn finish(self, outputs: Vec<WireId>) -> Result<Instance, Error> {
-        // Unsized axes.
+        // Unsized axes: first those whose variables are bound but whose size is invalid.
+        for w in &self.g.wires {
+            for a in &w.ty.axes {
+                if self.size_of(*a).is_none()
+                    && let Some(why) = self.size_problem(*a)
+                {
+                    return Err(Error::Instance {
+                        message: format!("the size of `{}` is invalid: {why}", self.axes.name(*a)),
+                        span: self.axes.get(*a).span,
+                    });
+                }
+            }
+        }
         let mut missing: Vec<String> = Vec::new();
         let mut first_span = None;
         for w in &self.g.wires {
@@ -844,6 +917,37 @@ impl Builder<'_> {
                 ),
                 span: first_span,
             });
+        }
+        // Element counts and bytes (8 per element, the interpreter's f64) of every wire must
+        // fit in 64 bits: later phases compute buffer sizes from them.
+        for w in &self.g.wires {
+            let mut n: u64 = 1;
+            for a in &w.ty.axes {
+                let k = self.size_of(*a).unwrap_or(1);
+                n = match n.checked_mul(k) {
+                    Some(n) => n,
+                    None => {
+                        return Err(Error::Instance {
+                            message: format!(
+                                "the wire [{}] has more elements than 64 bits can count \
+                                 (the product of its sizes overflows); use smaller sizes",
+                                self.shape_text(&w.ty)
+                            ),
+                            span: Some(w.span),
+                        });
+                    }
+                };
+            }
+            if n.checked_mul(8).is_none_or(|b| b > isize::MAX as u64) {
+                return Err(Error::Instance {
+                    message: format!(
+                        "the wire [{}] has {n} elements, whose bytes overflow the address \
+                         space; use smaller sizes",
+                        self.shape_text(&w.ty)
+                    ),
+                    span: Some(w.span),
+                });
+            }
         }
         let span = Span {
             file: crate::source::FileId(0),

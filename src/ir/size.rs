@@ -114,6 +114,42 @@ impl Size {
         }
         u64::try_from(num / den).ok()
     }
+
+    /// Why [`Size::eval`] gives no value although every variable is bound: the sentence names
+    /// the variables and their values (`dm/head with dm=7, head=2 is 7/2, which is not a whole
+    /// number`). `None` when a variable is unbound or the size evaluates.
+    pub fn why_not(&self, lookup: &dyn Fn(&str) -> Option<u64>) -> Option<String> {
+        if self.eval(lookup).is_some() {
+            return None;
+        }
+        let mut vals = Vec::new();
+        for v in self.vars.keys() {
+            vals.push(format!("{v}={}", lookup(v)?));
+        }
+        let with = if vals.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", vals.join(", "))
+        };
+        let (mut num, mut den) = (Some(self.num as u128), Some(self.den as u128));
+        for (v, e) in &self.vars {
+            let x = lookup(v)? as u128;
+            for _ in 0..e.unsigned_abs() {
+                if *e > 0 {
+                    num = num.and_then(|n| n.checked_mul(x));
+                } else {
+                    den = den.and_then(|d| d.checked_mul(x));
+                }
+            }
+        }
+        Some(match (num, den) {
+            (Some(0), _) | (_, Some(0)) => format!("{self}{with} is 0; sizes must be positive"),
+            (Some(n), Some(d)) if n % d != 0 => {
+                format!("{self}{with} is {n}/{d}, which is not a whole number: it does not divide")
+            }
+            _ => format!("{self}{with} does not fit in 64 bits"),
+        })
+    }
 }
 
 fn reduce(a: u64, b: u64) -> (u64, u64) {

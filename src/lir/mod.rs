@@ -250,7 +250,10 @@ impl Plan {
     /// The bytes of the workspace buffers: the plan's peak memory besides the caller's inputs
     /// and the plan's constants.
     pub fn peak_bytes(&self) -> usize {
-        4 * self.buffers.iter().sum::<usize>()
+        self.buffers
+            .iter()
+            .fold(0usize, |a, b| a.saturating_add(*b))
+            .saturating_mul(4)
     }
 
     /// The bytes a plan without buffer reuse would need: one buffer per computed value (views

@@ -159,12 +159,21 @@ impl Term {
                 Op::Call {
                     callee: Callee::Diagram(name),
                     hypers,
-                } if hypers.is_empty()
+                } if hypers.iter().all(|(_, a)| matches!(a, HyperArg::Num(_)))
                     && let Some(p) = program
                     && let Some(callee) = p.diagram(name) =>
                 {
-                    // Inline: the callee's boxes, with its inputs bound to the call's arguments.
+                    // Inline: the callee's boxes, with its inputs bound to the call's arguments
+                    // and its numeric hyperparameters to the call's values, else their defaults
+                    // (a constant of the caller, or a number).
                     let sub = Term::build(callee, axes, false, program, depth + 1)?;
+                    let mut consts: BTreeMap<String, Const> = BTreeMap::new();
+                    for h in &callee.hypers {
+                        let given = hypers.iter().find(|(n, _)| *n == h.name).map(|(_, a)| a);
+                        if let Some(HyperArg::Num(c)) = given.or(h.default.as_ref()) {
+                            consts.insert(h.name.clone(), c.clone());
+                        }
+                    }
                     let mut map: Vec<Port> = Vec::with_capacity(sub.nodes.len());
                     for n in &sub.nodes {
                         match &n.kind {
@@ -189,8 +198,17 @@ impl Term {
                                     node: nodes.len(),
                                     out: 0,
                                 });
+                                let kind = match &n.kind {
+                                    NodeKind::Box { op, params } if !consts.is_empty() => {
+                                        NodeKind::Box {
+                                            op: map_op(op, &mut |a| a, &consts),
+                                            params: params.clone(),
+                                        }
+                                    }
+                                    k => k.clone(),
+                                };
                                 nodes.push(Node {
-                                    kind: n.kind.clone(),
+                                    kind,
                                     args,
                                     types: vec![None; n.types.len()],
                                     names: n.names.clone(),
@@ -732,7 +750,7 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
         Op::Scale(c) => format!("{} * {}", args[0], const_operand(c, axes)),
         Op::Shift(c) => format!("{} + {}", args[0], const_operand(c, axes)),
         Op::Dropout(c) => call(format!("dropout[{}]", const_text(c, axes))),
-        Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
+        Op::PosEnc { pos, feature } => format!("posenc[{}, {}]()", n(pos), n(feature)),
         Op::Linear { from, to, bias } => {
             let mut base = vec![format!("{} -> {}", list(from, axes), list(to, axes))];
             if !bias {

@@ -140,6 +140,9 @@ pub enum LexProblem {
     Invalid(std::ops::Range<usize>),
     /// Brackets nested deeper than [`MAX_DEPTH`]; the range is the bracket that crossed it.
     TooDeep(std::ops::Range<usize>),
+    /// A number too large for a 64-bit float (`1e999`): it would be infinite. The token is
+    /// kept, so parsing goes on.
+    NonFinite(std::ops::Range<usize>),
 }
 
 /// Lexes a whole file into `(start, token, end)` triples, as lalrpop wants them.
@@ -151,6 +154,10 @@ pub fn lex(src: &str) -> (Vec<(usize, Tok, usize)>, Vec<LexProblem>) {
     let mut problems = Vec::new();
     let mut depth = 0usize;
     let mut lexer = Tok::lexer(src);
+    // A leading byte-order mark is skipped; spans stay byte offsets into `src`.
+    if src.starts_with('\u{feff}') {
+        lexer.bump('\u{feff}'.len_utf8());
+    }
     while let Some(res) = lexer.next() {
         let span = lexer.span();
         match res {
@@ -174,6 +181,11 @@ pub fn lex(src: &str) -> (Vec<(usize, Tok, usize)>, Vec<LexProblem>) {
                     }
                     _ => tok,
                 };
+                if let Tok::IntLit(n) | Tok::FloatLit(n) = &tok
+                    && !n.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    problems.push(LexProblem::NonFinite(span.clone()));
+                }
                 toks.push((span.start, tok, span.end));
             }
             Err(()) => match toks.last_mut() {

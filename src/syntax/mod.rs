@@ -28,6 +28,17 @@ pub fn parse(file: FileId, src: &str) -> (ast::Module, Vec<Diagnostic>) {
                     .primary(Span::new(file, r.clone()), "no token starts here")
                     .help("names are letters, digits and `_`; comments start with `//`"),
             ),
+            LexProblem::NonFinite(r) => diags.push(
+                Diagnostic::new(
+                    Code::InvalidToken,
+                    format!("the number `{}` is too large", &src[r.clone()]),
+                )
+                .primary(
+                    Span::new(file, r.clone()),
+                    "this is not a finite 64-bit float",
+                )
+                .help("numbers must be finite: at most about 1.8e308"),
+            ),
             LexProblem::TooDeep(r) => {
                 diags.push(
                     Diagnostic::new(

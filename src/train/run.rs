@@ -282,7 +282,7 @@ pub struct Finished {
 }
 /// Refuses to allocate `bytes` for `what` when the machine does not have them available.
 fn check_memory(bytes: u128, what: &str) -> Result<(), Error> {
-    if let Some(avail) = crate::train::rundir::available_memory()
+    if let Some(avail) = crate::session::available_memory()
         && bytes > avail as u128
     {
         return Err(Error::Usage(format!(

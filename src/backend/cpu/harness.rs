@@ -99,12 +99,29 @@ pub fn plan_inputs(inst: &Instance, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)
 
 /// Runs the instance on random inputs and parameters.
 pub fn run_random(inst: &Instance, seed: u64, opts: RunOptions) -> Result<Vec<Tensor>, Error> {
+    fits_in_memory(inst, 1)?;
     interp::run(
         &inst.diagram,
         &inst.axes,
         &inst.sizes,
         random_inputs(inst, seed),
         opts,
+    )
+}
+
+/// Refuses, before anything is allocated, an instance whose values (8 bytes each, every wire
+/// of the diagram, `copies` times: a gradient holds the forward values and as many again)
+/// would not fit in the machine's available memory ([`crate::session::check_memory`]).
+pub fn fits_in_memory(inst: &Instance, copies: u64) -> Result<(), Error> {
+    let bytes = inst
+        .value_elements()
+        .and_then(|n| n.checked_mul(8 * copies));
+    crate::session::check_memory(
+        bytes,
+        &format!(
+            "running `{}` on the f64 reference interpreter",
+            inst.diagram.name
+        ),
     )
 }
 
@@ -133,6 +150,7 @@ pub fn gradcheck(
         seed,
         check_finite: false,
     };
+    fits_in_memory(inst, 3)?;
     let f = &inst.diagram;
     let grad = autodiff::gradient(f)?;
     let inputs = random_inputs(inst, seed);
@@ -248,6 +266,7 @@ pub fn tensor_from_json(inst: &Instance, v: &serde_json::Value) -> Result<Tensor
 /// One run, recorded: inputs (data and parameters, by name), outputs, and the gradient of the
 /// sum of all outputs with respect to every value input.
 pub fn record(inst: &Instance, seed: u64, opts: RunOptions) -> Result<serde_json::Value, Error> {
+    fits_in_memory(inst, 3)?;
     let f = &inst.diagram;
     let inputs = random_inputs(inst, seed);
     let grad = autodiff::gradient(f)?;
