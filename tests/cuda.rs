@@ -354,7 +354,7 @@ fn train_on_cuda_uses_the_gpu_or_says_why_not() {
             assert_eq!(device, "cpu");
         }
         Ok(info) => {
-            assert!(stderr.contains("training on"), "{stderr}");
+            assert!(stderr.contains("training and evaluating on"), "{stderr}");
             assert!(device.contains(&info.name), "{device}");
         }
     }
