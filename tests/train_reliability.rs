@@ -301,7 +301,7 @@ fn a_run_killed_before_its_first_checkpoint_is_not_silently_appended_to() {
     assert_ne!(o.status.code(), Some(0));
     assert!(!dir.join("last.safetensors").exists());
     let o = diagc(&train_args(d, &["--steps", "10"]));
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("--resume") && e.contains("--overwrite"), "{e}");
     let o = resume_to_end(&dir);

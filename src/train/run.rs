@@ -1244,17 +1244,17 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
                 Existing::Empty => {}
                 _ if overwrite => {}
                 Existing::Finished => {
-                    return Err(Error::Train(format!(
+                    return Err(Error::Usage(format!(
                         "{shown} already holds a finished run; {how}"
                     )));
                 }
                 Existing::Resumable => {
-                    return Err(Error::Train(format!(
+                    return Err(Error::Usage(format!(
                         "{shown} already holds a run; continue it with --resume {shown}, or {how}"
                     )));
                 }
                 Existing::Started => {
-                    return Err(Error::Train(format!(
+                    return Err(Error::Usage(format!(
                         "{shown} holds a run that stopped before its first checkpoint; start it \
                          again with --resume {shown} (its configuration, from step 0), or {how}"
                     )));

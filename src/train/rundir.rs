@@ -138,6 +138,12 @@ pub fn write_start(
 /// Reads a run's `config.json` and `run.json`, and checks that the copies under `source/` are
 /// the files the run started with.
 pub fn read(out: &Path) -> Result<(TrainConfig, RunRecord), Error> {
+    if !out.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory: give the run directory that `diagc train` wrote",
+            out.display()
+        )));
+    }
     let read_json = |name: &str| -> Result<serde_json::Value, Error> {
         let p = out.join(name);
         let text = std::fs::read_to_string(&p).map_err(|e| {
