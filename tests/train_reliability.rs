@@ -241,9 +241,9 @@ fn sigkill_at_random_moments_never_loses_the_run() {
     let d = dir.to_str().unwrap();
     let mut args = train_args(d, &["--steps", "40", "--valid-every", "7"]);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut kills = 0;
-    for attempt in 0..40 {
-        let mut child = cmd(&args, Some("checkpoint-sleep-ms=60"))
+    let (mut kills, mut in_window) = (0, 0);
+    for attempt in 0..60 {
+        let mut child = cmd(&args, Some("checkpoint-sleep-ms=150"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -270,16 +270,25 @@ fn sigkill_at_random_moments_never_loses_the_run() {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 kills += 1;
+                // A kill inside a checkpoint window leaves the new file's temporary copy (the
+                // next run removes it).
+                let tmp = std::fs::read_dir(&dir).map_or(false, |es| {
+                    es.flatten()
+                        .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+                });
+                in_window += usize::from(tmp);
             }
         }
         args = vec!["train", "--resume", d];
     }
-    eprintln!("{kills} kills");
+    eprintln!("{kills} kills, {in_window} inside a checkpoint window");
     assert!(kills >= 3, "only {kills} kills landed");
+    assert!(in_window >= 1, "no kill landed inside a checkpoint window");
     if !dir.join("summary.json").exists() {
         resume_to_end(&dir);
     }
     assert_eq!(losses(&dir), want, "after {kills} kills");
+    no_temporaries(&dir);
     assert_eq!(summary(&dir)["test_ppl"], summary(&r)["test_ppl"]);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&r);
