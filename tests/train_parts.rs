@@ -84,8 +84,9 @@ fn checkpoints_round_trip_and_detect_corruption() {
         sidecar: serde_json::json!({"step": 17, "config": {"layers": 1}}),
     };
     checkpoint::save(&dir, "best", &ck).unwrap();
-    let back = checkpoint::load(&dir, "best").unwrap();
+    let (back, note) = checkpoint::load(&dir, "best").unwrap();
     assert_eq!(back, ck);
+    assert_eq!(note, None);
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -101,5 +102,33 @@ fn checkpoints_round_trip_and_detect_corruption() {
     std::fs::write(&tpath, bytes).unwrap();
     let e = checkpoint::load(&dir, "best").unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
+    // A second generation keeps the first as `best.prev`; when the newest is damaged, the
+    // previous one is loaded, and the note says so.
+    let mut second = ck.clone();
+    second.sidecar["step"] = serde_json::json!(18);
+    checkpoint::save(&dir, "best", &ck).unwrap();
+    checkpoint::save(&dir, "best", &second).unwrap();
+    assert_eq!(checkpoint::load(&dir, "best").unwrap(), (second, None));
+    let mut bytes = std::fs::read(&tpath).unwrap();
+    bytes[last] ^= 0x40;
+    std::fs::write(&tpath, &bytes).unwrap();
+    let (back, note) = checkpoint::load(&dir, "best").unwrap();
+    assert_eq!(back, ck);
+    let note = note.expect("a note on the fallback");
+    assert!(
+        note.contains("corrupt") && note.contains("best.prev"),
+        "{note}"
+    );
+    // Both damaged: the newest one's error.
+    let prev = checkpoint::previous(&tpath);
+    let mut p = std::fs::read(&prev).unwrap();
+    p[last] ^= 0x40;
+    std::fs::remove_file(&prev).unwrap();
+    std::fs::write(&prev, &p).unwrap();
+    let e = checkpoint::load(&dir, "best").unwrap_err().to_string();
+    assert!(
+        e.contains("corrupt") && e.contains("best.safetensors"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -148,6 +148,37 @@ fn a_crash_inside_the_checkpoint_window_loses_nothing_but_the_interval() {
 }
 
 #[test]
+fn a_damaged_checkpoint_falls_back_to_its_previous_generation() {
+    // Item 1's other half: when the newest checkpoint file is damaged anyway (a disk error),
+    // eval and --resume use the generation before it, say so, and the run still ends as the
+    // uninterrupted one.
+    let (r, want) = reference("prev", "30");
+    let dir = fresh("prev");
+    let d = dir.to_str().unwrap();
+    let o = diagc(&train_args(d, &["--steps", "20", "--valid-every", "7"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let last = dir.join("last.safetensors");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x10;
+    std::fs::remove_file(&last).unwrap();
+    std::fs::write(&last, &bytes).unwrap();
+    let o = diagc(&["eval", d, "--checkpoint", "last"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("last.prev.safetensors (step 14)"));
+    let o = diagc(&["train", "--resume", d, "--steps", "30"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("from step 14"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(losses(&dir), want);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
 fn a_failed_checkpoint_write_keeps_the_old_one_and_removes_its_temporary_file() {
     // Item 3: an I/O error while saving (a full disk) is exit 2 with a message, and leaves
     // neither a temporary file nor a damaged checkpoint.

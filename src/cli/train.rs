@@ -217,7 +217,11 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
         out,
         data_dir,
         resumed_from,
+        notes,
     } = opened;
+    for n in notes {
+        errln!("diagc: warning: {n}");
+    }
     trainer.plan_options.jit = !a.no_jit;
     if a.device == "cuda" {
         match crate::backend::cuda::runtime::Gpu::open(Default::default()) {
@@ -310,7 +314,10 @@ pub(super) struct EvalArgs {
 
 pub(super) fn eval_cmd(a: &EvalArgs) -> i32 {
     match run::evaluate(&a.run_dir, &a.checkpoint, &a.split, a.data.as_deref()) {
-        Ok(p) => {
+        Ok((p, note)) => {
+            if let Some(n) = note {
+                errln!("diagc: warning: {n}");
+            }
             outln!("{} perplexity {p:.2}", a.split);
             0
         }

@@ -5,10 +5,13 @@
 //! bit in a tensor.
 //!
 //! A checkpoint is replaced atomically: the new file is written beside the old one under a
-//! temporary name, flushed to disk, renamed over the old one, and the directory flushed. At any
+//! temporary name and flushed to disk; the old one is kept as `STEM.prev.safetensors` (a hard
+//! link, no copy); the new one is renamed over the old name, and the directory flushed. At any
 //! moment the name holds a complete checkpoint, the old or the new one; an interruption or an
 //! I/O error leaves the old one and removes the temporary file (a `kill -9` can leave one, which
-//! [`remove_temporaries`] clears when the run is opened again).
+//! [`remove_temporaries`] clears when the run is opened again). When the named file is damaged
+//! anyway (a disk error, a file system without atomic renames), [`load`] falls back to the
+//! previous generation and says so.
 
 use super::fault;
 use crate::error::Error;
@@ -97,6 +100,13 @@ fn write_file(path: &Path, bytes: &[u8], checkpoint: bool) -> std::io::Result<()
         // leave the old file usable (the crash test stops the process here).
         if checkpoint {
             fault::in_checkpoint_window()?;
+            // Keep the generation being replaced (best effort: a file system without hard
+            // links keeps none).
+            if path.exists() {
+                let prev = previous(path);
+                let _ = std::fs::remove_file(&prev);
+                let _ = std::fs::hard_link(path, &prev);
+            }
         }
         std::fs::rename(&tmp, path)
     })();
@@ -137,6 +147,15 @@ pub fn remove_temporaries(dir: &Path) -> usize {
 /// The file of checkpoint `stem` in `dir`.
 pub fn path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!("{stem}.safetensors"))
+}
+
+/// Where the generation before `file` (`last.safetensors`) is kept: `last.prev.safetensors`.
+pub fn previous(file: &Path) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    file.with_file_name(format!("{stem}.prev.safetensors"))
 }
 
 /// The size in bytes of a checkpoint of these tensors (an estimate for the free-space check:
@@ -188,9 +207,32 @@ pub fn save(dir: &Path, stem: &str, ck: &Checkpoint) -> Result<(), Error> {
         .map_err(|e| Error::write(&file, e).context("saving a checkpoint: "))
 }
 
-/// Loads a checkpoint, refusing one whose checksum does not match its contents.
-pub fn load(dir: &Path, stem: &str) -> Result<Checkpoint, Error> {
+/// Loads checkpoint `stem`, or, when its file is damaged (not merely absent), the previous
+/// generation if that one is intact; the second value then says what happened.
+pub fn load(dir: &Path, stem: &str) -> Result<(Checkpoint, Option<String>), Error> {
     let file = path(dir, stem);
+    match load_file(dir, &file, stem) {
+        Ok(ck) => Ok((ck, None)),
+        Err(e) if file.exists() && previous(&file).exists() => {
+            let prev = previous(&file);
+            match load_file(dir, &prev, stem) {
+                Ok(ck) => {
+                    let note = format!(
+                        "{e}; using the previous checkpoint {} (step {}) instead",
+                        prev.display(),
+                        ck.sidecar["step"]
+                    );
+                    Ok((ck, Some(note)))
+                }
+                Err(_) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads one checkpoint file, refusing one whose checksum does not match its contents.
+fn load_file(dir: &Path, file: &Path, stem: &str) -> Result<Checkpoint, Error> {
     let shown = file.display();
     let data = std::fs::read(&file).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

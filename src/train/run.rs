@@ -1052,7 +1052,7 @@ impl Trainer {
         };
         let last_test = self.perplexity("test")?;
         // The test perplexity of the best checkpoint.
-        let best = checkpoint::load(out, "best")?;
+        let (best, _) = checkpoint::load(out, "best")?;
         let current = self.params.clone();
         for (group, t) in &best.tensors {
             if group == "param"
@@ -1223,6 +1223,8 @@ pub struct Opened {
     /// For a resumed run, the step of the checkpoint it continues from (`None`: it had none and
     /// starts again from step 0).
     pub resumed_from: Option<Option<usize>>,
+    /// What the user should know (a damaged checkpoint replaced by its previous generation).
+    pub notes: Vec<String>,
 }
 
 /// Opens a run for `diagc train`. Everything that can be checked is checked before the run
@@ -1275,6 +1277,7 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
                 out,
                 data_dir,
                 resumed_from: None,
+                notes: Vec::new(),
             })
         }
         Start::Resume { dir, bounds } => {
@@ -1288,8 +1291,10 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
             let data_dir = recorded_data(data, &record);
             let mut trainer =
                 Trainer::with_sources(cfg.clone(), &data_dir, Some(dir.join("source")))?;
+            let mut notes = Vec::new();
             let resumed_from = match checkpoint::load(&dir, "last") {
-                Ok(ck) => {
+                Ok((ck, note)) => {
+                    notes.extend(note);
                     check_config(&ck, &saved, &checkpoint::path(&dir, "last"))
                         .and_then(|_| trainer.restore(&ck))
                         .map_err(|e| e.context("cannot resume: "))?;
@@ -1317,6 +1322,7 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
                 out: dir,
                 data_dir,
                 resumed_from: Some(resumed_from),
+                notes,
             })
         }
     }
@@ -1333,17 +1339,20 @@ fn recorded_data(flag: Option<&Path>, record: &RunRecord) -> PathBuf {
 }
 
 /// Refuses a run whose directory cannot hold its files at their largest: `best` and `last`,
-/// a third checkpoint being written, and the metrics; less what is there already.
+/// their previous generations, a fifth checkpoint being written, and the metrics; less what
+/// is there already.
 fn check_space(t: &Trainer, out: &Path) -> Result<(), Error> {
     let one = checkpoint::size_estimate(t.parameter_count() * 3, t.names.len() * 3);
     let (steps, _) = t.total_steps();
     let metrics = (steps.saturating_sub(t.step) as u64).saturating_mul(160);
     let have: u64 = ["last", "best"]
         .iter()
-        .filter_map(|s| std::fs::metadata(checkpoint::path(out, s)).ok())
+        .map(|s| checkpoint::path(out, s))
+        .flat_map(|p| [checkpoint::previous(&p), p])
+        .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    rundir::check_free_space(out, (3 * one + metrics).saturating_sub(have))
+    rundir::check_free_space(out, (5 * one + metrics).saturating_sub(have))
 }
 
 /// Refuses a checkpoint whose configuration is not the run's (`config.json`), naming the first
@@ -1370,19 +1379,30 @@ fn check_config(ck: &Checkpoint, cfg: &TrainConfig, file: &Path) -> Result<(), E
 /// The checkpoint `stem` (`best`, `last`) of a run directory, with the run's configuration and
 /// record, every file checked: the sources against their checksums, the checkpoint against
 /// its own and against `config.json`.
-pub fn load_run(dir: &Path, stem: &str) -> Result<(TrainConfig, RunRecord, Checkpoint), Error> {
+/// The last value says what the user should know (a damaged checkpoint replaced by its
+/// previous generation).
+pub fn load_run(
+    dir: &Path,
+    stem: &str,
+) -> Result<(TrainConfig, RunRecord, Checkpoint, Option<String>), Error> {
     let (cfg, record) = rundir::read(dir)?;
-    let ck = checkpoint::load(dir, stem)?;
+    let (ck, note) = checkpoint::load(dir, stem)?;
     check_config(&ck, &cfg, &checkpoint::path(dir, stem))?;
-    Ok((cfg, record, ck))
+    Ok((cfg, record, ck, note))
 }
 
 /// `diagc eval`: the perplexity of checkpoint `stem` of the run in `dir` on `split`, with the
 /// model checked from the run's copy of its sources, on `data` or the run's data directory.
-pub fn evaluate(dir: &Path, stem: &str, split: &str, data: Option<&Path>) -> Result<f64, Error> {
-    let (cfg, record, ck) = load_run(dir, stem)?;
+/// The second value says what the user should know (see [`load_run`]).
+pub fn evaluate(
+    dir: &Path,
+    stem: &str,
+    split: &str,
+    data: Option<&Path>,
+) -> Result<(f64, Option<String>), Error> {
+    let (cfg, record, ck, note) = load_run(dir, stem)?;
     let data_dir = recorded_data(data, &record);
     let mut t = Trainer::with_sources(cfg, &data_dir, Some(dir.join("source")))?;
     t.restore(&ck)?;
-    t.perplexity(split)
+    Ok((t.perplexity(split)?, note))
 }

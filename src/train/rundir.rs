@@ -9,6 +9,7 @@
 //! | `metrics.jsonl` | one JSON object a line: every step (`step`, `epoch`, `loss`, `lr`, `tokens_per_s`), every validation (`step`, `valid_ppl`) |
 //! | `last.safetensors` | the newest state (see [`super::checkpoint`]), to resume |
 //! | `best.safetensors` | the state with the best validation perplexity |
+//! | `last.prev.safetensors`, `best.prev.safetensors` | the generations before those (hard links), the fallback for a damaged checkpoint |
 //! | `summary.json` | the outcome, once the run has finished |
 
 use super::checkpoint::{self, sha256_hex};
@@ -40,6 +41,8 @@ const RUN_FILES: &[&str] = &[
     "metrics.jsonl",
     "last.safetensors",
     "best.safetensors",
+    "last.prev.safetensors",
+    "best.prev.safetensors",
     "summary.json",
 ];
 
