@@ -303,7 +303,7 @@ fn sigkill_at_random_moments_never_loses_the_run() {
                 kills += 1;
                 // A kill inside a checkpoint window leaves the new file's temporary copy (the
                 // next run removes it).
-                let tmp = std::fs::read_dir(&dir).map_or(false, |es| {
+                let tmp = std::fs::read_dir(&dir).is_ok_and(|es| {
                     es.flatten()
                         .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
                 });
