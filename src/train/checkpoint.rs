@@ -234,13 +234,13 @@ pub fn load(dir: &Path, stem: &str) -> Result<(Checkpoint, Option<String>), Erro
 /// Loads one checkpoint file, refusing one whose checksum does not match its contents.
 fn load_file(dir: &Path, file: &Path, stem: &str) -> Result<Checkpoint, Error> {
     let shown = file.display();
-    let data = std::fs::read(&file).map_err(|e| {
+    let data = std::fs::read(file).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Checkpoint(format!(
                 "{shown} does not exist (no `{stem}` checkpoint was saved)"
             ))
         } else {
-            Error::read(&file, e)
+            Error::read(file, e)
         }
     })?;
     let corrupt = |why: String| Error::Checkpoint(format!("{shown} is corrupt: {why}"));
