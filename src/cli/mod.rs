@@ -380,7 +380,7 @@ enum Command {
     /// needed to continue or evaluate it. Ctrl-C, SIGTERM and SIGUSR1 save the state at the
     /// next step and exit 128 + the signal's number (130, 143, 138); --resume continues. A
     /// diverged run exits 1.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Perplexity of a run's checkpoint (best or last) on a split, with the model the run
     /// copied when it started.
     Eval(train::EvalArgs),

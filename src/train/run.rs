@@ -900,7 +900,7 @@ impl Trainer {
     fn windows_per_epoch(&self) -> usize {
         let bptt = self.cfg.model.bptt;
         let n = self.train.window_count(bptt);
-        let partial = (self.train.rows - 1) % bptt != 0;
+        let partial = !(self.train.rows - 1).is_multiple_of(bptt);
         if self.full_windows_only && partial {
             n - 1
         } else {
