@@ -308,11 +308,12 @@ fn only_the_cpu_backend_runs_cranelift() {
 
 #[test]
 fn only_these_modules_touch_the_file_system() {
-    // The session reads source files; training reads its data and writes checkpoints and
-    // metrics; NVRTC's disk cache; the CLI writes what the user asked for.
+    // The session reads source files; training reads its data (and fetches it when asked) and
+    // writes checkpoints and metrics; NVRTC's disk cache; the CLI writes what the user asked for.
     let allowed = [
         "session.rs",
         "train/data.rs",
+        "train/fetch.rs",
         "train/checkpoint.rs",
         "train/run.rs",
         "train/rundir.rs",
@@ -320,4 +321,13 @@ fn only_these_modules_touch_the_file_system() {
         "cli/",
     ];
     assert_eq!(offenders(&["fs::"], &allowed), Vec::<String>::new());
+}
+
+#[test]
+fn only_the_fetcher_touches_the_network() {
+    // `diagc data fetch ptb` and `diagc train --download`; nothing else opens a connection.
+    assert_eq!(
+        offenders(&["ureq::", "TcpStream", "UdpSocket"], &["train/fetch.rs"]),
+        Vec::<String>::new()
+    );
 }

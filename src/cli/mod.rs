@@ -8,7 +8,7 @@
 //!
 //! One file per command family: `check` (check, explain), `compile` (compile, draw), `exec`
 //! (run, gradcheck), `bench`, `train` (train, eval), `rewrite` (rewrite, derive, enumerate,
-//! taxonomy), `selftest`.
+//! taxonomy), `selftest`, `data` (data fetch, data status).
 
 /// `println!` that never panics: see [`output`].
 macro_rules! outln {
@@ -35,6 +35,7 @@ macro_rules! err {
 mod bench;
 mod check;
 mod compile;
+mod data;
 mod exec;
 pub mod output;
 mod rewrite;
@@ -381,6 +382,12 @@ enum Command {
     /// next step and exit 128 + the signal's number (130, 143, 138); --resume continues. A
     /// diverged run exits 1.
     Train(Box<train::TrainArgs>),
+    /// Training data: fetch the Penn Treebank (`diagc data fetch ptb`), or show where each split
+    /// is found and whether its checksum matches (`diagc data status`).
+    Data {
+        #[command(subcommand)]
+        cmd: data::DataCmd,
+    },
     /// Perplexity of a run's checkpoint (best or last) on a split, with the model the run
     /// copied when it started.
     Eval(train::EvalArgs),
@@ -595,6 +602,7 @@ fn run() -> i32 {
         Command::Bench(args) => bench_cmd(&args),
         Command::Train(args) => train_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
+        Command::Data { cmd } => data::data_cmd(cmd),
         Command::Compile {
             file,
             diagram,

@@ -70,10 +70,14 @@ pub(super) struct TrainArgs {
     /// non-finite loss always stops the run) [default: 10].
     #[arg(long, value_name = "K")]
     pub diverge_steps: Option<usize>,
-    /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb; a resumed run uses
-    /// the one it recorded).
+    /// The PTB directory (default: $DIAGC_DATA, else ../shared/data/ptb, else the cache that
+    /// `diagc data fetch ptb` fills; a resumed run uses the one it recorded).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Download the PTB first when it is not found (into the cache, or into --data DIR), as
+    /// `diagc data fetch ptb` does.
+    #[arg(long)]
+    pub download: bool,
     /// The run directory (default: runs/MECH-Ll-seedS).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -208,6 +212,18 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
             return fail(Error::External(format!("cannot handle signal {sig}: {e}")));
         }
     }
+    if a.download {
+        // Bad flags are refused before anything is downloaded.
+        let checked = match &start {
+            Start::New { cfg, .. } => cfg.validate(),
+            Start::Resume { .. } => Ok(()),
+        };
+        if let Err(e) = checked
+            .and_then(|_| super::data::download_for_train(a.data.as_deref(), a.resume.as_deref()))
+        {
+            return fail(e);
+        }
+    }
     let opened = match run::open(start, a.data.as_deref()) {
         Ok(o) => o,
         Err(e) => return fail(e),
@@ -307,7 +323,7 @@ pub(super) struct EvalArgs {
     #[arg(long, default_value = "best", value_parser = ["best", "last"])]
     pub checkpoint: String,
     /// The PTB directory (default: the one the run recorded, else $DIAGC_DATA, else
-    /// ../shared/data/ptb).
+    /// ../shared/data/ptb, else the cache).
     #[arg(long)]
     pub data: Option<PathBuf>,
 }

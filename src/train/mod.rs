@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod fault;
+pub mod fetch;
 pub mod gpu;
 pub mod model;
 pub mod optim;

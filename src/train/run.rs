@@ -1263,7 +1263,7 @@ pub fn open(start: Start, data: Option<&Path>) -> Result<Opened, Error> {
                 }
             }
             let sources = super::model::sources(&cfg.model)?;
-            let data_dir = super::data::data_dir(data);
+            let data_dir = super::data::find(data)?;
             let mut trainer = Trainer::new(cfg.clone(), &data_dir)?;
             rundir::create(&out)?;
             if overwrite {
