@@ -263,7 +263,7 @@ fn every_command_prints_its_errors_as_json_when_asked() {
             "external",
             2,
         ),
-        (&["eval", "no/such/run"], "checkpoint", 2),
+        (&["eval", "no/such/run"], "usage", 2),
     ];
     for (args, kind, code) in cases {
         let mut a = args.to_vec();
