@@ -176,3 +176,28 @@ fn bad_data_and_run_directories_fail_before_training() {
     assert!(open(start, None).is_err());
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn a_checkpoint_missing_a_tensor_or_with_a_wrong_shape_is_refused() {
+    // Item 5 of issue 16: a checkpoint missing a parameter tensor used to evaluate with the
+    // untrained one.
+    let mut t = Trainer::new(tiny(1, None), &data::data_dir(None)).unwrap();
+    let ck = t.checkpoint();
+    let mut missing = ck.clone();
+    let k = missing
+        .tensors
+        .iter()
+        .position(|(g, _)| g == "param")
+        .unwrap();
+    let name = missing.tensors.remove(k).1.name;
+    let e = t.restore(&missing).unwrap_err().to_string();
+    assert!(e.contains(&format!("no tensor `param/{name}`")), "{e}");
+    let mut reshaped = ck.clone();
+    reshaped.tensors[0].1.shape.push(1);
+    let e = t.restore(&reshaped).unwrap_err().to_string();
+    assert!(e.contains("has shape"), "{e}");
+    let mut other_vocab = ck.clone();
+    other_vocab.sidecar["vocab"] = serde_json::json!(5);
+    assert!(t.restore(&other_vocab).is_err());
+    t.restore(&ck).unwrap();
+}
