@@ -253,6 +253,35 @@ fn sigterm_saves_and_the_run_resumes_exactly() {
     let _ = std::fs::remove_dir_all(&r);
 }
 
+#[test]
+fn sigusr1_and_sigint_save_too_with_their_own_exit_codes() {
+    // Slurm sends SIGUSR1 before a preemption (`--signal`), a terminal SIGINT.
+    for (signal, code) in [("USR1", 138), ("INT", 130)] {
+        let dir = fresh(&format!("sig{signal}"));
+        let d = dir.to_str().unwrap();
+        let mut child = cmd(&train_args(d, &["--steps", "200"]), None)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .map(|t| t.lines().count() < 3)
+            .unwrap_or(true)
+        {
+            assert!(t0.elapsed() < Duration::from_secs(120));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe_kill(child.id(), signal);
+        assert_eq!(child.wait().unwrap().code(), Some(code), "SIG{signal}");
+        let steps = losses(&dir).len();
+        let o = diagc(&["eval", d, "--checkpoint", "last"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(steps < 200, "SIG{signal} stopped nothing");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Sends a signal with kill(1), to keep the tests free of unsafe code.
 fn unsafe_kill(pid: u32, signal: &str) {
     let s = Command::new("kill")
