@@ -54,6 +54,35 @@ fn diagc(args: &[&str]) -> Output {
     cmd(args, None).output().unwrap()
 }
 
+/// `diagc args` with the fault `fault` injected (see `DIAGC_FAULT` in src/train/fault.rs).
+fn faulty(args: &[&str], fault: &str) -> Output {
+    cmd(args, Some(fault)).output().unwrap()
+}
+
+/// `diagc args` started in the background, its output discarded.
+fn spawn(args: &[&str], fault: Option<&str>) -> std::process::Child {
+    cmd(args, fault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the run in `dir` has written `n` lines of metrics.
+fn wait_for_lines(dir: &Path, n: usize) {
+    let t0 = Instant::now();
+    while std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .map(|t| t.lines().count() < n)
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no progress in {dir:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["train", "m1", "--out", out];
     // TINY's flags, less those that `extra` gives.
@@ -131,12 +160,10 @@ fn a_crash_inside_the_checkpoint_window_loses_nothing_but_the_interval() {
     let (r, want) = reference("window", "30");
     let dir = fresh("window");
     let d = dir.to_str().unwrap();
-    let o = cmd(
+    let o = faulty(
         &train_args(d, &["--steps", "30", "--valid-every", "7"]),
-        Some("checkpoint-abort=4"),
-    )
-    .output()
-    .unwrap();
+        "checkpoint-abort=4",
+    );
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(dir.join("last.safetensors").exists());
     resume_to_end(&dir);
@@ -184,12 +211,10 @@ fn a_failed_checkpoint_write_keeps_the_old_one_and_removes_its_temporary_file() 
     // neither a temporary file nor a damaged checkpoint.
     let dir = fresh("diskfull");
     let d = dir.to_str().unwrap();
-    let o = cmd(
+    let o = faulty(
         &train_args(d, &["--steps", "20", "--valid-every", "5"]),
-        Some("checkpoint-error=3"),
-    )
-    .output()
-    .unwrap();
+        "checkpoint-error=3",
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -225,24 +250,13 @@ fn sigterm_saves_and_the_run_resumes_exactly() {
     let (r, want) = reference("term", "40");
     let dir = fresh("term");
     let d = dir.to_str().unwrap();
-    let mut child = cmd(
+    let mut child = spawn(
         &train_args(d, &["--steps", "40", "--valid-every", "7"]),
         None,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    );
     // Wait for the first steps, then ask it to stop.
-    let t0 = Instant::now();
-    while std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .map(|t| t.lines().count() < 3)
-        .unwrap_or(true)
-    {
-        assert!(t0.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    unsafe_kill(child.id(), "TERM");
+    wait_for_lines(&dir, 3);
+    send_signal(child.id(), "TERM");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
     assert!(dir.join("last.safetensors").exists());
@@ -259,20 +273,9 @@ fn sigusr1_and_sigint_save_too_with_their_own_exit_codes() {
     for (signal, code) in [("USR1", 138), ("INT", 130)] {
         let dir = fresh(&format!("sig{signal}"));
         let d = dir.to_str().unwrap();
-        let mut child = cmd(&train_args(d, &["--steps", "200"]), None)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        while std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .map(|t| t.lines().count() < 3)
-            .unwrap_or(true)
-        {
-            assert!(t0.elapsed() < Duration::from_secs(120));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        unsafe_kill(child.id(), signal);
+        let mut child = spawn(&train_args(d, &["--steps", "200"]), None);
+        wait_for_lines(&dir, 3);
+        send_signal(child.id(), signal);
         assert_eq!(child.wait().unwrap().code(), Some(code), "SIG{signal}");
         let steps = losses(&dir).len();
         let o = diagc(&["eval", d, "--checkpoint", "last"]);
@@ -283,7 +286,7 @@ fn sigusr1_and_sigint_save_too_with_their_own_exit_codes() {
 }
 
 /// Sends a signal with kill(1), to keep the tests free of unsafe code.
-fn unsafe_kill(pid: u32, signal: &str) {
+fn send_signal(pid: u32, signal: &str) {
     let s = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status()
@@ -303,11 +306,7 @@ fn sigkill_at_random_moments_never_loses_the_run() {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let (mut kills, mut in_window) = (0, 0);
     for attempt in 0..60 {
-        let mut child = cmd(&args, Some("checkpoint-sleep-ms=150"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(&args, Some("checkpoint-sleep-ms=150"));
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -361,12 +360,10 @@ fn a_run_killed_before_its_first_checkpoint_is_not_silently_appended_to() {
     // replaces it.
     let dir = fresh("early");
     let d = dir.to_str().unwrap();
-    let o = cmd(
+    let o = faulty(
         &train_args(d, &["--steps", "10", "--valid-every", "8"]),
-        Some("checkpoint-abort=1"),
-    )
-    .output()
-    .unwrap();
+        "checkpoint-abort=1",
+    );
     assert_ne!(o.status.code(), Some(0));
     assert!(!dir.join("last.safetensors").exists());
     let o = diagc(&train_args(d, &["--steps", "10"]));
