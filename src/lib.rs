@@ -34,6 +34,7 @@ pub mod rewrite;
 pub mod opt;
 pub mod train;
 pub mod selftest;
+pub mod sweep;
 pub mod cli;
 
 pub use error::{Error, Result};
