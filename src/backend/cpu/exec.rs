@@ -39,6 +39,9 @@ pub struct Plan {
     lir: crate::lir::Plan,
     /// The compiled code of each step that is a fused group (`None` for every other step).
     code: Vec<Option<jit::Fused>>,
+    /// Fused groups the code generator could not compile, planned again as separate steps
+    /// (the same results, slower): zero unless the JIT has a bug.
+    jit_failures: usize,
 }
 
 impl std::ops::Deref for Plan {
@@ -125,7 +128,11 @@ impl Plan {
                 }
             }
             if failed.is_empty() {
-                return Ok(Plan { lir, code });
+                return Ok(Plan {
+                    lir,
+                    code,
+                    jit_failures: unfused.len(),
+                });
             }
             // Plan again with these groups left as separate steps (a group's id is its
             // index among the candidates, which do not depend on what is excluded).
@@ -147,6 +154,11 @@ impl Plan {
     }
 
     /// The backend-neutral plan.
+    /// How many fused groups the JIT failed to compile (they run unfused).
+    pub fn jit_failures(&self) -> usize {
+        self.jit_failures
+    }
+
     pub fn lir(&self) -> &crate::lir::Plan {
         &self.lir
     }

@@ -359,15 +359,20 @@ fn emit(
     for blk in [vhead, vbody, shead, sbody] {
         b.append_block_param(blk, types::I64);
     }
+    // Stride-0 inputs as vectors, made in the entry block, before its terminator.
+    let splats: Vec<Option<Value>> = if vector {
+        hoisted
+            .iter()
+            .map(|h| h.map(|v| b.ins().splat(types::F32X4, v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let zero = b.ins().iconst(types::I64, 0);
     let start = if vector { vhead } else { shead };
     b.ins().jump(start, &[BlockArg::from(zero)]);
 
     if vector {
-        let splats: Vec<Option<Value>> = hoisted
-            .iter()
-            .map(|h| h.map(|v| b.ins().splat(types::F32X4, v)))
-            .collect();
         b.switch_to_block(vhead);
         let i = b.block_params(vhead)[0];
         let next = b.ins().iadd_imm_s(i, 4);
