@@ -40,6 +40,7 @@ mod exec;
 pub mod output;
 mod rewrite;
 mod selftest;
+mod sweep;
 mod train;
 
 use crate::diagnostic::{ALL_CODES, Code};
@@ -391,6 +392,13 @@ enum Command {
     /// Perplexity of a run's checkpoint (best or last) on a split, with the model the run
     /// copied when it started.
     Eval(train::EvalArgs),
+    /// The paper's experiment as one command: plan a sweep file (mechanisms x depths x seeds,
+    /// per-model learning rates, a timing phase) into a directory, run it here (or one entry at
+    /// a time under a scheduler), see how far it is, and write its results and report.
+    Sweep {
+        #[command(subcommand)]
+        cmd: sweep::SweepCmd,
+    },
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -603,6 +611,7 @@ fn run() -> i32 {
         Command::Train(args) => train_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
         Command::Data { cmd } => data::data_cmd(cmd),
+        Command::Sweep { cmd } => sweep::sweep_cmd(cmd),
         Command::Compile {
             file,
             diagram,

@@ -127,7 +127,7 @@ impl TrainArgs {
     }
 
     /// The configuration of a new run: the flags over the protocol's defaults.
-    fn config(&self) -> TrainConfig {
+    pub(super) fn config(&self) -> TrainConfig {
         let d = TrainConfig::default();
         let m = &d.model;
         TrainConfig {
@@ -170,11 +170,45 @@ pub(super) fn stopped_code(signal: usize) -> i32 {
 }
 
 pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
-    if let Err(e) = known_device(&a.device) {
-        return fail(e);
+    // Signals first: a stop asked during the set-up is honoured at the first step boundary.
+    let stop = match stop_on_signals() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match execute(a, &stop) {
+        Ok(Ran::Finished) => 0,
+        Ok(Ran::Interrupted(signal)) => stopped_code(signal),
+        Err(e) => fail(e),
     }
+}
+
+/// A flag set to the number of SIGINT, SIGTERM or SIGUSR1 when one arrives.
+pub(super) fn stop_on_signals() -> Result<Arc<AtomicUsize>, Error> {
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ] {
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
+            .map_err(|e| Error::External(format!("cannot handle signal {sig}: {e}")))?;
+    }
+    Ok(stop)
+}
+
+/// How a training run that did not fail ended.
+pub(super) enum Ran {
+    Finished,
+    /// Stopped by this signal, its state saved.
+    Interrupted(usize),
+}
+
+/// `diagc train` after its signals are set up: opens (or resumes) the run, trains it, prints
+/// the result; `stop` is the flag the signals set.
+pub(super) fn execute(a: &TrainArgs, stop: &Arc<AtomicUsize>) -> Result<Ran, Error> {
+    known_device(&a.device)?;
     if !(a.checkpoint_every_min.is_finite() && a.checkpoint_every_min > 0.0) {
-        return fail(Error::Usage(format!(
+        return Err(Error::Usage(format!(
             "--checkpoint-every-min: {} is not a positive number of minutes",
             a.checkpoint_every_min
         )));
@@ -183,7 +217,7 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
         Some(dir) => {
             let given = a.given_config_flags();
             if !given.is_empty() {
-                return fail(Error::Usage(format!(
+                return Err(Error::Usage(format!(
                     "--resume continues a run with its own configuration; {} cannot change \
                      (only --epochs and --steps can)",
                     given.join(", ")
@@ -201,33 +235,17 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
             overwrite: a.overwrite,
         },
     };
-    // Signals first: a stop asked during the set-up is honoured at the first step boundary.
-    let stop = Arc::new(AtomicUsize::new(0));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGUSR1,
-    ] {
-        if let Err(e) = signal_hook::flag::register_usize(sig, stop.clone(), sig as usize) {
-            return fail(Error::External(format!("cannot handle signal {sig}: {e}")));
-        }
-    }
     if a.download {
         // Bad flags are refused before anything is downloaded.
         let checked = match &start {
             Start::New { cfg, .. } => cfg.validate(),
             Start::Resume { .. } => Ok(()),
         };
-        if let Err(e) = checked
-            .and_then(|_| super::data::download_for_train(a.data.as_deref(), a.resume.as_deref()))
-        {
-            return fail(e);
-        }
+        checked.and_then(|_| {
+            super::data::download_for_train(a.data.as_deref(), a.resume.as_deref())
+        })?;
     }
-    let opened = match run::open(start, a.data.as_deref()) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
+    let opened = run::open(start, a.data.as_deref())?;
     let run::Opened {
         mut trainer,
         out,
@@ -282,12 +300,12 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
         );
     }
     let ctl = Control {
-        stop: &stop,
+        stop,
         progress: std::io::stderr().is_terminal(),
         checkpoint_every: std::time::Duration::from_secs_f64(a.checkpoint_every_min * 60.0),
     };
-    match trainer.run(&out, &ctl) {
-        Ok(Outcome::Finished(f)) => {
+    match trainer.run(&out, &ctl)? {
+        Outcome::Finished(f) => {
             let (bs, bv, bt) = f.best;
             let (ls, lv, lt) = f.last;
             let text = format!(
@@ -297,17 +315,16 @@ pub(super) fn train_cmd(a: &TrainArgs) -> i32 {
                 out.join("summary.json").display()
             );
             out!("{text}");
-            0
+            Ok(Ran::Finished)
         }
-        Ok(Outcome::Interrupted { signal }) => {
+        Outcome::Interrupted { signal } => {
             errln!(
                 "stopped by signal {signal} at step {}; state saved; continue with `diagc train --resume {}`",
                 trainer.step,
                 out.display()
             );
-            stopped_code(signal)
+            Ok(Ran::Interrupted(signal))
         }
-        Err(e) => fail(e),
     }
 }
 

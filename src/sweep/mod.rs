@@ -24,7 +24,12 @@
 //! DIR/report.html      `diagc sweep report DIR`
 //! ```
 
-// (the submodules land with their commits)
+pub mod exec;
+pub mod plan;
+pub mod results;
+pub mod spec;
+pub mod store;
+pub mod timing;
 
 use serde::{Deserialize, Serialize};
 

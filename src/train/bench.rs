@@ -48,6 +48,80 @@ fn median_secs(v: Vec<Duration>) -> f64 {
     median(v.iter().map(Duration::as_secs_f64).collect())
 }
 
+/// A training step ready to be timed: the plan, its workspace, seeded inputs and parameters, and
+/// Adam's state. [`bench`] times one; the sweep's timing phase alternates two.
+pub struct Prepared {
+    pub plan: Plan,
+    ws: crate::backend::cpu::exec::Workspace,
+    data: Vec<Vec<f32>>,
+    params: Vec<Vec<f32>>,
+    adam: Adam,
+    grad_of: Vec<usize>,
+    d_model: usize,
+    seed: u64,
+    /// Tokens of one step (batch x window).
+    pub tokens_per_step: usize,
+}
+
+impl Prepared {
+    /// Plans the training step of `cfg` (with `fuse_attention`, its causal attention as one box
+    /// per layer).
+    pub fn new(cfg: &ModelConfig, seed: u64, jit: bool, fuse_attention: bool) -> Result<Prepared, Error> {
+        let tg = train_graph_with(cfg, fuse_attention)?;
+        let f = &tg.forward;
+        let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
+        let ws = plan.workspace();
+        let mut data = harness::to_f32(&harness::random_inputs(f, seed));
+        let np = f.params.len();
+        let grad_of: Vec<usize> = (0..np)
+            .map(|k| tg.gradient.grad_of[2 + k])
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Plan("a parameter has no gradient".into()))?;
+        let params: Vec<Vec<f32>> = data.drain(2..2 + np).collect();
+        let lengths: Vec<usize> = params.iter().map(Vec::len).collect();
+        Ok(Prepared {
+            plan,
+            ws,
+            data,
+            params,
+            adam: Adam::new(&lengths),
+            grad_of,
+            d_model: cfg.d_model,
+            seed,
+            tokens_per_step: cfg.batch * cfg.bptt,
+        })
+    }
+
+    /// Parameters of the model.
+    pub fn parameters(&self) -> usize {
+        self.params.iter().map(Vec::len).sum()
+    }
+
+    /// Planned bytes: the workspace, and the parameters, gradients and Adam's two moments.
+    pub fn planned_bytes(&self) -> u64 {
+        (self.plan.peak_bytes() + self.parameters() * 4 * 4) as u64
+    }
+
+    /// Runs `steps` whole training steps; returns each one's (forward + backward, whole step).
+    pub fn time(&mut self, steps: usize) -> Result<Vec<(Duration, Duration)>, Error> {
+        let mut out = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let s = self.adam.step;
+            let t0 = Instant::now();
+            let lr = noam(self.adam.step + 1, self.d_model, 4000, 1.0);
+            let (_, t1) = cpu_step(
+                (&self.plan, &mut self.ws, &self.grad_of),
+                [&self.data[0], &self.data[1]],
+                (&mut self.params, &mut self.adam),
+                (self.seed.wrapping_add(s as u64), lr, 1.0),
+            )?;
+            let t2 = Instant::now();
+            out.push((t1 - t0, t2 - t0));
+        }
+        Ok(out)
+    }
+}
+
 /// Times `steps` training steps (after one warm-up step). With `fuse_attention`, the model's
 /// causal attention is one box per layer (`ir::fuse`).
 pub fn bench(
@@ -57,36 +131,20 @@ pub fn bench(
     jit: bool,
     fuse_attention: bool,
 ) -> Result<BenchReport, Error> {
-    let tg = train_graph_with(cfg, fuse_attention)?;
-    let f = &tg.forward;
-    let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
-    let mut ws = plan.workspace();
-    let mut flat = harness::to_f32(&harness::random_inputs(f, seed));
-    let np = f.params.len();
-    let grad_of: Vec<usize> = (0..np)
-        .map(|k| tg.gradient.grad_of[2 + k])
-        .collect::<Option<_>>()
-        .ok_or_else(|| Error::Plan("a parameter has no gradient".into()))?;
-    let mut params: Vec<Vec<f32>> = flat.drain(2..2 + np).collect();
+    let mut p = Prepared::new(cfg, seed, jit, fuse_attention)?;
+    p.time(1)?;
+    let times = p.time(steps)?;
+    let fb: Vec<Duration> = times.iter().map(|t| t.0).collect();
+    let full: Vec<Duration> = times.iter().map(|t| t.1).collect();
+    let Prepared {
+        plan,
+        mut ws,
+        data: flat,
+        params,
+        ..
+    } = p;
     let (ids, targets) = (&flat[0], &flat[1]);
     let lengths: Vec<usize> = params.iter().map(Vec::len).collect();
-    let mut adam = Adam::new(&lengths);
-    let (mut fb, mut full) = (Vec::new(), Vec::new());
-    for s in 0..=steps {
-        let t0 = Instant::now();
-        let lr = noam(adam.step + 1, cfg.d_model, 4000, 1.0);
-        let (_, t1) = cpu_step(
-            (&plan, &mut ws, &grad_of),
-            [ids, targets],
-            (&mut params, &mut adam),
-            (seed.wrapping_add(s as u64), lr, 1.0),
-        )?;
-        let t2 = Instant::now();
-        if s > 0 {
-            fb.push(t1 - t0);
-            full.push(t2 - t0);
-        }
-    }
     let nparams: usize = lengths.iter().sum();
     let one = [1.0f32];
     let mut refs: Vec<&[f32]> = vec![ids, targets];
