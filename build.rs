@@ -6,6 +6,7 @@
 use std::{env, fs, path::Path};
 
 fn main() {
+    git_commit();
     let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     lalrpop::Configuration::new()
         .set_in_dir("grammar")
@@ -90,5 +91,36 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
             println!("cargo:rerun-if-changed={}", p.display());
             out.push(p);
         }
+    }
+}
+
+/// The commit being built, as `DIAGC_GIT_COMMIT` (sweep results and reports record it); empty
+/// outside a git checkout. Rebuilt when HEAD moves.
+fn git_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();
+    println!("cargo:rustc-env=DIAGC_GIT_COMMIT={commit}");
+    // Only files that exist: cargo reruns the script on every build for a missing one.
+    let watch = |p: std::path::PathBuf| {
+        if p.is_file() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    };
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        watch(Path::new(&dir).join("HEAD"));
+    }
+    if let (Some(common), Some(r)) = (
+        git(&["rev-parse", "--git-common-dir"]),
+        git(&["symbolic-ref", "-q", "HEAD"]),
+    ) {
+        watch(Path::new(&common).join(r));
+        watch(Path::new(&common).join("packed-refs"));
     }
 }

@@ -72,7 +72,11 @@ fn compare(inst: &Instance, d: &Flat, xs: &[Vec<f32>], opts: RunOptions) -> (Vec
     assert_eq!(slow.fused_count(), 0);
     // A group the code generator fails on is planned again unfused: the same numbers, so only
     // this count shows the failure.
-    assert_eq!(fast.jit_failures(), 0, "the JIT failed to compile some fused groups");
+    assert_eq!(
+        fast.jit_failures(),
+        0,
+        "the JIT failed to compile some fused groups"
+    );
     let refs: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
     let a = fast.run(&mut fast.workspace(), &refs, opts).unwrap();
     let b = slow.run(&mut slow.workspace(), &refs, opts).unwrap();

@@ -102,7 +102,11 @@ fn train_args(args: &[String]) -> Result<TrainArgs, Error> {
         .map(|t| t.a)
         .map_err(|e| {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
             Error::Usage(first.to_string())
         })
 }
@@ -157,8 +161,15 @@ fn plan_cmd(file: &Path, out: Option<&Path>, force: bool) -> Result<PathBuf, Err
     let base = file.parent().unwrap_or(Path::new("."));
     let stdlib = stdlib_mechanisms();
     let shown = file.display().to_string();
-    let spec = spec::parse(&text, &stem, &spec::Context { stdlib: &stdlib, base })
-        .map_err(|e| spec::error(&shown, &text, &e))?;
+    let spec = spec::parse(
+        &text,
+        &stem,
+        &spec::Context {
+            stdlib: &stdlib,
+            base,
+        },
+    )
+    .map_err(|e| spec::error(&shown, &text, &e))?;
     let entries = plan::expand(&spec);
     validate(&spec, &entries).map_err(|e| spec::error(&shown, &text, &e))?;
     let dir = out
@@ -253,7 +264,8 @@ fn validate(sp: &spec::Spec, entries: &[Entry]) -> Result<(), spec::SpecError> {
         }
         let a = train_args(&args).map_err(|e| spec::locate(sp, &e.to_string()))?;
         let cfg = a.config();
-        cfg.validate().map_err(|e| spec::locate(sp, &e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| spec::locate(sp, &e.to_string()))?;
         let model = serde_json::to_string(&cfg.model).unwrap_or_default();
         if seen_models.insert(model) {
             crate::train::model::language_model(&cfg.model).map_err(|e| spec::SpecError {
@@ -313,7 +325,8 @@ fn run_cmd(path: &Path, out: Option<&Path>, force: bool, o: &RunOpts) -> Result<
     let stop = stop_on_signals()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = o.threads.unwrap_or((cores / o.jobs).max(1));
-    let exe = std::env::current_exe().map_err(|e| Error::External(format!("cannot find diagc itself: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::External(format!("cannot find diagc itself: {e}")))?;
     let total = sw.entries.len();
     let bar = progress_bar(total as u64);
     let mut jobs: Vec<Job> = Vec::new();
@@ -332,7 +345,11 @@ fn run_cmd(path: &Path, out: Option<&Path>, force: bool, o: &RunOpts) -> Result<
         // Reap finished processes.
         let mut k = 0;
         while k < jobs.len() {
-            if let Some(status) = jobs[k].child.try_wait().map_err(|e| Error::External(format!("waiting for a run: {e}")))? {
+            if let Some(status) = jobs[k]
+                .child
+                .try_wait()
+                .map_err(|e| Error::External(format!("waiting for a run: {e}")))?
+            {
                 let j = jobs.swap_remove(k);
                 let e = &sw.entries[j.index];
                 reaped(&sw, e, status, j.started.elapsed(), &bar)?;
@@ -348,22 +365,29 @@ fn run_cmd(path: &Path, out: Option<&Path>, force: bool, o: &RunOpts) -> Result<
             continue;
         }
         // Training entries first (any number at once), then timing alone.
-        let training_left = sw
-            .entries
-            .iter()
-            .zip(&st)
-            .any(|(e, s)| e.stage != Stage::Timing && !matches!(s, Status::Done | Status::Failed | Status::Diverged));
+        let training_left = sw.entries.iter().zip(&st).any(|(e, s)| {
+            e.stage != Stage::Timing
+                && !matches!(s, Status::Done | Status::Failed | Status::Diverged)
+        });
         let next = sw.entries.iter().zip(&st).find(|(e, s)| {
             !launched.contains(&e.index)
                 && Sweep::runnable(**s, o.retry_failed)
                 && (e.stage != Stage::Timing || (!training_left && jobs.is_empty()))
         });
-        let limit = if next.is_some_and(|(e, _)| e.stage == Stage::Timing) { 1 } else { o.jobs };
+        let limit = if next.is_some_and(|(e, _)| e.stage == Stage::Timing) {
+            1
+        } else {
+            o.jobs
+        };
         if let Some((e, _)) = next
             && jobs.len() < limit
         {
             launched.insert(e.index);
-            let t = if e.stage == Stage::Timing { o.threads.unwrap_or(cores) } else { threads };
+            let t = if e.stage == Stage::Timing {
+                o.threads.unwrap_or(cores)
+            } else {
+                threads
+            };
             let child = spawn(&exe, &dir, e, t, o.data.as_deref())?;
             bar.set_message(e.name.clone());
             jobs.push(Job {
@@ -414,8 +438,10 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} done  {elapsed_precise}  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} done  {elapsed_precise}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }
@@ -432,7 +458,13 @@ fn forward(child: &Child, signal: usize) {
     }
 }
 
-fn spawn(exe: &Path, dir: &Path, e: &Entry, threads: usize, data: Option<&Path>) -> Result<Child, Error> {
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    e: &Entry,
+    threads: usize,
+    data: Option<&Path>,
+) -> Result<Child, Error> {
     let (log, _) = store::log_file(dir, e)?;
     let log2 = log
         .try_clone()
@@ -467,11 +499,19 @@ fn reaped(
     let now = sw.status(e)?;
     let line = match now {
         Status::Done => {
-            let what = match store::summary(&sw.dir, e)? {
+            let summary = match e.stage {
+                Stage::Timing => None,
+                _ => store::summary(&sw.dir, e)?,
+            };
+            let what = match summary {
                 Some(s) => format!(
                     "valid {:.2}, test {:.2}",
-                    s.get("best_valid_ppl").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
-                    s.get("test_ppl").and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+                    s.get("best_valid_ppl")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(f64::NAN),
+                    s.get("test_ppl")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(f64::NAN)
                 ),
                 None => "timed".into(),
             };
@@ -483,7 +523,12 @@ fn reaped(
                 "{:8} {}: {}",
                 now.as_str(),
                 e.name,
-                st.error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+                st.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
             )
         }
         _ => {
@@ -493,13 +538,19 @@ fn reaped(
                 return Ok(());
             }
             let why = match code {
-                Some(c) => format!("the run's process exited with code {c} without recording an outcome"),
+                Some(c) => {
+                    format!("the run's process exited with code {c} without recording an outcome")
+                }
                 None => "the run's process was killed (by a signal, or out of memory)".to_string(),
             };
             let tail = store::log_tail(&sw.dir, e, 5);
             let mut st = sw.state(e)?;
             st.status = Some(Status::Failed);
-            st.error = Some(if tail.is_empty() { why.clone() } else { format!("{why}; its log ends:\n{tail}") });
+            st.error = Some(if tail.is_empty() {
+                why.clone()
+            } else {
+                format!("{why}; its log ends:\n{tail}")
+            });
             st.ended = Some(store::now_rfc3339());
             store::write_state(&sw.dir, e, &st)?;
             format!("failed   {}: {why}", e.name)
@@ -539,7 +590,8 @@ fn run_one_cmd(dir: &Path, index: usize, data: Option<&Path>) -> Result<i32, Err
     let stop = stop_on_signals()?;
     if std::env::var_os("DIAGC_SWEEP_CHILD").is_some() {
         // Started by `sweep run`: stop (saving the run) when it dies, even by SIGKILL.
-        let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+        let _ =
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
     }
     let sw = Sweep::open(dir)?;
     let e = sw.entry(index)?.clone();
@@ -585,10 +637,7 @@ fn run_one_cmd(dir: &Path, index: usize, data: Option<&Path>) -> Result<i32, Err
         _ => {
             let out = dir.join(&e.run_dir);
             let mut a = if store::run_started(dir, &e) {
-                train_args(&[
-                    "--resume".to_string(),
-                    out.to_string_lossy().to_string(),
-                ])?
+                train_args(&["--resume".to_string(), out.to_string_lossy().to_string()])?
             } else {
                 train_args(&plan::train_args(&e, lr.unwrap_or(1.0), &out))?
             };
@@ -606,7 +655,9 @@ fn run_one_cmd(dir: &Path, index: usize, data: Option<&Path>) -> Result<i32, Err
         }
         Ok(Ran::Interrupted(sig)) => {
             st.status = Some(Status::Interrupted);
-            st.error = Some(format!("stopped by signal {sig}; resumed by the next `sweep run`"));
+            st.error = Some(format!(
+                "stopped by signal {sig}; resumed by the next `sweep run`"
+            ));
             stopped_code(*sig)
         }
         Err(err) => {
@@ -735,13 +786,19 @@ fn draw_mechanism(name: &str, arg: &str) -> Result<String, String> {
 
 fn write_report(sw: &Sweep, g: &results::Gathered, out: Option<&Path>) -> Result<PathBuf, Error> {
     let provenance = vec![
-        ("diagc version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "diagc version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
         (
             "diagc commit".to_string(),
             results::git_commit().unwrap_or_else(|| "unknown".into()),
         ),
         ("sweep file".to_string(), sw.header.source.clone()),
-        ("sweep file SHA-256".to_string(), sw.header.sweep_sha256.clone()),
+        (
+            "sweep file SHA-256".to_string(),
+            sw.header.sweep_sha256.clone(),
+        ),
         ("planned".to_string(), sw.header.created.clone()),
         ("report written".to_string(), store::now_rfc3339()),
     ];

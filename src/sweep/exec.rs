@@ -80,9 +80,7 @@ impl Sweep {
         for (k, e) in self.entries.iter().enumerate() {
             if e.stage == Stage::B
                 && matches!(st[k], Status::Pending | Status::Interrupted)
-                && self
-                    .stage_a(&e.model)
-                    .any(|a| !finished(st[a.index]))
+                && self.stage_a(&e.model).any(|a| !finished(st[a.index]))
             {
                 st[k] = Status::Waiting;
             }
@@ -174,7 +172,10 @@ pub fn choose(model: &ModelKey, candidates: Vec<(f64, Option<f64>)>) -> Tuned {
         return Tuned::Nothing;
     };
     let lo = candidates.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
-    let hi = candidates.iter().map(|c| c.0).fold(f64::NEG_INFINITY, f64::max);
+    let hi = candidates
+        .iter()
+        .map(|c| c.0)
+        .fold(f64::NEG_INFINITY, f64::max);
     Tuned::Chosen(Choice {
         model: model.clone(),
         lr_scale: lr,

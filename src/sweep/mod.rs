@@ -293,7 +293,13 @@ impl Stats {
         };
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some(Stats { mean, sd, min, max, n })
+        Some(Stats {
+            mean,
+            sd,
+            min,
+            max,
+            n,
+        })
     }
 }
 

@@ -77,6 +77,17 @@ fn combinations(settings: &[Setting]) -> Vec<Vec<(&Setting, &Value)>> {
     out
 }
 
+/// The integer value of a setting in a combination.
+fn int_of(combo: &[(&Setting, &Value)], key: &str) -> Option<u64> {
+    combo
+        .iter()
+        .find(|(s, _)| s.key == key)
+        .and_then(|(_, v)| match v {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            _ => None,
+        })
+}
+
 fn hash_of(stage: Stage, model: &ModelKey, seed: u64, lr: Option<f64>, args: &[String]) -> String {
     let text = serde_json::to_string(&(stage, model, seed, lr, args)).unwrap_or_default();
     let h = Sha256::digest(text.as_bytes());
@@ -152,6 +163,15 @@ pub fn expand(spec: &Spec) -> Vec<Entry> {
                 }
                 if let Some(steps) = stage_a_budget {
                     a_args.extend(["--steps".into(), steps.to_string()]);
+                }
+                if let Some(budget) = int_of(&combo, "token_budget") {
+                    let tokens = int_of(&combo, "batch_size").unwrap_or(20)
+                        * int_of(&combo, "bptt").unwrap_or(35);
+                    let steps = (budget.max(1) + tokens.max(1) - 1) / tokens.max(1);
+                    args.extend(["--steps".into(), steps.to_string()]);
+                    if stage_a_budget.is_none() {
+                        a_args.extend(["--steps".into(), steps.to_string()]);
+                    }
                 }
                 models.push((
                     ModelKey {

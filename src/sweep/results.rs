@@ -307,7 +307,11 @@ pub fn write(sw: &Sweep, g: &Gathered) -> Result<(), Error> {
     }
     store::write(&sw.dir, "results.jsonl", jsonl.as_bytes())?;
     store::write(&sw.dir, "results.csv", results_csv(&g.rows).as_bytes())?;
-    store::write(&sw.dir, "aggregate.csv", aggregate_csv(&g.aggregate).as_bytes())?;
+    store::write(
+        &sw.dir,
+        "aggregate.csv",
+        aggregate_csv(&g.aggregate).as_bytes(),
+    )?;
     if sw.header.lr_scales.is_some() {
         store::write_json(&sw.dir, "tuning.json", &g.choices)?;
     }

@@ -48,13 +48,20 @@ pub const TRAIN_KEYS: &[(&str, &str, Kind)] = &[
     ("eval_tokens", "--eval-tokens", Kind::Int),
     ("diverge_margin", "--diverge-margin", Kind::Float),
     ("diverge_steps", "--diverge-steps", Kind::Int),
-    ("checkpoint_every_min", "--checkpoint-every-min", Kind::Float),
+    (
+        "checkpoint_every_min",
+        "--checkpoint-every-min",
+        Kind::Float,
+    ),
     ("device", "--device", Kind::Str),
     ("no_jit", "--no-jit", Kind::Bool),
     ("model", "--model", Kind::Path),
     ("diagram", "--diagram", Kind::Str),
     ("hyper", "--hyper", Kind::Table),
     ("size", "--size", Kind::Table),
+    // The sweep's own: `--steps` = ceil(token_budget / (batch_size x bptt)), so that runs at
+    // different windows or batches see the same number of training tokens.
+    ("token_budget", "", Kind::Int),
 ];
 
 /// Settings a sweep file may not give, and why.
@@ -66,8 +73,14 @@ const RUNNER_KEYS: &[(&str, &str)] = &[
     ("out", "each run's directory is chosen by the plan"),
     ("resume", "the runner resumes interrupted runs itself"),
     ("overwrite", "the runner never overwrites a run"),
-    ("data", "the data directory is given to `diagc sweep run --data`"),
-    ("download", "fetch the data first with `diagc data fetch ptb`"),
+    (
+        "data",
+        "the data directory is given to `diagc sweep run --data`",
+    ),
+    (
+        "download",
+        "fetch the data first with `diagc data fetch ptb`",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +141,7 @@ impl Setting {
         match (self.flag, v) {
             ("--no-jit", Value::Bool(true)) => vec!["--no-jit".into()],
             ("--no-jit", _) => vec![],
+            ("", _) => vec![],
             ("--hyper" | "--size", _) => {
                 let name = self.key.split_once('.').map_or("", |(_, n)| n);
                 vec![self.flag.into(), format!("{name}={}", v.arg())]
@@ -301,6 +315,29 @@ pub fn parse(text: &str, stem: &str, cx: &Context) -> Result<Spec, SpecError> {
     for (k, v) in raw.train.iter().flatten() {
         settings.extend(setting(k, v, cx)?);
     }
+    if let Some(b) = settings.iter().find(|s| s.key == "token_budget") {
+        if let Some(s) = settings
+            .iter()
+            .find(|s| s.key == "steps" || s.key == "epochs")
+        {
+            return Err(SpecError::at(
+                s.span.clone(),
+                format!(
+                    "`{}` and `token_budget` both set the budget; keep one",
+                    s.key
+                ),
+            ));
+        }
+        if b.values
+            .iter()
+            .any(|v| matches!(v, Value::Int(i) if *i <= 0))
+        {
+            return Err(SpecError::at(
+                b.span.clone(),
+                "`token_budget` must be positive",
+            ));
+        }
+    }
     let tuning = match &raw.tuning {
         Some(t) => {
             if let Some(s) = settings.iter().find(|s| s.key == "lr_scale") {
@@ -405,7 +442,10 @@ fn positive_list(
     max: i64,
 ) -> Result<Vec<usize>, SpecError> {
     if l.get_ref().is_empty() {
-        return Err(SpecError::at(l.span(), format!("`{what}` is empty: nothing to run")));
+        return Err(SpecError::at(
+            l.span(),
+            format!("`{what}` is empty: nothing to run"),
+        ));
     }
     let mut out = Vec::new();
     for v in l.get_ref() {
@@ -424,14 +464,23 @@ fn positive_list(
     Ok(out)
 }
 
-fn positive_or_zero_list(l: &Spanned<Vec<Spanned<i64>>>, what: &str) -> Result<Vec<u64>, SpecError> {
+fn positive_or_zero_list(
+    l: &Spanned<Vec<Spanned<i64>>>,
+    what: &str,
+) -> Result<Vec<u64>, SpecError> {
     if l.get_ref().is_empty() {
-        return Err(SpecError::at(l.span(), format!("`{what}` is empty: nothing to run")));
+        return Err(SpecError::at(
+            l.span(),
+            format!("`{what}` is empty: nothing to run"),
+        ));
     }
     let mut out = Vec::new();
     for v in l.get_ref() {
         if *v.get_ref() < 0 {
-            return Err(SpecError::at(v.span(), format!("`{what}` values are numbers >= 0")));
+            return Err(SpecError::at(
+                v.span(),
+                format!("`{what}` values are numbers >= 0"),
+            ));
         }
         let x = *v.get_ref() as u64;
         if out.contains(&x) {
@@ -496,7 +545,10 @@ fn mechanism(s: &Spanned<String>, cx: &Context) -> Result<Mech, SpecError> {
 
 fn mechanisms(l: &Spanned<Vec<Spanned<String>>>, cx: &Context) -> Result<Vec<Mech>, SpecError> {
     if l.get_ref().is_empty() {
-        return Err(SpecError::at(l.span(), "`mechanisms` is empty: nothing to run"));
+        return Err(SpecError::at(
+            l.span(),
+            "`mechanisms` is empty: nothing to run",
+        ));
     }
     let mut out: Vec<Mech> = Vec::new();
     for s in l.get_ref() {
@@ -527,7 +579,10 @@ fn mechanisms(l: &Spanned<Vec<Spanned<String>>>, cx: &Context) -> Result<Vec<Mec
         };
         for m in found {
             if out.iter().any(|o| o.name == m.name) {
-                return Err(SpecError::at(s.span(), format!("`{}` is listed twice", m.name)));
+                return Err(SpecError::at(
+                    s.span(),
+                    format!("`{}` is listed twice", m.name),
+                ));
             }
             out.push(m);
         }
@@ -569,23 +624,35 @@ fn values(
         other => vec![other],
     };
     if items.is_empty() {
-        return Err(SpecError::at(span, format!("`{key}` is an empty list: nothing to run")));
+        return Err(SpecError::at(
+            span,
+            format!("`{key}` is an empty list: nothing to run"),
+        ));
     }
     let mut out = Vec::new();
     for it in items {
         let Some(x) = value_of(it, kind) else {
             return Err(SpecError::at(
                 span,
-                format!("`{key}` takes {} (or a list of them), not {it}", kind_name(kind)),
+                format!(
+                    "`{key}` takes {} (or a list of them), not {it}",
+                    kind_name(kind)
+                ),
             ));
         };
         if let Value::Float(f) = x
             && !f.is_finite()
         {
-            return Err(SpecError::at(span, format!("`{key}`: {f} is not a finite number")));
+            return Err(SpecError::at(
+                span,
+                format!("`{key}`: {f} is not a finite number"),
+            ));
         }
         if out.contains(&x) {
-            return Err(SpecError::at(span, format!("`{key}` lists {} twice", x.arg())));
+            return Err(SpecError::at(
+                span,
+                format!("`{key}` lists {} twice", x.arg()),
+            ));
         }
         out.push(x);
     }
@@ -599,7 +666,10 @@ fn setting(
 ) -> Result<Vec<Setting>, SpecError> {
     let key = k.get_ref().as_str();
     if let Some((_, why)) = RUNNER_KEYS.iter().find(|(n, _)| *n == key) {
-        return Err(SpecError::at(k.span(), format!("`{key}` cannot be set in [train]: {why}")));
+        return Err(SpecError::at(
+            k.span(),
+            format!("`{key}` cannot be set in [train]: {why}"),
+        ));
     }
     let Some((_, flag, kind)) = TRAIN_KEYS.iter().find(|(n, ..)| *n == key) else {
         let dashed = key.replace('-', "_");
@@ -613,7 +683,11 @@ fn setting(
             k.span(),
             format!(
                 "unknown [train] setting `{key}`; {hint}the settings are {}",
-                TRAIN_KEYS.iter().map(|(n, ..)| *n).collect::<Vec<_>>().join(", ")
+                TRAIN_KEYS
+                    .iter()
+                    .map(|(n, ..)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     };
@@ -624,7 +698,11 @@ fn setting(
                 format!("`{key}` is a table of names and values, e.g. `{key} = {{ name = 1 }}`"),
             ));
         };
-        let inner = if key == "size" { Kind::Int } else { Kind::Float };
+        let inner = if key == "size" {
+            Kind::Int
+        } else {
+            Kind::Float
+        };
         let mut out = Vec::new();
         for (name, val) in t {
             let full = format!("{key}.{name}");
@@ -641,9 +719,11 @@ fn setting(
                 // Integers are hyperparameter values too (`layers`-like hypers are ints).
                 vals = match val {
                     toml::Value::Integer(i) => vec![Value::Int(*i)],
-                    toml::Value::Array(a) if a.iter().all(toml::Value::is_integer) => {
-                        a.iter().filter_map(toml::Value::as_integer).map(Value::Int).collect()
-                    }
+                    toml::Value::Array(a) if a.iter().all(toml::Value::is_integer) => a
+                        .iter()
+                        .filter_map(toml::Value::as_integer)
+                        .map(Value::Int)
+                        .collect(),
                     _ => vals,
                 };
             }

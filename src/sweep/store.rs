@@ -43,7 +43,10 @@ pub fn read(dir: &Path, rel: &str) -> Result<Option<String>, Error> {
 }
 
 /// Reads a JSON file; `None` when it does not exist, an error naming it when it does not parse.
-pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, rel: &str) -> Result<Option<T>, Error> {
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    rel: &str,
+) -> Result<Option<T>, Error> {
     match read(dir, rel)? {
         None => Ok(None),
         Some(s) => serde_json::from_str(&s).map(Some).map_err(|e| {
@@ -74,7 +77,12 @@ pub fn non_empty_dir(dir: &Path) -> bool {
 
 /// Writes the plan: `sweep.toml` (the file's text), `plan.jsonl`, then `plan.json` last (a
 /// directory with a header has a complete plan).
-pub fn write_plan(dir: &Path, sweep_text: &str, header: &Header, entries: &[Entry]) -> Result<(), Error> {
+pub fn write_plan(
+    dir: &Path,
+    sweep_text: &str,
+    header: &Header,
+    entries: &[Entry],
+) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     write(dir, "sweep.toml", sweep_text.as_bytes())?;
     let mut lines = String::new();
@@ -118,7 +126,11 @@ pub fn read_plan(dir: &Path) -> Result<(Header, Vec<Entry>, String), Error> {
     let mut entries = Vec::new();
     for (k, l) in lines.lines().enumerate() {
         let e: Entry = serde_json::from_str(l).map_err(|e| {
-            Error::Checkpoint(format!("{} line {}: {e}", dir.join("plan.jsonl").display(), k + 1))
+            Error::Checkpoint(format!(
+                "{} line {}: {e}",
+                dir.join("plan.jsonl").display(),
+                k + 1
+            ))
         })?;
         if e.index != entries.len() {
             return Err(Error::Checkpoint(format!(
@@ -220,7 +232,12 @@ pub fn valid_curve(dir: &Path, run_dir: &str) -> Vec<(usize, f64)> {
     let mut out: Vec<(usize, f64)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v.get("step")?.as_u64()? as usize, v.get("valid_ppl")?.as_f64()?)))
+        .filter_map(|v| {
+            Some((
+                v.get("step")?.as_u64()? as usize,
+                v.get("valid_ppl")?.as_f64()?,
+            ))
+        })
         .collect();
     out.sort_by_key(|p| p.0);
     out.dedup_by_key(|p| p.0);

@@ -66,10 +66,16 @@ pub struct Prepared {
 impl Prepared {
     /// Plans the training step of `cfg` (with `fuse_attention`, its causal attention as one box
     /// per layer).
-    pub fn new(cfg: &ModelConfig, seed: u64, jit: bool, fuse_attention: bool) -> Result<Prepared, Error> {
+    pub fn new(
+        cfg: &ModelConfig,
+        seed: u64,
+        jit: bool,
+        fuse_attention: bool,
+    ) -> Result<Prepared, Error> {
         let tg = train_graph_with(cfg, fuse_attention)?;
         let f = &tg.forward;
-        let plan = Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
+        let plan =
+            Plan::with_options(&tg.gradient.diagram, &f.axes, &f.sizes, PlanOptions { jit })?;
         let ws = plan.workspace();
         let mut data = harness::to_f32(&harness::random_inputs(f, seed));
         let np = f.params.len();
