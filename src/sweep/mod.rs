@@ -25,6 +25,7 @@
 //! ```
 
 // (the submodules land with their commits)
+pub mod compare;
 
 use serde::{Deserialize, Serialize};
 
@@ -288,7 +289,13 @@ impl Stats {
         };
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some(Stats { mean, sd, min, max, n })
+        Some(Stats {
+            mean,
+            sd,
+            min,
+            max,
+            n,
+        })
     }
 }
 
