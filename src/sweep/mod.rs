@@ -26,6 +26,7 @@
 
 // (the submodules land with their commits)
 pub mod compare;
+pub mod figures;
 
 use serde::{Deserialize, Serialize};
 
