@@ -27,6 +27,7 @@
 // (the submodules land with their commits)
 pub mod compare;
 pub mod figures;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 
