@@ -331,6 +331,7 @@ pub fn aggregate(rows: &[ResultRow]) -> Vec<AggregateRow> {
             let test: Vec<f64> = done.iter().filter_map(|r| r.test_ppl).collect();
             let valid: Vec<f64> = done.iter().filter_map(|r| r.best_valid_ppl).collect();
             let mut scales: Vec<f64> = rs.iter().filter_map(|r| r.lr_scale).collect();
+            scales.sort_by(f64::total_cmp);
             scales.dedup();
             AggregateRow {
                 lr_scale: (scales.len() == 1).then(|| scales[0]),

@@ -326,7 +326,7 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 /// Round ticks (1, 2, 2.5 or 5 times a power of ten) in `[lo, hi]`, about `n` of them.
 fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let span = hi - lo;
-    if !(span > 0.0) || !span.is_finite() {
+    if span.is_nan() || span <= 0.0 || !span.is_finite() {
         return vec![];
     }
     let raw = span / n.max(1) as f64;
@@ -347,9 +347,9 @@ fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 }
 
 /// Ticks of a logarithmic axis: powers of ten, then 1-2-5, then 1..9 times them, whichever
-/// first gives three ticks in range; linear round ticks for a range shorter than that.
+/// first gives four ticks in range; linear round ticks for a range shorter than that.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    if !(lo > 0.0 && hi > lo) {
+    if lo.is_nan() || hi.is_nan() || lo <= 0.0 || hi <= lo {
         return vec![];
     }
     let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
@@ -367,7 +367,7 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
                 }
             }
         }
-        if out.len() >= 3 {
+        if out.len() >= 4 {
             // At most about ten labels: thin out every other one.
             while out.len() > 10 {
                 out = out.into_iter().step_by(2).collect();

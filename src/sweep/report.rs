@@ -27,14 +27,29 @@ pub struct Report {
     pub figures: Vec<(String, String)>,
 }
 
-/// Renders the page and the figures.
+/// Renders the page and the figures it shows.
 pub fn render(input: &ReportInput) -> Result<Report, Error> {
-    let figs = figures::all(input);
+    let figs: Vec<Figure> = figures::all(input)
+        .into_iter()
+        .filter(|f| shown(input, &f.stem))
+        .collect();
     let html = page(input, &figs);
     Ok(Report {
         html,
         figures: figs.into_iter().map(|f| (f.stem, f.svg)).collect(),
     })
+}
+
+/// Whether the page has the figure `stem`. Figure 2 and the curves always (they say when
+/// there is no data yet); Figure 4 when there are timing records or a reference to time
+/// against (a sweep with a timing phase); the learning-rate plots when a model was tuned or has
+/// stage A runs. So a comparison of run directories shows neither of the last two.
+pub fn shown(input: &ReportInput, stem: &str) -> bool {
+    match stem {
+        figures::FIG4 => !input.timing.is_empty() || input.reference.is_some(),
+        figures::LR => !input.choices.is_empty() || input.rows.iter().any(|r| r.stage == Stage::A),
+        _ => true,
+    }
 }
 
 /// A figure (or any SVG) as PNG, at twice its size, with resvg.
@@ -215,8 +230,7 @@ fn scope_styles(s: &str, id: &str) -> String {
 fn scope_css(css: &str, id: &str) -> String {
     let mut out = String::new();
     let mut rest = css;
-    loop {
-        let Some(open) = rest.find('{') else { break };
+    while let Some(open) = rest.find('{') {
         let selectors = rest[..open].trim();
         // The block, braces balanced.
         let mut depth = 0;
@@ -291,7 +305,7 @@ fn thousands(v: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -374,7 +388,7 @@ td.best { font-weight: bold; }
 .muted { color: #777; }
 pre.error { white-space: pre-wrap; word-break: break-word; background: #fbeceb; border-left: 4px solid #b3261e; padding: 8px 10px; font-size: 12px; margin: 4px 0 12px; }
 .lr-grid { display: block; }
-.mechs { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 14px; }
+.mechs { display: grid; align-items: start; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 14px; }
 .mech { border: 1px solid #e2e5ea; border-radius: 6px; padding: 8px 10px; background: #fcfcfd; }
 .mech h3 { margin: 0 0 2px; font-size: 14px; }
 .mech p { margin: 0 0 6px; font-size: 12px; color: #444; }
@@ -404,7 +418,7 @@ fn page(input: &ReportInput, figs: &[Figure]) -> String {
     p.raw("</title>\n<style>");
     p.raw(CSS);
     p.raw("</style>\n</head>\n<body>\n<main>\n");
-    header(&mut p, input);
+    header(&mut p, input, figs);
     flags(&mut p, input);
     let find = |stem: &str| figs.iter().find(|f| f.stem == stem);
     if let Some(f) = find(figures::FIG2) {
@@ -428,7 +442,7 @@ fn page(input: &ReportInput, figs: &[Figure]) -> String {
     p.out
 }
 
-fn header(p: &mut Page, input: &ReportInput) {
+fn header(p: &mut Page, input: &ReportInput, figs: &[Figure]) {
     p.raw("<header>\n<h1>");
     p.text(&input.title);
     p.raw("</h1>\n");
@@ -465,6 +479,7 @@ fn header(p: &mut Page, input: &ReportInput) {
         if input.timing.len() == 1 { "" } else { "s" },
     ));
     p.raw("</p>\n<nav class=\"toc\">");
+    let has = |stem: &str| figs.iter().any(|f| f.stem == stem);
     for (id, name) in [
         ("fig2", "Figure 2"),
         ("fig4", "Figure 4"),
@@ -476,6 +491,9 @@ fn header(p: &mut Page, input: &ReportInput) {
         ("mechanisms", "Mechanisms"),
         ("provenance", "Provenance"),
     ] {
+        if (id == "fig4" && !has(figures::FIG4)) || (id == "lr" && !has(figures::LR)) {
+            continue;
+        }
         let _ = write!(p.out, "<a href=\"#{id}\">{name}</a>");
     }
     p.raw("</nav>\n</header>\n");
@@ -595,9 +613,9 @@ fn aggregate(p: &mut Page, input: &ReportInput) {
                 p.raw("<td class=\"num\">–</td><td class=\"num\">–</td><td class=\"num\">–</td>")
             }
         }
-        let _ = write!(
+        let _ = writeln!(
             p.out,
-            "<td class=\"num\">{}</td></tr>\n",
+            "<td class=\"num\">{}</td></tr>",
             opt(a.valid_ppl.map(|s| s.mean), ppl)
         );
     }
@@ -622,7 +640,17 @@ fn runs(p: &mut Page, input: &ReportInput) {
     for r in &input.rows {
         row(p, r);
     }
-    p.raw("</tbody>\n</table>\n</div>\n<p class=\"muted\">valid ppl: the best validation perplexity; test ppl: of the best checkpoint. Stage A runs tune the learning rate; stage B runs repeat the chosen one over seeds.</p>\n</section>\n");
+    p.raw("</tbody>\n</table>\n</div>\n<p class=\"muted\">valid ppl: the best validation perplexity; test ppl: of the best checkpoint.");
+    if input
+        .rows
+        .iter()
+        .any(|r| matches!(r.stage, Stage::A | Stage::B))
+    {
+        p.raw(
+            " Stage A runs tune the learning rate; stage B runs repeat the chosen one over seeds.",
+        );
+    }
+    p.raw("</p>\n</section>\n");
 }
 
 fn row(p: &mut Page, r: &ResultRow) {
