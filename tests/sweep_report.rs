@@ -312,7 +312,14 @@ fn empty() -> ReportInput {
 fn an_empty_sweep_says_no_data_yet() {
     let r = report::render(&empty()).unwrap();
     parse_html(&r.html);
-    assert_eq!(r.figures.len(), 4);
+    // Figure 2 and the curves always; Figure 4 for a sweep that times against a reference.
+    let stems: Vec<&str> = r.figures.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(stems, [figures::FIG2, figures::CURVES]);
+    let mut timed = empty();
+    timed.reference = Some("m1".into());
+    let t = report::render(&timed).unwrap();
+    assert_eq!(t.figures.len(), 3);
+    assert!(t.figures[1].1.contains("no data yet: no timing record"));
     for (stem, svg) in &r.figures {
         let doc = roxmltree::Document::parse(svg).unwrap();
         let nodata = doc
@@ -470,4 +477,119 @@ fn figures_rasterise_to_pictures_that_are_not_blank() {
         .filter(|p| u32::from(p.red()) + u32::from(p.green()) + u32::from(p.blue()) < 200)
         .count();
     assert!(dark > 1000, "{dark} dark pixels: text and axes are drawn");
+}
+
+/// Writes a run directory as `diagc train` leaves it (without checkpoints).
+fn fake_run(dir: &std::path::Path, mech: &str, seed: u64, bptt: u64, finished: Option<f64>) {
+    std::fs::create_dir_all(dir.join("source/attention")).unwrap();
+    let config = serde_json::json!({
+        "model": {"mech": mech, "layers": 1, "d_model": 128, "heads": 4, "d_ff": 512,
+                  "vocab": 10000, "bptt": bptt, "batch": 20, "dropout": 0.1},
+        "epochs": null, "max_steps": 1200, "warmup": 200, "lr_scale": 1.0, "clip": 1.0,
+        "seed": seed, "eval_batch": 10, "valid_every": 600, "train_tokens": null,
+        "eval_tokens": null, "divergence": {"margin": 5.0, "steps": 10}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("run.json"),
+        r#"{"diagc_version": "0.1.0", "source_root": "lm.diag"}"#,
+    )
+    .unwrap();
+    let (_, text) = diagc::stdlib::module(&format!("attention.{mech}")).unwrap();
+    std::fs::write(dir.join(format!("source/attention/{mech}.diag")), text).unwrap();
+    let mut metrics = String::new();
+    for step in 1..=3 {
+        metrics.push_str(&format!(
+            "{{\"epoch\":0,\"loss\":9.4,\"lr\":0.0001,\"step\":{step},\"tokens_per_s\":4800.0}}\n"
+        ));
+    }
+    metrics.push_str("{\"step\":600,\"valid_ppl\":300.5}\n");
+    if let Some(t) = finished {
+        metrics.push_str(&format!("{{\"step\":1200,\"valid_ppl\":{}}}\n", t + 10.0));
+        let summary = serde_json::json!({
+            "parameters": 2768272, "test_ppl": t, "best_valid_ppl": t + 10.0,
+            "last_valid_ppl": t + 10.0, "best": {"step": 1200}, "steps": 1200,
+            "train_tokens_per_s": 4811.5, "peak_memory_bytes": 119203396,
+            "wall_time_s": 83.2, "device": "cpu"
+        });
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+    } else {
+        // A line being written when the directory was read.
+        metrics.push_str("{\"step\":9");
+    }
+    std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
+}
+
+#[test]
+fn compare_reads_run_directories_and_writes_the_page() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep_compare");
+    let _ = std::fs::remove_dir_all(&root);
+    fake_run(&root.join("m1-s0"), "m1", 0, 35, Some(230.0));
+    fake_run(&root.join("m1-s1"), "m1", 1, 35, Some(234.0));
+    fake_run(&root.join("m0-long"), "m0", 0, 70, None);
+    let html = root.join("compare.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .arg("compare")
+        .args(["m1-s0", "m1-s1", "m0-long"].map(|d| root.join(d)))
+        .arg("-o")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table: the two m1 seeds are one model (bptt differs from the m0 run's).
+    let m1 = stdout
+        .lines()
+        .find(|l| l.starts_with("m1 "))
+        .expect("an aggregate line for m1");
+    assert!(
+        m1.contains("bptt=35") && m1.contains("2/2") && m1.contains("232.00 ± 2.83"),
+        "{m1}"
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("not finished"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&html).unwrap();
+    let doc = parse_html(&text);
+    let names: BTreeSet<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("td") && has_class(n, "name"))
+        .filter_map(|n| n.text().map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with(&root.display().to_string()))
+    );
+    // No timing and no tuning in a comparison: neither section.
+    for id in ["fig4", "lr"] {
+        assert!(
+            !doc.descendants().any(|n| n.attribute("id") == Some(id)),
+            "a comparison has no {id} section"
+        );
+    }
+    // Both mechanisms drawn, from the runs' copies of their sources.
+    let mechs = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("div") && has_class(n, "mech"))
+        .filter(|n| n.descendants().any(|c| c.has_tag_name("svg")))
+        .count();
+    assert_eq!(mechs, 2);
+    assert!(!text.to_ascii_lowercase().contains("http"));
+
+    // A directory that is not a run.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diagc"))
+        .args(["compare"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no config.json"));
 }
