@@ -346,7 +346,7 @@ fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     out
 }
 
-/// Ticks of a logarithmic axis: powers of ten, then 1-2-5, then 1..9 times them, whichever
+/// Ticks of a logarithmic axis: powers of ten, then 1-2-5, 1-2-3-5-7, 1..9 times them, whichever
 /// first gives four ticks in range; linear round ticks for a range shorter than that.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     if lo.is_nan() || hi.is_nan() || lo <= 0.0 || hi <= lo {
@@ -356,6 +356,7 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     for mantissas in [
         &[1.0][..],
         &[1.0, 2.0, 5.0][..],
+        &[1.0, 2.0, 3.0, 5.0, 7.0][..],
         &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0][..],
     ] {
         let mut out = Vec::new();
