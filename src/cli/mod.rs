@@ -8,7 +8,7 @@
 //!
 //! One file per command family: `check` (check, explain), `compile` (compile, draw), `exec`
 //! (run, gradcheck), `bench`, `train` (train, eval), `rewrite` (rewrite, derive, enumerate,
-//! taxonomy), `selftest`, `data` (data fetch, data status).
+//! taxonomy), `selftest`, `data` (data fetch, data status), `compare`.
 
 /// `println!` that never panics: see [`output`].
 macro_rules! outln {
@@ -34,6 +34,7 @@ macro_rules! err {
 
 mod bench;
 mod check;
+mod compare;
 mod compile;
 mod data;
 mod exec;
@@ -399,6 +400,17 @@ enum Command {
         #[command(subcommand)]
         cmd: sweep::SweepCmd,
     },
+    /// Compare `diagc train` run directories: print a table per model (runs that differ only
+    /// by seed are one model) and per run, and with -o write the sweep report's page for them
+    /// (results, validation curves, mechanisms; self-contained HTML).
+    Compare {
+        /// Run directories (each with a config.json; unfinished runs are shown as they stand).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Write the HTML report here.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Check a file and print its compiled form.
     Compile {
         file: PathBuf,
@@ -610,6 +622,7 @@ fn run() -> i32 {
         Command::Bench(args) => bench_cmd(&args),
         Command::Train(args) => train_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
+        Command::Compare { runs, output } => compare::compare_cmd(&runs, output.as_deref()),
         Command::Data { cmd } => data::data_cmd(cmd),
         Command::Sweep { cmd } => sweep::sweep_cmd(cmd),
         Command::Compile {

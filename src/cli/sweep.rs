@@ -803,9 +803,30 @@ fn write_report(sw: &Sweep, g: &results::Gathered, out: Option<&Path>) -> Result
         ("report written".to_string(), store::now_rfc3339()),
     ];
     let input = results::report_input(sw, g, &draw_mechanism, provenance);
-    let path = out.map_or_else(|| sw.dir.join("report.html"), Path::to_path_buf);
-    let json = serde_json::to_string_pretty(&input).unwrap_or_default();
-    store::write(&sw.dir, "report-input.json", json.as_bytes())?;
+    let page = crate::sweep::report::render(&input)?;
+    for (stem, svg) in &page.figures {
+        store::write(&sw.dir, &format!("figures/{stem}.svg"), svg.as_bytes())?;
+        match crate::sweep::report::png(svg) {
+            Ok(png) => {
+                store::write(&sw.dir, &format!("figures/{stem}.png"), &png)?;
+            }
+            Err(e) => errln!("diagc: warning: figures/{stem}.png not written: {e}"),
+        }
+    }
+    let path = match out {
+        Some(p) => {
+            crate::train::checkpoint::write_atomic(p, page.html.as_bytes()).map_err(|e| {
+                Error::Io {
+                    action: "write",
+                    path: p.to_path_buf(),
+                    source: e,
+                    context: String::new(),
+                }
+            })?;
+            p.to_path_buf()
+        }
+        None => store::write(&sw.dir, "report.html", page.html.as_bytes())?,
+    };
     Ok(path)
 }
 

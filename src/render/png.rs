@@ -11,6 +11,7 @@ pub const MAX_SIDE: f32 = 8192.0;
 ///
 /// Text needs a monospace font installed: the SVG asks for DejaVu Sans Mono, then any
 /// monospace face the system has. Without one, boxes and wires are drawn and labels are not.
+/// `sans-serif` text (the sweep report's figures) is drawn in DejaVu Sans when installed.
 pub fn render(svg: &str, scale: f32) -> Result<Vec<u8>, DrawError> {
     let mut opt = usvg::Options::default();
     let db = opt.fontdb_mut();
@@ -29,6 +30,22 @@ pub fn render(svg: &str, scale: f32) -> Result<Vec<u8>, DrawError> {
         .cloned();
     if let Some(family) = preferred {
         db.set_monospace_family(family);
+    }
+    // The generic `sans-serif` family (the figures of `diagc sweep report`): DejaVu Sans, else
+    // any proportional face the system has.
+    let mut sans: Vec<String> = db
+        .faces()
+        .filter(|f| !f.monospaced)
+        .filter_map(|f| f.families.first().map(|(name, _)| name.clone()))
+        .collect();
+    sans.sort();
+    let preferred = sans
+        .iter()
+        .find(|n| n.as_str() == "DejaVu Sans")
+        .or(sans.first())
+        .cloned();
+    if let Some(family) = preferred {
+        db.set_sans_serif_family(family);
     }
     let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| DrawError::Png(e.to_string()))?;
     let size = tree.size();

@@ -24,8 +24,11 @@
 //! DIR/report.html      `diagc sweep report DIR`
 //! ```
 
+pub mod compare;
 pub mod exec;
+pub mod figures;
 pub mod plan;
+pub mod report;
 pub mod results;
 pub mod spec;
 pub mod store;

@@ -318,32 +318,6 @@ pub fn write(sw: &Sweep, g: &Gathered) -> Result<(), Error> {
     Ok(())
 }
 
-/// The paper's colour class of a mechanism from its name and the first line of its file's
-/// header comment (`M05: L[k <- D] (colour class: both).`).
-pub fn class_of(name: &str, header: Option<&str>) -> super::MechClass {
-    use super::MechClass::*;
-    let base = name.rsplit(['.', '/']).next().unwrap_or(name);
-    let base = base.trim_end_matches(".diag");
-    if let Some(h) = header
-        && let Some(rest) = h.split("colour class: ").nth(1)
-    {
-        if rest.starts_with("linear only") {
-            return LinearOnly;
-        }
-        if rest.starts_with("dot-product only") {
-            return DotProductOnly;
-        }
-        if rest.starts_with("both") {
-            return Both;
-        }
-    }
-    match base {
-        "m0" | "m00" => LinearOnly,
-        "m1" | "m01" => DotProductOnly,
-        _ => Other,
-    }
-}
-
 /// The report's input: the gathered results, the validation curves of the chosen runs, each
 /// mechanism's drawing (`draw` is given its stdlib name or path and returns an SVG), the
 /// provenance and the flags.
@@ -383,7 +357,7 @@ pub fn report_input(
         let arg = e.args.first().cloned().unwrap_or_default();
         mechanisms.push(MechanismInfo {
             name: e.model.mech.clone(),
-            class: class_of(&e.model.mech, header.as_deref()),
+            class: super::compare::class_of(&e.model.mech, header.as_deref()),
             summary: header,
             drawing: draw(&e.model.mech, &arg),
         });
