@@ -58,6 +58,9 @@ pub(super) enum SweepCmd {
         /// Do not write report.html at the end.
         #[arg(long)]
         no_report: bool,
+        /// Download the PTB first when it is not found (as `diagc data fetch ptb` does).
+        #[arg(long)]
+        download: bool,
     },
     /// Run one entry of a sweep's plan in this process (what a cluster scheduler calls).
     /// Exit 0 when it finished (or had), 1 when it failed or diverged, 75 when another process
@@ -123,18 +126,26 @@ pub(super) fn sweep_cmd(cmd: SweepCmd) -> i32 {
             retry_failed,
             data,
             no_report,
-        } => run_cmd(
-            &path,
-            out.as_deref(),
-            force,
-            &RunOpts {
-                jobs,
-                threads,
-                retry_failed,
-                data,
-                report: !no_report,
-            },
-        ),
+            download,
+        } => (if download {
+            super::data::download_for_train(data.as_deref(), None)
+        } else {
+            Ok(())
+        })
+        .and_then(|_| {
+            run_cmd(
+                &path,
+                out.as_deref(),
+                force,
+                &RunOpts {
+                    jobs,
+                    threads,
+                    retry_failed,
+                    data,
+                    report: !no_report,
+                },
+            )
+        }),
         SweepCmd::RunOne { dir, index, data } => run_one_cmd(&dir, index, data.as_deref()),
         SweepCmd::Status { dir, all } => status_cmd(&dir, all),
         SweepCmd::Report { dir, out } => report_cmd(&dir, out.as_deref()).map(|_| 0),
@@ -400,8 +411,8 @@ fn run_cmd(path: &Path, out: Option<&Path>, force: bool, o: &RunOpts) -> Result<
         if jobs.is_empty() {
             // Nothing to start and nothing of ours running: finished, or waiting on entries
             // another process is running.
-            let elsewhere = st.iter().any(|s| *s == Status::Running);
-            let waiting = st.iter().any(|s| *s == Status::Waiting);
+            let elsewhere = st.contains(&Status::Running);
+            let waiting = st.contains(&Status::Waiting);
             if !(elsewhere && (waiting || next.is_some())) {
                 break;
             }
@@ -411,10 +422,10 @@ fn run_cmd(path: &Path, out: Option<&Path>, force: bool, o: &RunOpts) -> Result<
     bar.finish_and_clear();
     let g = results::gather(&sw)?;
     results::write(&sw, &g)?;
-    if o.report {
-        if let Err(e) = write_report(&sw, &g, None) {
-            errln!("diagc: warning: the report could not be written: {e}");
-        }
+    if o.report
+        && let Err(e) = write_report(&sw, &g, None)
+    {
+        errln!("diagc: warning: the report could not be written: {e}");
     }
     print_counts(&sw, &g.statuses);
     if signal != 0 {

@@ -167,7 +167,7 @@ pub fn expand(spec: &Spec) -> Vec<Entry> {
                 if let Some(budget) = int_of(&combo, "token_budget") {
                     let tokens = int_of(&combo, "batch_size").unwrap_or(20)
                         * int_of(&combo, "bptt").unwrap_or(35);
-                    let steps = (budget.max(1) + tokens.max(1) - 1) / tokens.max(1);
+                    let steps = budget.max(1).div_ceil(tokens.max(1));
                     args.extend(["--steps".into(), steps.to_string()]);
                     if stage_a_budget.is_none() {
                         a_args.extend(["--steps".into(), steps.to_string()]);

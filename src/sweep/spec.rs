@@ -118,6 +118,8 @@ impl Value {
 pub fn format_float(f: f64) -> String {
     if f.fract() == 0.0 && f.abs() < 1e15 {
         format!("{}", f as i64)
+    } else if f != 0.0 && !(1e-4..1e15).contains(&f.abs()) {
+        format!("{f:e}")
     } else {
         format!("{f}")
     }

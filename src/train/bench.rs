@@ -119,7 +119,7 @@ impl Prepared {
                 (&self.plan, &mut self.ws, &self.grad_of),
                 [&self.data[0], &self.data[1]],
                 (&mut self.params, &mut self.adam),
-                (self.seed.wrapping_add(s as u64), lr, 1.0),
+                (self.seed.wrapping_add(s), lr, 1.0),
             )?;
             let t2 = Instant::now();
             out.push((t1 - t0, t2 - t0));
