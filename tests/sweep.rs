@@ -656,3 +656,36 @@ fn a_failing_run_is_recorded_and_the_sweep_goes_on() {
     let csv = std::fs::read_to_string(s.join("results.csv")).unwrap();
     assert_eq!(csv.matches(",diverged,").count(), 2, "{csv}");
 }
+
+use common::mutate;
+
+#[test]
+fn mutated_sweep_files_are_refused_or_planned_never_a_panic() {
+    // Every preset, mutated 400 times (deletions, duplications, insertions, flipped bytes,
+    // truncations): parsing and expanding either succeeds or returns an error with a span
+    // inside the text; nothing panics, and no plan is absurdly large.
+    let mut rng = mutate::Rng(0x5eed_5eed_1234_5678);
+    let names = stdlib();
+    for preset in ["smoke", "cpu-small", "paper", "long-context"] {
+        let text = std::fs::read_to_string(root().join(format!("sweeps/{preset}.toml"))).unwrap();
+        for _ in 0..400 {
+            let t = mutate::mutate(&mut rng, &text);
+            let cx = spec::Context {
+                stdlib: &names,
+                base: Path::new("."),
+            };
+            match spec::parse(&t, "m", &cx) {
+                Ok(s) => {
+                    let plan = diagc::sweep::plan::expand(&s);
+                    assert!(plan.len() <= spec::MAX_RUNS * 2, "{t}");
+                }
+                Err(e) => {
+                    if let Some(sp) = &e.span {
+                        assert!(sp.start <= t.len(), "{t}");
+                    }
+                    let _ = e.render("m.toml", &t);
+                }
+            }
+        }
+    }
+}

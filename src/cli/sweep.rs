@@ -32,7 +32,8 @@ pub(super) enum SweepCmd {
     /// B of a model starts when its stage A has chosen the learning rate; the timing phase runs
     /// last, alone. Then writes results.csv, results.jsonl, aggregate.csv and report.html.
     /// PATH is a sweep directory, or a sweep file (planned into --out first). Ctrl-C or
-    /// SIGTERM stops every run at its next step with its state saved (exit 130 / 143).
+    /// SIGTERM stops every run at its next step with its state saved (exit 130 / 143). Exit 0
+    /// when every entry is done, 1 when some failed or diverged.
     Run {
         /// A sweep directory, or a .toml sweep file.
         path: PathBuf,
