@@ -91,6 +91,13 @@ pub fn check_path(path: &Path) -> Result<Outcome> {
     check_path_with(path, &[])
 }
 
+/// The directory that holds the source file `path`, canonical (links and `..` resolved), so
+/// that two paths can be compared for being side by side; an error when the file is missing.
+pub fn directory_of(path: &Path) -> Result<std::path::PathBuf> {
+    let file = std::fs::canonicalize(path).map_err(|e| Error::read(path, e))?;
+    Ok(file.parent().map(Path::to_path_buf).unwrap_or(file))
+}
+
 /// Reads a text file (a rule file, a derivation) with the same limits as a `.diag` file.
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = read_bytes(path)?;

@@ -55,7 +55,7 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn stdlib() -> Vec<String> {
-    diagc::stdlib::mechanisms().collect()
+    diagc::train::model::stdlib_mechanisms()
 }
 
 fn parse(body: &str) -> Result<spec::Spec, spec::SpecError> {

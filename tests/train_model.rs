@@ -17,6 +17,7 @@ fn small(mech: &str) -> ModelConfig {
         bptt: 4,
         batch: 3,
         dropout: 0.1,
+        ..Default::default()
     }
 }
 

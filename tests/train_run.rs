@@ -21,6 +21,7 @@ fn tiny(epochs: usize, max_steps: Option<usize>) -> TrainConfig {
             bptt: 16,
             batch: 8,
             dropout: 0.1,
+            ..Default::default()
         },
         epochs: Some(epochs),
         max_steps,

@@ -156,7 +156,7 @@ pub(super) fn sweep_cmd(cmd: SweepCmd) -> i32 {
 
 /// The stdlib mechanisms a sweep file may name.
 fn stdlib_mechanisms() -> Vec<String> {
-    crate::stdlib::mechanisms().collect()
+    crate::train::model::stdlib_mechanisms()
 }
 
 /// Plans `file` into `out` (default runs/sweeps/NAME); returns the sweep directory.
@@ -275,7 +275,7 @@ fn validate(sp: &spec::Spec, entries: &[Entry]) -> Result<(), spec::SpecError> {
             return Ok(());
         }
         let a = train_args(&args).map_err(|e| spec::locate(sp, &e.to_string()))?;
-        let cfg = a.config();
+        let cfg = a.config().map_err(|e| spec::locate(sp, &e.to_string()))?;
         cfg.validate()
             .map_err(|e| spec::locate(sp, &e.to_string()))?;
         let model = serde_json::to_string(&cfg.model).unwrap_or_default();
@@ -690,7 +690,7 @@ fn run_one_cmd(dir: &Path, index: usize, data: Option<&Path>) -> Result<i32, Err
 /// The timing entry `e`: its model against the reference at the same settings.
 fn run_timing(sw: &Sweep, e: &Entry) -> Result<(), Error> {
     let reference = sw.header.reference.clone().unwrap_or_else(|| "m1".into());
-    let model = train_args(&e.args)?.config().model;
+    let model = train_args(&e.args)?.config()?.model;
     let mut rargs = e.args.clone();
     // The reference by the name train takes: a stdlib name, or the sweep's path argument.
     rargs[0] = sw
@@ -699,7 +699,7 @@ fn run_timing(sw: &Sweep, e: &Entry) -> Result<(), Error> {
         .find(|x| x.model.mech == reference)
         .and_then(|x| x.args.first().cloned())
         .unwrap_or(reference);
-    let refm = train_args(&rargs)?.config().model;
+    let refm = train_args(&rargs)?.config()?.model;
     let rounds = sw.header.timing_rounds.unwrap_or(5);
     let steps = sw.header.timing_steps.unwrap_or(4);
     errln!(

@@ -9,10 +9,32 @@ use std::sync::atomic::AtomicUsize;
 /// can refuse them (a resumed run keeps its configuration); their defaults are the protocol's.
 #[derive(clap::Args)]
 pub(super) struct TrainArgs {
-    /// The mechanism: a stdlib name (m1, m0, bahdanau, ...) or a path to a .diag file
-    /// defining a diagram from [tok, dm] to [tok, dm].
+    /// The mechanism: a stdlib name (m1, m0, bahdanau, ...: the module attention.NAME;
+    /// anatomy.m00 to anatomy.m13: the enumerated mechanisms; any stdlib module X.Y defining
+    /// a mechanism Y) or a path to a .diag file defining a diagram from [tok, dm] to [tok, dm].
     #[arg(required_unless_present = "resume")]
     pub mech: Option<String>,
+    /// Bind a hyperparameter of the mechanism, as NAME=VALUE (repeatable): a number for an
+    /// int or float one, a diagram's name for a diagram-valued one; the others take their
+    /// defaults. (The LM's own are --layers and --dropout.)
+    #[arg(long = "hyper", value_name = "NAME=VALUE")]
+    pub hypers: Vec<String>,
+    /// The size of a free axis of the model, as NAME=N (repeatable), e.g. `--size r=8` for a
+    /// mechanism declaring `axis r`. Not tok, dm, head, dff, vocab, batch (set by --bptt,
+    /// --d-model, --heads, --d-ff, the data and --batch-size), nor an axis whose size follows
+    /// from others (`dk = dm / head`).
+    #[arg(long = "size", value_name = "NAME=N")]
+    pub sizes: Vec<String>,
+    /// The diagram to train, in a mechanism file that defines several [default: the one named
+    /// like the file, else the file's only diagram from [tok, dm] to [tok, dm]].
+    #[arg(long, value_name = "NAME")]
+    pub diagram: Option<String>,
+    /// The language model around the mechanism: a stdlib one by name (lm, lm_nopos: without
+    /// positional encoding) or a .diag file defining `lm[mech: ([tok, dm]) -> [tok, dm],
+    /// layers: int, p: float](ids: [tok] of vocab) -> [tok, vocab]`; with a mechanism file,
+    /// the model's file must be beside it [default: lm].
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
     /// Transformer blocks, 1 to 256 [default: 1].
     #[arg(long)]
     pub layers: Option<usize>,
@@ -78,7 +100,8 @@ pub(super) struct TrainArgs {
     /// `diagc data fetch ptb` does.
     #[arg(long)]
     pub download: bool,
-    /// The run directory (default: runs/MECH-Ll-seedS).
+    /// The run directory (default: runs/MECH-Ll-seedS; MECH with the file's stem for a path,
+    /// followed by the --diagram, --hyper, --size and --model choices: runs/mech.b-temp0.5-1l-seed0).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Replace the run that --out holds (its files only; nothing else in the directory).
@@ -122,15 +145,19 @@ impl TrainArgs {
             ("--diverge-margin", self.diverge_margin.is_some()),
             ("--diverge-steps", self.diverge_steps.is_some()),
             ("MECH", self.mech.is_some()),
+            ("--hyper", !self.hypers.is_empty()),
+            ("--size", !self.sizes.is_empty()),
+            ("--diagram", self.diagram.is_some()),
+            ("--model", self.model.is_some()),
         ];
         given.iter().filter(|g| g.1).map(|g| g.0).collect()
     }
 
     /// The configuration of a new run: the flags over the protocol's defaults.
-    pub(super) fn config(&self) -> TrainConfig {
+    pub(super) fn config(&self) -> Result<TrainConfig, Error> {
         let d = TrainConfig::default();
         let m = &d.model;
-        TrainConfig {
+        Ok(TrainConfig {
             model: crate::train::model::ModelConfig {
                 mech: self.mech.clone().unwrap_or_default(),
                 layers: self.layers.unwrap_or(m.layers),
@@ -141,6 +168,15 @@ impl TrainArgs {
                 bptt: self.bptt.unwrap_or(m.bptt),
                 batch: self.batch_size.unwrap_or(m.batch),
                 dropout: self.dropout.unwrap_or(m.dropout),
+                hypers: pairs("--hyper", "NAME=VALUE", &self.hypers, |v| {
+                    (!v.is_empty()).then(|| v.to_string())
+                })?,
+                sizes: pairs("--size", "NAME=N", &self.sizes, |v| {
+                    v.parse::<u64>().ok().filter(|n| *n > 0)
+                })?,
+                diagram: self.diagram.clone(),
+                // The stdlib's `lm` is the default: naming it is not naming another model.
+                model: self.model.clone().filter(|m| m != "lm"),
             },
             epochs: match (self.epochs, self.steps) {
                 (None, None) => Some(1),
@@ -159,8 +195,40 @@ impl TrainArgs {
                 margin: self.diverge_margin.unwrap_or(d.divergence.margin),
                 steps: self.diverge_steps.unwrap_or(d.divergence.steps),
             },
+        })
+    }
+}
+
+/// The `NAME=VALUE` arguments of a repeatable flag, each value read by `value` (`None`: not a
+/// value this flag takes); a name given twice is refused.
+fn pairs<T>(
+    flag: &str,
+    form: &str,
+    given: &[String],
+    value: impl Fn(&str) -> Option<T>,
+) -> Result<std::collections::BTreeMap<String, T>, Error> {
+    let mut out = std::collections::BTreeMap::new();
+    for g in given {
+        let (k, v) = g
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Error::Usage(format!("{flag} {g}: expected {form}")))?;
+        let v = value(v).ok_or_else(|| {
+            Error::Usage(format!(
+                "{flag} {g}: {}",
+                if flag == "--size" {
+                    format!("`{v}` is not a positive whole number")
+                } else {
+                    "the value is empty".to_string()
+                }
+            ))
+        })?;
+        if out.insert(k.to_string(), v).is_some() {
+            return Err(Error::Usage(format!("{flag} {k}=... is given twice")));
         }
     }
+    Ok(out)
 }
 
 /// The exit code of a run stopped by `signal`: 128 + its number (130 for Ctrl-C, 143 for
@@ -230,7 +298,7 @@ pub(super) fn execute(a: &TrainArgs, stop: &Arc<AtomicUsize>) -> Result<Ran, Err
             }
         }
         None => Start::New {
-            cfg: a.config(),
+            cfg: a.config()?,
             out: a.out.clone(),
             overwrite: a.overwrite,
         },
@@ -282,7 +350,7 @@ pub(super) fn execute(a: &TrainArgs, stop: &Arc<AtomicUsize>) -> Result<Ran, Err
     }
     errln!(
         "training {} ({} layer(s), {} parameters) on {} into {}: {total} steps (bound: {})",
-        cfg.model.mech,
+        cfg.model.label(),
         cfg.model.layers,
         trainer.parameter_count(),
         data_dir.display(),

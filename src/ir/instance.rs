@@ -24,6 +24,11 @@ use std::collections::BTreeMap;
 pub enum HyperValue {
     Num(f64),
     Diagram(String),
+    /// A diagram with some of its own hyperparameters fixed, the others at their defaults: the
+    /// value of a diagram-valued hyperparameter whose diagram's hyperparameters are "fixed by
+    /// whoever passed it" (docs/language.md), here by the caller of [`instantiate`] (`diagc
+    /// train --hyper`). Calls through the hyperparameter (`mech(x)`) take these values.
+    Applied(String, BTreeMap<String, HyperValue>),
 }
 
 /// What instantiation binds: the size of every free axis, and hyperparameters of the
@@ -186,48 +191,7 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
                 Error::instance(format!("`{name}` needs the hyperparameter `{}`", h.name))
             })?,
         };
-        match (&h.ty, &v) {
-            (HyperType::Int, HyperValue::Num(x)) if x.fract() != 0.0 || *x < 0.0 => {
-                return Err(Error::instance(format!(
-                    "hyperparameter `{}` is an int; {x} is not",
-                    h.name
-                )));
-            }
-            (HyperType::Diagram { inputs, outputs }, HyperValue::Diagram(n)) => {
-                let callee = program
-                    .diagram(n)
-                    .ok_or_else(|| Error::instance(format!("no diagram `{n}` for `{}`", h.name)))?;
-                let ins: Vec<WireType> = callee
-                    .inputs
-                    .iter()
-                    .map(|w| callee.wire(*w).ty.clone())
-                    .collect();
-                let outs: Vec<WireType> = callee
-                    .outputs
-                    .iter()
-                    .map(|w| callee.wire(*w).ty.clone())
-                    .collect();
-                if &ins != inputs || &outs != outputs {
-                    return Err(Error::instance(format!(
-                        "`{n}` does not have the boundary `{}` requires",
-                        h.name
-                    )));
-                }
-            }
-            (HyperType::Diagram { .. }, HyperValue::Num(_)) => {
-                return Err(Error::instance(format!(
-                    "hyperparameter `{}` is a diagram, not a number",
-                    h.name
-                )));
-            }
-            (HyperType::Int | HyperType::Float, HyperValue::Diagram(_)) => {
-                return Err(Error::instance(format!(
-                    "hyperparameter `{}` is a number, not a diagram",
-                    h.name
-                )));
-            }
-            _ => {}
-        }
+        check_value(program, h, &v, 0)?;
         env.values.insert(h.name.clone(), v);
     }
     let mut b = Builder {
@@ -255,6 +219,83 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
     }
     let outs = b.emit(name, &env, args, name.to_string())?;
     b.finish(outs)
+}
+
+/// Checks that `v` is a value of `h`'s kind: a whole non-negative number for an `int`, a
+/// number for a `float`, a diagram of the program with `h`'s boundary for a diagram (and, for
+/// an [`HyperValue::Applied`] one, each fixed hyperparameter one of that diagram's, of its kind).
+fn check_value(program: &Program, h: &Hyper, v: &HyperValue, depth: usize) -> Result<(), Error> {
+    if depth > 64 {
+        return Err(Error::instance(format!(
+            "the value of hyperparameter `{}` is nested too deep",
+            h.name
+        )));
+    }
+    match (&h.ty, v) {
+        (HyperType::Int, HyperValue::Num(x)) if x.fract() != 0.0 || *x < 0.0 => Err(
+            Error::instance(format!("hyperparameter `{}` is an int; {x} is not", h.name)),
+        ),
+        (HyperType::Int | HyperType::Float, HyperValue::Num(x)) if !x.is_finite() => {
+            Err(Error::instance(format!(
+                "hyperparameter `{}`: {x} is not a finite number",
+                h.name
+            )))
+        }
+        (HyperType::Int | HyperType::Float, HyperValue::Num(_)) => Ok(()),
+        (
+            HyperType::Diagram { inputs, outputs },
+            HyperValue::Diagram(n) | HyperValue::Applied(n, _),
+        ) => {
+            let callee = program
+                .diagram(n)
+                .ok_or_else(|| Error::instance(format!("no diagram `{n}` for `{}`", h.name)))?;
+            let ins: Vec<WireType> = callee
+                .inputs
+                .iter()
+                .map(|w| callee.wire(*w).ty.clone())
+                .collect();
+            let outs: Vec<WireType> = callee
+                .outputs
+                .iter()
+                .map(|w| callee.wire(*w).ty.clone())
+                .collect();
+            if &ins != inputs || &outs != outputs {
+                return Err(Error::instance(format!(
+                    "`{n}` does not have the boundary `{}` requires",
+                    h.name
+                )));
+            }
+            if let HyperValue::Applied(_, fixed) = v {
+                for (name, x) in fixed {
+                    let Some(inner) = callee.hypers.iter().find(|c| &c.name == name) else {
+                        let names: Vec<&str> =
+                            callee.hypers.iter().map(|c| c.name.as_str()).collect();
+                        return Err(Error::instance(format!(
+                            "`{n}` (the value of `{}`) has no hyperparameter `{name}` (it has: {})",
+                            h.name,
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        )));
+                    };
+                    check_value(program, inner, x, depth + 1)?;
+                }
+            }
+            Ok(())
+        }
+        (HyperType::Diagram { .. }, HyperValue::Num(_)) => Err(Error::instance(format!(
+            "hyperparameter `{}` is a diagram, not a number",
+            h.name
+        ))),
+        (HyperType::Int | HyperType::Float, HyperValue::Diagram(_) | HyperValue::Applied(..)) => {
+            Err(Error::instance(format!(
+                "hyperparameter `{}` is a number, not a diagram",
+                h.name
+            )))
+        }
+    }
 }
 
 fn default_value(h: &Hyper) -> Option<HyperValue> {
@@ -695,10 +736,12 @@ impl Builder<'_> {
                 self.learner(b, from, to, width, ins, &out_types, env, &here)?
             }
             Op::Call { callee, hypers } => {
-                let name = match callee {
-                    Callee::Diagram(n) => n.clone(),
+                let empty = BTreeMap::new();
+                let (name, fixed) = match callee {
+                    Callee::Diagram(n) => (n.clone(), &empty),
                     Callee::Hyper(h) => match env.values.get(h) {
-                        Some(HyperValue::Diagram(n)) => n.clone(),
+                        Some(HyperValue::Diagram(n)) => (n.clone(), &empty),
+                        Some(HyperValue::Applied(n, fixed)) => (n.clone(), fixed),
                         _ => {
                             return Err(Error::instance(format!(
                                 "hyperparameter `{h}` is not bound to a diagram"
@@ -722,9 +765,12 @@ impl Builder<'_> {
                                 Error::instance(format!("hyperparameter `{x}` is unbound"))
                             })?
                         }
-                        None => default_value(h).ok_or_else(|| {
-                            Error::instance(format!("`{name}` needs `{}`", h.name))
-                        })?,
+                        None => match fixed.get(&h.name) {
+                            Some(v) => v.clone(),
+                            None => default_value(h).ok_or_else(|| {
+                                Error::instance(format!("`{name}` needs `{}`", h.name))
+                            })?,
+                        },
                     };
                     child.values.insert(h.name.clone(), v);
                 }

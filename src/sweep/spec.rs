@@ -708,6 +708,17 @@ fn setting(
         let mut out = Vec::new();
         for (name, val) in t {
             let full = format!("{key}.{name}");
+            // A diagram-valued hyperparameter takes a diagram's name.
+            let strings = match val {
+                toml::Value::String(_) => true,
+                toml::Value::Array(a) => !a.is_empty() && a.iter().all(toml::Value::is_str),
+                _ => false,
+            };
+            let inner = if key == "hyper" && strings {
+                Kind::Str
+            } else {
+                inner
+            };
             let mut vals = values(&full, val, inner, v.span())?;
             if key == "size"
                 && let Some(bad) = vals.iter().find(|x| matches!(x, Value::Int(i) if *i <= 0))
@@ -740,8 +751,11 @@ fn setting(
     }
     let mut vals = values(key, v.get_ref(), *kind, v.span())?;
     if *kind == Kind::Path {
+        // A file is relative to the sweep file; a name (`lm_nopos`) is the stdlib's.
         for x in &mut vals {
-            if let Value::Str(s) = x {
+            if let Value::Str(s) = x
+                && s.ends_with(".diag")
+            {
                 *s = cx.base.join(&*s).to_string_lossy().to_string();
             }
         }

@@ -158,6 +158,28 @@ impl TrainConfig {
                 format!("{} is not a positive number", d.margin),
             );
         }
+        for (name, n) in &m.sizes {
+            if let Some((_, flag)) = super::model::PROTOCOL_AXES.iter().find(|(a, _)| a == name) {
+                return Err(Error::Usage(format!(
+                    "--size {name}={n}: the size of `{name}` is set by {flag}, not --size"
+                )));
+            }
+            if *n == 0 {
+                return Err(Error::Usage(format!("--size {name}=0: sizes are positive")));
+            }
+        }
+        if let Some(d) = &m.diagram
+            && !m.mech.ends_with(".diag")
+        {
+            return Err(Error::Usage(format!(
+                "--diagram {d}: `{}` is a stdlib mechanism; --diagram picks a diagram of a \
+                 mechanism file (a path ending in .diag)",
+                m.mech
+            )));
+        }
+        if m.model.as_deref().is_some_and(str::is_empty) {
+            return bad("model", "an empty name".into());
+        }
         Ok(())
     }
 
@@ -1145,14 +1167,45 @@ impl Trainer {
 }
 
 /// The default run directory for a configuration.
+/// `runs/MECH-Ll-seedS`, MECH being a stdlib mechanism's name (`m1`, `anatomy.m05`) or a
+/// mechanism file's stem, followed by the model's other choices: `.DIAGRAM`, `-NAMEVALUE` for
+/// each `--hyper` and `--size`, `-MODEL` (`runs/mymech.b-temp0.5-r8-lm_nopos-1l-seed0`).
 pub fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
-    let mech = Path::new(&cfg.model.mech)
-        .file_stem()
-        .map_or(cfg.model.mech.clone(), |s| s.to_string_lossy().to_string());
-    PathBuf::from(format!(
-        "runs/{mech}-{}l-seed{}",
-        cfg.model.layers, cfg.seed
-    ))
+    let m = &cfg.model;
+    let stem = |s: &str| {
+        if s.ends_with(".diag") {
+            Path::new(s)
+                .file_stem()
+                .map_or(s.to_string(), |x| x.to_string_lossy().to_string())
+        } else {
+            s.to_string()
+        }
+    };
+    let mut name = stem(&m.mech);
+    if let Some(d) = &m.diagram {
+        name.push_str(&format!(".{d}"));
+    }
+    for (k, v) in &m.hypers {
+        name.push_str(&format!("-{k}{v}"));
+    }
+    for (k, v) in &m.sizes {
+        name.push_str(&format!("-{k}{v}"));
+    }
+    if let Some(lm) = &m.model {
+        name.push_str(&format!("-{}", stem(lm)));
+    }
+    // One path component, of characters that need no quoting.
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from(format!("runs/{name}-{}l-seed{}", m.layers, cfg.seed))
 }
 
 /// One training step on the CPU, the one the trainer, `diagc bench` and the CUDA selftest's
@@ -1199,6 +1252,8 @@ pub fn cpu_step(
 }
 
 /// How `diagc train` starts.
+// One value per process: the size of the `New` variant (a whole configuration) does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// A new run of `cfg` in `out` (else [`default_run_dir`]); `overwrite` replaces the files of
     /// a run already there.
