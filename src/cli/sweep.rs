@@ -700,6 +700,15 @@ fn run_timing(sw: &Sweep, e: &Entry) -> Result<(), Error> {
         .and_then(|x| x.args.first().cloned())
         .unwrap_or(reference);
     let refm = train_args(&rargs)?.config()?.model;
+    if e.args
+        .windows(2)
+        .any(|w| w[0] == "--device" && w[1] == "cuda")
+    {
+        errln!(
+            "note: the timing phase measures the training step on the CPU (timing on the GPU is not \
+             implemented yet); the record says so in its `device`"
+        );
+    }
     let rounds = sw.header.timing_rounds.unwrap_or(5);
     let steps = sw.header.timing_steps.unwrap_or(4);
     errln!(
