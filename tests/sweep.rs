@@ -580,6 +580,26 @@ fn the_smoke_sweep_killed_and_rerun_finishes_every_run_once_and_reports() {
         assert!(dir.join(format!("figures/{stem}.svg")).is_file(), "{stem}");
         assert!(dir.join(format!("figures/{stem}.png")).is_file(), "{stem}");
     }
+    // Each mechanism's class comes from its own file's header, as the run copied it (the
+    // run's source/ also holds the LM's files).
+    for (mech, class) in [
+        ("../stdlib/anatomy/m05.diag", diagc::sweep::MechClass::Both),
+        ("m1", diagc::sweep::MechClass::DotProductOnly),
+        ("m0", diagc::sweep::MechClass::LinearOnly),
+    ] {
+        let e = plan_lines(&dir)
+            .into_iter()
+            .find(|e| e["stage"] == "a" && e["model"]["mech"] == mech)
+            .unwrap();
+        let header =
+            diagc::sweep::store::mechanism_header(&dir, e["run_dir"].as_str().unwrap(), mech);
+        assert!(header.is_some(), "{mech}");
+        assert_eq!(
+            diagc::sweep::compare::class_of(mech, header.as_deref()),
+            class,
+            "{mech}: {header:?}"
+        );
+    }
     // Running again does nothing.
     let o = diagc(&["sweep", "run", d, "--data", &data]);
     assert!(o.status.success(), "{}", text(&o));

@@ -353,7 +353,7 @@ pub fn report_input(
             .entries
             .iter()
             .filter(|x| x.model.mech == e.model.mech && x.stage != Stage::Timing)
-            .find_map(|x| store::mechanism_header(&sw.dir, &x.run_dir));
+            .find_map(|x| store::mechanism_header(&sw.dir, &x.run_dir, &e.model.mech));
         let arg = e.args.first().cloned().unwrap_or_default();
         mechanisms.push(MechanismInfo {
             name: e.model.mech.clone(),

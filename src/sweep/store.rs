@@ -250,23 +250,18 @@ pub fn timing(dir: &Path, e: &Entry) -> Result<Option<TimingRecord>, Error> {
 }
 
 /// The header comment's first line of a mechanism's source as a run copied it
-/// (`runs/NAME/source/...`), for its class and summary.
-pub fn mechanism_header(dir: &Path, run_dir: &str) -> Option<String> {
-    let src = dir.join(run_dir).join("source");
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![src];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "diag") && !p.ends_with("lm.diag") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    let text = std::fs::read_to_string(files.first()?).ok()?;
+/// (`runs/NAME/source/...`), for its class and summary. `mech` is the mechanism as the sweep
+/// names it: a stdlib name (`anatomy.m05` is `source/anatomy/m05.diag`, `m1` is
+/// `source/attention/m1.diag`) or a path (its file name).
+pub fn mechanism_header(dir: &Path, run_dir: &str, mech: &str) -> Option<String> {
+    let rel = if mech.ends_with(".diag") {
+        Path::new(mech).file_name()?.to_string_lossy().to_string()
+    } else if mech.contains('.') {
+        format!("{}.diag", mech.replace('.', "/"))
+    } else {
+        format!("attention/{mech}.diag")
+    };
+    let text = std::fs::read_to_string(dir.join(run_dir).join("source").join(rel)).ok()?;
     text.lines()
         .next()
         .and_then(|l| l.strip_prefix("//"))
