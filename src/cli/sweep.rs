@@ -1,4 +1,4 @@
-//! `diagc sweep plan | run | run-one | status | report`.
+//! `diagc sweep plan | run | run-one | status | report | emit | submit`.
 //!
 //! `run` starts one `diagc sweep run-one` process per entry (at most `--jobs` at once, their
 //! output in `DIR/logs/`), so that a crash, a leak or an out-of-memory kill ends one run, not
@@ -8,10 +8,13 @@ use super::train::{Ran, TrainArgs, execute, stop_on_signals, stopped_code};
 use super::*;
 use crate::sweep::exec::Sweep;
 use crate::sweep::plan::{self, Header};
-use crate::sweep::{Entry, Stage, State, Status, results, spec, store};
+use crate::sweep::{Entry, Stage, State, Status, cluster, results, spec, store};
+use clap::Args;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
+// Parsed once per process: the size of the `Emit` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(super) enum SweepCmd {
     /// Expand a sweep file (TOML: mechanisms, layers, seeds, [train] settings, [tuning],
@@ -63,15 +66,18 @@ pub(super) enum SweepCmd {
         #[arg(long)]
         download: bool,
     },
-    /// Run one entry of a sweep's plan in this process (what a cluster scheduler calls).
+    /// Run one entry of a sweep's plan in this process (what a cluster scheduler calls; the
+    /// log says where the index came from).
     /// Exit 0 when it finished (or had), 1 when it failed or diverged, 75 when another process
     /// is running it or stage A has not chosen its learning rate yet, 128 + signal when
     /// stopped.
     RunOne {
         dir: PathBuf,
-        /// The entry's index in plan.jsonl.
+        /// The entry's index in plan.jsonl [default: SLURM_ARRAY_TASK_ID, else
+        /// JOB_COMPLETION_INDEX (Kubernetes), else PARALLEL_SEQ - 1 (GNU parallel), each plus
+        /// DIAGC_INDEX_OFFSET when set].
         #[arg(long)]
-        index: usize,
+        index: Option<usize>,
         /// The PTB directory (default: the run's own lookup).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -83,6 +89,18 @@ pub(super) enum SweepCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Write the scripts that run the sweep's plan on a scheduler: `--to slurm` writes
+    /// DIR/sweep.sbatch (a job array task: `run-one` with requeue on SIGUSR1/SIGTERM) and
+    /// DIR/slurm/submit.sh (its arrays, stage after stage); `--to parallel` writes
+    /// DIR/sweep.parallel (GNU parallel, --joblog, --resume-failed, -S for ssh machines);
+    /// `--to k8s` writes DIR/sweep-k8s.yaml (one Indexed Job per stage). The binary, DIR and
+    /// --data must be at the same paths on the machines that run the tasks (a shared file
+    /// system; docs/cluster.md).
+    Emit(EmitArgs),
+    /// Submit a sweep emitted with `--to slurm` (`sbatch`, stage after stage with
+    /// `--dependency=afterany`) and record the job ids in DIR/slurm/jobs.json, which `sweep
+    /// status` reads to show the scheduler's view.
+    Submit { dir: PathBuf },
     /// Gather the results (results.csv, results.jsonl, aggregate.csv, tuning.json) and write
     /// DIR/report.html; works while runs are still going (they show as pending).
     Report {
@@ -91,6 +109,72 @@ pub(super) enum SweepCmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Scheduler {
+    Slurm,
+    Parallel,
+    K8s,
+}
+
+#[derive(Args)]
+pub(super) struct EmitArgs {
+    dir: PathBuf,
+    /// The scheduler.
+    #[arg(long, value_enum)]
+    to: Scheduler,
+    /// The diagc binary the tasks run [default: this one].
+    #[arg(long, value_name = "PATH")]
+    diagc: Option<PathBuf>,
+    /// The PTB directory every task reads (default: each run's own lookup on its machine).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Slurm: the partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: the time limit of one task (`--time`, e.g. 2:00:00); a task gets SIGUSR1
+    /// --signal-before seconds before it, saves its run and requeues itself.
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm and k8s: GPUs per task (give `--device cuda` in the sweep file's [train] too).
+    #[arg(long)]
+    gpus_per_task: Option<u32>,
+    /// CPU cores per task (each run uses that many threads).
+    #[arg(long, default_value_t = 1)]
+    cpus_per_task: u32,
+    /// Slurm and k8s: memory per task (Slurm's `--mem`, e.g. 8G; k8s: e.g. 8Gi).
+    #[arg(long)]
+    mem: Option<String>,
+    /// Slurm: at most this many tasks of an array at once (`%K`); k8s: the Jobs' parallelism.
+    #[arg(long, value_name = "K")]
+    array_limit: Option<usize>,
+    /// Slurm: how many seconds before the time limit a task is told to save and requeue
+    /// (`--signal=B:USR1@N`); leave a few training steps' time.
+    #[arg(long, value_name = "S", default_value_t = 120)]
+    signal_before: u32,
+    /// Slurm: the account to charge.
+    #[arg(long)]
+    account: Option<String>,
+    /// Slurm: a further `#SBATCH ...` line for the header (repeatable).
+    #[arg(long, value_name = "LINE")]
+    extra: Vec<String>,
+    /// Slurm: the cluster's MaxArraySize [default: `scontrol show config`'s, else 1001]; a
+    /// stage whose indices reach it is split into several arrays.
+    #[arg(long, value_name = "N")]
+    max_array_size: Option<usize>,
+    /// GNU parallel: runs at once per machine.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// GNU parallel: an ssh machine to run on (repeatable; `:` is this machine).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// k8s: the container image (with diagc at the --diagc path).
+    #[arg(long, default_value = "diagc:latest")]
+    image: String,
+    /// k8s: the PersistentVolumeClaim holding the sweep directory (mounted at DIR's parent).
+    #[arg(long, default_value = "diagc-sweep")]
+    claim: String,
 }
 
 /// `diagc train`'s arguments as clap parses them from a plan's entry.
@@ -148,6 +232,8 @@ pub(super) fn sweep_cmd(cmd: SweepCmd) -> i32 {
             )
         }),
         SweepCmd::RunOne { dir, index, data } => run_one_cmd(&dir, index, data.as_deref()),
+        SweepCmd::Emit(a) => emit_cmd(&a).map(|_| 0),
+        SweepCmd::Submit { dir } => submit_cmd(&dir).map(|_| 0),
         SweepCmd::Status { dir, all } => status_cmd(&dir, all),
         SweepCmd::Report { dir, out } => report_cmd(&dir, out.as_deref()).map(|_| 0),
     };
@@ -597,9 +683,17 @@ fn print_counts(sw: &Sweep, st: &[Status]) {
     );
 }
 
-/// The index of the entry to run: the flag.
-fn run_one_cmd(dir: &Path, index: usize, data: Option<&Path>) -> Result<i32, Error> {
+/// Runs the entry `index` (or the one the scheduler's environment names).
+fn run_one_cmd(dir: &Path, index: Option<usize>, data: Option<&Path>) -> Result<i32, Error> {
     let stop = stop_on_signals()?;
+    let index = match index {
+        Some(i) => i,
+        None => {
+            let src = cluster::index_from_env(&|k| std::env::var(k).ok()).map_err(Error::Usage)?;
+            errln!("entry {} (from {})", src.index, src.how);
+            src.index
+        }
+    };
     if std::env::var_os("DIAGC_SWEEP_CHILD").is_some() {
         // Started by `sweep run`: stop (saving the run) when it dies, even by SIGKILL.
         let _ =
@@ -730,6 +824,310 @@ fn run_timing(sw: &Sweep, e: &Entry) -> Result<(), Error> {
     Ok(())
 }
 
+/// An absolute form of `p` (canonical when it exists) for a script that runs elsewhere.
+fn absolute(p: &Path) -> Result<String, Error> {
+    let abs = std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .map_err(|e| Error::Io {
+            action: "resolve",
+            path: p.to_path_buf(),
+            source: e,
+            context: String::new(),
+        })?;
+    let s = abs.to_string_lossy().to_string();
+    if s.contains('\n') || s.contains('\'') {
+        return Err(Error::Usage(format!(
+            "{} holds a newline or a quote, which the scripts cannot carry",
+            abs.display()
+        )));
+    }
+    Ok(s)
+}
+
+/// Slurm's MaxArraySize from `scontrol show config`, when Slurm is here.
+fn slurm_max_array_size() -> Option<usize> {
+    let out = Process::new("scontrol")
+        .args(["show", "config"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.trim_start().starts_with("MaxArraySize"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn emit_cmd(a: &EmitArgs) -> Result<(), Error> {
+    let sw = Sweep::open(&a.dir)?;
+    if a.cpus_per_task == 0 || a.jobs == 0 || a.array_limit == Some(0) {
+        return Err(Error::Usage(
+            "--cpus-per-task, --jobs and --array-limit must be positive".into(),
+        ));
+    }
+    if a.max_array_size == Some(0) {
+        return Err(Error::Usage("--max-array-size must be positive".into()));
+    }
+    cluster::check_extra(&a.extra).map_err(Error::Usage)?;
+    let exe = match &a.diagc {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::External(format!("cannot find diagc itself: {e}")))?,
+    };
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::External(format!("cannot read the current directory: {e}")))?;
+    let common = cluster::Common {
+        name: sw.header.name.clone(),
+        cwd: absolute(&cwd)?,
+        diagc: absolute(&exe)?,
+        dir: absolute(&a.dir)?,
+        data: a.data.as_deref().map(absolute).transpose()?,
+    };
+    if sw.entries.iter().any(|e| {
+        e.args
+            .first()
+            .is_some_and(|m| m.ends_with(".diag") && !Path::new(m).is_absolute())
+    }) {
+        errln!(
+            "note: the plan names mechanism files by relative paths; the tasks start in {} to \
+             find them",
+            common.cwd
+        );
+    }
+    let written = match a.to {
+        Scheduler::Slurm => {
+            let (max, from) = match a.max_array_size {
+                Some(m) => (m, "--max-array-size"),
+                None => match slurm_max_array_size() {
+                    Some(m) => (m, "scontrol show config"),
+                    None => (
+                        cluster::SLURM_DEFAULT_MAX_ARRAY_SIZE,
+                        "Slurm's default; scontrol not found",
+                    ),
+                },
+            };
+            let opts = cluster::SlurmOpts {
+                partition: a.partition.clone(),
+                time: a.time.clone(),
+                gpus_per_task: a.gpus_per_task,
+                cpus_per_task: a.cpus_per_task,
+                mem: a.mem.clone(),
+                array_limit: a.array_limit,
+                account: a.account.clone(),
+                extra: a.extra.clone(),
+                signal_before_s: a.signal_before,
+            };
+            let arrays = cluster::arrays(&sw.entries, max);
+            let script = store::write(
+                &sw.dir,
+                "sweep.sbatch",
+                cluster::sbatch_script(&common, &opts).as_bytes(),
+            )?;
+            let submit = store::write(
+                &sw.dir,
+                "slurm/submit.sh",
+                cluster::submit_script(&common, &arrays, a.array_limit).as_bytes(),
+            )?;
+            for p in [&script, &submit] {
+                make_executable(p);
+            }
+            store::write_json(
+                &sw.dir,
+                "slurm/arrays.json",
+                &cluster::Emitted {
+                    script: format!("{}/sweep.sbatch", common.dir),
+                    array_limit: a.array_limit,
+                    max_array_size: max,
+                    arrays: arrays.clone(),
+                },
+            )?;
+            errln!(
+                "{} job arrays for {} entries (MaxArraySize {max}, from {from}):",
+                arrays.len(),
+                sw.entries.len()
+            );
+            for x in &arrays {
+                errln!(
+                    "  stage {:6} entries {}",
+                    x.stage,
+                    cluster::ranges(&x.indices().collect::<Vec<_>>())
+                );
+            }
+            errln!(
+                "submit with `diagc sweep submit {}` (or bash {})",
+                a.dir.display(),
+                submit.display()
+            );
+            script
+        }
+        Scheduler::Parallel => {
+            let p = store::write(
+                &sw.dir,
+                "sweep.parallel",
+                cluster::parallel_script(
+                    &common,
+                    &sw.entries,
+                    a.jobs,
+                    a.cpus_per_task as usize,
+                    &a.hosts,
+                )
+                .as_bytes(),
+            )?;
+            make_executable(&p);
+            errln!("run it with `bash {}` (GNU parallel)", p.display());
+            p
+        }
+        Scheduler::K8s => {
+            let p = store::write(
+                &sw.dir,
+                "sweep-k8s.yaml",
+                cluster::k8s_yaml(
+                    &common,
+                    &sw.entries,
+                    &cluster::K8sOpts {
+                        image: a.image.clone(),
+                        claim: a.claim.clone(),
+                        cpus_per_task: a.cpus_per_task,
+                        gpus_per_task: a.gpus_per_task,
+                        mem: a.mem.clone(),
+                        parallelism: a.array_limit.unwrap_or(1),
+                    },
+                )
+                .as_bytes(),
+            )?;
+            errln!(
+                "apply it stage by stage as its header says (kubectl apply -f {} -l diagc-stage=a, ...)",
+                p.display()
+            );
+            p
+        }
+    };
+    outln!("{}", written.display());
+    Ok(())
+}
+
+fn make_executable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+}
+
+fn submit_cmd(dir: &Path) -> Result<(), Error> {
+    let sw = Sweep::open(dir)?;
+    let emitted: cluster::Emitted =
+        store::read_json(&sw.dir, "slurm/arrays.json")?.ok_or_else(|| {
+            Error::Usage(format!(
+                "{} has no Slurm script yet: run `diagc sweep emit {} --to slurm` first",
+                dir.display(),
+                dir.display()
+            ))
+        })?;
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..emitted.arrays.len() {
+        let args = cluster::sbatch_args(
+            &emitted.arrays,
+            i,
+            emitted.array_limit,
+            &emitted.script,
+            &|j| ids[j].clone(),
+        );
+        let out = Process::new("sbatch").args(&args).output().map_err(|e| {
+            Error::External(format!(
+                "cannot run sbatch ({e}): is Slurm installed here? (`diagc sweep emit` wrote \
+                 {}/slurm/submit.sh to run on a login node)",
+                dir.display()
+            ))
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = cluster::parse_job_id(&stdout).filter(|_| out.status.success());
+        let Some(id) = id else {
+            let partial = if ids.is_empty() {
+                String::new()
+            } else {
+                format!(" (jobs {} were submitted before it)", ids.join(", "))
+            };
+            return Err(Error::External(format!(
+                "sbatch {} failed{partial}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        };
+        let a = &emitted.arrays[i];
+        outln!(
+            "stage {} entries {}: job {id}",
+            a.stage,
+            cluster::ranges(&a.indices().collect::<Vec<_>>())
+        );
+        ids.push(id);
+        store::write_json(
+            &sw.dir,
+            "slurm/jobs.json",
+            &cluster::Submitted {
+                submitted: store::now_rfc3339(),
+                job_ids: ids.clone(),
+                arrays: emitted.arrays[..ids.len()].to_vec(),
+            },
+        )?;
+    }
+    errln!(
+        "follow it with `diagc sweep status {}` (logs in {}/slurm/)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The scheduler's view of a submitted sweep, for `sweep status`.
+fn slurm_view(sw: &Sweep) -> Result<(), Error> {
+    let Some(sub) = store::read_json::<cluster::Submitted>(&sw.dir, "slurm/jobs.json")? else {
+        return Ok(());
+    };
+    outln!(
+        "slurm: {} array jobs submitted {} ({})",
+        sub.job_ids.len(),
+        sub.submitted,
+        sub.job_ids.join(", ")
+    );
+    let out = Process::new("squeue")
+        .args(["-h", "-r", "-o", "%i %T", "-j", &sub.job_ids.join(",")])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            // squeue refuses ids that have left the queue altogether.
+            let err = String::from_utf8_lossy(&o.stderr);
+            if err.contains("Invalid job id") {
+                outln!("  none of them is queued or running any more");
+            } else {
+                outln!("  squeue failed: {}", err.trim());
+            }
+            return Ok(());
+        }
+        Err(e) => {
+            outln!("  squeue is not available here ({e})");
+            return Ok(());
+        }
+    };
+    let counts = cluster::squeue_counts(&String::from_utf8_lossy(&out.stdout));
+    for (id, a) in sub.job_ids.iter().zip(&sub.arrays) {
+        let here: Vec<String> = counts
+            .iter()
+            .filter(|(j, _, _)| j == id)
+            .map(|(_, s, n)| format!("{n} {}", s.to_lowercase()))
+            .collect();
+        outln!(
+            "  job {id} (stage {}, {} tasks): {}",
+            a.stage,
+            a.tasks.len(),
+            if here.is_empty() {
+                "none queued or running".to_string()
+            } else {
+                here.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
 fn status_cmd(dir: &Path, all: bool) -> Result<i32, Error> {
     let sw = Sweep::open(dir)?;
     let st = sw.statuses()?;
@@ -774,6 +1172,7 @@ fn status_cmd(dir: &Path, all: bool) -> Result<i32, Error> {
         }
         outln!("{line}");
     }
+    slurm_view(&sw)?;
     Ok(0)
 }
 

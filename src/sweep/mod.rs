@@ -24,6 +24,7 @@
 //! DIR/report.html      `diagc sweep report DIR`
 //! ```
 
+pub mod cluster;
 pub mod compare;
 pub mod exec;
 pub mod figures;
