@@ -1471,8 +1471,10 @@ pub fn lr_isolation(input: &ReportInput) -> Figure {
             if c.at_edge {
                 marks.text(
                     "edge-flag",
-                    (map.right() - 4.0, map.top() + 14.0),
-                    "end",
+                    // Top centre: with the choice at one end of the grid, the worst scale (the
+                    // highest point) is usually at the other end, not in the middle.
+                    ((map.left() + map.right()) / 2.0, map.top() + 12.0),
+                    "middle",
                     11.0,
                     (0xc0, 0x39, 0x2b),
                     true,
