@@ -546,6 +546,37 @@ fn the_smoke_sweep_killed_and_rerun_finishes_every_run_once_and_reports() {
             }
         }
     }
+    // Every state names the diagc that ran it, and each row carries its entry's commit, not
+    // the gathering binary's: an entry recorded as run by another build keeps that build's.
+    let built = diagc::build_commit();
+    assert!(
+        st.iter()
+            .all(|s| s["diagc_commit"].as_str() == built.as_deref()),
+        "{st:?}"
+    );
+    let first = plan_lines(&dir)[0]["name"].as_str().unwrap().to_string();
+    let sp = dir.join("state").join(format!("{first}.json"));
+    let mut s0: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    s0["diagc_commit"] = "0123abcd".into();
+    s0["diagc_version"] = "0.0.9".into();
+    std::fs::write(&sp, s0.to_string()).unwrap();
+    let o = diagc(&["sweep", "report", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let r0 = rows.iter().find(|r| r["name"] == first.as_str()).unwrap();
+    assert_eq!(r0["git_commit"], "0123abcd", "{r0}");
+    assert_eq!(r0["diagc_version"], "0.0.9", "{r0}");
+    assert!(
+        rows.iter()
+            .filter(|r| r["name"] != first.as_str())
+            .all(|r| r["git_commit"].as_str() == built.as_deref()),
+        "{rows:?}"
+    );
     let agg = std::fs::read_to_string(dir.join("aggregate.csv")).unwrap();
     assert_eq!(agg.lines().count(), 1 + 6, "{agg}");
     assert!(

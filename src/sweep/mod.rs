@@ -154,6 +154,11 @@ pub struct State {
     pub started: Option<String>,
     pub ended: Option<String>,
     pub host: Option<String>,
+    /// The version and commit of the diagc that ran the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagc_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagc_commit: Option<String>,
 }
 
 /// `tuning.json` holds one `Choice` per tuned model: stage A's ranking and the chosen scale.

@@ -18,11 +18,10 @@ pub struct Gathered {
     pub statuses: Vec<Status>,
 }
 
-/// The commit diagc was built from (`git rev-parse HEAD` at build time), if known.
+/// The commit this diagc was built from (the report's provenance; each row carries the commit
+/// of the diagc that ran it, from its state).
 pub fn git_commit() -> Option<String> {
-    option_env!("DIAGC_GIT_COMMIT")
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    crate::build_commit()
 }
 
 fn row(sw: &Sweep, e: &Entry, status: Status, chosen_lr: Option<f64>) -> Result<ResultRow, Error> {
@@ -71,8 +70,20 @@ fn row(sw: &Sweep, e: &Entry, status: Status, chosen_lr: Option<f64>) -> Result<
             .and_then(|s| s.get("device"))
             .and_then(|v| v.as_str())
             .map(str::to_string),
-        diagc_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_commit: git_commit(),
+        // The diagc that ran the entry (its state; a run's own record for the version), not the
+        // one gathering the results.
+        diagc_version: state
+            .diagc_version
+            .clone()
+            .or_else(|| {
+                store::run_record(&sw.dir, &e.run_dir)
+                    .and_then(|r| r.get("diagc_version")?.as_str().map(str::to_string))
+            })
+            .unwrap_or_default(),
+        git_commit: state.diagc_commit.clone().or_else(|| {
+            store::run_record(&sw.dir, &e.run_dir)
+                .and_then(|r| r.get("diagc_commit")?.as_str().map(str::to_string))
+        }),
         run_dir: e.run_dir.clone(),
     })
 }

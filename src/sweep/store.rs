@@ -218,6 +218,13 @@ pub fn run_config(dir: &Path, run_dir: &str) -> Result<Option<serde_json::Value>
     read_json(dir, &format!("{run_dir}/config.json"))
 }
 
+/// A run directory's `run.json` (what `diagc train` recorded of itself and its inputs).
+pub fn run_record(dir: &Path, run_dir: &str) -> Option<serde_json::Value> {
+    read_json(dir, &format!("{run_dir}/run.json"))
+        .ok()
+        .flatten()
+}
+
 /// Whether a run directory holds a run (its `config.json`).
 pub fn run_started(dir: &Path, e: &Entry) -> bool {
     dir.join(&e.run_dir).join("config.json").is_file()

@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
     pub diagc_version: String,
+    /// The commit diagc was built from, when known (absent in runs of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagc_commit: Option<String>,
     /// The data directory the run started with (as given, and canonical).
     pub data_dir: PathBuf,
     /// The SHA-256 of each data file, by name.
@@ -127,6 +130,7 @@ pub fn write_start(
         .collect();
     let record = RunRecord {
         diagc_version: env!("CARGO_PKG_VERSION").to_string(),
+        diagc_commit: crate::build_commit(),
         data_dir: std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf()),
         data_sha256,
         source_root: sources.root.clone(),
