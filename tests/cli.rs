@@ -205,6 +205,41 @@ fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
             .all(|l| l.contains(" ms ") && l.contains("box ")),
         "{out}"
     );
+    // The machine's ceiling, measured in the same run, and every product against it: as many
+    // product lines as the summary counts, their times adding up to its product time, and
+    // products plus the rest making the profiled forward+backward.
+    assert!(out.contains("the machine's ceiling"), "{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.contains("one forward+backward (profiled"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let num = |after: &str| -> f64 {
+        let rest = &summary[summary.find(after).unwrap() + after.len()..];
+        rest.trim_start()
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let total = num("(profiled,");
+    let count = num("):") as usize;
+    let ptime = num("products");
+    let outside = num("outside products");
+    assert!((ptime + outside - total).abs() <= 0.15, "{summary}");
+    let rows: Vec<f64> = out
+        .lines()
+        .skip_while(|l| !l.contains("every product, slowest first"))
+        .skip(1)
+        .take_while(|l| l.contains("GFLOP/s") && l.contains('%'))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rows.len(), count, "{out}");
+    let sum: f64 = rows.iter().sum();
+    assert!(
+        (sum - ptime).abs() <= 0.01 * count as f64 + 0.1,
+        "{sum} vs {ptime}: {out}"
+    );
     // Zero rounds is refused.
     let mut args = vec!["bench", "m0", "--rounds", "0"];
     args.extend(small);

@@ -32,6 +32,37 @@ pub struct BenchReport {
     pub steps: Vec<(String, &'static str, f64, u64)>,
     /// Median seconds of clipping and the Adam update.
     pub update: f64,
+    /// The machine's ceiling, measured in the same run: contiguous products (a large square
+    /// one and the LM's own shapes) through the same `gemm` call, with their GFLOP/s.
+    pub ceiling: Vec<(String, f64)>,
+}
+
+impl BenchReport {
+    /// The best rate of [`BenchReport::ceiling`] (GFLOP/s).
+    pub fn ceiling_rate(&self) -> f64 {
+        self.ceiling.iter().map(|c| c.1).fold(0.0, f64::max)
+    }
+}
+
+/// The contiguous products `diagc bench` takes the machine's ceiling from: a 1024-square
+/// product and the LM's own shapes (tokens x d_model by d_model x {vocab, d_ff, d_model}).
+pub fn ceiling(cfg: &ModelConfig, threads: usize) -> Vec<(String, f64)> {
+    let t = cfg.batch * cfg.bptt;
+    let shapes = [
+        ("square".to_string(), 1024, 1024, 1024),
+        ("output layer".to_string(), t, cfg.vocab, cfg.d_model),
+        ("feed-forward".to_string(), t, cfg.d_ff, cfg.d_model),
+        ("projection".to_string(), t, cfg.d_model, cfg.d_model),
+    ];
+    shapes
+        .into_iter()
+        .filter(|(_, m, n, k)| *m > 0 && *n > 0 && *k > 0)
+        .map(|(name, m, n, k)| {
+            let rate =
+                crate::backend::cpu::exec::kernels::contiguous_gemm_rate(m, n, k, threads, 5);
+            (format!("{name} {m}x{k} by {k}x{n}"), rate)
+        })
+        .collect()
 }
 
 impl BenchReport {
@@ -174,6 +205,7 @@ pub fn bench(
         .collect();
     steps.sort_by(|a, b| b.2.total_cmp(&a.2));
     let update = median_secs(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
+    let ceiling = ceiling(cfg, crate::backend::cpu::exec::kernels::cores());
     Ok(BenchReport {
         params: nparams,
         fwd_bwd: median_secs(fb),
@@ -185,6 +217,7 @@ pub fn bench(
         profile,
         steps,
         update,
+        ceiling,
     })
 }
 
@@ -320,6 +353,7 @@ pub fn cpu_report(
     for (kind, secs, n) in r.profile.iter().take(8) {
         writeln!(s, "    {kind:<20} {:8.1} ms  ({n} steps)", secs * 1e3).unwrap();
     }
+    products_report(&mut s, r);
     if top > 0 {
         writeln!(s, "  the {} slowest steps:", top.min(r.steps.len())).unwrap();
     }
@@ -337,6 +371,62 @@ pub fn cpu_report(
         .unwrap();
     }
     s
+}
+
+/// The products of one forward+backward against the machine's ceiling: the ceiling's
+/// measurements, the products' share of the time and their overall rate, the time outside
+/// them, then every product with its GFLOP/s and fraction of the ceiling, slowest first.
+fn products_report(s: &mut String, r: &BenchReport) {
+    let ceiling = r.ceiling_rate();
+    if ceiling <= 0.0 {
+        return;
+    }
+    writeln!(
+        s,
+        "  the machine's ceiling (contiguous products, same gemm call and threads, best of 5):"
+    )
+    .unwrap();
+    for (name, rate) in &r.ceiling {
+        writeln!(s, "    {rate:6.0} GFLOP/s  {name}").unwrap();
+    }
+    let total: f64 = r.steps.iter().map(|x| x.2).sum();
+    let products: Vec<&(String, &'static str, f64, u64)> =
+        r.steps.iter().filter(|x| x.3 > 0).collect();
+    let ptime: f64 = products.iter().map(|x| x.2).sum();
+    let pflops: f64 = products.iter().map(|x| x.3 as f64).sum();
+    if total <= 0.0 || products.is_empty() {
+        return;
+    }
+    let overall = pflops / ptime.max(1e-12) / 1e9;
+    writeln!(
+        s,
+        "  one forward+backward (profiled, {:.1} ms): {} products {:.1} ms ({:.0}%) at {:.0} GFLOP/s \
+         ({:.0}% of the ceiling); outside products {:.1} ms ({:.0}%)",
+        total * 1e3,
+        products.len(),
+        ptime * 1e3,
+        100.0 * ptime / total,
+        overall,
+        100.0 * overall / ceiling,
+        (total - ptime) * 1e3,
+        100.0 * (total - ptime) / total
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "  every product, slowest first (ms, GFLOP/s, of the ceiling):"
+    )
+    .unwrap();
+    for (label, _, secs, flops) in &products {
+        let rate = *flops as f64 / secs.max(1e-12) / 1e9;
+        writeln!(
+            s,
+            "    {:8.2} ms {rate:6.0} GFLOP/s {:4.0}%  {label}",
+            secs * 1e3,
+            100.0 * rate / ceiling
+        )
+        .unwrap();
+    }
 }
 
 /// Every round of `bench --rounds` (diagc's tokens/s, forward+backward and whole step, and

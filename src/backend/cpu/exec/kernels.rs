@@ -1122,6 +1122,55 @@ unsafe fn sgemm(gm: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32,
     }
 }
 
+/// The rate (GFLOP/s) of one contiguous row-major product, `m x k` by `k x n`, through the
+/// same `gemm` call and thread rule as a plan's products, over `threads` cores: the best of
+/// `reps` timed runs after one warm-up. `diagc bench` measures the machine's ceiling with it.
+pub fn contiguous_gemm_rate(m: usize, n: usize, k: usize, threads: usize, reps: usize) -> f64 {
+    let a = vec![1.0f32 / 3.0; m * k];
+    let b = vec![0.5f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let parallelism = if threads > 1 && flops >= 2e6 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut best = f64::INFINITY;
+    for rep in 0..=reps.max(1) {
+        let t0 = std::time::Instant::now();
+        // SAFETY: the three buffers are live, of exactly the extents the strides describe
+        // (row-major, rows of k, n and n elements), and `c` overlaps neither input.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        if rep > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    flops / best / 1e9
+}
+
 /// As [`gemv`].
 unsafe fn outer(g: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32) {
     let (m, n) = (g.m, g.n);
