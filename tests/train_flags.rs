@@ -462,6 +462,56 @@ fn every_stdlib_mechanism_name_builds_a_model() {
 }
 
 #[test]
+fn a_diagram_valued_hyperparameter_takes_a_diagram_name() {
+    let dir = scratch("dv");
+    let mech = dir.join("dv.diag");
+    std::fs::write(
+        &mech,
+        "use attention.m1\nuse attention.m0\naxis tok, dm\n\
+         diagram dv[inner: ([tok, dm]) -> [tok, dm] = m1](x: [tok, dm]) -> [tok, dm] {\n    \
+         inner(x)\n}\n",
+    )
+    .unwrap();
+    let cfg = |hypers: &[(&str, &str)]| ModelConfig {
+        mech: s(&mech).into(),
+        d_model: 8,
+        heads: 2,
+        d_ff: 12,
+        vocab: 11,
+        bptt: 4,
+        batch: 1,
+        hypers: hypers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let names = |c: &ModelConfig| -> Vec<String> {
+        model::language_model(c)
+            .unwrap()
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    // The mechanism's parameters are named after the diagram that was called.
+    let default = names(&cfg(&[]));
+    let m0 = names(&cfg(&[("inner", "m0")]));
+    assert!(default.iter().any(|n| n.contains("/m1.")), "{default:?}");
+    assert!(m0.iter().any(|n| n.contains("/m0.")), "{m0:?}");
+    assert!(!m0.iter().any(|n| n.contains("/m1.")), "{m0:?}");
+    assert_eq!(names(&cfg(&[("inner", "m1")])), default);
+    let e = model::language_model(&cfg(&[("inner", "m9")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no diagram `m9`") && e.contains("did you mean `m0`?"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn configurations_without_the_new_fields_load_and_compare_equal() {
     // A config.json as runs before these flags wrote it.
     let old = r#"{

@@ -624,9 +624,12 @@ fn bindings(
                         program.diagrams.iter().map(|d| d.name.as_str()).collect();
                     return Err(Error::Usage(format!(
                         "--hyper {name}={text}: `{}` takes a diagram, and the model has no \
-                         diagram `{text}`; {}",
+                         diagram `{text}`{}",
                         hyper_text(program, h),
-                        hint(text, names.iter().copied())
+                        match hint(text, names.iter().copied()) {
+                            h if h.is_empty() => String::new(),
+                            h => format!("; {}", h.trim_end()),
+                        }
                     )));
                 }
                 HyperValue::Diagram(text.clone())
