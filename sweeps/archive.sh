@@ -5,7 +5,7 @@
 #
 # DEST gets the plan (sweep.toml, plan.jsonl, plan.json), the state of every entry that has
 # ended (done, failed or diverged) with its run directory less its `*.safetensors` checkpoints
-# (or its timing record), and the gathered files (results.*, tuning.json, report.html,
+# (or its timing record), and the gathered files (results.*, aggregate.csv, tuning.json, report.html,
 # figures/). Entries still running, interrupted or pending are left out: `diagc sweep run DEST`
 # runs them from the start, and skips the rest. This is how docs/results/cpu-small/sweep was
 # made, and how a sweep moves between machines that do not share a file system (copy the
@@ -22,7 +22,7 @@ command -v jq >/dev/null || { echo "archive.sh needs jq (apt-get install jq)" >&
 [ -f "$src/plan.json" ] || { echo "$src is not a sweep directory (no plan.json)" >&2; exit 1; }
 mkdir -p "$dest/state"
 cp "$src/sweep.toml" "$src/plan.jsonl" "$src/plan.json" "$dest/"
-for f in results.csv results.jsonl tuning.json report.html; do
+for f in results.csv results.jsonl aggregate.csv tuning.json report.html; do
   if [ -f "$src/$f" ]; then cp "$src/$f" "$dest/$f"; fi
 done
 if [ -d "$src/figures" ]; then

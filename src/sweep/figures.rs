@@ -177,7 +177,7 @@ impl Palette {
         entries.sort_by(|a, b| {
             class_rank(a.1)
                 .cmp(&class_rank(b.1))
-                .then_with(|| a.0.cmp(&b.0))
+                .then_with(|| super::natural_cmp(&a.0, &b.0))
         });
         let mut styles = Vec::new();
         for class in CLASSES {

@@ -88,13 +88,69 @@ impl Status {
 /// A model of the sweep: what stage A tunes the learning rate of, what Figure 2 plots a point
 /// of, what the aggregate table has a row for. Besides the mechanism and the depth, every other
 /// swept setting is part of the model (`swept`, in the sweep file's order).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Models order by mechanism, depth, then swept settings, numbers inside names compared as
+/// numbers (`bptt=35` before `bptt=128`, `m2` before `m10`): tables, legends and figures list
+/// them in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelKey {
     /// The mechanism as the sweep file names it (`anatomy.m05`, `m1`, or a path).
     pub mech: String,
     pub layers: usize,
     /// The other swept settings, `name=value` (e.g. `bptt=256`), sorted by name.
     pub swept: Vec<String>,
+}
+
+impl Ord for ModelKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        natural_cmp(&self.mech, &other.mech)
+            .then(self.layers.cmp(&other.layers))
+            .then_with(|| {
+                for (a, b) in self.swept.iter().zip(&other.swept) {
+                    let o = natural_cmp(a, b);
+                    if o.is_ne() {
+                        return o;
+                    }
+                }
+                self.swept.len().cmp(&other.swept.len())
+            })
+    }
+}
+
+impl PartialOrd for ModelKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Compares two strings with their runs of ASCII digits as numbers (`x35` < `x128`); equal
+/// numbers with different zero padding, and everything else, compare as text.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(&cb) {
+        let o = if x.0 && y.0 {
+            let (tx, ty) = (x.1.trim_start_matches('0'), y.1.trim_start_matches('0'));
+            tx.len().cmp(&ty.len()).then(tx.cmp(ty))
+        } else {
+            x.1.cmp(y.1)
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    ca.len().cmp(&cb.len()).then(a.cmp(b))
 }
 
 impl ModelKey {
@@ -372,4 +428,49 @@ pub struct ReportInput {
     /// Warnings a reader must see: a learning rate at the edge of its grid, failed runs, runs
     /// still pending.
     pub flags: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn natural_order_compares_numbers_as_numbers() {
+        assert_eq!(natural_cmp("bptt=35", "bptt=128"), Less);
+        assert_eq!(natural_cmp("m10", "m2"), Greater);
+        assert_eq!(natural_cmp("anatomy.m05", "anatomy.m13"), Less);
+        assert_eq!(natural_cmp("a", "a1"), Less);
+        assert_eq!(
+            natural_cmp("x007", "x7"),
+            Less,
+            "padding breaks the tie as text"
+        );
+        assert_eq!(natural_cmp("abc", "abc"), Equal);
+        assert_eq!(natural_cmp("", "0"), Less);
+        let key = |m: &str, l: usize, s: &[&str]| ModelKey {
+            mech: m.into(),
+            layers: l,
+            swept: s.iter().map(|x| x.to_string()).collect(),
+        };
+        let mut v = [
+            key("m1", 1, &["bptt=2048"]),
+            key("m0", 1, &["bptt=128"]),
+            key("m0", 1, &["bptt=35"]),
+            key("m0", 2, &["bptt=35"]),
+            key("m0", 1, &["bptt=1024"]),
+        ];
+        v.sort();
+        let labels: Vec<String> = v.iter().map(ModelKey::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "m0 L1 bptt=35",
+                "m0 L1 bptt=128",
+                "m0 L1 bptt=1024",
+                "m0 L2 bptt=35",
+                "m1 L1 bptt=2048"
+            ]
+        );
+    }
 }
