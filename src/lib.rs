@@ -17,6 +17,7 @@ macro_rules! simd_targets {
     };
 }
 
+pub mod version;
 pub mod source;
 pub mod diagnostic;
 pub mod report;
@@ -36,13 +37,5 @@ pub mod train;
 pub mod selftest;
 pub mod sweep;
 pub mod cli;
-
-/// The commit diagc was built from (`git rev-parse HEAD` when `build.rs` last ran), if known:
-/// run records, sweep states and reports carry it.
-pub fn build_commit() -> Option<String> {
-    option_env!("DIAGC_GIT_COMMIT")
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The modules of the library, lowest first. A module may use the modules before it.
 const LAYERS: &[&str] = &[
+    "version",
     "source",
     "diagnostic",
     "report",

@@ -548,7 +548,7 @@ fn the_smoke_sweep_killed_and_rerun_finishes_every_run_once_and_reports() {
     }
     // Every state names the diagc that ran it, and each row carries its entry's commit, not
     // the gathering binary's: an entry recorded as run by another build keeps that build's.
-    let built = diagc::build_commit();
+    let built = diagc::version::build_commit();
     assert!(
         st.iter()
             .all(|s| s["diagc_commit"].as_str() == built.as_deref()),

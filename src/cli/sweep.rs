@@ -737,7 +737,7 @@ fn run_one_cmd(dir: &Path, index: Option<usize>, data: Option<&Path>) -> Result<
     st.ended = None;
     st.host = store::host();
     st.diagc_version = Some(env!("CARGO_PKG_VERSION").to_string());
-    st.diagc_commit = crate::build_commit();
+    st.diagc_commit = crate::version::build_commit();
     store::write_state(dir, &e, &st)?;
     let t0 = Instant::now();
     let outcome = match e.stage {

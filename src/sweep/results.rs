@@ -21,7 +21,7 @@ pub struct Gathered {
 /// The commit this diagc was built from (the report's provenance; each row carries the commit
 /// of the diagc that ran it, from its state).
 pub fn git_commit() -> Option<String> {
-    crate::build_commit()
+    crate::version::build_commit()
 }
 
 fn row(sw: &Sweep, e: &Entry, status: Status, chosen_lr: Option<f64>) -> Result<ResultRow, Error> {

@@ -130,7 +130,7 @@ pub fn write_start(
         .collect();
     let record = RunRecord {
         diagc_version: env!("CARGO_PKG_VERSION").to_string(),
-        diagc_commit: crate::build_commit(),
+        diagc_commit: crate::version::build_commit(),
         data_dir: std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf()),
         data_sha256,
         source_root: sources.root.clone(),
