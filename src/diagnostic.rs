@@ -47,6 +47,8 @@ pub enum Code {
     // Hyperparameters: E05xx.
     HyperMismatch,
     HyperMissing,
+    // Properties: E06xx.
+    NotCausal,
 }
 
 /// Every code, in order (for `diagc explain --list` and for tests that need one example of each).
@@ -82,6 +84,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::Recursive,
     Code::HyperMismatch,
     Code::HyperMissing,
+    Code::NotCausal,
 ];
 
 impl Code {
@@ -119,6 +122,7 @@ impl Code {
             Recursive => "E0404",
             HyperMismatch => "E0501",
             HyperMissing => "E0502",
+            NotCausal => "E0601",
         }
     }
 
@@ -167,6 +171,7 @@ impl Code {
             Recursive => include_str!("../docs/errors/E0404.md"),
             HyperMismatch => include_str!("../docs/errors/E0501.md"),
             HyperMissing => include_str!("../docs/errors/E0502.md"),
+            NotCausal => include_str!("../docs/errors/E0601.md"),
         }
     }
 }

@@ -358,3 +358,68 @@ fn an_unbound_size_points_at_the_axis_declaration() {
     assert_eq!(v["path"], path);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_causal_proves_probes_and_names_the_leak() {
+    // The stdlib: every file's mechanisms proved.
+    let o = diagc(&["check", "--causal", "stdlib/anatomy", "stdlib/attention"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("proved causal along `tok`"));
+
+    let o = diagc(&[
+        "check",
+        "--causal",
+        "--causal-probe",
+        "tests/pass/causal-mechanisms.diag",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("6 diagram(s) proved causal"), "{err}");
+    assert_eq!(err.matches("no earlier output changed").count(), 6, "{err}");
+
+    let leaky = "tests/fail/E0601-attention-without-mask.diag";
+    // Without --causal the file is well-typed.
+    assert_eq!(diagc(&["check", leaky]).status.code(), Some(0));
+    let o = diagc(&["check", "--causal", "--causal-probe", leaky]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("E0601") && err.contains("softmax[src](s)"),
+        "{err}"
+    );
+    assert!(err.contains("was redrawn: it is not causal"), "{err}");
+    assert!(!err.contains("internal error"), "{err}");
+
+    // `--causal=AXIS` names another axis; one the file lacks analyses nothing.
+    let o = diagc(&["check", "--causal=src", leaky]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = diagc(&["check", "--causal=nope", leaky]);
+    assert!(text(&o.stderr).contains("no diagram with an input along `nope`"));
+}
+
+#[test]
+fn train_refuses_a_mechanism_not_proved_causal() {
+    let leaky = "tests/fail/E0601-attention-without-mask.diag";
+    let out = std::env::temp_dir().join(format!("diagc-leak-{}", std::process::id()));
+    let o = diagc(&[
+        "train",
+        leaky,
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--d-ff",
+        "16",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("E0601") && err.contains("--allow-noncausal"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is created for a refused run");
+}

@@ -10,7 +10,9 @@
 //! meaning: a diagnostic with code E0204 whose labelled spans include one covering exactly the
 //! text `v` and one covering exactly `dk`. The checker must report exactly the expected codes
 //! (as a multiset), and every listed text must be the text of one of that diagnostic's labels.
-//! Files without `expect` lines must check clean. The rendered reports of failing files are
+//! Files without `expect` lines must check clean. A file with the line `// check: --causal`
+//! (or `--causal=AXIS`) is checked as `diagc check --causal` checks it: its diagrams are also
+//! proved causal along `tok` (or AXIS), and the E0601 errors of failed proofs are expected too. The rendered reports of failing files are
 //! snapshotted next to their source (insta), so a reviewer sees source and report together.
 
 use diagc::session;
@@ -44,6 +46,22 @@ fn expectations(text: &str) -> Vec<Expect> {
         });
     }
     out
+}
+
+/// The axis of a `// check: --causal[=AXIS]` line, if the file has one.
+fn causal_directive(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim_start().strip_prefix("// check:")?.trim();
+        let rest = rest.strip_prefix("--causal")?;
+        Some(rest.strip_prefix('=').unwrap_or("tok").trim().to_string())
+    })
+}
+
+/// Checks a file as the CLI would with the flags its directives ask for.
+fn check_as_directed(o: &mut session::Outcome, text: &str) {
+    if let Some(axis) = causal_directive(text) {
+        session::prove_causal(o, &axis);
+    }
 }
 
 fn diag_files(dir: &Path) -> Vec<PathBuf> {
@@ -118,7 +136,8 @@ fn run_dir(dir: &str, must_fail: bool) -> usize {
         }
         // Relative to the package root (the tests' working directory), so reports and
         // snapshots do not depend on where the checkout is.
-        let o = session::check_path(f.strip_prefix(root).unwrap()).unwrap();
+        let mut o = session::check_path(f.strip_prefix(root).unwrap()).unwrap();
+        check_as_directed(&mut o, &String::from_utf8_lossy(&bytes));
         problems.extend(compare(&name, &o, &expects));
         if !expects.is_empty() {
             let mut settings = insta::Settings::clone_current();
@@ -211,7 +230,8 @@ fn check_markdown(path: &Path) -> (usize, Vec<String>) {
         }
         blocks += 1;
         let name = format!("<{shown}:{}>", i + 1);
-        let o = session::check_text(&name, &block);
+        let mut o = session::check_text(&name, &block);
+        check_as_directed(&mut o, &block);
         problems.extend(compare(&name, &o, &expectations(&block)));
     }
     (blocks, problems)

@@ -7,6 +7,8 @@ pub(super) fn check(
     format: Format,
     color: ColorChoice,
     verify_rules: bool,
+    causal: Option<&str>,
+    probe: bool,
 ) -> i32 {
     let files = match session::diag_files(files) {
         Ok(f) => f,
@@ -17,9 +19,39 @@ pub(super) fn check(
     let mut total = 0;
     for f in &files {
         match session::check_path(f) {
-            Ok(o) => {
+            Ok(mut o) => {
+                let before = o.checked.diagnostics.len();
+                let analysed = causal.map(|axis| (axis, session::prove_causal(&mut o, axis)));
                 total += o.checked.diagnostics.len() + o.checked.suppressed;
                 let failed = print_diagnostics(&o, format, color);
+                if let Some((axis, n)) = analysed
+                    && matches!(format, Format::Human)
+                    && before == 0
+                {
+                    let unproved = o.checked.diagnostics.len();
+                    match (n, unproved) {
+                        (0, _) => errln!(
+                            "{}: no diagram with an input along `{axis}` to prove causal",
+                            f.display()
+                        ),
+                        (n, 0) => errln!(
+                            "{}: {n} diagram(s) proved causal along `{axis}`",
+                            f.display()
+                        ),
+                        (n, _) => errln!(
+                            "{}: {n} diagram(s) analysed, not all proved causal along `{axis}`",
+                            f.display()
+                        ),
+                    }
+                }
+                if let Some(axis) = causal.filter(|_| probe && before == 0) {
+                    let (problems, lines) = causal_probe(&o, axis);
+                    for l in lines {
+                        errln!("{l}");
+                    }
+                    any_errors |= problems > 0;
+                    total += problems;
+                }
                 any_errors |= failed;
                 if verify_rules && !failed {
                     for (rule, verdict) in crate::rewrite::verify::verify_rules(&o.checked.program)
@@ -55,6 +87,93 @@ pub(super) fn check(
     } else {
         0
     }
+}
+
+/// The sizes of the probe's instances: the position axis 8, every other free axis 4.
+const PROBE_POSITIONS: u64 = 8;
+const PROBE_OTHERS: u64 = 4;
+
+/// `--causal-probe`: runs [`crate::backend::cpu::harness::causal_probe`] on every diagram that
+/// `--causal` analysed, at small sizes. Returns the number of problems (leaks seen; a leak in a
+/// diagram the proof accepted is an internal error) and one line per diagram.
+fn causal_probe(o: &session::Outcome, axis: &str) -> (usize, Vec<String>) {
+    use crate::ir::instance::{self, Bindings};
+    let program = &o.checked.program;
+    let Some(pos) = program.axes.lookup(axis) else {
+        return (0, vec![]);
+    };
+    let root = crate::source::FileId(0);
+    let sizes: std::collections::BTreeMap<String, u64> = program
+        .axes
+        .axes
+        .iter()
+        .filter(|a| a.size == crate::ir::size::Size::var(&a.name))
+        .map(|a| {
+            let n = if a.name == axis {
+                PROBE_POSITIONS
+            } else {
+                PROBE_OTHERS
+            };
+            (a.name.clone(), n)
+        })
+        .collect();
+    let shown: Vec<String> = sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut problems = 0;
+    let mut lines = Vec::new();
+    for d in &program.diagrams {
+        if d.span.file != root || !d.inputs.iter().any(|w| d.wire(*w).ty.has(pos)) {
+            continue;
+        }
+        let proved = crate::ir::causal::prove(program, &d.name, pos, &Default::default()).proved();
+        let b = Bindings {
+            sizes: sizes.clone(),
+            hypers: Default::default(),
+        };
+        let inst = match instance::instantiate(program, &d.name, &b) {
+            Ok(i) => i,
+            Err(e) => {
+                lines.push(format!(
+                    "probe `{}`: not run: it cannot be instantiated at {} ({e})",
+                    d.name,
+                    shown.join(", ")
+                ));
+                continue;
+            }
+        };
+        match crate::backend::cpu::harness::causal_probe(&inst, pos, 1) {
+            Ok(None) => lines.push(format!(
+                "probe `{}`: no earlier output changed when each later position of its inputs \
+                 along `{axis}` was redrawn ({}, seed 1, f64 interpreter)",
+                d.name,
+                shown.join(", ")
+            )),
+            Ok(Some(leak)) => {
+                problems += 1;
+                let input = inst
+                    .diagram
+                    .input_names
+                    .get(leak.input)
+                    .cloned()
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "probe `{}`: output {} at {axis} = {} changed by {:.3e} when input `{input}` \
+                     at {axis} = {} was redrawn: it is not causal{}",
+                    d.name,
+                    leak.output + 1,
+                    leak.at,
+                    leak.change,
+                    leak.from,
+                    if proved {
+                        " (internal error: the static proof accepted it; please report this)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Err(e) => lines.push(format!("probe `{}`: not run: {e}", d.name)),
+        }
+    }
+    (problems, lines)
 }
 
 pub(super) fn explain(code: Option<&str>, list: bool) -> i32 {

@@ -320,6 +320,18 @@ enum Command {
         /// inputs (CPU interpreter); a rule whose sides differ is rejected (exit 1).
         #[arg(long)]
         verify_rules: bool,
+        /// Also prove every diagram of the files that has an input along AXIS (`--causal=AXIS`;
+        /// `--causal` alone: `tok`)
+        /// causal along it: no output position depends on a later input position. Where the
+        /// proof fails, an E0601 error names the box and the wire through which the future
+        /// leaks (`diagc explain E0601`). Diagram-valued hyperparameters take their defaults.
+        #[arg(long, value_name = "AXIS", num_args = 0..=1, require_equals = true, default_missing_value = "tok")]
+        causal: Option<String>,
+        /// With --causal, also probe each of those diagrams on the f64 interpreter: at small
+        /// sizes (the position axis 8, other free axes 4), redraw each later input position
+        /// and report an earlier output that changes (evidence, where --causal is the proof).
+        #[arg(long, requires = "causal")]
+        causal_probe: bool,
     },
     /// Explain an error code (`diagc explain E0204`), or list them all (`--list`).
     Explain {
@@ -580,9 +592,18 @@ fn run() -> i32 {
             format,
             color,
             verify_rules,
+            causal,
+            causal_probe,
         } => {
             let format = json_errors_with(format);
-            check(&files, format, color, verify_rules)
+            check(
+                &files,
+                format,
+                color,
+                verify_rules,
+                causal.as_deref(),
+                causal_probe,
+            )
         }
         Command::Explain { code, list } => explain(code.as_deref(), list),
         Command::Run {

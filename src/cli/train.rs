@@ -35,6 +35,11 @@ pub(super) struct TrainArgs {
     /// the model's file must be beside it [default: lm].
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
+    /// Train a model that is not proved causal along `tok` (a mechanism whose outputs may see
+    /// later tokens: its perplexity is not a language model's). Without it such a model is
+    /// refused before training, with the box and wire through which the future leaks.
+    #[arg(long)]
+    pub allow_noncausal: bool,
     /// Transformer blocks, 1 to 256 [default: 1].
     #[arg(long)]
     pub layers: Option<usize>,
@@ -149,6 +154,7 @@ impl TrainArgs {
             ("--size", !self.sizes.is_empty()),
             ("--diagram", self.diagram.is_some()),
             ("--model", self.model.is_some()),
+            ("--allow-noncausal", self.allow_noncausal),
         ];
         given.iter().filter(|g| g.1).map(|g| g.0).collect()
     }
@@ -177,6 +183,7 @@ impl TrainArgs {
                 diagram: self.diagram.clone(),
                 // The stdlib's `lm` is the default: naming it is not naming another model.
                 model: self.model.clone().filter(|m| m != "lm"),
+                allow_noncausal: self.allow_noncausal,
             },
             epochs: match (self.epochs, self.steps) {
                 (None, None) => Some(1),
@@ -312,6 +319,24 @@ pub(super) fn execute(a: &TrainArgs, stop: &Arc<AtomicUsize>) -> Result<Ran, Err
         checked.and_then(|_| {
             super::data::download_for_train(a.data.as_deref(), a.resume.as_deref())
         })?;
+    }
+    if let Start::New { cfg, .. } = &start
+        && cfg.model.allow_noncausal
+    {
+        match crate::train::model::causality(&cfg.model) {
+            Ok(d) if d.is_empty() => errln!(
+                "note: --allow-noncausal: {} is proved causal along `tok`; the flag changes nothing",
+                cfg.model.label()
+            ),
+            Ok(d) => errln!(
+                "warning: --allow-noncausal: {} is not proved causal along `tok` ({} place(s); \
+                 `diagc check --causal` shows them): its perplexities are not those of a \
+                 language model",
+                cfg.model.label(),
+                d.len()
+            ),
+            Err(_) => {}
+        }
     }
     let opened = run::open(start, a.data.as_deref())?;
     let run::Opened {

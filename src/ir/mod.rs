@@ -16,6 +16,7 @@
 //!   other axis of its inputs lane-wise, and binary ops align their inputs by axis name.
 
 pub mod build;
+pub mod causal;
 pub mod fuse;
 pub mod instance;
 pub mod lower;

@@ -45,6 +45,10 @@ pub struct ModelConfig {
     /// `.diag` file defining `lm`; `None`: the stdlib's `lm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Train a model that is not proved causal along `tok` (`--allow-noncausal`): the proof
+    /// ([`crate::ir::causal`]) refuses it otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_noncausal: bool,
 }
 
 impl Default for ModelConfig {
@@ -63,6 +67,7 @@ impl Default for ModelConfig {
             sizes: BTreeMap::new(),
             diagram: None,
             model: None,
+            allow_noncausal: false,
         }
     }
 }
@@ -124,6 +129,20 @@ pub struct Sources {
 pub fn sources(cfg: &ModelConfig) -> Result<Sources, Error> {
     let c = check_model(cfg, None)?;
     bindings(cfg, &c.outcome.checked.program, &c.mech)?;
+    if !cfg.allow_noncausal {
+        let diagnostics = causality_of(&c);
+        if !diagnostics.is_empty() {
+            return Err(Error::Frontend {
+                sources: Box::new(c.outcome.sources),
+                diagnostics,
+                context: format!(
+                    "the model of {} is not proved causal along `tok`: it could see the tokens \
+                     it predicts (train it anyway with --allow-noncausal)",
+                    cfg.label()
+                ),
+            });
+        }
+    }
     let root_dir = c.root_dir.clone().unwrap_or_default();
     let mut files: Vec<(String, String)> = Vec::new();
     for (id, f) in c.outcome.sources.files() {
@@ -158,6 +177,31 @@ pub fn sources(cfg: &ModelConfig) -> Result<Sources, Error> {
         root: c.root,
         files,
     })
+}
+
+/// Proves the model causal along `tok` ([`crate::ir::causal`]): the mechanism on its own
+/// (so that a leak is reported in the mechanism's terms), then the LM around it. Returns the
+/// diagnostics of the failed proofs (empty: proved).
+pub fn causality(cfg: &ModelConfig) -> Result<Vec<crate::diagnostic::Diagnostic>, Error> {
+    let c = check_model(cfg, None)?;
+    Ok(causality_of(&c))
+}
+
+fn causality_of(c: &CheckedModel) -> Vec<crate::diagnostic::Diagnostic> {
+    use crate::ir::causal;
+    let program = &c.outcome.checked.program;
+    let Some(tok) = program.axes.lookup("tok") else {
+        return vec![crate::diagnostic::Diagnostic::new(
+            crate::diagnostic::Code::NotCausal,
+            "the model declares no axis `tok`",
+        )];
+    };
+    let mech = causal::prove(program, &c.mech, tok, &Default::default());
+    if !mech.proved() {
+        return mech.diagnostics;
+    }
+    let env: causal::DiagramEnv = [("mech".to_string(), c.mech.clone())].into_iter().collect();
+    causal::prove(program, "lm", tok, &env).diagnostics
 }
 
 /// Where the mechanism comes from.

@@ -4,8 +4,8 @@ use super::interp::{self, RunOptions};
 use super::tensor::Tensor;
 use crate::autodiff;
 use crate::error::Error;
-use crate::ir::WireType;
 use crate::ir::instance::{Init, Instance};
+use crate::ir::{AxisId, WireType};
 
 /// A small seeded generator (splitmix64): reproducible inputs without a dependency.
 pub struct Rng(u64);
@@ -317,4 +317,121 @@ pub fn record(inst: &Instance, seed: u64, opts: RunOptions) -> Result<serde_json
         "outputs": ys,
         "gradients": gs,
     }))
+}
+
+/// A dependence of an output position on a later input position, found by
+/// [`causal_probe`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leak {
+    /// The output (by index) and the earlier position of it that changed.
+    pub output: usize,
+    pub at: usize,
+    /// The data input (by index) and the later position of it that was changed.
+    pub input: usize,
+    pub from: usize,
+    /// The largest change seen at `at`.
+    pub change: f64,
+}
+
+/// The dynamic second line behind the static proof of [`crate::ir::causal`]: runs the instance
+/// on seeded random inputs (dropout off), then, for every data input along `pos` and every
+/// position `j` of it, redraws that input's entries at `j` (another token for an index wire)
+/// and runs it again. An output position `i < j` that changes by more than `1e-9` of the
+/// output's scale depends on the future: the first such is returned. `None`: no dependence
+/// seen on these inputs (evidence, not proof: the static analysis is the proof). The interpreter
+/// runs `1 + n` times per input, `n` the size of `pos`.
+pub fn causal_probe(inst: &Instance, pos: AxisId, seed: u64) -> Result<Option<Leak>, Error> {
+    fits_in_memory(inst, 1)?;
+    let run = |inputs: Vec<Tensor>| {
+        interp::run(
+            &inst.diagram,
+            &inst.axes,
+            &inst.sizes,
+            inputs,
+            RunOptions::default(),
+        )
+    };
+    let base_inputs = random_inputs(inst, seed);
+    let base = run(base_inputs.clone())?;
+    let mut rng = Rng::new(seed ^ 0x5EED);
+    let n = inst.size(pos);
+    for (k, w) in inst.diagram.inputs[..inst.data_inputs].iter().enumerate() {
+        let ty = &inst.diagram.wire(*w).ty;
+        if !ty.has(pos) {
+            continue;
+        }
+        for j in 1..n {
+            let mut inputs = base_inputs.clone();
+            let t = &mut inputs[k];
+            let ax = t.pos(pos);
+            for x in t.data.index_axis_mut(ndarray::Axis(ax), j).iter_mut() {
+                *x = match ty.index_of {
+                    // Another token: the next one, so that it always differs.
+                    Some(v) => {
+                        ((*x as usize + 1 + rng.below(inst.size(v).max(2) - 1))
+                            % inst.size(v).max(1)) as f64
+                    }
+                    None => rng.uniform() * 2.0 - 1.0,
+                };
+            }
+            let outs = run(inputs)?;
+            for (o, (a, b)) in base.iter().zip(&outs).enumerate() {
+                if !a.axes.contains(&pos) {
+                    // An output without positions: any change is a dependence on `j`.
+                    let change = max_change(&a.data.view(), &b.data.view());
+                    if change > tolerance(a) {
+                        return Ok(Some(Leak {
+                            output: o,
+                            at: 0,
+                            input: k,
+                            from: j,
+                            change,
+                        }));
+                    }
+                    continue;
+                }
+                let (pa, pb) = (a.pos(pos), b.pos(pos));
+                for i in 0..j {
+                    let change = max_change(
+                        &a.data.index_axis(ndarray::Axis(pa), i),
+                        &b.data.index_axis(ndarray::Axis(pb), i),
+                    );
+                    if change > tolerance(a) {
+                        return Ok(Some(Leak {
+                            output: o,
+                            at: i,
+                            input: k,
+                            from: j,
+                            change,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn max_change(a: &ndarray::ArrayViewD<f64>, b: &ndarray::ArrayViewD<f64>) -> f64 {
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| {
+            if x.is_nan() != y.is_nan() {
+                f64::INFINITY
+            } else if x == y || (x.is_nan() && y.is_nan()) {
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn tolerance(t: &Tensor) -> f64 {
+    let scale = t
+        .data
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0_f64, |m, x| m.max(x.abs()));
+    1e-9 * (1.0 + scale)
 }
