@@ -292,6 +292,90 @@ fn curves_end_with_their_markers() {
     assert_eq!(runs, expected);
 }
 
+#[test]
+fn runs_validated_once_draw_their_training_curves_instead() {
+    let (mut input, _) = rendered();
+    // A short budget: one validation at the end of each run.
+    for c in &mut input.curves {
+        let last = *c.points.last().unwrap();
+        c.points = vec![last];
+    }
+    let r = report::render(&input).unwrap();
+    let svg = figure(&r, figures::CURVES);
+    assert!(
+        svg.contains("Training curves of the chosen runs"),
+        "the title says so"
+    );
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    // A marker per run, on its final validation; a polyline per run with its training points.
+    let ends = doc
+        .descendants()
+        .filter(|n| has_class(n, "curve-end"))
+        .count();
+    assert_eq!(ends, input.curves.len());
+    let page = parse_html(&r.html);
+    let caption: String = page
+        .descendants()
+        .filter(|n| n.has_tag_name("figcaption"))
+        .flat_map(|n| n.descendants().filter_map(|d| d.text()))
+        .collect();
+    assert!(
+        caption.contains("validated at most once") && caption.contains("training"),
+        "the caption explains the fallback: {caption}"
+    );
+    // With two validations per run, the validation curves are drawn as before.
+    let (input, r) = rendered();
+    assert!(input.curves.iter().all(|c| c.points.len() > 1));
+    assert!(figure(&r, figures::CURVES).contains("Validation curves of the chosen runs"));
+}
+
+#[test]
+fn the_training_curve_is_a_trailing_mean_of_the_loss_thinned() {
+    use diagc::sweep::{TRAIN_POINTS, TRAIN_WINDOW, train_curve};
+    // A constant loss of ln 100 gives a perplexity of 100 from the first full window on; a
+    // diverged (non-finite) record and an evaluation record without a loss are skipped.
+    let mut lines: Vec<String> = (1..=TRAIN_WINDOW + 9)
+        .map(|s| format!("{{\"step\":{s},\"loss\":{}}}", 100f64.ln()))
+        .collect();
+    lines.push(format!(
+        "{{\"step\":{},\"valid_ppl\":90.0}}",
+        TRAIN_WINDOW + 9
+    ));
+    lines.push("not json".into());
+    let c = train_curve(lines.iter().map(String::as_str));
+    assert_eq!(c.len(), 10);
+    assert_eq!(c[0].0, TRAIN_WINDOW);
+    assert_eq!(c.last().unwrap().0, TRAIN_WINDOW + 9);
+    assert!(c.iter().all(|p| (p.1 - 100.0).abs() < 1e-9), "{c:?}");
+    // A step of the loss: the mean moves by 1/window per step after it.
+    let lines: Vec<String> = (1..=TRAIN_WINDOW + 1)
+        .map(|s| {
+            let l = if s == TRAIN_WINDOW + 1 { 2.0 } else { 1.0 };
+            format!("{{\"step\":{s},\"loss\":{l}}}")
+        })
+        .collect();
+    let c = train_curve(lines.iter().map(String::as_str));
+    assert_eq!(c.len(), 2);
+    assert!((c[0].1 - 1f64.exp()).abs() < 1e-12);
+    let expect = (1.0 + 1.0 / TRAIN_WINDOW as f64).exp();
+    assert!((c[1].1 - expect).abs() < 1e-12, "{} vs {expect}", c[1].1);
+    // A long run is thinned to at most TRAIN_POINTS points, keeping the last step.
+    let lines: Vec<String> = (1..=5000)
+        .map(|s| format!("{{\"step\":{s},\"loss\":3.0}}"))
+        .collect();
+    let c = train_curve(lines.iter().map(String::as_str));
+    assert!(
+        c.len() <= TRAIN_POINTS && c.len() > TRAIN_POINTS / 2,
+        "{}",
+        c.len()
+    );
+    assert_eq!(c.last().unwrap().0, 5000);
+    // A run shorter than the window: one point, the mean of what there is.
+    let c = train_curve(["{\"step\":1,\"loss\":1.0}", "{\"step\":2,\"loss\":3.0}"]);
+    assert_eq!(c, vec![(2, 2f64.exp())]);
+    assert!(train_curve(Vec::<&str>::new()).is_empty());
+}
+
 fn empty() -> ReportInput {
     ReportInput {
         title: "empty".into(),
@@ -388,12 +472,14 @@ fn partial_and_degenerate_inputs_render() {
             model: key("m1", 1),
             seed: 0,
             points: vec![],
+            train: vec![],
         },
         Curve {
             name: "one".into(),
             model: key("m1", 1),
             seed: 1,
             points: vec![(600, 300.0)],
+            train: vec![],
         },
     ];
     input.choices = vec![

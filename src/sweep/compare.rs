@@ -261,6 +261,7 @@ pub fn build(runs: &[RunFiles], provenance: Vec<(String, String)>) -> ReportInpu
             model,
             seed,
             points,
+            train: super::train_curve(r.metrics.iter().map(String::as_str)),
         });
         if !mechanisms.iter().any(|m| m.name == mech) {
             let header = r.mechanism_source.as_deref();

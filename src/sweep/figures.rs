@@ -13,7 +13,7 @@
 //! | `fig2-perplexity` | Figure 2: test perplexity against parameters (log x), a series per mechanism over depth, coloured by class, ±1 sd over seeds |
 //! | `fig4-cost` | Figure 4: training-step time (median, IQR over rounds) and planned memory relative to the reference, per depth |
 //! | `lr-isolation` | per model, stage A's validation perplexity against the learning-rate scale (log x), the chosen scale ringed |
-//! | `valid-curves` | validation perplexity (log y) against step of the chosen runs, a panel per depth |
+//! | `valid-curves` | validation perplexity (log y) against step of the chosen runs, a panel per depth (training perplexity where no run validated twice) |
 
 use super::{MechClass, ModelKey, ReportInput};
 use plotters::coord::Shift;
@@ -1502,32 +1502,81 @@ pub fn lr_isolation(input: &ReportInput) -> Figure {
 
 /// Validation perplexity (log y) against the training step of every chosen run, one panel per
 /// depth, a line per run in its series' style, the series' marker on its last point.
+///
+/// Where no run validated twice (a short budget validates only at the end), a curve of single
+/// points says nothing: the lines are then the training perplexity (`exp` of the loss averaged
+/// over [`super::TRAIN_WINDOW`] steps) and the marker is each run's last validation, and the
+/// title and caption say so.
 pub fn curves(input: &ReportInput, pal: &Palette) -> Figure {
-    let title = "Validation curves of the chosen runs";
-    let caption = "Validation perplexity (logarithmic axis) against the training step for every \
-                   run counted in the results, one panel per depth; a line per run (seeds of a \
-                   model share its colour), the model's marker on its last validation.";
-    let curves: Vec<(&super::Curve, Vec<(f64, f64)>)> = input
+    let validated = input.curves.iter().any(|c| {
+        c.points
+            .iter()
+            .filter(|(_, v)| v.is_finite() && *v > 0.0)
+            .count()
+            > 1
+    });
+    let (title, caption, y_desc) = if validated {
+        (
+            "Validation curves of the chosen runs".to_string(),
+            "Validation perplexity (logarithmic axis) against the training step for every run \
+             counted in the results, one panel per depth; a line per run (seeds of a model share \
+             its colour), the model's marker on its last validation."
+                .to_string(),
+            "validation perplexity",
+        )
+    } else {
+        (
+            "Training curves of the chosen runs".to_string(),
+            format!(
+                "The runs validated at most once (at the end), so the lines are the training \
+                 perplexity (logarithmic axis): exp of the training loss averaged over the last \
+                 {} steps, against the step, for every run counted in the results, one panel per \
+                 depth (seeds of a model share its colour). The model's marker is the run's final \
+                 validation perplexity, at its step. Training perplexity includes dropout, so it \
+                 lies above the validation figure.",
+                super::TRAIN_WINDOW
+            ),
+            "perplexity",
+        )
+    };
+    let (title, caption) = (title.as_str(), caption.as_str());
+    // (curve, line points, the marker's point)
+    type Drawn<'a> = (&'a super::Curve, Vec<(f64, f64)>, Option<(f64, f64)>);
+    let curves: Vec<Drawn> = input
         .curves
         .iter()
         .map(|c| {
-            let pts: Vec<(f64, f64)> = c
+            let valid: Vec<(f64, f64)> = c
                 .points
                 .iter()
                 .filter(|(_, v)| v.is_finite() && *v > 0.0)
                 .map(|(s, v)| (*s as f64, *v))
                 .collect();
-            (c, pts)
+            if validated {
+                let last = valid.last().copied();
+                (c, valid, last)
+            } else {
+                let train: Vec<(f64, f64)> = c
+                    .train
+                    .iter()
+                    .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                    .map(|(s, v)| (*s as f64, *v))
+                    .collect();
+                (c, train, valid.last().copied())
+            }
         })
-        .filter(|(_, p)| !p.is_empty())
+        .filter(|(_, p, m)| !p.is_empty() || m.is_some())
         .collect();
     if curves.is_empty() {
         return no_data(CURVES, title, caption, "no validation recorded");
     }
-    let mut depths: Vec<usize> = curves.iter().map(|(c, _)| c.model.layers).collect();
+    let mut depths: Vec<usize> = curves.iter().map(|(c, _, _)| c.model.layers).collect();
     depths.sort();
     depths.dedup();
-    let present: Vec<String> = curves.iter().map(|(c, _)| series_key(&c.model)).collect();
+    let present: Vec<String> = curves
+        .iter()
+        .map(|(c, _, _)| series_key(&c.model))
+        .collect();
     let keys: Vec<String> = pal
         .styles()
         .iter()
@@ -1545,17 +1594,17 @@ pub fn curves(input: &ReportInput, pal: &Palette) -> Figure {
         let (left, _) = root.split_horizontally(740);
         let panels = left.split_evenly((rows, cols));
         for (d, panel) in depths.iter().zip(panels.iter()) {
-            let mine: Vec<&(&super::Curve, Vec<(f64, f64)>)> = curves
+            let mine: Vec<&Drawn> = curves
                 .iter()
-                .filter(|(c, _)| c.model.layers == *d)
+                .filter(|(c, _, _)| c.model.layers == *d)
                 .collect();
             let xs: Vec<f64> = mine
                 .iter()
-                .flat_map(|(_, p)| p.iter().map(|q| q.0))
+                .flat_map(|(_, p, m)| p.iter().chain(m.iter()).map(|q| q.0))
                 .collect();
             let ys: Vec<f64> = mine
                 .iter()
-                .flat_map(|(_, p)| p.iter().map(|q| q.1))
+                .flat_map(|(_, p, m)| p.iter().chain(m.iter()).map(|q| q.1))
                 .collect();
             let (xlo, xhi) = min_max(&xs);
             let x = if xhi > xlo {
@@ -1571,7 +1620,7 @@ pub fn curves(input: &ReportInput, pal: &Palette) -> Figure {
             let y = Scale::log(&ys, 0.05);
             let lines: Vec<Line> = mine
                 .iter()
-                .map(|(c, p)| Line {
+                .map(|(c, p, _)| Line {
                     points: p.clone(),
                     colour: pal.style(&series_key(&c.model)).colour,
                     width: 1,
@@ -1584,7 +1633,7 @@ pub fn curves(input: &ReportInput, pal: &Palette) -> Figure {
                 x,
                 y,
                 x_desc: "step",
-                y_desc: "validation perplexity",
+                y_desc,
                 x_fmt: &fmt_count,
                 y_fmt: &|v| trim_num(v, 3),
                 x_area: 40,
@@ -1593,9 +1642,9 @@ pub fn curves(input: &ReportInput, pal: &Palette) -> Figure {
             };
             let map = frame(panel, &fr, &lines)?;
             marks.open("curves", &[("data-layers", d.to_string())]);
-            for (c, p) in &mine {
+            for (c, _, m) in &mine {
                 let st = pal.style(&series_key(&c.model));
-                if let Some(last) = p.last() {
+                if let Some(last) = m {
                     marks.marker(
                         "curve-end",
                         &[

@@ -382,7 +382,8 @@ pub enum MechClass {
     Other,
 }
 
-/// A validation curve: the `valid_ppl` records of one run's `metrics.jsonl`.
+/// One run's curves from its `metrics.jsonl`: the `valid_ppl` records, and the training loss
+/// as a smoothed perplexity (drawn when the runs validated too rarely to make a curve).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Curve {
     /// The entry's name (or the run directory's for `diagc compare`).
@@ -391,6 +392,50 @@ pub struct Curve {
     pub seed: u64,
     /// (step, validation perplexity), by step.
     pub points: Vec<(usize, f64)>,
+    /// (step, training perplexity): `exp` of the mean loss over the [`TRAIN_WINDOW`] steps up to
+    /// `step`, thinned to at most [`TRAIN_POINTS`] points, by step. See [`train_curve`].
+    #[serde(default)]
+    pub train: Vec<(usize, f64)>,
+}
+
+/// The steps over which [`train_curve`] averages the training loss.
+pub const TRAIN_WINDOW: usize = 50;
+/// The most points [`train_curve`] keeps of a run (the report stays small).
+pub const TRAIN_POINTS: usize = 120;
+
+/// The training curve of a run's metrics lines: `exp` of the trailing mean of the finite `loss`
+/// records over [`TRAIN_WINDOW`] steps (the first point is the first full window, or the last step
+/// of a shorter run), thinned evenly to at most [`TRAIN_POINTS`] points with the last kept.
+pub fn train_curve<'a>(metrics: impl IntoIterator<Item = &'a str>) -> Vec<(usize, f64)> {
+    let mut loss: Vec<(usize, f64)> = metrics
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let step = v.get("step")?.as_u64()? as usize;
+            let l = v.get("loss")?.as_f64()?;
+            l.is_finite().then_some((step, l))
+        })
+        .collect();
+    loss.sort_by_key(|p| p.0);
+    loss.dedup_by_key(|p| p.0);
+    if loss.is_empty() {
+        return Vec::new();
+    }
+    let w = TRAIN_WINDOW.min(loss.len());
+    let mut sum: f64 = loss[..w].iter().map(|p| p.1).sum();
+    let mut smooth = vec![(loss[w - 1].0, (sum / w as f64).exp())];
+    for i in w..loss.len() {
+        sum += loss[i].1 - loss[i - w].1;
+        smooth.push((loss[i].0, (sum / w as f64).exp()));
+    }
+    let every = smooth.len().div_ceil(TRAIN_POINTS).max(1);
+    let last = smooth.len() - 1;
+    smooth
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (last - i) % every == 0)
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// A mechanism of the sweep as the report shows it.

@@ -485,7 +485,7 @@ fn header(p: &mut Page, input: &ReportInput, figs: &[Figure]) {
         ("fig4", "Figure 4"),
         ("aggregate", "Results per model"),
         ("lr", "Learning rates"),
-        ("curves", "Validation curves"),
+        ("curves", "Curves"),
         ("runs", "Every run"),
         ("failures", "Failures"),
         ("mechanisms", "Mechanisms"),

@@ -341,7 +341,8 @@ pub fn report_input(
     let mut curves = Vec::new();
     for r in g.rows.iter().filter(|r| r.chosen) {
         let points = store::valid_curve(&sw.dir, &r.run_dir);
-        if !points.is_empty() {
+        let train = store::train_curve(&sw.dir, &r.run_dir);
+        if !points.is_empty() || !train.is_empty() {
             curves.push(Curve {
                 name: r.name.clone(),
                 model: ModelKey {
@@ -351,6 +352,7 @@ pub fn report_input(
                 },
                 seed: r.seed,
                 points,
+                train,
             });
         }
     }

@@ -251,6 +251,14 @@ pub fn valid_curve(dir: &Path, run_dir: &str) -> Vec<(usize, f64)> {
     out
 }
 
+/// The training curve of a run (see [`super::train_curve`]); empty without metrics.
+pub fn train_curve(dir: &Path, run_dir: &str) -> Vec<(usize, f64)> {
+    match read(dir, &format!("{run_dir}/metrics.jsonl")) {
+        Ok(Some(text)) => super::train_curve(text.lines()),
+        _ => Vec::new(),
+    }
+}
+
 /// A timing entry's record.
 pub fn timing(dir: &Path, e: &Entry) -> Result<Option<TimingRecord>, Error> {
     read_json(dir, &e.run_dir)

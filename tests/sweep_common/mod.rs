@@ -146,6 +146,9 @@ pub fn input() -> ReportInput {
                     points: (1..=10)
                         .map(|k| (k * 600, t + 4.0 + 900.0 / (k * k) as f64))
                         .collect(),
+                    train: (1..=20)
+                        .map(|k| (k * 300, t + 20.0 + 900.0 / k as f64))
+                        .collect(),
                 });
                 rows.push(r);
             }
