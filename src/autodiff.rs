@@ -18,7 +18,7 @@
 use crate::error::Error;
 use crate::ir::build::Graph;
 use crate::ir::verify::Flat;
-use crate::ir::{Const, Diagram, ExecOp, Op, WireId, WireType};
+use crate::ir::{Const, Diagram, ExecOp, Func, Op, WireId, WireType};
 
 /// A gradient diagram and how its outputs line up with the forward diagram.
 pub struct Gradient {
@@ -248,6 +248,33 @@ fn backward(
             ty(0),
             span,
         ))],
+        // Nothing flows back through `stop_grad`: its input gets no gradient from here.
+        Op::Map(Func::StopGrad) => vec![None],
+        Op::Pow(c) => {
+            // d(x^c)/dx = c x^(c-1).
+            // (Differentiated diagrams are instantiated: the exponent is a number.)
+            let Const::Num(k) = c else {
+                return Err(Error::Autodiff(
+                    "pow with an unevaluated exponent (instantiate first)".into(),
+                ));
+            };
+            let p = g.add1(Op::Pow(Const::Num(k - 1.0)), vec![x(0)], ty(0), span);
+            let d = g.add1(Op::Scale(c.clone()), vec![p], ty(0), span);
+            vec![Some(g.add1(Op::Mul, vec![gy, d], ty(0), span))]
+        }
+        Op::Max | Op::Min => {
+            // The left side gets the gradient where it is the result (ties included), the
+            // right side the rest: step(a - b) for max, step(b - a) for min.
+            let diff = if matches!(op, Op::Max) {
+                g.add1(Op::Sub, vec![x(0), x(1)], ty(0), span)
+            } else {
+                g.add1(Op::Sub, vec![x(1), x(0)], ty(0), span)
+            };
+            let left = g.add1(Op::Map(Func::Step), vec![diff], ty(0), span);
+            let ga = g.add1(Op::Mul, vec![gy, left], ty(0), span);
+            let gb = g.add1(Op::Sub, vec![gy, ga], ty(1), span);
+            vec![Some(ga), Some(gb)]
+        }
         Op::Map(f) => vec![Some(g.add1(
             Op::Exec(ExecOp::MapBack(*f)),
             vec![x(0), gy],
@@ -280,7 +307,7 @@ fn backward(
                 span,
             ))]
         }
-        Op::PosEnc { .. } | Op::Exec(ExecOp::Zeros) => vec![],
+        Op::PosEnc { .. } | Op::Iota(_) | Op::Fill { .. } | Op::Exec(ExecOp::Zeros) => vec![],
         Op::Linear { bias, .. } => {
             let mut v = vec![
                 Some(g.add1(Op::Exec(ExecOp::Einsum), vec![gy, x(1)], ty(0), span)),

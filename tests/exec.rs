@@ -222,6 +222,75 @@ fn m0_matches_a_naive_causal_linear_attention() {
     });
 }
 
+/// Scores `q_i . k_j / sqrt(dk)` of head `hh`.
+fn score(q: &[Vec<f64>], k: &[Vec<f64>], hh: usize, dk: usize, i: usize, j: usize) -> f64 {
+    (0..dk)
+        .map(|d| q[i][hh * dk + d] * k[j][hh * dk + d])
+        .sum::<f64>()
+        / (dk as f64).sqrt()
+}
+
+/// Per head, `out_i = sum_{j <= i} w(hh, i, j) v_j` with the weights from `weights(hh, i)`.
+fn weighted_heads(
+    t: usize,
+    h: usize,
+    dk: usize,
+    v: &[Vec<f64>],
+    weights: impl Fn(usize, usize) -> Vec<f64>,
+) -> Vec<Vec<f64>> {
+    let mut heads = vec![vec![0.0; h * dk]; t];
+    for hh in 0..h {
+        for i in 0..t {
+            let w = weights(hh, i);
+            assert_eq!(w.len(), i + 1);
+            for d in 0..dk {
+                heads[i][hh * dk + d] = (0..=i).map(|j| w[j] * v[j][hh * dk + d]).sum();
+            }
+        }
+    }
+    heads
+}
+
+#[test]
+fn relu_attention_over_visible_keys_matches_a_naive_computation() {
+    mechanism_matches_naive("relu_visible", 7, |q, k, v, h, dk| {
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            (0..=i)
+                .map(|j| score(q, k, hh, dk, i, j).max(0.0) / (i + 1) as f64)
+                .collect()
+        })
+    });
+}
+
+#[test]
+fn sigmoid_attention_with_its_log_bias_matches_a_naive_computation() {
+    mechanism_matches_naive("sigmoid_attn", 8, |q, k, v, h, dk| {
+        let n = q.len() as f64;
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            (0..=i)
+                .map(|j| 1.0 / (1.0 + (-(score(q, k, hh, dk, i, j) - n.ln())).exp()))
+                .collect()
+        })
+    });
+}
+
+#[test]
+fn alibi_matches_a_naive_computation() {
+    mechanism_matches_naive("alibi", 9, |q, k, v, h, dk| {
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            // The paper's slopes: 2^(-8 (hh + 1) / h).
+            let m = 2f64.powf(-8.0 * (hh + 1) as f64 / h as f64);
+            let s: Vec<f64> = (0..=i)
+                .map(|j| score(q, k, hh, dk, i, j) - m * (i - j) as f64)
+                .collect();
+            let top = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - top).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        })
+    });
+}
+
 #[test]
 fn layernorm_posenc_embed_and_dropout_follow_the_protocol() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -517,4 +586,104 @@ fn abs_and_its_gradient_match_a_naive_computation() {
         g.last().unwrap().data.iter().copied().collect::<Vec<_>>(),
         sign
     );
+}
+
+/// Runs `f` (inputs over axis `a` of size `n`) on the interpreter, forward and gradient (seed of
+/// ones): the output and the gradient of every input.
+fn forward_and_gradient(src: &str, inputs: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let o = session::check_text("<test>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let n = inputs[0].len();
+    let inst = instantiate(&o.checked.program, "f", &bindings(&[("a", n as u64)], &[])).unwrap();
+    let a = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+    let xs: Vec<Tensor> = inputs
+        .iter()
+        .map(|v| Tensor::from_vec(a.clone(), &[n], v.clone()))
+        .collect();
+    let run = |d, ins| interp::run(d, &inst.axes, &inst.sizes, ins, RunOptions::default());
+    let y = run(&inst.diagram, xs.clone()).unwrap();
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let mut ins = xs;
+    ins.push(Tensor::from_vec(a, &[n], vec![1.0; n]));
+    let g = run(&grad.diagram, ins).unwrap();
+    let flat = |t: &Tensor| t.data.iter().copied().collect::<Vec<f64>>();
+    let grads = g[g.len() - inputs.len()..].iter().map(flat).collect();
+    (flat(&y[0]), grads)
+}
+
+#[test]
+fn max_min_clamp_pow_step_and_stop_grad_match_a_naive_computation() {
+    // Each elementwise op of the numerics item against the formula written here, forward and
+    // gradient, on the interpreter through autodiff.
+    let xs = vec![-2.0, -0.5, 0.0, 0.25, 0.5, 2.0, 1.0];
+    let ys = vec![1.0, -0.5, 0.3, -1.0, 0.5, 3.0, 1.0];
+    let both = |op: &str| format!("axis a\ndiagram f(x: [a], y: [a]) -> [a] {{ {op}(x, y) }}\n");
+    for (op, pick_x) in [
+        ("max", (|x: f64, y: f64| x >= y) as fn(f64, f64) -> bool),
+        ("min", |x, y| x <= y),
+    ] {
+        let (v, g) = forward_and_gradient(&both(op), &[xs.clone(), ys.clone()]);
+        for i in 0..xs.len() {
+            let (x, y) = (xs[i], ys[i]);
+            let left = pick_x(x, y);
+            assert_eq!(v[i], if left { x } else { y }, "{op}({x}, {y})");
+            // The left side takes the gradient on ties (x = y at 1 and 4 and 6).
+            assert_eq!(
+                g[0][i],
+                if left { 1.0 } else { 0.0 },
+                "d{op}/dx at {x}, {y}"
+            );
+            assert_eq!(
+                g[1][i],
+                if left { 0.0 } else { 1.0 },
+                "d{op}/dy at {x}, {y}"
+            );
+        }
+    }
+    // clamp(x, lo, hi): the gradient passes where lo <= x <= hi.
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { clamp(x, -0.5, 0.5) }\n";
+    let (v, g) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    for (i, x) in xs.iter().enumerate() {
+        assert_eq!(v[i], x.clamp(-0.5, 0.5));
+        let inside = (-0.5..=0.5).contains(x);
+        assert_eq!(g[0][i], if inside { 1.0 } else { 0.0 }, "clamp' at {x}");
+    }
+    // A number beside a wire is a constant wire: max(0.25, x) is relu shifted.
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { max(0.25, x) + min(x, 0) }\n";
+    let (v, _) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    for (i, x) in xs.iter().enumerate() {
+        let want = (if 0.25 >= *x { 0.25 } else { *x }) + if *x <= 0.0 { *x } else { 0.0 };
+        assert_eq!(v[i], want);
+    }
+    // pow(x^2 + 1, 1.5) and its gradient 1.5 (x^2 + 1)^0.5 2x; pow(x, 3).
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { pow(x * x + 1, 1.5) + pow(x, 3) }\n";
+    let (v, g) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    for (i, x) in xs.iter().enumerate() {
+        let u = x * x + 1.0;
+        let want = u * u.sqrt() + x * x * x;
+        let dwant = 1.5 * u.sqrt() * 2.0 * x + 3.0 * x * x;
+        assert!(
+            (v[i] - want).abs() < 1e-12 * want.abs().max(1.0),
+            "{} vs {want}",
+            v[i]
+        );
+        assert!(
+            (g[0][i] - dwant).abs() < 1e-12 * dwant.abs().max(1.0),
+            "{} vs {dwant}",
+            g[0][i]
+        );
+    }
+    // x * stop_grad(x) is x^2 whose gradient is x (not 2x); step(x) * x is relu with x >= 0.
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { x * stop_grad(x) + step(x) * x }\n";
+    let (v, g) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    for (i, x) in xs.iter().enumerate() {
+        let step = if *x >= 0.0 { 1.0 } else { 0.0 };
+        assert_eq!(v[i], x * x + step * x);
+        assert_eq!(g[0][i], x + step, "gradient at {x}");
+    }
+    // NaN on either side of max/min gives NaN (the JIT and CUDA select the same way).
+    let (v, _) = forward_and_gradient(&both("max"), &[vec![f64::NAN, 1.0], vec![1.0, f64::NAN]]);
+    assert!(v.iter().all(|v| v.is_nan()), "{v:?}");
+    let (v, _) = forward_and_gradient(&both("min"), &[vec![f64::NAN, 1.0], vec![1.0, f64::NAN]]);
+    assert!(v.iter().all(|v| v.is_nan()), "{v:?}");
 }

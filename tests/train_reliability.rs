@@ -299,30 +299,78 @@ fn sigkill_at_random_moments_never_loses_the_run() {
     // The crash test: SIGKILL at pseudo-random moments (checkpoint windows widened, so that
     // many kills land inside one), then --resume, again and again until the run ends. The
     // result must be the uninterrupted run's, loss for loss.
+    let t_ref = Instant::now();
     let (r, want) = reference("kill9", "40");
+    // The reference run's time between checkpoints (every 7 of 40 steps, start-up included:
+    // an over-estimate), so that the kills spread over whole checkpoint intervals however
+    // fast the build runs.
+    let interval = t_ref.elapsed() * 7 / 40;
     let dir = fresh("kill9");
     let d = dir.to_str().unwrap();
     let mut args = train_args(d, &["--steps", "40", "--valid-every", "7"]);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let (mut kills, mut in_window) = (0, 0);
+    let mut startup = Duration::ZERO;
     for attempt in 0..60 {
-        let mut child = spawn(&args, Some("checkpoint-sleep-ms=150"));
+        // Its error output goes to a file, shown if an attempt fails.
+        let err_path = dir.with_extension("stderr");
+        let mut child = cmd(&args, Some("checkpoint-sleep-ms=150"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let wait = Duration::from_millis(150 + seed % 900);
-        let t0 = Instant::now();
+        // The moments are counted from the end of the start-up (loading the data, checking
+        // the model: a second or two in a debug build), measured on the first attempt, so
+        // that the kills land in training and checkpointing rather than all before them.
+        let spawned = Instant::now();
+        while !dir.is_dir() && child.try_wait().unwrap().is_none() {
+            assert!(
+                spawned.elapsed() < Duration::from_secs(120),
+                "the run never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if attempt == 0 {
+            startup = spawned.elapsed();
+        }
+        let span = (interval * 3 / 2)
+            .max(Duration::from_millis(900))
+            .as_millis() as u64;
+        let wait = startup + Duration::from_millis(150 + seed % span);
+        // Every third attempt aims at a checkpoint window: it is killed as soon as a
+        // checkpoint's temporary file appears, so that such kills do not depend on luck.
+        let aim = attempt % 3 == 1;
+        let has_tmp = || {
+            std::fs::read_dir(&dir).is_ok_and(|es| {
+                es.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            })
+        };
+        let t0 = spawned;
         let mut done = None;
-        while t0.elapsed() < wait {
+        while if aim {
+            // (After the start-up, by which a temporary file left by the last kill is gone.)
+            (t0.elapsed() < startup || !has_tmp()) && t0.elapsed() < Duration::from_secs(120)
+        } else {
+            t0.elapsed() < wait
+        } {
             if let Some(s) = child.try_wait().unwrap() {
                 done = Some(s);
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
         match done {
             Some(s) => {
-                assert_eq!(s.code(), Some(0), "attempt {attempt} failed");
+                assert_eq!(
+                    s.code(),
+                    Some(0),
+                    "attempt {attempt} ({args:?}) failed after {kills} kills:\n{}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
                 break;
             }
             None => {
@@ -331,14 +379,14 @@ fn sigkill_at_random_moments_never_loses_the_run() {
                 kills += 1;
                 // A kill inside a checkpoint window leaves the new file's temporary copy (the
                 // next run removes it).
-                let tmp = std::fs::read_dir(&dir).is_ok_and(|es| {
-                    es.flatten()
-                        .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
-                });
-                in_window += usize::from(tmp);
+                in_window += usize::from(has_tmp());
             }
         }
-        args = vec!["train", "--resume", d];
+        // A kill before the run directory exists (the model is still being checked) leaves
+        // nothing to resume: the run is started again as it was.
+        if dir.is_dir() {
+            args = vec!["train", "--resume", d];
+        }
     }
     eprintln!("{kills} kills, {in_window} inside a checkpoint window");
     assert!(kills >= 3, "only {kills} kills landed");
@@ -349,6 +397,7 @@ fn sigkill_at_random_moments_never_loses_the_run() {
     assert_eq!(losses(&dir), want, "after {kills} kills");
     no_temporaries(&dir);
     assert_eq!(summary(&dir)["test_ppl"], summary(&r)["test_ppl"]);
+    let _ = std::fs::remove_file(dir.with_extension("stderr"));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&r);
 }

@@ -50,6 +50,8 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("dropout", "dropout[P](x)"),
     ("embed", "embed[VOCAB -> AXIS, ...](ids)"),
     ("posenc", "posenc[POSITION, FEATURE]()"),
+    ("iota", "iota[AXIS]()"),
+    ("fill", "fill[AXIS, ...](C)"),
     (
         "linear",
         "linear[AXIS, ... -> AXIS, ..., bias = true, per = AXIS](x)",
@@ -292,51 +294,10 @@ impl Body<'_, '_> {
                 let (Some(a), Some(b)) = (self.float_arg(l, ls), self.float_arg(r, rs)) else {
                     return Val::Error;
                 };
-                let (ta, tb) = (self.wire_ty(a).clone(), self.wire_ty(b).clone());
-                if ta != tb {
-                    let only_a: Vec<&str> = ta
-                        .axes
-                        .iter()
-                        .filter(|x| !tb.has(**x))
-                        .map(|x| self.cx.axes.name(*x))
-                        .collect();
-                    let only_b: Vec<&str> = tb
-                        .axes
-                        .iter()
-                        .filter(|x| !ta.has(**x))
-                        .map(|x| self.cx.axes.name(*x))
-                        .collect();
-                    let help = match (only_a.is_empty(), only_b.is_empty()) {
-                        (true, false) => format!(
-                            "broadcast the left side explicitly: `broadcast[{}](...)`",
-                            only_b.join("](broadcast[")
-                        ),
-                        (false, true) => format!(
-                            "broadcast the right side explicitly: `broadcast[{}](...)`",
-                            only_a.join("](broadcast[")
-                        ),
-                        _ => format!(
-                            "the left has {} and the right has {}: rename or reduce one side",
-                            only_a.join(", "),
-                            only_b.join(", ")
-                        ),
-                    };
-                    let (sa, sb) = (self.ty_str(&ta), self.ty_str(&tb));
-                    self.cx.error(
-                        Diagnostic::new(
-                            Code::AxesDiffer,
-                            format!(
-                                "`{}` needs the same axes on both sides: {sa} vs {sb}",
-                                op.symbol()
-                            ),
-                        )
-                        .primary(op_span, "the two sides do not line up")
-                        .secondary(ls, format!("this is {sa}"))
-                        .secondary(rs, format!("this is {sb}"))
-                        .help(help),
-                    );
+                if !self.same_axes(a, b, op.symbol(), ls, rs, op_span) {
                     return Val::Error;
                 }
+                let ta = self.wire_ty(a).clone();
                 let op = match op {
                     BinOp::Add => Op::Add,
                     BinOp::Sub => Op::Sub,
@@ -346,6 +307,63 @@ impl Body<'_, '_> {
                 self.box1(op, vec![a, b], ta, vec![], whole)
             }
         }
+    }
+
+    /// Whether wires `a` and `b` have the same axes; reports the mismatch of `symbol` if not.
+    fn same_axes(
+        &mut self,
+        a: WireId,
+        b: WireId,
+        symbol: &str,
+        ls: Span,
+        rs: Span,
+        op_span: Span,
+    ) -> bool {
+        let (ta, tb) = (self.wire_ty(a).clone(), self.wire_ty(b).clone());
+        if ta != tb {
+            let only_a: Vec<&str> = ta
+                .axes
+                .iter()
+                .filter(|x| !tb.has(**x))
+                .map(|x| self.cx.axes.name(*x))
+                .collect();
+            let only_b: Vec<&str> = tb
+                .axes
+                .iter()
+                .filter(|x| !ta.has(**x))
+                .map(|x| self.cx.axes.name(*x))
+                .collect();
+            let help = match (only_a.is_empty(), only_b.is_empty()) {
+                (true, false) => format!(
+                    "broadcast the left side explicitly: `broadcast[{}](...)`",
+                    only_b.join("](broadcast[")
+                ),
+                (false, true) => format!(
+                    "broadcast the right side explicitly: `broadcast[{}](...)`",
+                    only_a.join("](broadcast[")
+                ),
+                _ => format!(
+                    "the left has {} and the right has {}: rename or reduce one side",
+                    only_a.join(", "),
+                    only_b.join(", ")
+                ),
+            };
+            let (sa, sb) = (self.ty_str(&ta), self.ty_str(&tb));
+            self.cx.error(
+                Diagnostic::new(
+                    Code::AxesDiffer,
+                    format!(
+                        "`{}` needs the same axes on both sides: {sa} vs {sb}",
+                        symbol
+                    ),
+                )
+                .primary(op_span, "the two sides do not line up")
+                .secondary(ls, format!("this is {sa}"))
+                .secondary(rs, format!("this is {sb}"))
+                .help(help),
+            );
+        }
+        ta == tb
     }
 
     /// A call: a diagram-valued hyperparameter, a diagram, or a primitive.
@@ -421,6 +439,11 @@ impl Body<'_, '_> {
                 span,
             );
         }
+        if let Some(f) = ConstFn::named(name)
+            && !is_primitive(name)
+        {
+            return self.const_fn(f, callee, index, args, span);
+        }
         if is_primitive(name) {
             return self.prim(callee, index, args, span);
         }
@@ -428,6 +451,7 @@ impl Body<'_, '_> {
             .primary(callee.span, "not defined");
         let d = if self.cx.suggest() {
             let mut cands: Vec<&str> = primitive_names().collect();
+            cands.extend(ConstFn::ALL.iter().map(|(n, _, _)| *n));
             cands.extend(self.cx.sig_by_name.keys().map(String::as_str));
             cands.extend(self.hypers.iter().map(|h| h.name.as_str()));
             did_you_mean(d, name, cands)
@@ -441,6 +465,166 @@ impl Body<'_, '_> {
             self.touch(&v);
         }
         Val::Error
+    }
+
+    /// A function of numbers that is not also an elementwise box (`pow`, `min`, `max`): its
+    /// arguments must be numbers known when the model is built.
+    fn const_fn(
+        &mut self,
+        f: ConstFn,
+        callee: &ast::Name,
+        index: Option<&ast::IndexArgs>,
+        args: &[ast::Expr],
+        span: Span,
+    ) -> Val {
+        let name = f.name();
+        let vals: Vec<(Val, Span)> = args.iter().map(|a| (self.expr(a), a.span())).collect();
+        for (v, _) in &vals {
+            self.touch(v);
+        }
+        let usage = format!(
+            "`{name}({})` of numbers (sizes, hyperparameters, literals)",
+            if f.arity() == 2 { "a, b" } else { "a" }
+        );
+        if let Some(ix) = index {
+            self.cx.error(
+                Diagnostic::new(Code::BadIndexArgs, format!("`{name}` takes no brackets"))
+                    .primary(ix.span, "not expected here")
+                    .help(format!("it is written {usage}")),
+            );
+            return Val::Error;
+        }
+        if vals.len() != f.arity() {
+            self.cx.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!(
+                        "`{name}` takes {} argument(s) but is given {}",
+                        f.arity(),
+                        vals.len()
+                    ),
+                )
+                .primary(span, format!("{} given", vals.len()))
+                .help(format!("it is written {usage}")),
+            );
+            return Val::Error;
+        }
+        if vals.iter().any(|(v, _)| matches!(v, Val::Error)) {
+            return Val::Error;
+        }
+        if matches!(
+            f,
+            ConstFn::Pow | ConstFn::Min | ConstFn::Max | ConstFn::Clamp
+        ) && vals
+            .iter()
+            .any(|(v, _)| matches!(v, Val::Wire(_) | Val::Tuple(_)))
+        {
+            return self.wire_fn(f, callee, vals, span);
+        }
+        let mut consts = Vec::new();
+        for (v, s) in vals {
+            match v {
+                Val::Const(c) => consts.push(c),
+                Val::Error => return Val::Error,
+                _ => {
+                    self.cx.error(
+                        Diagnostic::new(
+                            Code::BadIndexArgs,
+                            format!("`{name}` of a wire is not in the language yet"),
+                        )
+                        .primary(s, "a wire, not a number")
+                        .secondary(callee.span, format!("`{name}` takes numbers"))
+                        .help(format!(
+                            "it is written {usage}; `docs/language.md` lists what wires cannot do yet"
+                        )),
+                    );
+                    return Val::Error;
+                }
+            }
+        }
+        Val::Const(Const::Fn(f, consts))
+    }
+
+    /// `pow(x, c)`, `max(a, b)`, `min(a, b)` and `clamp(x, lo, hi)` where an argument is a
+    /// wire: elementwise boxes. A number beside a wire is a constant wire of its type.
+    fn wire_fn(
+        &mut self,
+        f: ConstFn,
+        callee: &ast::Name,
+        vals: Vec<(Val, Span)>,
+        span: Span,
+    ) -> Val {
+        let name = f.name();
+        if f == ConstFn::Pow {
+            let mut it = vals.into_iter();
+            let ((x, xs), (e, es)) = (it.next().expect("arity 2"), it.next().expect("arity 2"));
+            let Val::Const(c) = e else {
+                self.cx.error(
+                    Diagnostic::new(Code::BadIndexArgs, "the exponent of `pow` must be a number")
+                        .primary(es, "a wire, not a number")
+                        .secondary(callee.span, "`pow(x, c)` raises a wire to a constant power")
+                        .help("for a number to a wire's power write `exp(x * log(c))`"),
+                );
+                return Val::Error;
+            };
+            let Some(w) = self.float_arg(x, xs) else {
+                return Val::Error;
+            };
+            return self.unary(Op::Pow(c), w, span);
+        }
+        // The first wire gives the type the numbers are filled to.
+        let mut wires: Vec<(Option<WireId>, Option<Const>, Span)> = Vec::new();
+        for (v, s) in vals {
+            match v {
+                Val::Const(c) => wires.push((None, Some(c), s)),
+                other => match self.float_arg(other, s) {
+                    Some(w) => wires.push((Some(w), None, s)),
+                    None => return Val::Error,
+                },
+            }
+        }
+        let (first, first_span) = wires
+            .iter()
+            .find_map(|(w, _, s)| w.map(|w| (w, *s)))
+            .expect("called with a wire");
+        let ty = self.wire_ty(first).clone();
+        let mut args: Vec<(WireId, Span)> = Vec::new();
+        for (w, c, s) in wires {
+            let w = match (w, c) {
+                (Some(w), _) => {
+                    if !self.same_axes(first, w, name, first_span, s, span) {
+                        return Val::Error;
+                    }
+                    w
+                }
+                (None, Some(c)) => {
+                    let op = Op::Fill {
+                        axes: ty.axes.clone(),
+                        value: c,
+                    };
+                    match self.box1(op, vec![], ty.clone(), vec![], s) {
+                        Val::Wire(w) => w,
+                        _ => return Val::Error,
+                    }
+                }
+                (None, None) => unreachable!("a wire or a number"),
+            };
+            args.push((w, s));
+        }
+        let bin = |this: &mut Self, op: Op, a: WireId, b: WireId| -> Option<WireId> {
+            match this.box1(op, vec![a, b], ty.clone(), vec![], span) {
+                Val::Wire(w) => Some(w),
+                _ => None,
+            }
+        };
+        let out = match f {
+            ConstFn::Max => bin(self, Op::Max, args[0].0, args[1].0),
+            ConstFn::Min => bin(self, Op::Min, args[0].0, args[1].0),
+            // clamp(x, lo, hi) = min(max(x, lo), hi).
+            _ => bin(self, Op::Max, args[0].0, args[1].0)
+                .and_then(|m| bin(self, Op::Min, m, args[2].0)),
+        };
+        out.map_or(Val::Error, Val::Wire)
     }
 
     /// A call of a diagram (or of a diagram-valued hyperparameter) on wires.
@@ -1051,7 +1235,7 @@ impl Body<'_, '_> {
         }
         let ix_span = index.map_or(callee.span, |i| i.span);
         let wire_count = match name {
-            "posenc" | "param" => Some(0),
+            "posenc" | "param" | "iota" => Some(0),
             "add" | "sub" | "mul" | "div" | "dot" | "outer" => Some(2),
             "learner" => None,
             _ => Some(1),
@@ -1399,6 +1583,66 @@ impl Body<'_, '_> {
                     span,
                 )
             }
+            "iota" => {
+                // Inside a SIMD region over the axis: the lane's own index, a wire of no axes
+                // (lowering lifts it to the whole `iota`).
+                let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
+                let a = self.axis_value(&idx.lhs[0])?;
+                let axes = if self.lane_axes().contains(&a) {
+                    vec![]
+                } else {
+                    vec![a]
+                };
+                self.box1(Op::Iota(a), vec![], WireType::values(axes), vec![], span)
+            }
+            "fill" => {
+                let idx = self.idx(name, index, ix_span, AtLeast(0), None, &[])?;
+                let axes = self.axis_list(idx.lhs)?;
+                let lanes = self.lane_axes();
+                for (a, v) in axes.iter().zip(idx.lhs) {
+                    if lanes.contains(a) {
+                        let n = self.cx.axes.name(*a).to_string();
+                        self.cx.error(
+                            Diagnostic::new(
+                                Code::SimdAxisInside,
+                                format!("inside `simd {n}`, a wire does not carry `{n}`"),
+                            )
+                            .primary(v.span(), format!("`{n}` is this region's lane axis"))
+                            .help(format!(
+                                "fill outside the region and let it in, or drop `{n}`: every \
+                                 lane gets the same constant"
+                            )),
+                        );
+                        return None;
+                    }
+                }
+                let (v, vs) = vals.into_iter().next()?;
+                let value = match v {
+                    Val::Const(c) => c,
+                    Val::Error => return None,
+                    _ => {
+                        self.cx.error(
+                            Diagnostic::new(Code::BadIndexArgs, "`fill` takes a number")
+                                .primary(vs, "a wire, not a number")
+                                .help(
+                                    "it is written `fill[AXIS, ...](C)` with C a number known \
+                                     when the model is built (`fill[tok](1)`, `fill[tok](-log(tok))`)",
+                                ),
+                        );
+                        return None;
+                    }
+                };
+                self.box1(
+                    Op::Fill {
+                        axes: axes.clone(),
+                        value,
+                    },
+                    vec![],
+                    WireType::values(axes),
+                    vec![],
+                    span,
+                )
+            }
             "linear" => {
                 let idx = self.idx(
                     name,
@@ -1592,15 +1836,16 @@ impl Body<'_, '_> {
                 )
             }
             _ => {
-                // Elementwise functions; `sqrt` of a number is a number (`x / sqrt(dk)`).
+                // Elementwise functions; `sqrt`, `log`, `exp` and `abs` of a number are numbers
+                // (`x / sqrt(dk)`, `s - log(tok)`).
                 let func = Func::ALL
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, f)| *f)?;
                 self.idx(name, index, ix_span, Exactly(0), None, &[])?;
                 let (v, vs) = vals.into_iter().next()?;
-                if let (Val::Const(c), Func::Sqrt) = (&v, func) {
-                    return Some(Val::Const(Const::Sqrt(Box::new(c.clone()))));
+                if let (Val::Const(c), Some(f)) = (&v, ConstFn::named(name)) {
+                    return Some(Val::Const(Const::Fn(f, vec![c.clone()])));
                 }
                 let w = self.float_arg(v, vs)?;
                 self.unary(Op::Map(func), w, span)

@@ -549,6 +549,33 @@ impl Analysis<'_> {
                 }
                 .normalise())
             }
+            Op::Max | Op::Min => {
+                // max(x, y) is masked where both are (with the same value); min(x, y) is
+                // also minus infinity wherever either side is.
+                let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
+                let min = matches!(b.op, Op::Min);
+                let masks = x
+                    .masks
+                    .iter()
+                    .chain(&y.masks)
+                    .copied()
+                    .filter(|m| {
+                        (min && m.0 == MaskKind::NegInf)
+                            || (x.masks.contains(m) && y.masks.contains(m))
+                    })
+                    .collect();
+                one(Facts {
+                    deps: x.deps.union(&y.deps).copied().collect(),
+                    masks,
+                    taint: None,
+                }
+                .normalise())
+            }
+            Op::Pow(c) => {
+                // 0^c = 0 for c > 0.
+                let positive = const_value(c).is_some_and(|v| v > 0.0);
+                one(first().keep_masks(|m, _, _| (positive && m == MaskKind::Zero).then_some(m)))
+            }
             Op::Mul | Op::Outer => one(product(true)),
             Op::Div => {
                 // Zero over anything is zero; the denominator's masks do not carry over.
@@ -619,7 +646,9 @@ impl Analysis<'_> {
                 one(first().keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }
             Op::Dropout(_) => one(first().keep_masks(|m, _, _| (m == MaskKind::Zero).then_some(m))),
-            Op::PosEnc { .. } | Op::Param(_) => vec![Facts::default(); n_out],
+            Op::PosEnc { .. } | Op::Iota(_) | Op::Fill { .. } | Op::Param(_) => {
+                vec![Facts::default(); n_out]
+            }
             Op::Linear { from, to, bias } => {
                 let what = format!(
                     "`linear[{} -> {}]`",
@@ -728,7 +757,9 @@ fn map_mask(f: Func, m: MaskKind) -> Option<MaskKind> {
         // log(0) = -inf.
         (Func::Log, Zero) => Some(NegInf),
         // f(-inf) = 0 (gelu is left out: x * Phi(x) is 0 * inf in floating point).
-        (Func::Exp | Func::Relu | Func::Sigmoid | Func::Elu1, NegInf) => Some(Zero),
+        (Func::Exp | Func::Relu | Func::Sigmoid | Func::Elu1 | Func::Step, NegInf) => Some(Zero),
+        // The identity.
+        (Func::StopGrad, m) => Some(m),
         _ => None,
     }
 }

@@ -339,6 +339,20 @@ impl Builder<'_> {
                         .and_then(|a| self.axes.get(a).span),
                 }
             })
+            .and_then(|v| {
+                if v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(Error::Instance {
+                        message: format!(
+                            "`{}` is {v} at these sizes and hyperparameters (a division by zero, \
+                             the log of zero or of a negative number, or an overflow)",
+                            c.display(&self.axes)
+                        ),
+                        span: None,
+                    })
+                }
+            })
     }
 
     /// The axes without a size and the hyperparameters without a value that `c` uses.
@@ -347,7 +361,8 @@ impl Builder<'_> {
         match c {
             Const::Size(a) if self.size_of(*a).is_none() => Some(*a),
             Const::Num(_) | Const::Size(_) | Const::Hyper(_) => None,
-            Const::Neg(x) | Const::Sqrt(x) => self.first_unbound_axis(x),
+            Const::Neg(x) => self.first_unbound_axis(x),
+            Const::Fn(_, args) => args.iter().find_map(|x| self.first_unbound_axis(x)),
             Const::Bin(_, a, b) => self
                 .first_unbound_axis(a)
                 .or_else(|| self.first_unbound_axis(b)),
@@ -368,7 +383,12 @@ impl Builder<'_> {
             Const::Size(_) => {}
             Const::Hyper(h) if env.num(h).is_none() => out.push(format!("hyperparameter `{h}` is")),
             Const::Hyper(_) => {}
-            Const::Neg(x) | Const::Sqrt(x) => self.unbound(x, env, out),
+            Const::Neg(x) => self.unbound(x, env, out),
+            Const::Fn(_, args) => {
+                for x in args {
+                    self.unbound(x, env, out);
+                }
+            }
             Const::Bin(_, a, b) => {
                 self.unbound(a, env, out);
                 self.unbound(b, env, out);
@@ -623,6 +643,21 @@ impl Builder<'_> {
             ),
             Op::Shift(c) => self.add(
                 Op::Shift(Const::Num(self.eval(c, env)?)),
+                ins,
+                out_types,
+                b.span,
+            ),
+            Op::Pow(c) => self.add(
+                Op::Pow(Const::Num(self.eval(c, env)?)),
+                ins,
+                out_types,
+                b.span,
+            ),
+            Op::Fill { axes, value } => self.add(
+                Op::Fill {
+                    axes: axes.clone(),
+                    value: Const::Num(self.eval(value, env)?),
+                },
                 ins,
                 out_types,
                 b.span,
@@ -1064,7 +1099,12 @@ pub fn lift_batch(inst: &Instance, name: &str, n: usize) -> Result<Instance, Err
             .map(|w| map[w.0 as usize].expect("topological order"))
             .collect();
         let any = ins.iter().any(|w| batched(&g, *w));
-        if any && matches!(b.op, Op::Add | Op::Sub | Op::Mul | Op::Div) {
+        if any
+            && matches!(
+                b.op,
+                Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min
+            )
+        {
             for w in ins.iter_mut() {
                 if !batched(&g, *w) {
                     let t = g.ty(*w).with_front(batch);

@@ -116,13 +116,17 @@ pub fn lower_simd(d: &Diagram) -> Diagram {
             _ => {}
         }
         let id = BoxId(out.boxes.len() as u32);
-        // A box with no inputs only carries the lane axes its parameters are per-lane over.
+        // A box with no inputs only carries the lane axes its parameters are per-lane over (and
+        // an `iota` over a lane axis that axis: each lane's index); the others are expanded.
         let carried: Vec<AxisId> = if b.inputs.is_empty() {
-            let per: Vec<AxisId> = b
+            let mut per: Vec<AxisId> = b
                 .params
                 .iter()
                 .flat_map(|p| p.per_lane.iter().copied())
                 .collect();
+            if let Op::Iota(a) = b.op {
+                per.push(a);
+            }
             lane_axes
                 .iter()
                 .copied()

@@ -165,15 +165,87 @@ impl fmt::Display for TypeDisplay<'_> {
 }
 
 /// A number known when the model is built: literals, axis sizes, hyperparameters, and
-/// arithmetic on them (`1 / sqrt(dk)`).
+/// arithmetic and functions of them (`1 / sqrt(dk)`, `-log(tok)`, `pow(2, -8 / head)`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Const {
     Num(f64),
     Size(AxisId),
     Hyper(String),
     Neg(Box<Const>),
-    Sqrt(Box<Const>),
     Bin(crate::syntax::ast::BinOp, Box<Const>, Box<Const>),
+    /// A function of numbers; as many arguments as [`ConstFn::arity`].
+    Fn(ConstFn, Vec<Const>),
+}
+
+/// The functions of numbers known when the model is built. On a wire, the one-argument ones
+/// are the elementwise [`Func`]s of the same name (`log(x)`); `pow`, `min` and `max` take
+/// numbers only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConstFn {
+    Sqrt,
+    /// The natural logarithm.
+    Log,
+    Exp,
+    Abs,
+    /// `pow(a, b)`: `a` to the power `b`.
+    Pow,
+    Min,
+    Max,
+    /// `clamp(a, lo, hi)`: `a` limited to `[lo, hi]`.
+    Clamp,
+}
+
+impl ConstFn {
+    /// Each function's name and number of arguments.
+    pub const ALL: &[(&'static str, ConstFn, usize)] = &[
+        ("sqrt", ConstFn::Sqrt, 1),
+        ("log", ConstFn::Log, 1),
+        ("exp", ConstFn::Exp, 1),
+        ("abs", ConstFn::Abs, 1),
+        ("pow", ConstFn::Pow, 2),
+        ("min", ConstFn::Min, 2),
+        ("max", ConstFn::Max, 2),
+        ("clamp", ConstFn::Clamp, 3),
+    ];
+
+    pub fn named(name: &str) -> Option<ConstFn> {
+        ConstFn::ALL
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, f, _)| *f)
+    }
+
+    pub fn name(self) -> &'static str {
+        ConstFn::ALL
+            .iter()
+            .find(|(_, f, _)| *f == self)
+            .map_or("?", |(n, _, _)| n)
+    }
+
+    pub fn arity(self) -> usize {
+        ConstFn::ALL
+            .iter()
+            .find(|(_, f, _)| *f == self)
+            .map_or(1, |(_, _, k)| *k)
+    }
+
+    /// The value at `args` (as many as [`Self::arity`]; IEEE semantics: `log(0)` is `-inf`,
+    /// `sqrt(-1)` is NaN, which instantiation refuses).
+    pub fn apply(self, args: &[f64]) -> f64 {
+        let a = args.first().copied().unwrap_or(f64::NAN);
+        let b = args.get(1).copied().unwrap_or(f64::NAN);
+        let c = args.get(2).copied().unwrap_or(f64::NAN);
+        match self {
+            ConstFn::Sqrt => a.sqrt(),
+            ConstFn::Log => a.ln(),
+            ConstFn::Exp => a.exp(),
+            ConstFn::Abs => a.abs(),
+            ConstFn::Pow => a.powf(b),
+            ConstFn::Min => a.min(b),
+            ConstFn::Max => a.max(b),
+            ConstFn::Clamp => a.max(b).min(c),
+        }
+    }
 }
 
 impl Const {
@@ -193,7 +265,13 @@ impl Const {
             Const::Size(a) => size(*a)?,
             Const::Hyper(h) => hyper(h)?,
             Const::Neg(c) => -c.eval(hyper, size)?,
-            Const::Sqrt(c) => c.eval(hyper, size)?.sqrt(),
+            Const::Fn(f, args) => {
+                let mut v = Vec::with_capacity(args.len());
+                for a in args {
+                    v.push(a.eval(hyper, size)?);
+                }
+                f.apply(&v)
+            }
             Const::Bin(op, a, b) => {
                 let (a, b) = (a.eval(hyper, size)?, b.eval(hyper, size)?);
                 match op {
@@ -219,7 +297,16 @@ impl fmt::Display for ConstDisplay<'_> {
             Const::Size(a) => write!(f, "{}", self.axes.name(*a)),
             Const::Hyper(h) => write!(f, "{h}"),
             Const::Neg(c) => write!(f, "-{}", c.display(self.axes)),
-            Const::Sqrt(c) => write!(f, "sqrt({})", c.display(self.axes)),
+            Const::Fn(func, args) => {
+                write!(f, "{}(", func.name())?;
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{}", a.display(self.axes))?;
+                }
+                write!(f, ")")
+            }
             Const::Bin(op, a, b) => {
                 write!(
                     f,
@@ -249,6 +336,11 @@ pub enum Func {
     Recip,
     /// `|x|` (derivative: the sign of `x`, 0 at 0).
     Abs,
+    /// The identity whose gradient is zero: `stop_grad(x)` is `x`, and nothing flows back
+    /// through it (autodiff gives its input no gradient at all).
+    StopGrad,
+    /// The Heaviside step, `1` where `x >= 0` and `0` elsewhere (NaN gives 0); derivative 0.
+    Step,
 }
 
 impl Func {
@@ -263,6 +355,8 @@ impl Func {
         ("sigmoid", Func::Sigmoid),
         ("recip", Func::Recip),
         ("abs", Func::Abs),
+        ("stop_grad", Func::StopGrad),
+        ("step", Func::Step),
     ];
 
     pub fn name(self) -> &'static str {
@@ -331,6 +425,14 @@ pub enum Op {
     Div,
     Scale(Const),
     Shift(Const),
+    /// `x` to a constant power, elementwise (`pow(x, c)`; NaN for a negative `x` and a
+    /// fractional `c`, as IEEE `pow`).
+    Pow(Const),
+    /// The larger of two wires of one type, elementwise (a NaN on either side gives NaN; the
+    /// gradient goes to the left side on ties).
+    Max,
+    /// The smaller of two wires, elementwise (as [`Op::Max`]).
+    Min,
     Dot(AxisId),
     Outer,
     Sum(AxisId),
@@ -353,6 +455,14 @@ pub enum Op {
     PosEnc {
         pos: AxisId,
         feature: AxisId,
+    },
+    /// The positions along an axis, `0, 1, ..., n - 1`, as a wire (a constant). Inside a SIMD
+    /// region over the axis, the lane's own index.
+    Iota(AxisId),
+    /// A constant wire over the axes, every entry `value`.
+    Fill {
+        axes: Vec<AxisId>,
+        value: Const,
     },
 
     // Learned: carry parameters (see [`BoxNode::params`]).

@@ -90,6 +90,9 @@ pub fn spec(op: &Op) -> OpSpec {
         Div => ("div".into(), Primitive, both(N(2), N(1)), vec![]),
         Scale(_) => ("scale".into(), Primitive, both(N(1), N(1)), vec![]),
         Shift(_) => ("shift".into(), Primitive, both(N(1), N(1)), vec![]),
+        Pow(_) => ("pow".into(), Primitive, both(N(1), N(1)), vec![]),
+        Max => ("max".into(), Primitive, both(N(2), N(1)), vec![]),
+        Min => ("min".into(), Primitive, both(N(2), N(1)), vec![]),
         Dot(a) => ("dot".into(), Primitive, both(N(2), N(1)), vec![*a]),
         Outer => ("outer".into(), Primitive, both(N(2), N(1)), vec![]),
         Sum(a) => ("sum".into(), Primitive, both(N(1), N(1)), vec![*a]),
@@ -116,6 +119,8 @@ pub fn spec(op: &Op) -> OpSpec {
             both(Any, N(1)),
             vec![*pos, *feature],
         ),
+        Iota(a) => ("iota".into(), Primitive, both(N(0), N(1)), vec![*a]),
+        Fill { axes, .. } => ("fill".into(), Primitive, both(N(0), N(1)), axes.clone()),
         Linear { from, to, bias } => (
             "linear".into(),
             Learned,

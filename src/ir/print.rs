@@ -223,6 +223,9 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         Op::Div => "div".into(),
         Op::Scale(c) => format!("scale[{}]", c.display(axes)),
         Op::Shift(c) => format!("shift[{}]", c.display(axes)),
+        Op::Pow(c) => format!("pow[{}]", c.display(axes)),
+        Op::Max => "max".into(),
+        Op::Min => "min".into(),
         Op::Dot(a) => format!("dot[{}]", n(a)),
         Op::Outer => "outer".into(),
         Op::Sum(a) => format!("sum[{}]", n(a)),
@@ -234,6 +237,10 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         Op::Cumsum(a) => format!("cumsum[{}]", n(a)),
         Op::Dropout(c) => format!("dropout[{}]", c.display(axes)),
         Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
+        Op::Iota(a) => format!("iota[{}]", n(a)),
+        Op::Fill { axes: ids, value } => {
+            format!("fill[{}]({})", list(ids, axes), value.display(axes))
+        }
         Op::Linear { from, to, bias } => format!(
             "linear[{} -> {}{}]",
             list(from, axes),

@@ -227,6 +227,12 @@ fn types(d: &Diagram, bi: usize) -> Result<(), String> {
             s.insert(a.0);
             want(s, 0)
         }
+        // Inside a SIMD region over `a` (a body diagram, which does not know its region) the
+        // lane's own index is a scalar; the checker allows that form only there, and lowering
+        // gives it the axis back.
+        Iota(_) if outs[0].is_empty() => Ok(()),
+        Iota(a) => want([a.0].into_iter().collect(), 0),
+        Fill { axes, .. } => want(axes.iter().map(|a| a.0).collect(), 0),
         _ => Ok(()),
     }
 }

@@ -483,25 +483,33 @@ impl Builder<'_> {
                 self.subset(ins[0], &oa(0))?;
                 vec![self.permuted(ins[0], oa(0))?]
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Exec(ExecOp::MapBack(_)) => {
+            Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Max
+            | Op::Min
+            | Op::Exec(ExecOp::MapBack(_)) => {
                 arity(2)?;
                 let f = match &b.op {
                     Op::Add => Binary::Add,
                     Op::Sub => Binary::Sub,
                     Op::Mul => Binary::Mul,
                     Op::Div => Binary::Div,
+                    Op::Max => Binary::Max,
+                    Op::Min => Binary::Min,
                     Op::Exec(ExecOp::MapBack(f)) => Binary::MapBack(*f),
                     _ => unreachable!("matched above"),
                 };
                 vec![self.elementwise2(f, ins[0], ins[1], oa(0))?]
             }
-            Op::Scale(c) | Op::Shift(c) => {
+            Op::Scale(c) | Op::Shift(c) | Op::Pow(c) => {
                 arity(1)?;
                 let k = num(c)?;
-                let u = if matches!(b.op, Op::Scale(_)) {
-                    Unary::Scale(k)
-                } else {
-                    Unary::Shift(k)
+                let u = match b.op {
+                    Op::Scale(_) => Unary::Scale(k),
+                    Op::Shift(_) => Unary::Shift(k),
+                    _ => Unary::Pow(k),
                 };
                 vec![self.elementwise1(u, ins[0], oa(0))?]
             }
@@ -610,6 +618,34 @@ impl Builder<'_> {
                 let inplace = self.inplace(&ins, out);
                 self.push(kernel, ins.clone(), vec![out], inplace);
                 vec![out]
+            }
+            Op::Iota(a) => {
+                arity(0)?;
+                if oa(0) != [*a] {
+                    return Err(Error::Plan("iota's output must be exactly its axis".into()));
+                }
+                let k = self.consts.len();
+                let v = self.value(oa(0), Origin::Const(k))?;
+                // Exact in f32 up to 2^24 positions.
+                let n = self.size(*a);
+                self.consts.push((0..n).map(|i| i as f32).collect());
+                vec![v]
+            }
+            Op::Fill { axes, value } => {
+                arity(0)?;
+                let x = num(value)? as f32;
+                let mut want = axes.clone();
+                want.sort();
+                let mut have = oa(0);
+                have.sort();
+                if want != have {
+                    return Err(Error::Plan("fill's output must be exactly its axes".into()));
+                }
+                let k = self.consts.len();
+                let v = self.value(oa(0), Origin::Const(k))?;
+                let n: usize = oa(0).iter().map(|a| self.size(*a)).product();
+                self.consts.push(vec![x; n]);
+                vec![v]
             }
             Op::PosEnc { pos, feature } => {
                 arity(0)?;

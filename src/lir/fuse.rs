@@ -40,6 +40,7 @@ impl Builder<'_> {
             return None;
         };
         let m = match k {
+            Kernel::Unary(Unary::Pow(_), _) => return None,
             Kernel::Unary(u, _) => Member::Unary(*u),
             Kernel::Binary(f, _) => Member::Binary(*f),
             Kernel::Dropout { p, key, .. } => Member::Dropout { p: *p, key: *key },
@@ -184,10 +185,13 @@ impl Builder<'_> {
                     Member::Unary(Unary::Scale(c)) => Inst::Scale(args[0], c),
                     Member::Unary(Unary::Shift(c)) => Inst::Shift(args[0], c),
                     Member::Unary(Unary::Map(f)) => Inst::Map(f, args[0]),
+                    Member::Unary(Unary::Pow(_)) => unreachable!("pow is never a member"),
                     Member::Binary(Binary::Add) => Inst::Add(args[0], args[1]),
                     Member::Binary(Binary::Sub) => Inst::Sub(args[0], args[1]),
                     Member::Binary(Binary::Mul) => Inst::Mul(args[0], args[1]),
                     Member::Binary(Binary::Div) => Inst::Div(args[0], args[1]),
+                    Member::Binary(Binary::Max) => Inst::Max(args[0], args[1]),
+                    Member::Binary(Binary::Min) => Inst::Min(args[0], args[1]),
                     Member::Binary(Binary::MapBack(f)) => Inst::MapBack(f, args[0], args[1]),
                     Member::Dropout { p, key } => Inst::Dropout { p, key, x: args[0] },
                     Member::Copy => {

@@ -18,6 +18,8 @@ pub const LN_EPS: f32 = 1e-5;
 pub enum Unary {
     Scale(f32),
     Shift(f32),
+    /// `x` to the power `k` (never fused: the JIT has no `pow`).
+    Pow(f32),
     Map(Func),
 }
 
@@ -27,6 +29,10 @@ pub enum Binary {
     Sub,
     Mul,
     Div,
+    /// `func::single::max2`: the larger, the left on ties, NaN if either is.
+    Max,
+    /// `func::single::min2`.
+    Min,
     /// `(x, gy) -> gy * f'(x)`.
     MapBack(Func),
 }

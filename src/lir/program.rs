@@ -26,6 +26,10 @@ pub enum Inst {
     Sub(usize, usize),
     Mul(usize, usize),
     Div(usize, usize),
+    /// `func::single::max2(a, b)`.
+    Max(usize, usize),
+    /// `func::single::min2(a, b)`.
+    Min(usize, usize),
     /// `(x, gy) -> gy * f'(x)`.
     MapBack(Func, usize, usize),
     /// Dropout of `x` with keep probability `1 - p`; the mask hashes (seed, key, the element's
@@ -47,6 +51,8 @@ impl Inst {
             | Inst::Sub(a, b)
             | Inst::Mul(a, b)
             | Inst::Div(a, b)
+            | Inst::Max(a, b)
+            | Inst::Min(a, b)
             | Inst::MapBack(_, a, b) => vec![a, b],
         }
     }
@@ -127,6 +133,8 @@ impl Program {
                 Inst::Sub(..) => Some("sub".into()),
                 Inst::Mul(..) => Some("mul".into()),
                 Inst::Div(..) => Some("div".into()),
+                Inst::Max(..) => Some("max".into()),
+                Inst::Min(..) => Some("min".into()),
                 Inst::MapBack(f, ..) => Some(format!("{f:?}-back").to_lowercase()),
                 Inst::Dropout { .. } => Some("dropout".into()),
             })

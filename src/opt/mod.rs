@@ -490,7 +490,7 @@ fn op_name(op: &Op, t: &Term) -> String {
 fn fold_const(c: &Const) -> Const {
     let folded = match c {
         Const::Neg(x) => Const::Neg(Box::new(fold_const(x))),
-        Const::Sqrt(x) => Const::Sqrt(Box::new(fold_const(x))),
+        Const::Fn(f, args) => Const::Fn(*f, args.iter().map(fold_const).collect()),
         Const::Bin(op, a, b) => Const::Bin(*op, Box::new(fold_const(a)), Box::new(fold_const(b))),
         other => other.clone(),
     };
@@ -715,6 +715,9 @@ fn is_elementwise(op: &Op) -> bool {
             | Op::Div
             | Op::Scale(_)
             | Op::Shift(_)
+            | Op::Pow(_)
+            | Op::Max
+            | Op::Min
             | Op::Map(_)
             | Op::Dropout(_)
             | Op::Causal { .. }

@@ -176,7 +176,10 @@ impl Matcher<'_> {
             (Const::Num(a), Const::Num(b)) => a == b,
             (Const::Size(a), Const::Size(b)) => self.axis(*a, *b),
             (Const::Hyper(a), Const::Hyper(b)) => a == b,
-            (Const::Neg(a), Const::Neg(b)) | (Const::Sqrt(a), Const::Sqrt(b)) => self.konst(a, b),
+            (Const::Neg(a), Const::Neg(b)) => self.konst(a, b),
+            (Const::Fn(f, a), Const::Fn(g, b)) => {
+                f == g && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| self.konst(x, y))
+            }
             (Const::Bin(o1, a1, b1), Const::Bin(o2, a2, b2)) => {
                 o1 == o2 && self.konst(a1, a2) && self.konst(b1, b2)
             }
@@ -206,9 +209,10 @@ impl Matcher<'_> {
             | (CausalZero { query: a, key: b }, CausalZero { query: c, key: d }) => {
                 self.axis(*a, *c) && self.axis(*b, *d)
             }
-            (Scale(a), Scale(b)) | (Shift(a), Shift(b)) | (Dropout(a), Dropout(b)) => {
-                self.konst(a, b)
-            }
+            (Scale(a), Scale(b))
+            | (Shift(a), Shift(b))
+            | (Pow(a), Pow(b))
+            | (Dropout(a), Dropout(b)) => self.konst(a, b),
             (Map(a), Map(b)) => a == b,
             (
                 Linear {
@@ -237,6 +241,10 @@ impl Matcher<'_> {
             (Param(a), Param(b)) | (LayerNorm(a), LayerNorm(b)) => self.axes(a, b),
             (PosEnc { pos: a, feature: b }, PosEnc { pos: c, feature: d }) => {
                 self.axis(*a, *c) && self.axis(*b, *d)
+            }
+            (Iota(a), Iota(b)) => self.axis(*a, *b),
+            (Fill { axes: a, value: x }, Fill { axes: b, value: y }) => {
+                self.axes(a, b) && self.konst(x, y)
             }
             (Embed { vocab: a, to: b }, Embed { vocab: c, to: d }) => {
                 self.axis(*a, *c) && self.axes(b, d)

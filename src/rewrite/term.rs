@@ -749,8 +749,15 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
         Op::Div => format!("{} / {}", args[0], args[1]),
         Op::Scale(c) => format!("{} * {}", args[0], const_operand(c, axes)),
         Op::Shift(c) => format!("{} + {}", args[0], const_operand(c, axes)),
+        Op::Pow(c) => format!("pow({}, {})", args[0], const_text(c, axes)),
+        Op::Max => format!("max({}, {})", args[0], args[1]),
+        Op::Min => format!("min({}, {})", args[0], args[1]),
         Op::Dropout(c) => call(format!("dropout[{}]", const_text(c, axes))),
         Op::PosEnc { pos, feature } => format!("posenc[{}, {}]()", n(pos), n(feature)),
+        Op::Iota(a) => format!("iota[{}]()", n(a)),
+        Op::Fill { axes: ids, value } => {
+            format!("fill[{}]({})", list(ids, axes), const_text(value, axes))
+        }
         Op::Linear { from, to, bias } => {
             let mut base = vec![format!("{} -> {}", list(from, axes), list(to, axes))];
             if !bias {
@@ -882,7 +889,10 @@ fn map_const(
         Const::Size(a) => Const::Size(f(*a)),
         Const::Num(_) => c.clone(),
         Const::Neg(x) => Const::Neg(Box::new(map_const(x, f, consts))),
-        Const::Sqrt(x) => Const::Sqrt(Box::new(map_const(x, f, consts))),
+        Const::Fn(func, args) => Const::Fn(
+            *func,
+            args.iter().map(|x| map_const(x, f, consts)).collect(),
+        ),
         Const::Bin(o, x, y) => Const::Bin(
             *o,
             Box::new(map_const(x, f, consts)),
@@ -935,8 +945,14 @@ pub fn map_op(
             pos: f(*pos),
             feature: f(*feature),
         },
+        Iota(a) => Iota(f(*a)),
+        Fill { axes, value } => Fill {
+            axes: v(axes, f),
+            value: map_const(value, f, consts),
+        },
         Scale(c) => Scale(map_const(c, f, consts)),
         Shift(c) => Shift(map_const(c, f, consts)),
+        Pow(c) => Pow(map_const(c, f, consts)),
         Dropout(c) => Dropout(map_const(c, f, consts)),
         Linear { from, to, bias } => {
             let from = v(from, f);

@@ -25,6 +25,14 @@ macro_rules! elementwise {
                 Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
                 Func::Recip => 1.0 / x,
                 Func::Abs => x.abs(),
+                Func::StopGrad => x,
+                Func::Step => {
+                    if x >= 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
             }
         }
 
@@ -70,7 +78,21 @@ macro_rules! elementwise {
                         0.0
                     }
                 }
+                // No gradient flows through `stop_grad` (autodiff adds no backward box; this
+                // is its derivative should one be asked for).
+                Func::StopGrad | Func::Step => 0.0,
             }
+        }
+
+        /// The larger of `a` and `b`: `a` on ties, NaN if either is NaN (`max(x, -inf)` is
+        /// `x`). The JIT and the generated CUDA compute exactly this selection.
+        pub fn max2(a: $t, b: $t) -> $t {
+            if a >= b || a.is_nan() { a } else { b }
+        }
+
+        /// The smaller of `a` and `b` (as [`max2`]).
+        pub fn min2(a: $t, b: $t) -> $t {
+            if a <= b || a.is_nan() { a } else { b }
         }
     };
 }

@@ -223,10 +223,29 @@ fn eval(
             };
             vec![Tensor { axes: a.axes, data }.aligned(&out(0))]
         }
+        Op::Max | Op::Min => {
+            let b = ins.pop().expect("two inputs");
+            let a = ins.pop().expect("two inputs");
+            let b = b.aligned(&a.axes);
+            let f = if matches!(op, Op::Max) {
+                super::func::double::max2
+            } else {
+                super::func::double::min2
+            };
+            let data = Zip::from(&a.data)
+                .and(&b.data)
+                .map_collect(|x, y| f(*x, *y));
+            vec![Tensor { axes: a.axes, data }.aligned(&out(0))]
+        }
         Op::Scale(c) => {
             let k = num(c)?;
             let t = one(ins);
             vec![t.map(|x| x * k).aligned(&out(0))]
+        }
+        Op::Pow(c) => {
+            let k = num(c)?;
+            let t = one(ins);
+            vec![t.map(|x| x.powf(k)).aligned(&out(0))]
         }
         Op::Shift(c) => {
             let k = num(c)?;
@@ -310,6 +329,29 @@ fn eval(
                 };
             }
             vec![Tensor { axes: t.axes, data }]
+        }
+        Op::Iota(a) => {
+            let n = sizes[a.0 as usize];
+            let data = ArrayD::from_shape_fn(IxDyn(&[n]), |i| i[0] as f64);
+            vec![
+                Tensor {
+                    axes: vec![*a],
+                    data,
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Fill { axes, value } => {
+            let v = num(value)?;
+            let shape: Vec<usize> = axes.iter().map(|a| sizes[a.0 as usize]).collect();
+            let data = ArrayD::from_elem(IxDyn(&shape), v);
+            vec![
+                Tensor {
+                    axes: axes.clone(),
+                    data,
+                }
+                .aligned(&out(0)),
+            ]
         }
         Op::PosEnc { pos, feature } => {
             let (n, dm) = (sizes[pos.0 as usize], sizes[feature.0 as usize]);

@@ -320,7 +320,8 @@ macro_rules! shims {
 shims!(
     relu relu_back Relu, gelu gelu_back Gelu, tanh tanh_back Tanh, exp exp_back Exp,
     log log_back Log, sqrt sqrt_back Sqrt, elu1 elu1_back Elu1, sigmoid sigmoid_back Sigmoid,
-    recip recip_back Recip, abs abs_back Abs
+    recip recip_back Recip, abs abs_back Abs, stop_grad stop_grad_back StopGrad,
+    step step_back Step
 );
 
 /// Emits the row function of `prog` for inner strides `strides` (inputs, outputs, index).
@@ -468,6 +469,19 @@ fn values(
             Inst::Sub(x, y) => b.ins().fsub(v[x], v[y]),
             Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
             Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
+            Inst::Max(x, y) | Inst::Min(x, y) => {
+                // `max2`/`min2`: the left where it wins or ties or is NaN, else the right.
+                let cc = if matches!(inst, Inst::Max(..)) {
+                    FloatCC::GreaterThanOrEqual
+                } else {
+                    FloatCC::LessThanOrEqual
+                };
+                let wins = b.ins().fcmp(cc, v[x], v[y]);
+                let nan = b.ins().fcmp(FloatCC::Unordered, v[x], v[x]);
+                let c = b.ins().bor(wins, nan);
+                let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
+                b.ins().bitselect(c, v[x], v[y])
+            }
             Inst::Map(Func::Sqrt, x) => b.ins().sqrt(v[x]),
             Inst::Map(Func::Recip, x) => {
                 let one = fconst(b, 1.0);
@@ -583,6 +597,17 @@ fn scalar_values(
             Inst::Sub(x, y) => b.ins().fsub(v[x], v[y]),
             Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
             Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
+            Inst::Max(x, y) | Inst::Min(x, y) => {
+                let cc = if matches!(inst, Inst::Max(..)) {
+                    FloatCC::GreaterThanOrEqual
+                } else {
+                    FloatCC::LessThanOrEqual
+                };
+                let wins = b.ins().fcmp(cc, v[x], v[y]);
+                let nan = b.ins().fcmp(FloatCC::Unordered, v[x], v[x]);
+                let c = b.ins().bor(wins, nan);
+                b.ins().select(c, v[x], v[y])
+            }
             Inst::Map(Func::Sqrt, x) => b.ins().sqrt(v[x]),
             Inst::Map(Func::Recip, x) => {
                 let one = b.ins().f32const(1.0);

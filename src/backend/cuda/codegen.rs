@@ -150,6 +150,12 @@ __device__ __forceinline__ float dg_recip(float x) {{ return 1.0f / x; }}
 __device__ __forceinline__ float dg_relu_d(float x) {{ return x > 0.0f ? 1.0f : 0.0f; }}
 __device__ __forceinline__ float dg_abs(float x) {{ return fabsf(x); }}
 __device__ __forceinline__ float dg_abs_d(float x) {{ return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }}
+__device__ __forceinline__ float dg_stop_grad(float x) {{ return x; }}
+__device__ __forceinline__ float dg_stop_grad_d(float x) {{ return 0.0f; }}
+__device__ __forceinline__ float dg_step(float x) {{ return x >= 0.0f ? 1.0f : 0.0f; }}
+__device__ __forceinline__ float dg_step_d(float x) {{ return 0.0f; }}
+__device__ __forceinline__ float dg_max2(float a, float b) {{ return (a >= b || a != a) ? a : b; }}
+__device__ __forceinline__ float dg_min2(float a, float b) {{ return (a <= b || a != a) ? a : b; }}
 __device__ __forceinline__ float dg_gelu_d(float x) {{
     float cdf = 0.5f * (1.0f + erff(x / {sqrt2}));
     float pdf = expf(-0.5f * x * x) / {sqrt2pi};
@@ -537,6 +543,7 @@ impl Gen {
                     Kernel::Copy(_) => x.to_string(),
                     Kernel::Unary(Unary::Scale(c), _) => format!("{x} * {}", lit(*c)),
                     Kernel::Unary(Unary::Shift(c), _) => format!("{x} + {}", lit(*c)),
+                    Kernel::Unary(Unary::Pow(c), _) => format!("powf({x}, {})", lit(*c)),
                     Kernel::Unary(Unary::Map(f), _) => func(*f, x, false),
                     Kernel::Dropout { p, key, .. } => {
                         if *p == 0.0 {
@@ -573,6 +580,8 @@ impl Gen {
                     Binary::Sub => format!("{a} - {b}"),
                     Binary::Mul => format!("{a} * {b}"),
                     Binary::Div => format!("{a} / {b}"),
+                    Binary::Max => format!("dg_max2({a}, {b})"),
+                    Binary::Min => format!("dg_min2({a}, {b})"),
                     Binary::MapBack(Func::Relu) => format!("{a} > 0.0f ? {b} : 0.0f"),
                     Binary::MapBack(f) => format!("{b} * {}", func(*f, a, true)),
                 };
@@ -615,6 +624,8 @@ impl Gen {
                         Inst::Sub(a, b) => format!("v{a} - v{b}"),
                         Inst::Mul(a, b) => format!("v{a} * v{b}"),
                         Inst::Div(a, b) => format!("v{a} / v{b}"),
+                        Inst::Max(a, b) => format!("dg_max2(v{a}, v{b})"),
+                        Inst::Min(a, b) => format!("dg_min2(v{a}, v{b})"),
                         Inst::MapBack(Func::Relu, x, g) => format!("v{x} > 0.0f ? v{g} : 0.0f"),
                         Inst::MapBack(fu, x, g) => {
                             format!("v{g} * {}", func(fu, &format!("v{x}"), true))

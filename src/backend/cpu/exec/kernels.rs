@@ -301,7 +301,7 @@ pub fn fast_exp(x: f32) -> f32 {
     }
 }
 
-pub use crate::backend::cpu::func::single::{apply, derivative};
+pub use crate::backend::cpu::func::single::{apply, derivative, max2, min2};
 
 /// `out = f(x)` over a nest with operands `[out, x]`.
 ///
@@ -566,6 +566,7 @@ impl Kernel {
                 Kernel::Unary(u, nest) => match *u {
                     Unary::Scale(k) => par_map1(nest, p[0], p[1], |x| x * k),
                     Unary::Shift(k) => par_map1(nest, p[0], p[1], |x| x + k),
+                    Unary::Pow(k) => par_map1(nest, p[0], p[1], |x| x.powf(k)),
                     Unary::Map(f) => match f {
                         // The cheap functions get their own loops so that they vectorise.
                         Func::Relu => par_map1(nest, p[0], p[1], |x| x.max(0.0)),
@@ -579,6 +580,8 @@ impl Kernel {
                     Binary::Sub => par_map2(nest, p[0], p[1], p[2], |a, b| a - b),
                     Binary::Mul => par_map2(nest, p[0], p[1], p[2], |a, b| a * b),
                     Binary::Div => par_map2(nest, p[0], p[1], p[2], |a, b| a / b),
+                    Binary::Max => par_map2(nest, p[0], p[1], p[2], max2),
+                    Binary::Min => par_map2(nest, p[0], p[1], p[2], min2),
                     Binary::MapBack(Func::Relu) => {
                         par_map2(nest, p[0], p[1], p[2], |x, g| if x > 0.0 { g } else { 0.0 })
                     }
