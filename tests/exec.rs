@@ -240,11 +240,11 @@ fn weighted_heads(
 ) -> Vec<Vec<f64>> {
     let mut heads = vec![vec![0.0; h * dk]; t];
     for hh in 0..h {
-        for i in 0..t {
+        for (i, row) in heads.iter_mut().enumerate() {
             let w = weights(hh, i);
             assert_eq!(w.len(), i + 1);
             for d in 0..dk {
-                heads[i][hh * dk + d] = (0..=i).map(|j| w[j] * v[j][hh * dk + d]).sum();
+                row[hh * dk + d] = (0..=i).map(|j| w[j] * v[j][hh * dk + d]).sum();
             }
         }
     }

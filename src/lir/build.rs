@@ -633,7 +633,7 @@ impl Builder<'_> {
             }
             Op::Fill { axes, value } => {
                 arity(0)?;
-                let x = num(value)? as f32;
+                let x = num(value)?;
                 let mut want = axes.clone();
                 want.sort();
                 let mut have = oa(0);
