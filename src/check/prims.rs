@@ -321,18 +321,15 @@ impl Body<'_, '_> {
     ) -> bool {
         let (ta, tb) = (self.wire_ty(a).clone(), self.wire_ty(b).clone());
         if ta != tb {
-            let only_a: Vec<&str> = ta
-                .axes
-                .iter()
-                .filter(|x| !tb.has(**x))
-                .map(|x| self.cx.axes.name(*x))
-                .collect();
-            let only_b: Vec<&str> = tb
-                .axes
-                .iter()
-                .filter(|x| !ta.has(**x))
-                .map(|x| self.cx.axes.name(*x))
-                .collect();
+            // The names of the axes of `one` that `other` lacks.
+            let only = |one: &WireType, other: &WireType| -> Vec<&str> {
+                one.axes
+                    .iter()
+                    .filter(|x| !other.has(**x))
+                    .map(|x| self.cx.axes.name(*x))
+                    .collect()
+            };
+            let (only_a, only_b) = (only(&ta, &tb), only(&tb, &ta));
             let help = match (only_a.is_empty(), only_b.is_empty()) {
                 (true, false) => format!(
                     "broadcast the left side explicitly: `broadcast[{}](...)`",

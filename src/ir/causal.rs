@@ -446,25 +446,25 @@ impl Analysis<'_> {
             return vec![t.clone(); n_out];
         }
         let name = |a: &AxisId| self.program.axes.name(*a).to_string();
-        let product = |zero_from_either: bool| -> Facts {
+        // A binary elementwise box: dependencies from both sides; of the masks either side
+        // has, those that `keep(mask, on_left, on_right)` says survive the operation.
+        let binary = |keep: &dyn Fn(MaskKind, bool, bool) -> bool| -> Facts {
             let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
-            let deps = x.deps.union(&y.deps).copied().collect();
-            let masks = if zero_from_either {
-                x.masks
-                    .union(&y.masks)
-                    .copied()
-                    .filter(|(m, _, _)| *m == MaskKind::Zero)
-                    .collect()
-            } else {
-                BTreeSet::new()
-            };
+            let masks = x
+                .masks
+                .union(&y.masks)
+                .copied()
+                .filter(|m| keep(m.0, x.masks.contains(m), y.masks.contains(m)))
+                .collect();
             Facts {
-                deps,
+                deps: x.deps.union(&y.deps).copied().collect(),
                 masks,
                 taint: None,
             }
             .normalise()
         };
+        // Zero times anything is zero.
+        let product = || binary(&|m, _, _| m == MaskKind::Zero);
         match &b.op {
             Op::Copy(n) => vec![first(); *n],
             Op::Discard => vec![],
@@ -513,85 +513,31 @@ impl Analysis<'_> {
                 }
                 one(f)
             }
-            Op::Add => {
-                let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
-                let masks = x
-                    .masks
-                    .iter()
-                    .chain(&y.masks)
-                    .copied()
-                    .filter(|m| {
-                        m.0 == MaskKind::NegInf || (x.masks.contains(m) && y.masks.contains(m))
-                    })
-                    .collect();
-                one(Facts {
-                    deps: x.deps.union(&y.deps).copied().collect(),
-                    masks,
-                    taint: None,
+            // -inf plus anything finite is -inf; a zero survives only where both are zero.
+            Op::Add => one(binary(&|m, l, r| m == MaskKind::NegInf || (l && r))),
+            // -inf minus a finite value is -inf; zero minus zero is zero.
+            Op::Sub => one(binary(&|m, l, r| {
+                l && match m {
+                    MaskKind::NegInf => !r,
+                    MaskKind::Zero => r,
                 }
-                .normalise())
-            }
-            Op::Sub => {
-                let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
-                let masks = x
-                    .masks
-                    .iter()
-                    .copied()
-                    .filter(|m| {
-                        (m.0 == MaskKind::NegInf && !y.masks.contains(m))
-                            || (m.0 == MaskKind::Zero && y.masks.contains(m))
-                    })
-                    .collect();
-                one(Facts {
-                    deps: x.deps.union(&y.deps).copied().collect(),
-                    masks,
-                    taint: None,
-                }
-                .normalise())
-            }
+            })),
             Op::Max | Op::Min => {
                 // max(x, y) is masked where both are (with the same value); min(x, y) is
                 // also minus infinity wherever either side is.
-                let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
                 let min = matches!(b.op, Op::Min);
-                let masks = x
-                    .masks
-                    .iter()
-                    .chain(&y.masks)
-                    .copied()
-                    .filter(|m| {
-                        (min && m.0 == MaskKind::NegInf)
-                            || (x.masks.contains(m) && y.masks.contains(m))
-                    })
-                    .collect();
-                one(Facts {
-                    deps: x.deps.union(&y.deps).copied().collect(),
-                    masks,
-                    taint: None,
-                }
-                .normalise())
+                one(binary(&|m, l, r| {
+                    (min && m == MaskKind::NegInf) || (l && r)
+                }))
             }
             Op::Pow(c) => {
                 // 0^c = 0 for c > 0.
                 let positive = const_value(c).is_some_and(|v| v > 0.0);
                 one(first().keep_masks(|m, _, _| (positive && m == MaskKind::Zero).then_some(m)))
             }
-            Op::Mul | Op::Outer => one(product(true)),
-            Op::Div => {
-                // Zero over anything is zero; the denominator's masks do not carry over.
-                let (x, y) = (first(), ins.get(1).cloned().unwrap_or_default());
-                one(Facts {
-                    deps: x.deps.union(&y.deps).copied().collect(),
-                    masks: x
-                        .masks
-                        .iter()
-                        .copied()
-                        .filter(|m| m.0 == MaskKind::Zero)
-                        .collect(),
-                    taint: None,
-                }
-                .normalise())
-            }
+            Op::Mul | Op::Outer => one(product()),
+            // Zero over anything is zero; the denominator's masks do not carry over.
+            Op::Div => one(binary(&|m, l, _| l && m == MaskKind::Zero)),
             Op::Scale(c) => {
                 let positive = const_value(c).is_some_and(|v| v > 0.0);
                 one(first().keep_masks(|m, _, _| match m {
@@ -601,7 +547,7 @@ impl Analysis<'_> {
             }
             Op::Shift(_) => one(first().keep_masks(|m, _, _| (m == MaskKind::NegInf).then_some(m))),
             Op::Dot(a) => {
-                let p = product(true);
+                let p = product();
                 let f = self.reduce(d, bi, p, &[*a], &format!("dot[{}]", name(a)), ins);
                 one(f.keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }

@@ -470,15 +470,7 @@ fn values(
             Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
             Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
             Inst::Max(x, y) | Inst::Min(x, y) => {
-                // `max2`/`min2`: the left where it wins or ties or is NaN, else the right.
-                let cc = if matches!(inst, Inst::Max(..)) {
-                    FloatCC::GreaterThanOrEqual
-                } else {
-                    FloatCC::LessThanOrEqual
-                };
-                let wins = b.ins().fcmp(cc, v[x], v[y]);
-                let nan = b.ins().fcmp(FloatCC::Unordered, v[x], v[x]);
-                let c = b.ins().bor(wins, nan);
+                let c = left_wins(b, matches!(inst, Inst::Max(..)), v[x], v[y]);
                 let c = b.ins().bitcast(ty, MemFlagsData::new(), c);
                 b.ins().bitselect(c, v[x], v[y])
             }
@@ -528,6 +520,19 @@ fn values(
         v.push(r);
     }
     v
+}
+
+/// Where `max2` (`is_max`) or `min2` takes its left operand: where the left wins or ties or is
+/// NaN (so a NaN on either side propagates). Scalar or lane-wise, as `x` and `y` are.
+fn left_wins(b: &mut FunctionBuilder, is_max: bool, x: Value, y: Value) -> Value {
+    let cc = if is_max {
+        FloatCC::GreaterThanOrEqual
+    } else {
+        FloatCC::LessThanOrEqual
+    };
+    let wins = b.ins().fcmp(cc, x, y);
+    let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+    b.ins().bor(wins, nan)
 }
 
 /// `func::single::tanh` on vector lanes: the same operations in the same order (the clamp as
@@ -598,14 +603,7 @@ fn scalar_values(
             Inst::Mul(x, y) => b.ins().fmul(v[x], v[y]),
             Inst::Div(x, y) => b.ins().fdiv(v[x], v[y]),
             Inst::Max(x, y) | Inst::Min(x, y) => {
-                let cc = if matches!(inst, Inst::Max(..)) {
-                    FloatCC::GreaterThanOrEqual
-                } else {
-                    FloatCC::LessThanOrEqual
-                };
-                let wins = b.ins().fcmp(cc, v[x], v[y]);
-                let nan = b.ins().fcmp(FloatCC::Unordered, v[x], v[x]);
-                let c = b.ins().bor(wins, nan);
+                let c = left_wins(b, matches!(inst, Inst::Max(..)), v[x], v[y]);
                 b.ins().select(c, v[x], v[y])
             }
             Inst::Map(Func::Sqrt, x) => b.ins().sqrt(v[x]),
