@@ -281,11 +281,12 @@ fn backward(
             ty(0),
             span,
         ))],
-        Op::Causal { query, key } | Op::CausalZero { query, key } => {
+        Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
             vec![Some(g.add1(
                 Op::CausalZero {
                     query: *query,
                     key: *key,
+                    band: band.clone(),
                 },
                 vec![gy],
                 ty(0),

@@ -124,12 +124,26 @@ fn mechanism_matches_naive(
     seed: u64,
     heads: impl Fn(&[Vec<f64>], &[Vec<f64>], &[Vec<f64>], usize, usize) -> Vec<Vec<f64>>,
 ) {
+    mechanism_matches_naive_with(mech, seed, &[], heads)
+}
+
+/// [`mechanism_matches_naive`] with these integer hyperparameters bound.
+fn mechanism_matches_naive_with(
+    mech: &str,
+    seed: u64,
+    hypers: &[(&str, i64)],
+    heads: impl Fn(&[Vec<f64>], &[Vec<f64>], &[Vec<f64>], usize, usize) -> Vec<Vec<f64>>,
+) {
     let (t, dm, h) = (5usize, 8usize, 2usize);
+    let hypers: Vec<(&str, HyperValue)> = hypers
+        .iter()
+        .map(|(k, v)| (*k, HyperValue::Num(*v as f64)))
+        .collect();
     let inst = instance_of(
         &format!("stdlib/attention/{mech}.diag"),
         &[],
         mech,
-        &bindings(MECH_SIZES, &[]),
+        &bindings(MECH_SIZES, &hypers),
     );
     let ins = harness::random_inputs(&inst, seed);
     let out = interp::run(
@@ -686,4 +700,95 @@ fn max_min_clamp_pow_step_and_stop_grad_match_a_naive_computation() {
     assert!(v.iter().all(|v| v.is_nan()), "{v:?}");
     let (v, _) = forward_and_gradient(&both("min"), &[vec![f64::NAN, 1.0], vec![1.0, f64::NAN]]);
     assert!(v.iter().all(|v| v.is_nan()), "{v:?}");
+}
+
+#[test]
+fn strict_and_banded_masks_match_a_naive_computation() {
+    // Query i sees key j when j + lag <= i and, with a window w, i - j < w: the rule written
+    // here, against the interpreter's masks forward and (through autodiff) backward.
+    let n = 6usize;
+    let sees = |i: usize, j: usize, lag: usize, w: Option<usize>| {
+        j + lag <= i && w.is_none_or(|w| i - j < w)
+    };
+    let mut rng = Rng::new(11);
+    let xs: Vec<f64> = (0..n * n).map(|_| rng.uniform() * 4.0 - 2.0).collect();
+    for (opts, lag, w) in [
+        ("", 0, None),
+        (", strict = true", 1, None),
+        (", window = 3", 0, Some(3)),
+        (", strict = true, window = 2", 1, Some(2)),
+        (", window = 1", 0, Some(1)),
+    ] {
+        for zero in [true, false] {
+            // `exp(causal(x))` is exp(x) where seen and exactly 0 where masked.
+            let body = if zero {
+                format!("causal_zero[a, a2{opts}](x)")
+            } else {
+                format!("exp(causal[a, a2{opts}](x))")
+            };
+            let src =
+                format!("axis a\naxis a2 = a\ndiagram f(x: [a, a2]) -> [a, a2] {{ {body} }}\n");
+            let o = session::check_text("<test>", &src);
+            assert!(
+                o.checked.is_ok(),
+                "{body}: {:?}",
+                o.checked.diagnostics.first()
+            );
+            let inst =
+                instantiate(&o.checked.program, "f", &bindings(&[("a", n as u64)], &[])).unwrap();
+            let axes = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+            let x = Tensor::from_vec(axes.clone(), &[n, n], xs.clone());
+            let run = |d, ins| interp::run(d, &inst.axes, &inst.sizes, ins, RunOptions::default());
+            let y = run(&inst.diagram, vec![x.clone()]).unwrap();
+            let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+            let seed = Tensor::from_vec(axes, &[n, n], vec![1.0; n * n]);
+            let g = run(&grad.diagram, vec![x.clone(), seed]).unwrap();
+            let dx = g.last().unwrap();
+            let mut masked = 0;
+            for i in 0..n {
+                for j in 0..n {
+                    let v = at(&inst, &x, &[("a", i), ("a2", j)]);
+                    let seen = sees(i, j, lag, w);
+                    masked += usize::from(!seen);
+                    let (want, dwant) = match (seen, zero) {
+                        (false, _) => (0.0, 0.0),
+                        (true, true) => (v, 1.0),
+                        (true, false) => (v.exp(), v.exp()),
+                    };
+                    let got = at(&inst, &y[0], &[("a", i), ("a2", j)]);
+                    let dgot = at(&inst, dx, &[("a", i), ("a2", j)]);
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "{body} ({i}, {j}): {got} vs {want}"
+                    );
+                    assert!(
+                        (dgot - dwant).abs() < 1e-12,
+                        "d {body} ({i}, {j}): {dgot} vs {dwant}"
+                    );
+                }
+            }
+            // The plain mask hides the 15 entries above the diagonal; the others hide more.
+            assert!(masked >= n * (n - 1) / 2, "{body}: {masked} masked");
+        }
+    }
+}
+
+#[test]
+fn sliding_window_attention_matches_a_naive_computation() {
+    // The stdlib's default window (16) exceeds the test's 5 tokens: bind it to 2.
+    mechanism_matches_naive_with("sliding_window", 10, &[("window", 2)], |q, k, v, h, dk| {
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let seen = |j: usize| i - j < 2;
+            let s: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j)).collect();
+            let top = (0..=i)
+                .filter(|j| seen(*j))
+                .map(|j| s[j])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = (0..=i)
+                .map(|j| if seen(j) { (s[j] - top).exp() } else { 0.0 })
+                .collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        })
+    });
 }

@@ -40,8 +40,14 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("softmax", "softmax[AXIS](x)"),
     ("normalise", "normalise[AXIS](x)"),
     ("cumsum", "cumsum[AXIS](x)"),
-    ("causal", "causal[QUERY, KEY](x)"),
-    ("causal_zero", "causal_zero[QUERY, KEY](x)"),
+    (
+        "causal",
+        "causal[QUERY, KEY, strict = false, window = W](x)",
+    ),
+    (
+        "causal_zero",
+        "causal_zero[QUERY, KEY, strict = false, window = W](x)",
+    ),
     ("rename", "rename[FROM -> TO](x)"),
     ("split", "split[AXIS -> AXIS, AXIS, ...](x)"),
     ("merge", "merge[AXIS, AXIS, ... -> AXIS](x)"),
@@ -1333,10 +1339,27 @@ impl Body<'_, '_> {
                 }
             }
             "causal" | "causal_zero" => {
-                let idx = self.idx(name, index, ix_span, Exactly(2), None, &[])?;
+                let idx = self.idx(
+                    name,
+                    index,
+                    ix_span,
+                    Exactly(2),
+                    None,
+                    &["strict", "window"],
+                )?;
                 let q = self.axis_value(&idx.lhs[0]);
                 let k = self.axis_value(&idx.lhs[1]);
-                let (q, k) = (q?, k?);
+                let strict = self.bool_option(&idx, "strict", false);
+                let window = match Self::option(&idx, "window") {
+                    None => Some(None),
+                    Some(v) => {
+                        let c = self.const_value(v);
+                        c.filter(|c| self.whole_number(c, v.span(), "a mask's window"))
+                            .map(Some)
+                    }
+                };
+                let (q, k, strict, window) = (q?, k?, strict?, window?);
+                let band = Band { strict, window };
                 let (v, vs) = vals.into_iter().next()?;
                 let w = self.float_arg(v, vs)?;
                 let okq = self.need_axis(w, vs, q, idx.lhs[0].span());
@@ -1357,9 +1380,17 @@ impl Body<'_, '_> {
                 }
                 let ty = self.wire_ty(w).clone();
                 let op = if name == "causal" {
-                    Op::Causal { query: q, key: k }
+                    Op::Causal {
+                        query: q,
+                        key: k,
+                        band,
+                    }
                 } else {
-                    Op::CausalZero { query: q, key: k }
+                    Op::CausalZero {
+                        query: q,
+                        key: k,
+                        band,
+                    }
                 };
                 self.box1(op, vec![w], ty, vec![], span)
             }

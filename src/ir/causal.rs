@@ -576,12 +576,13 @@ impl Analysis<'_> {
                 one(f.keep_masks(|m, _, k| (m == MaskKind::Zero && k == *a).then_some(m)))
             }
             Op::Map(func) => one(first().keep_masks(|m, _, _| map_mask(*func, m))),
-            Op::Causal { query, key } => {
+            // A strict or banded mask hides more than the plain one: the plain mask's fact holds.
+            Op::Causal { query, key, .. } => {
                 let mut f = first();
                 f.masks.insert((MaskKind::NegInf, *query, *key));
                 one(f.normalise())
             }
-            Op::CausalZero { query, key } => {
+            Op::CausalZero { query, key, .. } => {
                 let mut f = first();
                 f.masks.insert((MaskKind::Zero, *query, *key));
                 one(f.normalise())

@@ -141,9 +141,18 @@ fn chain_at(inst: &Instance, first: BoxId) -> Option<Chain> {
         gone.push(b);
         b = next(b)?;
     }
-    let Op::Causal { query, key } = node(b).op else {
+    // The fused kernels mask with the plain causal mask only.
+    let Op::Causal {
+        query,
+        key,
+        ref band,
+    } = node(b).op
+    else {
         return None;
     };
+    if !band.is_plain() {
+        return None;
+    }
     gone.push(b);
     b = next(b)?;
     if node(b).op != Op::Softmax(key) {

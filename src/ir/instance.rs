@@ -662,6 +662,37 @@ impl Builder<'_> {
                 out_types,
                 b.span,
             ),
+            Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
+                let band = Band {
+                    strict: band.strict,
+                    window: match &band.window {
+                        None => None,
+                        Some(w) => {
+                            let n = self.eval(w, env)?;
+                            if !(n >= 1.0 && n.fract() == 0.0) {
+                                return Err(Error::instance(format!(
+                                    "a mask's window is {n}, not a positive whole number"
+                                )));
+                            }
+                            Some(Const::Num(n))
+                        }
+                    },
+                };
+                let op = if matches!(b.op, Op::Causal { .. }) {
+                    Op::Causal {
+                        query: *query,
+                        key: *key,
+                        band,
+                    }
+                } else {
+                    Op::CausalZero {
+                        query: *query,
+                        key: *key,
+                        band,
+                    }
+                };
+                self.add(op, ins, out_types, b.span)
+            }
             Op::Dropout(c) => {
                 let p = self.eval(c, env)?;
                 if !(0.0..1.0).contains(&p) {

@@ -383,6 +383,58 @@ pub enum HyperArg {
     Diagram(Callee),
 }
 
+/// The key positions `j` that a masked query position `i` sees: `j <= i` (`j < i` when
+/// `strict`) and, with a `window` of `w`, `i - j < w` as well (a band: sliding-window attention).
+/// The default is the plain causal mask.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Band {
+    pub strict: bool,
+    pub window: Option<Const>,
+}
+
+impl Band {
+    /// The plain causal mask (`j <= i`), which the attention fusions and the prefix-sum
+    /// reassociation assume.
+    pub fn is_plain(&self) -> bool {
+        !self.strict && self.window.is_none()
+    }
+
+    /// The mask with its window as a number (after instantiation); `None` if the window is not
+    /// a positive whole number.
+    pub fn resolved(&self) -> Option<Visible> {
+        let window = match &self.window {
+            None => None,
+            Some(Const::Num(w)) if w.fract() == 0.0 && *w >= 1.0 && *w <= usize::MAX as f64 => {
+                Some(*w as usize)
+            }
+            Some(_) => return None,
+        };
+        Some(Visible {
+            lag: usize::from(self.strict),
+            window,
+        })
+    }
+}
+
+/// A [`Band`] with numbers: query `i` sees key `j` when `lag <= i - j` and, with a window,
+/// `i - j < window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visible {
+    pub lag: usize,
+    pub window: Option<usize>,
+}
+
+impl Visible {
+    pub const PLAIN: Visible = Visible {
+        lag: 0,
+        window: None,
+    };
+
+    pub fn sees(&self, i: usize, j: usize) -> bool {
+        i >= j + self.lag && self.window.is_none_or(|w| i - j < w)
+    }
+}
+
 /// What a box does. Grouped as the issue and the paper group them; see [`Op::kind`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -439,16 +491,19 @@ pub enum Op {
     Softmax(AxisId),
     Normalise(AxisId),
     Map(Func),
-    /// Masks scores where the second axis' position exceeds the first's (to -inf).
+    /// Masks scores (to -inf) where the key position along the second axis is not visible from
+    /// the query position along the first: after it, or outside the [`Band`].
     Causal {
         query: AxisId,
         key: AxisId,
+        band: Band,
     },
-    /// Zeroes entries where the second axis' position exceeds the first's: the causal mask of
-    /// softmax-free attention (and the gradient of [`Op::Causal`]).
+    /// Zeroes the same entries: the causal mask of softmax-free attention (and the gradient of
+    /// [`Op::Causal`]).
     CausalZero {
         query: AxisId,
         key: AxisId,
+        band: Band,
     },
     Cumsum(AxisId),
     Dropout(Const),

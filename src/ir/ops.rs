@@ -99,13 +99,13 @@ pub fn spec(op: &Op) -> OpSpec {
         Softmax(a) => ("softmax".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Normalise(a) => ("normalise".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Map(f) => (f.name().into(), Primitive, both(N(1), N(1)), vec![]),
-        Causal { query, key } => (
+        Causal { query, key, .. } => (
             "causal".into(),
             Primitive,
             both(N(1), N(1)),
             vec![*query, *key],
         ),
-        CausalZero { query, key } => (
+        CausalZero { query, key, .. } => (
             "causal_zero".into(),
             Primitive,
             both(N(1), N(1)),

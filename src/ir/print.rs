@@ -232,8 +232,11 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         Op::Softmax(a) => format!("softmax[{}]", n(a)),
         Op::Normalise(a) => format!("normalise[{}]", n(a)),
         Op::Map(f) => f.name().into(),
-        Op::Causal { query, key } => format!("causal[{}, {}]", n(query), n(key)),
-        Op::CausalZero { query, key } => format!("causal_zero[{}, {}]", n(query), n(key)),
+        Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
+            mask_text(op, *query, *key, band, axes, &|c| {
+                c.display(axes).to_string()
+            })
+        }
         Op::Cumsum(a) => format!("cumsum[{}]", n(a)),
         Op::Dropout(c) => format!("dropout[{}]", c.display(axes)),
         Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
@@ -319,4 +322,28 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
             a.eps
         ),
     }
+}
+
+/// `causal[Q, K]` or `causal_zero[Q, K]` with its band's options, the window written by `konst`.
+pub fn mask_text(
+    op: &Op,
+    query: AxisId,
+    key: AxisId,
+    band: &Band,
+    axes: &AxisTable,
+    konst: &dyn Fn(&Const) -> String,
+) -> String {
+    let name = if matches!(op, Op::Causal { .. }) {
+        "causal"
+    } else {
+        "causal_zero"
+    };
+    let mut parts = vec![axes.name(query).to_string(), axes.name(key).to_string()];
+    if band.strict {
+        parts.push("strict = true".into());
+    }
+    if let Some(w) = &band.window {
+        parts.push(format!("window = {}", konst(w)));
+    }
+    format!("{name}[{}]", parts.join(", "))
 }

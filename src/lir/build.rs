@@ -573,8 +573,11 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
-            Op::Causal { query, key } | Op::CausalZero { query, key } => {
+            Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
                 arity(1)?;
+                let band = band
+                    .resolved()
+                    .ok_or_else(|| Error::Plan("a mask's window was not instantiated".into()))?;
                 let value = if matches!(b.op, Op::Causal { .. }) {
                     f32::NEG_INFINITY
                 } else {
@@ -592,6 +595,7 @@ impl Builder<'_> {
                     .collect();
                 let kernel = Kernel::Causal {
                     value,
+                    band,
                     copy: Nest::new(self.dims(&oa(0), [Some(out), Some(x)])),
                     nq: self.size(*query),
                     nk: self.size(*key),

@@ -9,7 +9,7 @@
 
 use super::nest::Nest;
 use crate::error::Error;
-use crate::ir::Func;
+use crate::ir::{Func, Visible};
 
 /// The layernorm epsilon, the same as the reference interpreter's.
 pub const LN_EPS: f32 = 1e-5;
@@ -87,10 +87,11 @@ pub enum Kernel {
     /// `[x, out]`; nest operands `[out, x]`. The output is visited in its row-major order, so
     /// its offset is the element index that the mask hashes, exactly as in the interpreter.
     Dropout { p: f64, key: u64, nest: Nest<2> },
-    /// `[x, out]`: `out = x` (nest `[out, x]`), then `value` wherever the key index exceeds the
-    /// query index. `rest` (operand: out) runs over the other axes.
+    /// `[x, out]`: `out = x` (nest `[out, x]`), then `value` wherever the query index does not
+    /// see the key index (`band`). `rest` (operand: out) runs over the other axes.
     Causal {
         value: f32,
+        band: Visible,
         copy: Nest<2>,
         nq: usize,
         nk: usize,

@@ -205,9 +205,38 @@ impl Matcher<'_> {
             | (Softmax(a), Softmax(b))
             | (Normalise(a), Normalise(b))
             | (Cumsum(a), Cumsum(b)) => self.axis(*a, *b),
-            (Causal { query: a, key: b }, Causal { query: c, key: d })
-            | (CausalZero { query: a, key: b }, CausalZero { query: c, key: d }) => {
-                self.axis(*a, *c) && self.axis(*b, *d)
+            (
+                Causal {
+                    query: a,
+                    key: b,
+                    band: x,
+                },
+                Causal {
+                    query: c,
+                    key: d,
+                    band: y,
+                },
+            )
+            | (
+                CausalZero {
+                    query: a,
+                    key: b,
+                    band: x,
+                },
+                CausalZero {
+                    query: c,
+                    key: d,
+                    band: y,
+                },
+            ) => {
+                self.axis(*a, *c)
+                    && self.axis(*b, *d)
+                    && x.strict == y.strict
+                    && match (&x.window, &y.window) {
+                        (None, None) => true,
+                        (Some(v), Some(w)) => self.konst(v, w),
+                        _ => false,
+                    }
             }
             (Scale(a), Scale(b))
             | (Shift(a), Shift(b))

@@ -10,8 +10,8 @@
 use crate::error::Error;
 use crate::ir::size::Size;
 use crate::ir::{
-    AxisId, AxisTable, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec, Program,
-    RegionKind, WireId, WireType, lower, print,
+    AxisId, AxisTable, Band, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec,
+    Program, RegionKind, WireId, WireType, lower, print,
 };
 use print::list;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -806,7 +806,23 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
                 call(format!("{name}[{}]", hs.join(", ")))
             }
         }
+        Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
+            call(print::mask_text(op, *query, *key, band, axes, &|c| {
+                const_text(c, axes)
+            }))
+        }
         other => call(print::op_text(other, axes)),
+    }
+}
+
+fn map_band(
+    band: &Band,
+    f: &mut dyn FnMut(AxisId) -> AxisId,
+    consts: &BTreeMap<String, Const>,
+) -> Band {
+    Band {
+        strict: band.strict,
+        window: band.window.as_ref().map(|w| map_const(w, f, consts)),
     }
 }
 
@@ -933,13 +949,15 @@ pub fn map_op(
         Softmax(a) => Softmax(f(*a)),
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),
-        Causal { query, key } => Causal {
+        Causal { query, key, band } => Causal {
             query: f(*query),
             key: f(*key),
+            band: map_band(band, f, consts),
         },
-        CausalZero { query, key } => CausalZero {
+        CausalZero { query, key, band } => CausalZero {
             query: f(*query),
             key: f(*key),
+            band: map_band(band, f, consts),
         },
         PosEnc { pos, feature } => PosEnc {
             pos: f(*pos),

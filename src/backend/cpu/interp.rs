@@ -8,7 +8,7 @@
 use super::tensor::{Tensor, einsum};
 use crate::error::Error;
 use crate::ir::verify::Flat;
-use crate::ir::{AxisId, Diagram, ExecOp, Op, WireId, WireType};
+use crate::ir::{AxisId, Diagram, ExecOp, Op, Visible, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 /// How a run behaves.
@@ -296,11 +296,16 @@ fn eval(
             let f = *f;
             vec![t.map(|x| apply(f, x)).aligned(&out(0))]
         }
-        Op::Causal { query, key } => {
-            vec![masked(one(ins), *query, *key, f64::NEG_INFINITY).aligned(&out(0))]
-        }
-        Op::CausalZero { query, key } => {
-            vec![masked(one(ins), *query, *key, 0.0).aligned(&out(0))]
+        Op::Causal { query, key, band } | Op::CausalZero { query, key, band } => {
+            let value = if matches!(op, Op::Causal { .. }) {
+                f64::NEG_INFINITY
+            } else {
+                0.0
+            };
+            let band = band
+                .resolved()
+                .ok_or_else(|| Error::Run("a mask's window was not instantiated".into()))?;
+            vec![masked(one(ins), *query, *key, band, value).aligned(&out(0))]
         }
         Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
             let reverse = matches!(op, Op::Exec(_));
@@ -714,14 +719,14 @@ fn attention_scores(
     let mut axes = lanes_query.to_vec();
     axes.push(at.key);
     let s = einsum(q, k, &axes, sizes).map(|x| x * at.scale);
-    masked(s, at.query, at.key, f64::NEG_INFINITY)
+    masked(s, at.query, at.key, Visible::PLAIN, f64::NEG_INFINITY)
 }
 
 /// `t` with `value` wherever the `key` position exceeds the `query` position.
-fn masked(mut t: Tensor, query: AxisId, key: AxisId, value: f64) -> Tensor {
+fn masked(mut t: Tensor, query: AxisId, key: AxisId, band: Visible, value: f64) -> Tensor {
     let (q, k) = (t.pos(query), t.pos(key));
     for (idx, x) in t.data.indexed_iter_mut() {
-        if idx[k] > idx[q] {
+        if !band.sees(idx[q], idx[k]) {
             *x = value;
         }
     }

@@ -657,6 +657,7 @@ impl Gen {
             }
             Kernel::Causal {
                 value,
+                band,
                 copy,
                 nq,
                 nk,
@@ -678,16 +679,22 @@ impl Gen {
                     }));
                 }
                 if !rest.is_empty() && *nq > 0 && *nk > 0 {
-                    // Points (rest, q, k); those with k > q get `value`.
+                    // Points (rest, q, k); those where q does not see k get `value`.
                     let mut dims = dims_of(rest);
                     dims.push((*nq, vec![*sq]));
                     dims.push((*nk, vec![*sk]));
                     let n = points(&dims);
                     open(s, &format!("{name}_mask"), &params(1, &[]), n);
+                    // Seen: k + lag <= q and, with a window w, q - k < w.
+                    let lag = band.lag;
+                    let within = match band.window {
+                        None => String::new(),
+                        Some(w) => format!(" && q - k < {w}ULL"),
+                    };
                     let _ = writeln!(
                         s,
                         "    unsigned long long k = i % {nk}ULL, q = (i / {nk}ULL) % {nq}ULL;\n    \
-                         if (k <= q) return;"
+                         if (k + {lag}ULL <= q{within}) return;"
                     );
                     offsets(s, &dims, 1, "i", "o");
                     let _ = writeln!(s, "    p0[o0] = {};\n}}", lit(*value));

@@ -613,6 +613,7 @@ impl Kernel {
                 }
                 Kernel::Causal {
                     value,
+                    band,
                     copy: c,
                     nq,
                     nk,
@@ -623,7 +624,7 @@ impl Kernel {
                     copy(c, [0, 0], p[0], p[1]);
                     let out = p[1];
                     for q in 0..*nq {
-                        for k in q + 1..*nk {
+                        for k in (0..*nk).filter(|k| !band.sees(q, *k)) {
                             rest.rows([q * sq + k * sk], |o, n, s| {
                                 for i in 0..n {
                                     *out.add(o[0] + i * s[0]) = *value;
