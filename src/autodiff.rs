@@ -236,6 +236,12 @@ fn backward(
             Some(g.add1(Op::Exec(ExecOp::Einsum), vec![gy, x(0)], ty(1), span)),
         ],
         Op::Sum(a) => vec![Some(g.add1(Op::Expand(*a), vec![gy], ty(0), span))],
+        Op::Reduce(r, a) => vec![Some(g.add1(
+            Op::Exec(ExecOp::ReduceBack(*r, *a)),
+            vec![x(0), gy],
+            ty(0),
+            span,
+        ))],
         Op::Softmax(a) => vec![Some(g.add1(
             Op::Exec(ExecOp::SoftmaxBack(*a)),
             vec![y, gy],

@@ -792,3 +792,99 @@ fn sliding_window_attention_matches_a_naive_computation() {
         })
     });
 }
+
+#[test]
+fn max_min_and_logsumexp_reductions_match_a_naive_computation() {
+    // Rows of [a, b] reduced over b, forward and gradient (seed g_i = i + 1), against the
+    // formulas written here: max/min pick the first extreme entry (ties to the earlier one, a
+    // NaN wins), the gradient goes to that entry; logsumexp is computed in f64 with an explicit
+    // shift and its gradient is softmax times the seed.
+    let nan = f64::NAN;
+    let inf = f64::INFINITY;
+    let rows: Vec<Vec<f64>> = vec![
+        vec![0.5, -1.0, 2.0, 2.0],
+        vec![3.0, 3.0, -4.0, 0.0],
+        vec![-1.0, nan, 5.0, 0.0],
+        vec![1000.0, 999.0, -1000.0, 1000.0],
+        vec![-inf, -inf, -inf, -inf],
+        vec![-inf, 2.0, -inf, 1.0],
+    ];
+    let (na, nb) = (rows.len(), rows[0].len());
+    for r in ["max", "min", "logsumexp"] {
+        let src = format!("axis a, b\ndiagram f(x: [a, b]) -> [a] {{ {r}[b](x) }}\n");
+        let o = session::check_text("<test>", &src);
+        assert!(
+            o.checked.is_ok(),
+            "{r}: {:?}",
+            o.checked.diagnostics.first()
+        );
+        let sizes = [("a", na as u64), ("b", nb as u64)];
+        let inst = instantiate(&o.checked.program, "f", &bindings(&sizes, &[])).unwrap();
+        let xty = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+        let yty = inst.diagram.wire(inst.diagram.outputs[0]).ty.axes.clone();
+        let name = |a| inst.axes.name(a).to_string();
+        assert_eq!(xty.iter().map(|a| name(*a)).collect::<Vec<_>>(), ["a", "b"]);
+        let x = Tensor::from_vec(xty, &[na, nb], rows.concat());
+        let seed: Vec<f64> = (0..na).map(|i| (i + 1) as f64).collect();
+        let run = |d, ins| interp::run(d, &inst.axes, &inst.sizes, ins, RunOptions::default());
+        let y = run(&inst.diagram, vec![x.clone()]).unwrap();
+        let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+        let g = run(
+            &grad.diagram,
+            vec![x.clone(), Tensor::from_vec(yty, &[na], seed.clone())],
+        )
+        .unwrap();
+        let dx = g.last().unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let (want, dwant): (f64, Vec<f64>) = if r == "logsumexp" {
+                let m = row
+                    .iter()
+                    .cloned()
+                    .filter(|v| v.is_finite())
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let m = if m.is_finite() { m } else { 0.0 };
+                let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                (m + z.ln(), e.iter().map(|v| seed[i] * v / z).collect())
+            } else {
+                let mut c = 0;
+                for j in 1..nb {
+                    let (l, v) = (row[c], row[j]);
+                    let better = if r == "max" { v > l } else { v < l };
+                    if !l.is_nan() && (v.is_nan() || better) {
+                        c = j;
+                    }
+                }
+                let d = (0..nb)
+                    .map(|j| if j == c { seed[i] } else { 0.0 })
+                    .collect();
+                (row[c], d)
+            };
+            let got = at(&inst, &y[0], &[("a", i)]);
+            let same =
+                |p: f64, q: f64| (p.is_nan() && q.is_nan()) || p == q || (p - q).abs() < 1e-12;
+            assert!(same(got, want), "{r} of row {i}: {got} vs {want}");
+            // Spot values written out: max of row 0 is its first 2.0, min of row 1 is -4, a NaN
+            // wins, logsumexp of the -inf row is -inf and of row 3 is 1000 + ln(2 + e^-1).
+            let spot = match (r, i) {
+                ("max", 0) => Some(2.0),
+                ("min", 1) => Some(-4.0),
+                ("max" | "min", 2) => Some(f64::NAN),
+                ("logsumexp", 3) => Some(1000.0 + (2.0 + (-1f64).exp()).ln()),
+                ("logsumexp", 4) => Some(f64::NEG_INFINITY),
+                _ => None,
+            };
+            if let Some(v) = spot {
+                assert!(same(got, v), "{r} of row {i}: {got}, expected {v}");
+            }
+            if (r, i) == ("max", 0) {
+                assert_eq!(at(&inst, dx, &[("a", 0), ("b", 2)]), 1.0);
+                assert_eq!(at(&inst, dx, &[("a", 0), ("b", 3)]), 0.0);
+            }
+            for (j, dw) in dwant.iter().enumerate() {
+                let dgot = at(&inst, dx, &[("a", i), ("b", j)]);
+                assert!(same(dgot, *dw), "d {r} row {i} at {j}: {dgot} vs {dw}");
+            }
+        }
+    }
+}

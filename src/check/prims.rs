@@ -40,6 +40,9 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("softmax", "softmax[AXIS](x)"),
     ("normalise", "normalise[AXIS](x)"),
     ("cumsum", "cumsum[AXIS](x)"),
+    ("max", "max[AXIS](x), or max(a, b) elementwise"),
+    ("min", "min[AXIS](x), or min(a, b) elementwise"),
+    ("logsumexp", "logsumexp[AXIS](x)"),
     (
         "causal",
         "causal[QUERY, KEY, strict = false, window = W](x)",
@@ -442,8 +445,11 @@ impl Body<'_, '_> {
                 span,
             );
         }
+        // `max` and `min` with brackets are reductions (primitives); without, elementwise or
+        // of numbers.
         if let Some(f) = ConstFn::named(name)
-            && !is_primitive(name)
+            && (!is_primitive(name)
+                || (index.is_none() && matches!(f, ConstFn::Max | ConstFn::Min)))
         {
             return self.const_fn(f, callee, index, args, span);
         }
@@ -485,10 +491,16 @@ impl Body<'_, '_> {
         for (v, _) in &vals {
             self.touch(v);
         }
-        let usage = format!(
+        let mut usage = format!(
             "`{name}({})` of numbers (sizes, hyperparameters, literals)",
             if f.arity() == 2 { "a, b" } else { "a" }
         );
+        if matches!(f, ConstFn::Max | ConstFn::Min) {
+            usage = format!(
+                "`{name}(a, b)`, of numbers or elementwise of wires; along an axis, the reduction \
+                 `{name}[AXIS](x)`"
+            );
+        }
         if let Some(ix) = index {
             self.cx.error(
                 Diagnostic::new(Code::BadIndexArgs, format!("`{name}` takes no brackets"))
@@ -1322,7 +1334,7 @@ impl Body<'_, '_> {
                 axes.extend(ty.axes.iter().copied().filter(|a| !tx.has(*a)));
                 self.box1(Op::Outer, vec![x, y], WireType::values(axes), vec![], span)
             }
-            "sum" | "softmax" | "normalise" | "cumsum" => {
+            "sum" | "softmax" | "normalise" | "cumsum" | "max" | "min" | "logsumexp" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
                 let a = self.axis_value(&idx.lhs[0])?;
                 let (v, vs) = vals.into_iter().next()?;
@@ -1335,6 +1347,10 @@ impl Body<'_, '_> {
                     "sum" => self.box1(Op::Sum(a), vec![w], ty.without(a), vec![], span),
                     "softmax" => self.box1(Op::Softmax(a), vec![w], ty, vec![], span),
                     "normalise" => self.box1(Op::Normalise(a), vec![w], ty, vec![], span),
+                    "max" | "min" | "logsumexp" => {
+                        let r = Reduction::named(name).expect("a reduction's name");
+                        self.box1(Op::Reduce(r, a), vec![w], ty.without(a), vec![], span)
+                    }
                     _ => self.box1(Op::Cumsum(a), vec![w], ty, vec![], span),
                 }
             }

@@ -551,8 +551,12 @@ impl Analysis<'_> {
                 let f = self.reduce(d, bi, p, &[*a], &format!("dot[{}]", name(a)), ins);
                 one(f.keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }
-            Op::Sum(a) => {
-                let f = self.reduce(d, bi, first(), &[*a], &format!("sum[{}]", name(a)), ins);
+            Op::Sum(a) | Op::Reduce(_, a) => {
+                let what = match &b.op {
+                    Op::Reduce(r, _) => format!("{}[{}]", r.name(), name(a)),
+                    _ => format!("sum[{}]", name(a)),
+                };
+                let f = self.reduce(d, bi, first(), &[*a], &what, ins);
                 one(f.keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }
             Op::Softmax(a) => {

@@ -320,6 +320,56 @@ impl fmt::Display for ConstDisplay<'_> {
     }
 }
 
+/// The reductions over an axis besides `sum`. `max` and `min` fold with the elementwise rule
+/// (the earlier entry on ties; NaN wins, so a NaN in the lane gives NaN) and send the gradient to
+/// the entry they chose; `logsumexp` is `m + log(sum exp(x - m))` with `m` the lane's largest
+/// finite entry (0 if none): minus infinity for a lane of minus infinities, never an overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    Max,
+    Min,
+    LogSumExp,
+}
+
+impl Reduction {
+    pub const ALL: [Reduction; 3] = [Reduction::Max, Reduction::Min, Reduction::LogSumExp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Max => "max",
+            Reduction::Min => "min",
+            Reduction::LogSumExp => "logsumexp",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<Reduction> {
+        Reduction::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The position in `0..n` of the entry that `max` or `min` chooses (`None` for
+    /// `logsumexp`, or an empty lane): the fold of the elementwise `max2`/`min2`, which keeps
+    /// the earlier entry on ties and where it is NaN, and takes a later NaN.
+    pub fn chosen<F: PartialOrd + Copy>(self, n: usize, at: impl Fn(usize) -> F) -> Option<usize> {
+        if n == 0 || self == Reduction::LogSumExp {
+            return None;
+        }
+        let mut best = 0;
+        for j in 1..n {
+            let (l, r) = (at(best), at(j));
+            let nan = l.partial_cmp(&l).is_none();
+            let keep = nan
+                || match self {
+                    Reduction::Max => l >= r,
+                    _ => l <= r,
+                };
+            if !keep {
+                best = j;
+            }
+        }
+        Some(best)
+    }
+}
+
 /// Elementwise functions of one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Func {
@@ -488,6 +538,8 @@ pub enum Op {
     Dot(AxisId),
     Outer,
     Sum(AxisId),
+    /// `max[a]`, `min[a]` and `logsumexp[a]`: reductions that remove the axis.
+    Reduce(Reduction, AxisId),
     Softmax(AxisId),
     Normalise(AxisId),
     Map(Func),
@@ -566,6 +618,9 @@ pub enum ExecOp {
     SoftmaxBack(AxisId),
     /// `(x, gy) -> gx` for `y = normalise[a](x)`.
     NormaliseBack(AxisId),
+    /// `(x, gy) -> gx` for `y = max[a](x)` (and the others): the gradient to the lane's first
+    /// maximum (minimum), or `gy * softmax[a](x)` for `logsumexp`.
+    ReduceBack(Reduction, AxisId),
     /// `(x, gy) -> gx` for `y = f(x)`.
     MapBack(Func),
     /// `gy -> gx` for `cumsum[a]`: the suffix sum.

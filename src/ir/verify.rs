@@ -199,7 +199,7 @@ fn types(d: &Diagram, bi: usize) -> Result<(), String> {
         | Dropout(_) => want(ins[0].clone(), 0),
         Exec(ExecOp::Dropout { .. } | ExecOp::CumsumBack(_)) => want(ins[0].clone(), 0),
         Add | Sub | Mul | Div => want(union(), 0),
-        Sum(a) => {
+        Sum(a) | Reduce(_, a) => {
             let mut s = ins[0].clone();
             if !s.remove(&a.0) {
                 return Err("sums over an axis its input does not have".into());

@@ -564,6 +564,14 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
+            Op::Reduce(r, a) => {
+                arity(1)?;
+                vec![self.lane(LaneOp::Reduce(*r), &ins, *a, oa(0))?]
+            }
+            Op::Exec(ExecOp::ReduceBack(r, a)) => {
+                arity(2)?;
+                vec![self.lane(LaneOp::ReduceBack(*r), &ins, *a, oa(0))?]
+            }
             Op::Exec(ExecOp::SoftmaxBack(a)) | Op::Exec(ExecOp::NormaliseBack(a)) => {
                 arity(2)?;
                 let op = if matches!(b.op, Op::Exec(ExecOp::SoftmaxBack(_))) {
@@ -1000,13 +1008,24 @@ impl Builder<'_> {
         a: AxisId,
         out_axes: Vec<AxisId>,
     ) -> Result<usize, Error> {
+        // A reduction's output lacks the lane's axis (its stride there is 0); the others keep it.
+        let reduces = matches!(op, LaneOp::Reduce(_));
+        let mut full = out_axes.clone();
+        if reduces {
+            full.push(a);
+        }
         for x in ins {
-            self.subset(*x, &out_axes)?;
+            self.subset(*x, &full)?;
         }
         let out = self.fresh(out_axes.clone())?;
-        if !self.has(out, a) {
+        if self.has(out, a) == reduces {
             return Err(Error::Plan(format!(
-                "the output lacks axis `{}`",
+                "the output {} axis `{}`",
+                if reduces {
+                    "keeps the reduced"
+                } else {
+                    "lacks"
+                },
                 self.name(a)
             )));
         }

@@ -9,7 +9,7 @@
 
 use super::nest::Nest;
 use crate::error::Error;
-use crate::ir::{Func, Visible};
+use crate::ir::{Func, Reduction, Visible};
 
 /// The layernorm epsilon, the same as the reference interpreter's.
 pub const LN_EPS: f32 = 1e-5;
@@ -46,6 +46,11 @@ pub enum LaneOp {
     SoftmaxBack,
     /// `(x, gy) -> (gy - sum(gy * x / s)) / s` with `s = sum(x)`.
     NormaliseBack,
+    /// `x -> max`, `min` or `logsumexp` of the lane, written at the lane's start (the output
+    /// lacks the axis: its stride is 0).
+    Reduce(Reduction),
+    /// `(x, gy) -> gx` for [`LaneOp::Reduce`]; `gy` lacks the axis (stride 0).
+    ReduceBack(Reduction),
 }
 
 /// A batched matrix product (the CPU runs it on the `gemm` crate, CUDA on cuBLAS): for every point of `batch`, the
@@ -214,8 +219,8 @@ impl Kernel {
             Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
             Kernel::CrossEntropy { back, .. } => 3 + *back as usize,
             Kernel::Lane { op, .. } => match op {
-                LaneOp::Softmax | LaneOp::Normalise => 2,
-                LaneOp::SoftmaxBack | LaneOp::NormaliseBack => 3,
+                LaneOp::Softmax | LaneOp::Normalise | LaneOp::Reduce(_) => 2,
+                LaneOp::SoftmaxBack | LaneOp::NormaliseBack | LaneOp::ReduceBack(_) => 3,
             },
             Kernel::LayerNorm { .. } => 4,
             Kernel::LayerNormBack { .. } => 6,

@@ -23,7 +23,7 @@
 //! (nodes, rewrites, time): at a limit the optimiser stops with the best term so far and says so.
 
 use crate::error::Error;
-use crate::ir::{AxisId, BoxKind, Const, Op, Program, WireType};
+use crate::ir::{AxisId, BoxKind, Const, Op, Program, Reduction, WireType};
 use crate::rewrite::rule::{self, RuleBook, Site};
 use crate::rewrite::term::{NodeKind, Port, Term};
 use crate::syntax::ast::BinOp;
@@ -231,6 +231,10 @@ impl<'a> Cost<'a> {
             Op::Rename { .. } | Op::Split { .. } | Op::Merge { .. } | Op::Expand(_) => 0.0,
             Op::Dot(a) => out(0) * self.axis(t, *a),
             Op::Sum(_) => arg(0),
+            Op::Reduce(r, _) => match r {
+                Reduction::LogSumExp => 3.0 * arg(0),
+                _ => arg(0),
+            },
             Op::Softmax(_) | Op::Normalise(_) => 3.0 * out(0),
             Op::LayerNorm(_) => 5.0 * out(0),
             Op::Linear { from, .. } => out(0) * prod(from),

@@ -205,6 +205,7 @@ impl Matcher<'_> {
             | (Softmax(a), Softmax(b))
             | (Normalise(a), Normalise(b))
             | (Cumsum(a), Cumsum(b)) => self.axis(*a, *b),
+            (Reduce(r, a), Reduce(s, b)) => r == s && self.axis(*a, *b),
             (
                 Causal {
                     query: a,

@@ -946,6 +946,7 @@ pub fn map_op(
         Expand(a) => Expand(f(*a)),
         Dot(a) => Dot(f(*a)),
         Sum(a) => Sum(f(*a)),
+        Reduce(r, a) => Reduce(*r, f(*a)),
         Softmax(a) => Softmax(f(*a)),
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),

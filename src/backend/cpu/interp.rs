@@ -8,7 +8,7 @@
 use super::tensor::{Tensor, einsum};
 use crate::error::Error;
 use crate::ir::verify::Flat;
-use crate::ir::{AxisId, Diagram, ExecOp, Op, Visible, WireId, WireType};
+use crate::ir::{AxisId, Diagram, ExecOp, Op, Reduction, Visible, WireId, WireType};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 /// How a run behaves.
@@ -270,6 +270,67 @@ fn eval(
             ]
         }
         Op::Exec(ExecOp::SumTo) => vec![one(ins).sum_to(&out(0))],
+        Op::Reduce(r, a) => {
+            let t = one(ins);
+            let p = t.pos(*a);
+            let axes: Vec<AxisId> = t.axes.iter().copied().filter(|x| x != a).collect();
+            let data = t
+                .data
+                .map_axis(Axis(p), |lane| match r.chosen(lane.len(), |j| lane[j]) {
+                    Some(j) => lane[j],
+                    None => {
+                        // logsumexp, or an empty lane (max -inf, min +inf, logsumexp -inf).
+                        if lane.is_empty() {
+                            return if *r == Reduction::Min {
+                                f64::INFINITY
+                            } else {
+                                f64::NEG_INFINITY
+                            };
+                        }
+                        let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                        let m = if m.is_finite() { m } else { 0.0 };
+                        m + lane.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+                    }
+                });
+            vec![Tensor { axes, data }.aligned(&out(0))]
+        }
+        Op::Exec(ExecOp::ReduceBack(r, a)) => {
+            // max/min: gy to the chosen entry; logsumexp: gy * softmax(x).
+            let gy = ins.pop().expect("a gradient");
+            let x = ins.pop().expect("the input");
+            let p = x.pos(*a);
+            let gy = gy.aligned(
+                &x.axes
+                    .iter()
+                    .copied()
+                    .filter(|b| b != a)
+                    .collect::<Vec<_>>(),
+            );
+            let mut gx = x.data.clone();
+            for (mut lane, g) in gx.lanes_mut(Axis(p)).into_iter().zip(gy.data.iter()) {
+                let n = lane.len();
+                match r.chosen(n, |j| lane[j]) {
+                    Some(c) => {
+                        lane.fill(0.0);
+                        lane[c] = *g;
+                    }
+                    None => {
+                        let m = lane.fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                        let m = if m.is_finite() { m } else { 0.0 };
+                        lane.mapv_inplace(|x| (x - m).exp());
+                        let s: f64 = lane.sum();
+                        lane.mapv_inplace(|e| g * e / s);
+                    }
+                }
+            }
+            vec![
+                Tensor {
+                    axes: x.axes,
+                    data: gx,
+                }
+                .aligned(&out(0)),
+            ]
+        }
         Op::Softmax(a) => {
             let mut t = one(ins);
             let p = t.pos(*a);

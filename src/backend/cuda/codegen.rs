@@ -22,7 +22,7 @@
 //! can meet bad input (an id outside the table, a target outside the classes) record a code in
 //! an error word; [`Generated::errors`] says what each code means.
 
-use crate::ir::Func;
+use crate::ir::{Func, Reduction};
 use crate::lir::attention::{Attn, Form};
 use crate::lir::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
 use crate::lir::nest::Nest;
@@ -757,6 +757,45 @@ impl Gen {
                          for (int j = 0; j < {n}; j++) dot += pa[j * {s1}] * pb[j * {s2}];\n    \
                          for (int j = 0; j < {n}; j++) {{ float y = pa[j * {s1}], g = pb[j * {s2}]; po[j * {s0}] = y * (g - dot); }}"
                     ),
+                    // max/min: the fold of max2/min2 (the earlier entry on ties and where it is
+                    // NaN); logsumexp shifted by the largest finite entry.
+                    LaneOp::Reduce(r) | LaneOp::ReduceBack(r) => {
+                        let back = matches!(op, LaneOp::ReduceBack(_));
+                        let keep = match r {
+                            Reduction::Max => Some("l >= r"),
+                            Reduction::Min => Some("l <= r"),
+                            Reduction::LogSumExp => None,
+                        };
+                        match (keep, back) {
+                            (Some(keep), false) => format!(
+                                "    int c = 0;\n    \
+                                 for (int j = 1; j < {n}; j++) {{ float l = pa[c * {s1}], r = pa[j * {s1}]; if (!(l != l || {keep})) c = j; }}\n    \
+                                 po[0] = pa[c * {s1}];"
+                            ),
+                            (Some(keep), true) => format!(
+                                "    int c = 0;\n    \
+                                 for (int j = 1; j < {n}; j++) {{ float l = pa[c * {s1}], r = pa[j * {s1}]; if (!(l != l || {keep})) c = j; }}\n    \
+                                 for (int j = 0; j < {n}; j++) po[j * {s0}] = j == c ? pb[0] : 0.0f;"
+                            ),
+                            (None, back) => {
+                                let tail = if back {
+                                    format!(
+                                        "for (int j = 0; j < {n}; j++) po[j * {s0}] = pb[0] * expf(pa[j * {s1}] - m) / total;"
+                                    )
+                                } else {
+                                    "po[0] = m + logf(total);".to_string()
+                                };
+                                format!(
+                                    "    float m = __int_as_float(0xff800000);\n    \
+                                     for (int j = 0; j < {n}; j++) m = fmaxf(m, pa[j * {s1}]);\n    \
+                                     if (isinf(m) || isnan(m)) m = 0.0f;\n    \
+                                     float total = 0.0f;\n    \
+                                     for (int j = 0; j < {n}; j++) total += expf(pa[j * {s1}] - m);\n    \
+                                     {tail}"
+                                )
+                            }
+                        }
+                    }
                     LaneOp::NormaliseBack => format!(
                         "    float total = 0.0f, dot = 0.0f;\n    \
                          for (int j = 0; j < {n}; j++) total += pa[j * {s1}];\n    \

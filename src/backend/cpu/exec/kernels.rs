@@ -13,7 +13,7 @@
 
 use crate::backend::cpu::interp;
 use crate::error::Error;
-use crate::ir::Func;
+use crate::ir::{Func, Reduction};
 pub use crate::lir::kernels::{Binary, Gemm, Kernel, LN_EPS, LaneOp, Unary};
 use crate::lir::nest::{Dim, Nest};
 
@@ -680,6 +680,40 @@ impl Kernel {
                                     *po.add(j * s[0]) = y * (g - dot);
                                 }
                             }
+                            LaneOp::Reduce(r) => {
+                                *po = match r.chosen(n, |j| at(pa, s[1], j)) {
+                                    Some(c) => at(pa, s[1], c),
+                                    None if n == 0 => match r {
+                                        Reduction::Min => f32::INFINITY,
+                                        _ => f32::NEG_INFINITY,
+                                    },
+                                    None => {
+                                        let m = lane_top(n, |j| at(pa, s[1], j));
+                                        let total: f32 =
+                                            (0..n).map(|j| (at(pa, s[1], j) - m).exp()).sum();
+                                        m + total.ln()
+                                    }
+                                };
+                            }
+                            LaneOp::ReduceBack(r) => {
+                                let g = *pb;
+                                match r.chosen(n, |j| at(pa, s[1], j)) {
+                                    Some(c) => {
+                                        for j in 0..n {
+                                            *po.add(j * s[0]) = if j == c { g } else { 0.0 };
+                                        }
+                                    }
+                                    None => {
+                                        let m = lane_top(n, |j| at(pa, s[1], j));
+                                        let total: f32 =
+                                            (0..n).map(|j| (at(pa, s[1], j) - m).exp()).sum();
+                                        for j in 0..n {
+                                            *po.add(j * s[0]) =
+                                                g * (at(pa, s[1], j) - m).exp() / total;
+                                        }
+                                    }
+                                }
+                            }
                             LaneOp::NormaliseBack => {
                                 let total: f32 = (0..n).map(|j| at(pa, s[1], j)).sum();
                                 let dot: f32 = (0..n)
@@ -1232,4 +1266,11 @@ unsafe fn check_ids(nest: &Nest<2>, ids: *const f32, vocab: usize) -> Result<(),
         ))),
         None => Ok(()),
     }
+}
+
+/// The largest finite entry of a lane, or 0 if it has none: the shift of a stable softmax and
+/// logsumexp.
+fn lane_top(n: usize, at: impl Fn(usize) -> f32) -> f32 {
+    let m = (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(at(j)));
+    if m.is_finite() { m } else { 0.0 }
 }
