@@ -202,3 +202,48 @@ fn a_checkpoint_missing_a_tensor_or_with_a_wrong_shape_is_refused() {
     assert!(t.restore(&other_vocab).is_err());
     t.restore(&ck).unwrap();
 }
+
+#[test]
+fn frozen_random_features_do_not_move_in_training() {
+    // Performer's `random[rf, dk]()` is stored with the parameters but never trained: after a few
+    // steps it is bit-for-bit what it was drawn as, while the learned weights have moved.
+    let mut cfg = tiny(1, Some(4));
+    cfg.model.mech = "performer".into();
+    cfg.model.dropout = 0.0;
+    let out = fresh_dir("frozen");
+    let mut t = new_run(cfg, &out);
+    let before = t.checkpoint();
+    let outcome = t.run(&out, &Control::quiet(&AtomicUsize::new(0))).unwrap();
+    assert!(matches!(outcome, Outcome::Finished(_)));
+    let after = t.checkpoint();
+    let params = |c: &checkpoint::Checkpoint| -> Vec<(String, Vec<f32>)> {
+        c.tensors
+            .iter()
+            .filter(|(g, _)| g == "param")
+            .map(|(_, x)| (x.name.clone(), x.data.clone()))
+            .collect()
+    };
+    let (b, a) = (params(&before), params(&after));
+    assert_eq!(b.len(), a.len());
+    let mut frozen = 0;
+    for ((name, x), (_, y)) in b.iter().zip(&a) {
+        if name.ends_with(".frozen") {
+            frozen += 1;
+            assert_eq!(x, y, "{name} moved");
+            // Drawn from N(0, 1): not a constant.
+            assert!(
+                x.iter().any(|v| (v - x[0]).abs() > 1e-3),
+                "{name} is constant"
+            );
+        } else if name.contains("linear") && name.ends_with(".weight") {
+            assert_ne!(x, y, "{name} did not move");
+        }
+    }
+    assert_eq!(
+        frozen,
+        1,
+        "{:?}",
+        b.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -70,6 +70,7 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
         "learner[AXIS, ... -> AXIS, ..., width = N, per = AXIS](x, ...)",
     ),
     ("param", "param[AXIS, ...]()"),
+    ("random", "random[AXIS, ..., dist = normal]()"),
 ];
 
 pub fn is_primitive(name: &str) -> bool {
@@ -1250,7 +1251,7 @@ impl Body<'_, '_> {
         }
         let ix_span = index.map_or(callee.span, |i| i.span);
         let wire_count = match name {
-            "posenc" | "param" | "iota" => Some(0),
+            "posenc" | "param" | "iota" | "random" => Some(0),
             "add" | "sub" | "mul" | "div" | "dot" | "outer" => Some(2),
             "learner" => None,
             _ => Some(1),
@@ -1856,8 +1857,29 @@ impl Body<'_, '_> {
                     span,
                 )
             }
-            "param" => {
-                let idx = self.idx(name, index, ix_span, AtLeast(0), None, &[])?;
+            "param" | "random" => {
+                let options: &[&str] = if name == "random" { &["dist"] } else { &[] };
+                let idx = self.idx(name, index, ix_span, AtLeast(0), None, options)?;
+                let role = if name == "param" {
+                    "value"
+                } else {
+                    match Self::option(&idx, "dist") {
+                        None => FROZEN_NORMAL,
+                        Some(ast::Value::Name(n)) if n.text == "normal" => FROZEN_NORMAL,
+                        Some(ast::Value::Name(n)) if n.text == "uniform" => FROZEN_UNIFORM,
+                        Some(v) => {
+                            self.cx.error(
+                                Diagnostic::new(
+                                    Code::BadIndexArgs,
+                                    "`dist` is `normal` (mean 0, deviation 1) or `uniform` (on [-1, 1])",
+                                )
+                                .primary(v.span(), "not a distribution")
+                                .help("scale and shift the result for others: `random[a]() * 0.1 + 1`"),
+                            );
+                            return None;
+                        }
+                    }
+                };
                 let axes = self.axis_list(idx.lhs)?;
                 let lanes = self.lane_axes();
                 let per: Vec<AxisId> = axes.iter().copied().filter(|a| lanes.contains(a)).collect();
@@ -1867,7 +1889,7 @@ impl Body<'_, '_> {
                     .filter(|a| !lanes.contains(a))
                     .collect();
                 let params = vec![ParamSpec {
-                    role: "value".into(),
+                    role: role.into(),
                     dims: own.iter().map(|a| Dim::Axis(*a)).collect(),
                     per_lane: per,
                 }];

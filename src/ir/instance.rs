@@ -44,6 +44,8 @@ pub struct Bindings {
 pub enum Init {
     /// Uniform in `[-bound, bound]`.
     Uniform(f64),
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
     /// Every element the same value.
     Constant(f64),
 }
@@ -707,7 +709,27 @@ impl Builder<'_> {
             Op::Param(_) => {
                 let spec = &b.params[0];
                 let axes = self.param_axes(spec, env)?;
-                vec![self.param(format!("{here}.value"), axes, Init::Uniform(0.1), b.span)]
+                let frozen = match spec.role.as_str() {
+                    FROZEN_NORMAL => Some(Init::Normal(1.0)),
+                    FROZEN_UNIFORM => Some(Init::Uniform(1.0)),
+                    _ => None,
+                };
+                match frozen {
+                    None => {
+                        vec![self.param(format!("{here}.value"), axes, Init::Uniform(0.1), b.span)]
+                    }
+                    Some(init) => {
+                        // Stored and checkpointed as a parameter; `stop_grad` keeps it out of
+                        // the gradient, so Adam (no weight decay) never moves it.
+                        let w = self.param(format!("{here}.frozen"), axes.clone(), init, b.span);
+                        self.add(
+                            Op::Map(Func::StopGrad),
+                            vec![w],
+                            vec![WireType::values(axes)],
+                            b.span,
+                        )
+                    }
+                }
             }
             Op::Linear { from, to, bias } => {
                 let bound = 1.0 / self.fan_in(from).sqrt();

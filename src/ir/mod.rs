@@ -704,6 +704,11 @@ pub enum Dim {
     Extent(Const),
 }
 
+/// The roles of the parameter of `random[...]()`: a frozen tensor, drawn once (from the run's
+/// seed, like every parameter) and never trained.
+pub const FROZEN_NORMAL: &str = "frozen_normal";
+pub const FROZEN_UNIFORM: &str = "frozen_uniform";
+
 /// A learned tensor owned by a box.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {

@@ -163,7 +163,7 @@ impl Printer<'_> {
         let _ = write!(
             self.out,
             "{indent}{lhs}{}({})",
-            op_text(&b.op, self.axes),
+            box_text(b, self.axes),
             ins.join(", ")
         );
         if !b.params.is_empty() {
@@ -202,6 +202,26 @@ pub fn param_text(p: &ParamSpec, axes: &AxisTable) -> String {
 }
 
 /// The op as the source language writes it (`linear[dm -> head, dk]`).
+/// A box's op as [`op_text`] writes it, except that the parameter of `random[...]()` (a frozen
+/// tensor, told apart by its role) is written as `random`.
+pub fn box_text(b: &BoxNode, axes: &AxisTable) -> String {
+    match (&b.op, b.params.first()) {
+        (Op::Param(ids), Some(p)) if p.role == FROZEN_NORMAL || p.role == FROZEN_UNIFORM => {
+            let mut parts = Vec::new();
+            if !p.per_lane.is_empty() || !ids.is_empty() {
+                let mut all = p.per_lane.clone();
+                all.extend(ids.iter().copied());
+                parts.push(list(&all, axes));
+            }
+            if p.role == FROZEN_UNIFORM {
+                parts.push("dist = uniform".into());
+            }
+            format!("random[{}]", parts.join(", "))
+        }
+        _ => op_text(&b.op, axes),
+    }
+}
+
 pub fn op_text(op: &Op, axes: &AxisTable) -> String {
     let n = |a: &AxisId| axes.name(*a).to_string();
     match op {

@@ -9,7 +9,7 @@
 //! group.
 
 use super::{DrawError, DrawOptions, Highlight, MAX_EXPAND};
-use crate::ir::print::{hyper_arg, op_text, param_text};
+use crate::ir::print::{box_text, hyper_arg, param_text};
 use crate::ir::{
     AxisTable, BoxId, BoxKind, Callee, Const, Diagram, HyperArg, Op, Program, RegionKind, WireId,
 };
@@ -398,6 +398,14 @@ impl Builder<'_> {
             Op::LoopIn => (Shape::Port(PortShape::LoopIn), Role::Entry),
             Op::Capture => (Shape::Port(PortShape::Capture), Role::Entry),
             Op::LoopOut => (Shape::Port(PortShape::LoopOut), Role::Exit),
+            // A frozen random tensor is not learned: drawn as a primitive box.
+            Op::Param(_)
+                if b.params
+                    .first()
+                    .is_some_and(|p| p.role.starts_with("frozen")) =>
+            {
+                (Shape::Box(BoxStyle::Primitive), Role::Inner)
+            }
             Op::Param(_) => (Shape::Param, Role::Inner),
             op => {
                 let style = match op.kind() {
@@ -417,7 +425,7 @@ impl Builder<'_> {
             role
         };
         let n = self.node(shape, group, role, b.inputs.len(), b.outputs.len());
-        let mut title = op_text(&b.op, self.axes);
+        let mut title = box_text(b, self.axes);
         for p in &b.params {
             title.push('\n');
             title.push_str(&param_text(p, self.axes));
@@ -426,7 +434,7 @@ impl Builder<'_> {
             Op::Call { callee, hypers } => call_label(callee, hypers, env, self.axes),
             Op::Copy(_) | Op::Discard => String::new(),
             _ if matches!(shape, Shape::Port(_)) => String::new(),
-            op => op_text(op, self.axes),
+            _ => box_text(b, self.axes),
         };
         let mut per_lane: Vec<String> = Vec::new();
         for p in &b.params {

@@ -10,8 +10,8 @@
 use crate::error::Error;
 use crate::ir::size::Size;
 use crate::ir::{
-    AxisId, AxisTable, Band, Callee, Const, Diagram, Dim, HyperArg, HyperType, Op, ParamSpec,
-    Program, RegionKind, WireId, WireType, lower, print,
+    AxisId, AxisTable, Band, Callee, Const, Diagram, Dim, FROZEN_NORMAL, FROZEN_UNIFORM, HyperArg,
+    HyperType, Op, ParamSpec, Program, RegionKind, WireId, WireType, lower, print,
 };
 use print::list;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -776,11 +776,18 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
             // Flat, a per-lane state is a state carrying its lane axes.
             let mut all: Vec<AxisId> = per_lane(params).to_vec();
             all.extend(ids.iter().copied());
-            if all.is_empty() {
-                "param[]()".into()
-            } else {
-                format!("param[{}]()", list(&all, axes))
+            let role = params.first().map_or("value", |p| p.role.as_str());
+            let (head, dist) = match role {
+                FROZEN_NORMAL => ("random", None),
+                FROZEN_UNIFORM => ("random", Some("dist = uniform")),
+                _ => ("param", None),
+            };
+            let mut parts = Vec::new();
+            if !all.is_empty() {
+                parts.push(list(&all, axes));
             }
+            parts.extend(dist.map(str::to_string));
+            format!("{head}[{}]()", parts.join(", "))
         }
         Op::LayerNorm(ids) => call(format!("layernorm[{}]", opts(vec![list(ids, axes)]))),
         Op::Embed { vocab, to } => call(format!(

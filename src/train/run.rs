@@ -346,6 +346,7 @@ fn init_params(inst: &Instance, seed: u64) -> Vec<Vec<f32>> {
                 Init::Uniform(b) => (0..n)
                     .map(|_| ((rng.uniform() * 2.0 - 1.0) * b) as f32)
                     .collect(),
+                Init::Normal(sd) => (0..n).map(|_| (rng.normal() * sd) as f32).collect(),
                 Init::Constant(c) => vec![c as f32; n],
             }
         })

@@ -28,6 +28,13 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A standard normal draw (Box-Muller on two uniforms; the first of the pair).
+    pub fn normal(&mut self) -> f64 {
+        // 1 - u is in (0, 1]: its log is finite.
+        let (u, v) = (1.0 - self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
@@ -60,6 +67,7 @@ pub fn random_inputs(inst: &Instance, seed: u64) -> Vec<Tensor> {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = match p.init {
             Init::Uniform(b) => (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * b).collect(),
+            Init::Normal(sd) => (0..n).map(|_| rng.normal() * sd).collect(),
             Init::Constant(c) => vec![c; n],
         };
         out.push(Tensor::from_vec(ty.axes.clone(), &shape, v));
@@ -187,6 +195,11 @@ pub fn gradcheck(
     for (k, w) in f.inputs.iter().enumerate() {
         let Some(gi) = grad.grad_of[k] else { continue };
         let name = f.input_names.get(k).cloned().unwrap_or_default();
+        // A frozen tensor (`random[...]()`) has no gradient by definition (it reaches the
+        // diagram through `stop_grad`), though the output depends on it: nothing to compare.
+        if name.ends_with(".frozen") {
+            continue;
+        }
         let analytic = outs[gi].clone().aligned(&f.wire(*w).ty.axes);
         let analytic = analytic.data.as_standard_layout().into_owned();
         let base = inputs[k].data.as_standard_layout().into_owned();
