@@ -945,19 +945,19 @@ fn performer_matches_a_naive_computation_and_its_random_features_get_no_gradient
     let mut heads = vec![vec![0.0; dm]; t];
     for hh in 0..h {
         let part = |m: &Vec<Vec<f64>>, i: usize| m[i][hh * dk..(hh + 1) * dk].to_vec();
-        for i in 0..t {
+        for (i, row) in heads.iter_mut().enumerate() {
             let pq = phi(&part(&q, i));
             let (mut num, mut den) = (vec![0.0; dk], 0.0);
-            for j in 0..=i {
+            for (j, vj) in v.iter().enumerate().take(i + 1) {
                 let pk = phi(&part(&k, j));
                 let a: f64 = pq.iter().zip(&pk).map(|(a, b)| a * b).sum();
                 den += a;
                 for d in 0..dk {
-                    num[d] += a * v[j][hh * dk + d];
+                    num[d] += a * vj[hh * dk + d];
                 }
             }
             for d in 0..dk {
-                heads[i][hh * dk + d] = num[d] / den;
+                row[hh * dk + d] = num[d] / den;
             }
         }
     }
