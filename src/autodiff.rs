@@ -299,6 +299,13 @@ fn backward(
                 span,
             ))]
         }
+        Op::Scan(a) => {
+            // y_t = g_t y_(t-1) + x_t: u = scan_back(gy, g), gx = u, gg = u * lag(y).
+            let u = g.add1(Op::Exec(ExecOp::ScanBack(*a)), vec![gy, x(0)], ty(1), span);
+            let prev = g.add1(Op::Exec(ExecOp::Lag(*a)), vec![y], ty(1), span);
+            let gg = g.add1(Op::Mul, vec![u, prev], ty(0), span);
+            vec![Some(gg), Some(u)]
+        }
         Op::Cumsum(a) => vec![Some(g.add1(
             Op::Exec(ExecOp::CumsumBack(*a)),
             vec![gy],

@@ -997,3 +997,183 @@ fn performer_matches_a_naive_computation_and_its_random_features_get_no_gradient
         "the query weight has no gradient"
     );
 }
+
+#[test]
+fn scans_match_a_naive_recurrence() {
+    // y_t = g_t y_(t-1) + x_t along `a` (per column of `b`), forward and gradient, against the
+    // loop written here; and `cumsum[a, decay = 0.5]` against sum_(j <= t) 0.5^(t - j) x_j.
+    let (na, nb) = (6usize, 3usize);
+    let mut rng = Rng::new(21);
+    let gs: Vec<f64> = (0..na * nb).map(|_| rng.uniform() * 1.6 - 0.3).collect();
+    let xs: Vec<f64> = (0..na * nb).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+    let seed: Vec<f64> = (0..na * nb).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+    let src = "axis a, b\n\
+               diagram f(g: [a, b], x: [a, b]) -> [a, b] { scan[a](g, x) }\n\
+               diagram h(x: [a, b]) -> [a, b] { cumsum[a, decay = 0.5](x) }\n";
+    let o = session::check_text("<test>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let sizes = [("a", na as u64), ("b", nb as u64)];
+    let ix = |t: usize, c: usize| t * nb + c;
+    // The recurrence and its gradient, naively.
+    let mut y = vec![0.0; na * nb];
+    for c in 0..nb {
+        for t in 0..na {
+            let prev = if t == 0 { 0.0 } else { y[ix(t - 1, c)] };
+            y[ix(t, c)] = if t == 0 {
+                xs[ix(0, c)]
+            } else {
+                gs[ix(t, c)] * prev + xs[ix(t, c)]
+            };
+        }
+    }
+    // dL/dx_j = sum_(t >= j) seed_t prod_(s = j+1..t) g_s; dL/dg_t = (dL/dx_t) y_(t-1).
+    let mut dx = vec![0.0; na * nb];
+    let mut dg = vec![0.0; na * nb];
+    for c in 0..nb {
+        for j in 0..na {
+            let mut prod = 1.0;
+            for t in j..na {
+                if t > j {
+                    prod *= gs[ix(t, c)];
+                }
+                dx[ix(j, c)] += seed[ix(t, c)] * prod;
+            }
+            dg[ix(j, c)] = if j == 0 {
+                0.0
+            } else {
+                dx[ix(j, c)] * y[ix(j - 1, c)]
+            };
+        }
+    }
+    let inst = instantiate(&o.checked.program, "f", &bindings(&sizes, &[])).unwrap();
+    let axes = inst.diagram.wire(inst.diagram.inputs[1]).ty.axes.clone();
+    let names: Vec<&str> = axes.iter().map(|a| inst.axes.name(*a)).collect();
+    assert_eq!(names, ["a", "b"]);
+    let t = |v: &[f64]| Tensor::from_vec(axes.clone(), &[na, nb], v.to_vec());
+    let run = |d, ins| interp::run(d, &inst.axes, &inst.sizes, ins, RunOptions::default());
+    let out = run(&inst.diagram, vec![t(&gs), t(&xs)]).unwrap();
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let g = run(&grad.diagram, vec![t(&gs), t(&xs), t(&seed)]).unwrap();
+    let (gg, gx) = (&g[g.len() - 2], &g[g.len() - 1]);
+    for tt in 0..na {
+        for c in 0..nb {
+            let at2 = |x: &Tensor| at(&inst, x, &[("a", tt), ("b", c)]);
+            assert!((at2(&out[0]) - y[ix(tt, c)]).abs() < 1e-12, "y ({tt}, {c})");
+            assert!((at2(gx) - dx[ix(tt, c)]).abs() < 1e-12, "dx ({tt}, {c})");
+            assert!((at2(gg) - dg[ix(tt, c)]).abs() < 1e-12, "dg ({tt}, {c})");
+        }
+    }
+    let inst = instantiate(&o.checked.program, "h", &bindings(&sizes, &[])).unwrap();
+    let axes = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+    let out = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        vec![Tensor::from_vec(axes, &[na, nb], xs.clone())],
+        RunOptions::default(),
+    )
+    .unwrap();
+    for tt in 0..na {
+        for c in 0..nb {
+            let want: f64 = (0..=tt)
+                .map(|j| 0.5f64.powi((tt - j) as i32) * xs[ix(j, c)])
+                .sum();
+            let got = at(&inst, &out[0], &[("a", tt), ("b", c)]);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "decayed ({tt}, {c}): {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn retnet_recurrent_and_parallel_forms_agree_and_match_a_naive_computation() {
+    let (t, dm, h) = (5usize, 8usize, 2usize);
+    let dk = dm / h;
+    let rec = instance_of(
+        "stdlib/attention/retnet.diag",
+        &[],
+        "retnet",
+        &bindings(MECH_SIZES, &[]),
+    );
+    let par = instance_of(
+        "stdlib/attention/retnet.diag",
+        &[],
+        "retnet_parallel",
+        &bindings(MECH_SIZES, &[]),
+    );
+    let names: Vec<&str> = rec.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(
+        names[6].ends_with(".gain") && names[7].ends_with(".bias"),
+        "{names:?}"
+    );
+    let ins = harness::random_inputs(&rec, 13);
+    let run = |i: &Instance| {
+        interp::run(
+            &i.diagram,
+            &i.axes,
+            &i.sizes,
+            ins.clone(),
+            RunOptions::default(),
+        )
+        .unwrap()
+    };
+    let (yr, yp) = (run(&rec), run(&par));
+    let x: Vec<Vec<f64>> = (0..t)
+        .map(|i| {
+            (0..dm)
+                .map(|j| at(&rec, &ins[0], &[("tok", i), ("dm", j)]))
+                .collect()
+        })
+        .collect();
+    // Inputs: x, then q, k, v (weight, bias), the group norm's gain and bias, the gate, the output.
+    let (q, k, v) = (
+        affine(&rec, &x, &ins[1], &ins[2]),
+        affine(&rec, &x, &ins[3], &ins[4]),
+        affine(&rec, &x, &ins[5], &ins[6]),
+    );
+    let mut y = vec![vec![0.0; dm]; t];
+    for hh in 0..h {
+        let gamma = 1.0 - 2f64.powi(-5 - hh as i32);
+        for i in 0..t {
+            let mut o = vec![0.0; dk];
+            for j in 0..=i {
+                let s: f64 = (0..dk)
+                    .map(|d| q[i][hh * dk + d] * k[j][hh * dk + d])
+                    .sum::<f64>()
+                    / (dk as f64).sqrt();
+                for d in 0..dk {
+                    o[d] += gamma.powi((i - j) as i32) * s * v[j][hh * dk + d];
+                }
+            }
+            let mean = o.iter().sum::<f64>() / dk as f64;
+            let var = o.iter().map(|z| (z - mean) * (z - mean)).sum::<f64>() / dk as f64;
+            for d in 0..dk {
+                let gain = at(&rec, &ins[7], &[("head", hh), ("dv", d)]);
+                let bias = at(&rec, &ins[8], &[("head", hh), ("dv", d)]);
+                y[i][hh * dk + d] = (o[d] - mean) / (var + 1e-5).sqrt() * gain + bias;
+            }
+        }
+    }
+    let g = affine(&rec, &x, &ins[9], &ins[10]);
+    let z: Vec<Vec<f64>> = (0..t)
+        .map(|i| {
+            (0..dm)
+                .map(|j| y[i][j] * g[i][j] / (1.0 + (-g[i][j]).exp()))
+                .collect()
+        })
+        .collect();
+    let want = affine(&rec, &z, &ins[11], &ins[12]);
+    for (i, row) in want.iter().enumerate() {
+        for (j, w) in row.iter().enumerate() {
+            let (a, b) = (
+                at(&rec, &yr[0], &[("tok", i), ("dm", j)]),
+                at(&par, &yp[0], &[("tok", i), ("dm", j)]),
+            );
+            assert!((a - w).abs() < 1e-10, "recurrent ({i}, {j}): {a} vs {w}");
+            assert!((b - w).abs() < 1e-10, "parallel ({i}, {j}): {b} vs {w}");
+        }
+    }
+}

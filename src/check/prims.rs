@@ -39,7 +39,8 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("sum", "sum[AXIS](x)"),
     ("softmax", "softmax[AXIS](x)"),
     ("normalise", "normalise[AXIS](x)"),
-    ("cumsum", "cumsum[AXIS](x)"),
+    ("cumsum", "cumsum[AXIS, decay = C](x)"),
+    ("scan", "scan[AXIS](gate, x)"),
     ("max", "max[AXIS](x), or max(a, b) elementwise"),
     ("min", "min[AXIS](x), or min(a, b) elementwise"),
     ("logsumexp", "logsumexp[AXIS](x)"),
@@ -1252,7 +1253,7 @@ impl Body<'_, '_> {
         let ix_span = index.map_or(callee.span, |i| i.span);
         let wire_count = match name {
             "posenc" | "param" | "iota" | "random" => Some(0),
-            "add" | "sub" | "mul" | "div" | "dot" | "outer" => Some(2),
+            "add" | "sub" | "mul" | "div" | "dot" | "outer" | "scan" => Some(2),
             "learner" => None,
             _ => Some(1),
         };
@@ -1336,7 +1337,12 @@ impl Body<'_, '_> {
                 self.box1(Op::Outer, vec![x, y], WireType::values(axes), vec![], span)
             }
             "sum" | "softmax" | "normalise" | "cumsum" | "max" | "min" | "logsumexp" => {
-                let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
+                let options: &[&str] = if name == "cumsum" { &["decay"] } else { &[] };
+                let idx = self.idx(name, index, ix_span, Exactly(1), None, options)?;
+                let decay = match Self::option(&idx, "decay") {
+                    Some(v) => Some(self.const_value(v)?),
+                    None => None,
+                };
                 let a = self.axis_value(&idx.lhs[0])?;
                 let (v, vs) = vals.into_iter().next()?;
                 let w = self.float_arg(v, vs)?;
@@ -1352,8 +1358,39 @@ impl Body<'_, '_> {
                         let r = Reduction::named(name).expect("a reduction's name");
                         self.box1(Op::Reduce(r, a), vec![w], ty.without(a), vec![], span)
                     }
-                    _ => self.box1(Op::Cumsum(a), vec![w], ty, vec![], span),
+                    _ => match decay {
+                        None => self.box1(Op::Cumsum(a), vec![w], ty, vec![], span),
+                        // `cumsum[a, decay = C](x)` is `scan[a](fill[...](C), x)`.
+                        Some(c) => {
+                            let axes = ty.axes.clone();
+                            let Val::Wire(g) = self.box1(
+                                Op::Fill { axes, value: c },
+                                vec![],
+                                ty.clone(),
+                                vec![],
+                                span,
+                            ) else {
+                                return None;
+                            };
+                            self.box1(Op::Scan(a), vec![g, w], ty, vec![], span)
+                        }
+                    },
                 }
+            }
+            "scan" => {
+                let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
+                let a = self.axis_value(&idx.lhs[0])?;
+                let mut it = vals.into_iter();
+                let ((g, gs), (x, xs)) = (it.next()?, it.next()?);
+                let (g, x) = (self.float_arg(g, gs), self.float_arg(x, xs));
+                let (g, x) = (g?, x?);
+                if !self.need_axis(x, xs, a, idx.lhs[0].span())
+                    || !self.same_axes(g, x, "scan", gs, xs, span)
+                {
+                    return None;
+                }
+                let ty = self.wire_ty(x).clone();
+                self.box1(Op::Scan(a), vec![g, x], ty, vec![], span)
             }
             "causal" | "causal_zero" => {
                 let idx = self.idx(

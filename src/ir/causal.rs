@@ -596,6 +596,14 @@ impl Analysis<'_> {
                 // when `a` carries positions; masks along `a` do not survive.
                 one(first().keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }
+            Op::Scan(a) => {
+                // A gated prefix sum: position `p` sees the gates and inputs at `<= p`.
+                let (g, x) = (first(), ins.get(1).cloned().unwrap_or_default());
+                one(g
+                    .join(&x)
+                    .keep_masks(|m, q, k| (q != *a && k != *a).then_some(m))
+                    .normalise())
+            }
             Op::Dropout(_) => one(first().keep_masks(|m, _, _| (m == MaskKind::Zero).then_some(m))),
             Op::PosEnc { .. } | Op::Iota(_) | Op::Fill { .. } | Op::Param(_) => {
                 vec![Facts::default(); n_out]

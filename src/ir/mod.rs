@@ -558,6 +558,9 @@ pub enum Op {
         band: Band,
     },
     Cumsum(AxisId),
+    /// `(g, x) -> y`, the gated (decayed) prefix sum along the axis: `y_t = g_t y_(t-1) + x_t`,
+    /// `y_0 = x_0`. A constant gate is `cumsum[a, decay = C]`; a first-order linear recurrence.
+    Scan(AxisId),
     Dropout(Const),
     PosEnc {
         pos: AxisId,
@@ -625,6 +628,11 @@ pub enum ExecOp {
     MapBack(Func),
     /// `gy -> gx` for `cumsum[a]`: the suffix sum.
     CumsumBack(AxisId),
+    /// `(gy, g) -> u` for [`Op::Scan`]: the reverse scan with the gate one step ahead,
+    /// `u_t = gy_t + g_(t+1) u_(t+1)`; `u` is the gradient of `x`, `u * lag(y)` that of `g`.
+    ScanBack(AxisId),
+    /// `x -> z` with `z_t = x_(t-1)`, `z_0 = 0`: the previous position along the axis.
+    Lag(AxisId),
     /// `(x, gain, gy) -> (gx, ggain, gbias)` for `layernorm[axes]`.
     LayerNormBack(Vec<AxisId>),
     /// `(ids, gy) -> gtable` for `embed[vocab -> ...]`: a scatter-add.

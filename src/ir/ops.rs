@@ -113,6 +113,7 @@ pub fn spec(op: &Op) -> OpSpec {
             vec![*query, *key],
         ),
         Cumsum(a) => ("cumsum".into(), Primitive, both(N(1), N(1)), vec![*a]),
+        Scan(a) => ("scan".into(), Primitive, both(N(2), N(1)), vec![*a]),
         Dropout(_) => ("dropout".into(), Primitive, both(N(1), N(1)), vec![]),
         PosEnc { pos, feature } => (
             "posenc".into(),
@@ -175,6 +176,8 @@ fn exec_spec(e: &ExecOp) -> (Cow<'static, str>, Count, Count, Vec<AxisId>) {
         ExecOp::ReduceBack(r, a) => (format!("{}_back", r.name()).into(), N(2), N(1), vec![*a]),
         ExecOp::MapBack(f) => (format!("{}_back", f.name()).into(), N(2), N(1), vec![]),
         ExecOp::CumsumBack(a) => ("cumsum_back".into(), N(1), N(1), vec![*a]),
+        ExecOp::ScanBack(a) => ("scan_back".into(), N(2), N(1), vec![*a]),
+        ExecOp::Lag(a) => ("lag".into(), N(1), N(1), vec![*a]),
         ExecOp::LayerNormBack(ids) => ("layernorm_back".into(), N(3), N(3), ids.clone()),
         ExecOp::EmbedBack { vocab } => ("embed_back".into(), N(2), N(1), vec![*vocab]),
         ExecOp::CrossEntropy { classes } => ("cross_entropy".into(), N(2), N(1), vec![*classes]),

@@ -259,6 +259,7 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
             })
         }
         Op::Cumsum(a) => format!("cumsum[{}]", n(a)),
+        Op::Scan(a) => format!("scan[{}]", n(a)),
         Op::Dropout(c) => format!("dropout[{}]", c.display(axes)),
         Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
         Op::Iota(a) => format!("iota[{}]", n(a)),
@@ -314,6 +315,8 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
         ExecOp::ReduceBack(r, a) => format!("{}_back[{}]", r.name(), n(a)),
         ExecOp::MapBack(f) => format!("{}_back", f.name()),
         ExecOp::CumsumBack(a) => format!("cumsum_back[{}]", n(a)),
+        ExecOp::ScanBack(a) => format!("scan_back[{}]", n(a)),
+        ExecOp::Lag(a) => format!("lag[{}]", n(a)),
         ExecOp::LayerNormBack(ids) => format!("layernorm_back[{}]", list(ids, axes)),
         ExecOp::EmbedBack { vocab } => format!("embed_back[{}]", n(vocab)),
         ExecOp::CrossEntropy { classes } => format!("cross_entropy[{}]", n(classes)),

@@ -197,8 +197,10 @@ fn types(d: &Diagram, bi: usize) -> Result<(), String> {
         | CausalZero { .. }
         | Cumsum(_)
         | Dropout(_) => want(ins[0].clone(), 0),
-        Exec(ExecOp::Dropout { .. } | ExecOp::CumsumBack(_)) => want(ins[0].clone(), 0),
-        Add | Sub | Mul | Div => want(union(), 0),
+        Exec(ExecOp::Dropout { .. } | ExecOp::CumsumBack(_) | ExecOp::Lag(_)) => {
+            want(ins[0].clone(), 0)
+        }
+        Add | Sub | Mul | Div | Scan(_) | Exec(ExecOp::ScanBack(_)) => want(union(), 0),
         Sum(a) | Reduce(_, a) => {
             let mut s = ins[0].clone();
             if !s.remove(&a.0) {

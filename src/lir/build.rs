@@ -564,6 +564,19 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
+            Op::Scan(a) | Op::Exec(ExecOp::ScanBack(a)) => {
+                arity(2)?;
+                let op = if matches!(b.op, Op::Scan(_)) {
+                    LaneOp::Scan
+                } else {
+                    LaneOp::ScanBack
+                };
+                vec![self.lane(op, &ins, *a, oa(0))?]
+            }
+            Op::Exec(ExecOp::Lag(a)) => {
+                arity(1)?;
+                vec![self.lane(LaneOp::Lag, &ins, *a, oa(0))?]
+            }
             Op::Reduce(r, a) => {
                 arity(1)?;
                 vec![self.lane(LaneOp::Reduce(*r), &ins, *a, oa(0))?]

@@ -51,6 +51,12 @@ pub enum LaneOp {
     Reduce(Reduction),
     /// `(x, gy) -> gx` for [`LaneOp::Reduce`]; `gy` lacks the axis (stride 0).
     ReduceBack(Reduction),
+    /// `(g, x) -> y`: `y_j = g_j y_(j-1) + x_j` (a gated prefix sum).
+    Scan,
+    /// `(gy, g) -> u`: `u_j = gy_j + g_(j+1) u_(j+1)`, from the end.
+    ScanBack,
+    /// `x -> z`: `z_j = x_(j-1)`, `z_0 = 0`, written from the end (safe in place).
+    Lag,
 }
 
 /// A batched matrix product (the CPU runs it on the `gemm` crate, CUDA on cuBLAS): for every point of `batch`, the
@@ -219,8 +225,12 @@ impl Kernel {
             Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
             Kernel::CrossEntropy { back, .. } => 3 + *back as usize,
             Kernel::Lane { op, .. } => match op {
-                LaneOp::Softmax | LaneOp::Normalise | LaneOp::Reduce(_) => 2,
-                LaneOp::SoftmaxBack | LaneOp::NormaliseBack | LaneOp::ReduceBack(_) => 3,
+                LaneOp::Softmax | LaneOp::Normalise | LaneOp::Reduce(_) | LaneOp::Lag => 2,
+                LaneOp::SoftmaxBack
+                | LaneOp::NormaliseBack
+                | LaneOp::ReduceBack(_)
+                | LaneOp::Scan
+                | LaneOp::ScanBack => 3,
             },
             Kernel::LayerNorm { .. } => 4,
             Kernel::LayerNormBack { .. } => 6,

@@ -204,7 +204,8 @@ impl Matcher<'_> {
             | (Sum(a), Sum(b))
             | (Softmax(a), Softmax(b))
             | (Normalise(a), Normalise(b))
-            | (Cumsum(a), Cumsum(b)) => self.axis(*a, *b),
+            | (Cumsum(a), Cumsum(b))
+            | (Scan(a), Scan(b)) => self.axis(*a, *b),
             (Reduce(r, a), Reduce(s, b)) => r == s && self.axis(*a, *b),
             (
                 Causal {

@@ -711,7 +711,7 @@ fn const_text(c: &Const, axes: &AxisTable) -> String {
 /// A constant as the right operand of `*` or `+`.
 fn const_operand(c: &Const, axes: &AxisTable) -> String {
     match c {
-        Const::Num(x) if *x < 0.0 => format!("-{}", -x),
+        Const::Num(x) if *x < 0.0 => format!("(-{})", -x),
         Const::Neg(_) => format!("({})", const_text(c, axes)),
         _ => const_text(c, axes),
     }
@@ -957,6 +957,7 @@ pub fn map_op(
         Softmax(a) => Softmax(f(*a)),
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),
+        Scan(a) => Scan(f(*a)),
         Causal { query, key, band } => Causal {
             query: f(*query),
             key: f(*key),

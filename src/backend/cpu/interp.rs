@@ -368,6 +368,55 @@ fn eval(
                 .ok_or_else(|| Error::Run("a mask's window was not instantiated".into()))?;
             vec![masked(one(ins), *query, *key, band, value).aligned(&out(0))]
         }
+        Op::Scan(a) | Op::Exec(ExecOp::ScanBack(a)) => {
+            // Forward (g, x): y_t = g_t y_(t-1) + x_t. Back (gy, g): u_t = gy_t + g_(t+1) u_(t+1).
+            let back = matches!(op, Op::Exec(_));
+            let [first, second] = inputs::<2>(ins)?;
+            let (g, x) = if back {
+                (second, first)
+            } else {
+                (first, second)
+            };
+            let g = g.aligned(&x.axes);
+            let p = x.pos(*a);
+            let mut y = x.data.clone();
+            for (mut yl, gl) in y.lanes_mut(Axis(p)).into_iter().zip(g.data.lanes(Axis(p))) {
+                let n = yl.len();
+                let mut acc = 0.0;
+                for i in 0..n {
+                    if back {
+                        let t = n - 1 - i;
+                        let gate = if t + 1 < n { gl[t + 1] } else { 0.0 };
+                        acc = yl[t] + gate * acc;
+                        yl[t] = acc;
+                    } else {
+                        acc = if i == 0 { yl[0] } else { gl[i] * acc + yl[i] };
+                        yl[i] = acc;
+                    }
+                }
+            }
+            vec![
+                Tensor {
+                    axes: x.axes,
+                    data: y,
+                }
+                .aligned(&out(0)),
+            ]
+        }
+        Op::Exec(ExecOp::Lag(a)) => {
+            let mut t = one(ins);
+            let p = t.pos(*a);
+            for mut lane in t.data.lanes_mut(Axis(p)) {
+                let n = lane.len();
+                for j in (1..n).rev() {
+                    lane[j] = lane[j - 1];
+                }
+                if n > 0 {
+                    lane[0] = 0.0;
+                }
+            }
+            vec![t.aligned(&out(0))]
+        }
         Op::Cumsum(a) | Op::Exec(ExecOp::CumsumBack(a)) => {
             let reverse = matches!(op, Op::Exec(_));
             vec![cumsum(one(ins), *a, reverse).aligned(&out(0))]

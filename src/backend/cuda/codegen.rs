@@ -757,6 +757,18 @@ impl Gen {
                          for (int j = 0; j < {n}; j++) dot += pa[j * {s1}] * pb[j * {s2}];\n    \
                          for (int j = 0; j < {n}; j++) {{ float y = pa[j * {s1}], g = pb[j * {s2}]; po[j * {s0}] = y * (g - dot); }}"
                     ),
+                    // Every value is read before its position is written (in place is safe).
+                    LaneOp::Scan => format!(
+                        "    float acc = 0.0f;\n    \
+                         for (int j = 0; j < {n}; j++) {{ float g = pa[j * {s1}], x = pb[j * {s2}]; acc = j == 0 ? x : g * acc + x; po[j * {s0}] = acc; }}"
+                    ),
+                    LaneOp::ScanBack => format!(
+                        "    float acc = 0.0f, gate = 0.0f;\n    \
+                         for (int j = {n} - 1; j >= 0; j--) {{ float gy = pa[j * {s1}], g = pb[j * {s2}]; acc = gy + gate * acc; po[j * {s0}] = acc; gate = g; }}"
+                    ),
+                    LaneOp::Lag => format!(
+                        "    for (int j = {n} - 1; j >= 0; j--) po[j * {s0}] = j == 0 ? 0.0f : pa[(j - 1) * {s1}];"
+                    ),
                     // max/min: the fold of max2/min2 (the earlier entry on ties and where it is
                     // NaN); logsumexp shifted by the largest finite entry.
                     LaneOp::Reduce(r) | LaneOp::ReduceBack(r) => {

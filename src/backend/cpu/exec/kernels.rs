@@ -680,6 +680,31 @@ impl Kernel {
                                     *po.add(j * s[0]) = y * (g - dot);
                                 }
                             }
+                            // Every value is read before its position is written, so an
+                            // input may share the output's buffer.
+                            LaneOp::Scan => {
+                                let mut acc = 0.0;
+                                for j in 0..n {
+                                    let (g, x) = (at(pa, s[1], j), at(pb, s[2], j));
+                                    acc = if j == 0 { x } else { g * acc + x };
+                                    *po.add(j * s[0]) = acc;
+                                }
+                            }
+                            LaneOp::ScanBack => {
+                                let (mut acc, mut gate) = (0.0, 0.0);
+                                for j in (0..n).rev() {
+                                    let (gy, g) = (at(pa, s[1], j), at(pb, s[2], j));
+                                    acc = gy + gate * acc;
+                                    *po.add(j * s[0]) = acc;
+                                    gate = g;
+                                }
+                            }
+                            LaneOp::Lag => {
+                                for j in (0..n).rev() {
+                                    *po.add(j * s[0]) =
+                                        if j == 0 { 0.0 } else { at(pa, s[1], j - 1) };
+                                }
+                            }
                             LaneOp::Reduce(r) => {
                                 *po = match r.chosen(n, |j| at(pa, s[1], j)) {
                                     Some(c) => at(pa, s[1], c),
