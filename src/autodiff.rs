@@ -236,6 +236,11 @@ fn backward(
             Some(g.add1(Op::Exec(ExecOp::Einsum), vec![gy, x(0)], ty(1), span)),
         ],
         Op::Sum(a) => vec![Some(g.add1(Op::Expand(*a), vec![gy], ty(0), span))],
+        Op::RotateHalf(a) => {
+            // The rotation is orthogonal with R^T = -R.
+            let r = g.add1(Op::RotateHalf(*a), vec![gy], ty(0), span);
+            vec![Some(neg(g, r, ty(0)))]
+        }
         Op::Reduce(r, a) => vec![Some(g.add1(
             Op::Exec(ExecOp::ReduceBack(*r, *a)),
             vec![x(0), gy],

@@ -1177,3 +1177,34 @@ fn retnet_recurrent_and_parallel_forms_agree_and_match_a_naive_computation() {
         }
     }
 }
+
+#[test]
+fn rope_matches_a_naive_computation() {
+    // M1 with q and k rotated: pair (i, i + dk/2) of position p turned by p * 10000^(-2i/dk).
+    mechanism_matches_naive("rope", 14, |q, k, v, h, dk| {
+        let half = dk / 2;
+        let rot = |x: &[Vec<f64>], p: usize, hh: usize| -> Vec<f64> {
+            let mut y = vec![0.0; dk];
+            for i in 0..half {
+                let th = p as f64 * 10000f64.powf(-2.0 * i as f64 / dk as f64);
+                let (a, b) = (x[p][hh * dk + i], x[p][hh * dk + i + half]);
+                y[i] = a * th.cos() - b * th.sin();
+                y[i + half] = b * th.cos() + a * th.sin();
+            }
+            y
+        };
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let qi = rot(q, i, hh);
+            let s: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let kj = rot(k, j, hh);
+                    qi.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dk as f64).sqrt()
+                })
+                .collect();
+            let top = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - top).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        })
+    });
+}

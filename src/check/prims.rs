@@ -41,6 +41,7 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("normalise", "normalise[AXIS](x)"),
     ("cumsum", "cumsum[AXIS, decay = C](x)"),
     ("scan", "scan[AXIS](gate, x)"),
+    ("rotate_half", "rotate_half[AXIS](x)"),
     ("max", "max[AXIS](x), or max(a, b) elementwise"),
     ("min", "min[AXIS](x), or min(a, b) elementwise"),
     ("logsumexp", "logsumexp[AXIS](x)"),
@@ -1376,6 +1377,17 @@ impl Body<'_, '_> {
                         }
                     },
                 }
+            }
+            "rotate_half" => {
+                let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
+                let a = self.axis_value(&idx.lhs[0])?;
+                let (v, vs) = vals.into_iter().next()?;
+                let w = self.float_arg(v, vs)?;
+                if !self.need_axis(w, vs, a, idx.lhs[0].span()) {
+                    return None;
+                }
+                let ty = self.wire_ty(w).clone();
+                self.box1(Op::RotateHalf(a), vec![w], ty, vec![], span)
             }
             "scan" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;

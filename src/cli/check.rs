@@ -103,21 +103,35 @@ fn causal_probe(o: &session::Outcome, axis: &str) -> (usize, Vec<String>) {
         return (0, vec![]);
     };
     let root = crate::source::FileId(0);
-    let sizes: std::collections::BTreeMap<String, u64> = program
+    let free: Vec<String> = program
         .axes
         .axes
         .iter()
-        .filter(|a| a.size == crate::ir::size::Size::var(&a.name))
-        .map(|a| {
-            let n = if a.name == axis {
-                PROBE_POSITIONS
-            } else {
-                PROBE_OTHERS
-            };
-            (a.name.clone(), n)
-        })
+        .filter(|a| a.size == crate::ir::size::Size::var(&a.name) && a.name != axis)
+        .map(|a| a.name.clone())
         .collect();
-    let shown: Vec<String> = sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The sizes tried, in order: every free axis at PROBE_OTHERS; then, for axes whose sizes
+    // must divide others (`dk = dm / head`, `half = dk / 2`), each free axis in turn at 2 and
+    // the others at 2 * PROBE_OTHERS.
+    let assign = |small: Option<usize>| -> std::collections::BTreeMap<String, u64> {
+        let mut m: std::collections::BTreeMap<String, u64> = free
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let v = match small {
+                    None => PROBE_OTHERS,
+                    Some(k) if k == i => 2,
+                    Some(_) => 2 * PROBE_OTHERS,
+                };
+                (n.clone(), v)
+            })
+            .collect();
+        m.insert(axis.to_string(), PROBE_POSITIONS);
+        m
+    };
+    let tries: Vec<std::collections::BTreeMap<String, u64>> = std::iter::once(assign(None))
+        .chain((0..free.len()).map(|k| assign(Some(k))))
+        .collect();
     let mut problems = 0;
     let mut lines = Vec::new();
     for d in &program.diagrams {
@@ -125,27 +139,39 @@ fn causal_probe(o: &session::Outcome, axis: &str) -> (usize, Vec<String>) {
             continue;
         }
         let proved = crate::ir::causal::prove(program, &d.name, pos, &Default::default()).proved();
-        let b = Bindings {
-            sizes: sizes.clone(),
-            hypers: Default::default(),
+        let attempt = |sizes: &std::collections::BTreeMap<String, u64>| {
+            let b = Bindings {
+                sizes: sizes.clone(),
+                hypers: Default::default(),
+            };
+            instance::instantiate(program, &d.name, &b)
         };
-        let inst = match instance::instantiate(program, &d.name, &b) {
-            Ok(i) => i,
-            Err(e) => {
-                lines.push(format!(
-                    "probe `{}`: not run: it cannot be instantiated at {} ({e})",
-                    d.name,
-                    shown.join(", ")
-                ));
-                continue;
-            }
+        let show = |sizes: &std::collections::BTreeMap<String, u64>| -> String {
+            let v: Vec<String> = sizes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            v.join(", ")
+        };
+        let found = tries
+            .iter()
+            .find_map(|s| attempt(s).ok().map(|i| (i, show(s))));
+        let Some((inst, shown)) = found else {
+            let e = attempt(&tries[0])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            lines.push(format!(
+                "probe `{}`: not run: it cannot be instantiated at {} ({e}), nor with one \
+                 free axis at 2 and the others at {}",
+                d.name,
+                show(&tries[0]),
+                2 * PROBE_OTHERS
+            ));
+            continue;
         };
         match crate::backend::cpu::harness::causal_probe(&inst, pos, 1) {
             Ok(None) => lines.push(format!(
                 "probe `{}`: no earlier output changed when each later position of its inputs \
                  along `{axis}` was redrawn ({}, seed 1, f64 interpreter)",
-                d.name,
-                shown.join(", ")
+                d.name, shown
             )),
             Ok(Some(leak)) => {
                 problems += 1;

@@ -559,6 +559,12 @@ impl Analysis<'_> {
                 let f = self.reduce(d, bi, first(), &[*a], &what, ins);
                 one(f.keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
             }
+            Op::RotateHalf(a) => {
+                // Mixes entries along `a` (as a reduction does): facts about `a` do not survive.
+                let what = format!("rotate_half[{}]", name(a));
+                let f = self.reduce(d, bi, first(), &[*a], &what, ins);
+                one(f.keep_masks(|m, q, k| (q != *a && k != *a).then_some(m)))
+            }
             Op::Softmax(a) => {
                 let f = self.reduce(d, bi, first(), &[*a], &format!("softmax[{}]", name(a)), ins);
                 // A row's minus-infinity entries become exact zeros; other facts do not survive.

@@ -538,6 +538,9 @@ pub enum Op {
     Dot(AxisId),
     Outer,
     Sum(AxisId),
+    /// `rotate_half[a](x)`: with `h` half the axis' (even) size, `y_j = -x_(j+h)` for `j < h`
+    /// and `y_j = x_(j-h)` after: the pairwise rotation of RoPE, in the halves convention.
+    RotateHalf(AxisId),
     /// `max[a]`, `min[a]` and `logsumexp[a]`: reductions that remove the axis.
     Reduce(Reduction, AxisId),
     Softmax(AxisId),

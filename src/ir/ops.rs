@@ -97,6 +97,7 @@ pub fn spec(op: &Op) -> OpSpec {
         Outer => ("outer".into(), Primitive, both(N(2), N(1)), vec![]),
         Sum(a) => ("sum".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Reduce(r, a) => (r.name().into(), Primitive, both(N(1), N(1)), vec![*a]),
+        RotateHalf(a) => ("rotate_half".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Softmax(a) => ("softmax".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Normalise(a) => ("normalise".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Map(f) => (f.name().into(), Primitive, both(N(1), N(1)), vec![]),

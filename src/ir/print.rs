@@ -250,6 +250,7 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         Op::Outer => "outer".into(),
         Op::Sum(a) => format!("sum[{}]", n(a)),
         Op::Reduce(r, a) => format!("{}[{}]", r.name(), n(a)),
+        Op::RotateHalf(a) => format!("rotate_half[{}]", n(a)),
         Op::Softmax(a) => format!("softmax[{}]", n(a)),
         Op::Normalise(a) => format!("normalise[{}]", n(a)),
         Op::Map(f) => f.name().into(),

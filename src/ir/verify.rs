@@ -196,6 +196,7 @@ fn types(d: &Diagram, bi: usize) -> Result<(), String> {
         | Causal { .. }
         | CausalZero { .. }
         | Cumsum(_)
+        | RotateHalf(_)
         | Dropout(_) => want(ins[0].clone(), 0),
         Exec(ExecOp::Dropout { .. } | ExecOp::CumsumBack(_) | ExecOp::Lag(_)) => {
             want(ins[0].clone(), 0)

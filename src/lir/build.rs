@@ -573,6 +573,17 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
+            Op::RotateHalf(a) => {
+                arity(1)?;
+                if !self.size(*a).is_multiple_of(2) {
+                    return Err(Error::Plan(format!(
+                        "rotate_half[{}] needs an axis of even size; it has {}",
+                        self.name(*a),
+                        self.size(*a)
+                    )));
+                }
+                vec![self.lane(LaneOp::RotateHalf, &ins, *a, oa(0))?]
+            }
             Op::Exec(ExecOp::Lag(a)) => {
                 arity(1)?;
                 vec![self.lane(LaneOp::Lag, &ins, *a, oa(0))?]

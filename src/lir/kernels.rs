@@ -53,6 +53,9 @@ pub enum LaneOp {
     ReduceBack(Reduction),
     /// `(g, x) -> y`: `y_j = g_j y_(j-1) + x_j` (a gated prefix sum).
     Scan,
+    /// `x -> y`: `y_j = -x_(j+h)`, `y_(j+h) = x_j` for `j < h = n / 2` (pairs read before they
+    /// are written: safe in place).
+    RotateHalf,
     /// `(gy, g) -> u`: `u_j = gy_j + g_(j+1) u_(j+1)`, from the end.
     ScanBack,
     /// `x -> z`: `z_j = x_(j-1)`, `z_0 = 0`, written from the end (safe in place).
@@ -225,7 +228,11 @@ impl Kernel {
             Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
             Kernel::CrossEntropy { back, .. } => 3 + *back as usize,
             Kernel::Lane { op, .. } => match op {
-                LaneOp::Softmax | LaneOp::Normalise | LaneOp::Reduce(_) | LaneOp::Lag => 2,
+                LaneOp::Softmax
+                | LaneOp::Normalise
+                | LaneOp::Reduce(_)
+                | LaneOp::Lag
+                | LaneOp::RotateHalf => 2,
                 LaneOp::SoftmaxBack
                 | LaneOp::NormaliseBack
                 | LaneOp::ReduceBack(_)

@@ -236,6 +236,7 @@ impl<'a> Cost<'a> {
                 _ => arg(0),
             },
             Op::Softmax(_) | Op::Normalise(_) => 3.0 * out(0),
+            Op::RotateHalf(_) => out(0),
             Op::LayerNorm(_) => 5.0 * out(0),
             Op::Linear { from, .. } => out(0) * prod(from),
             Op::Learner { from, to, width } => {

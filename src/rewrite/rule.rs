@@ -205,7 +205,8 @@ impl Matcher<'_> {
             | (Softmax(a), Softmax(b))
             | (Normalise(a), Normalise(b))
             | (Cumsum(a), Cumsum(b))
-            | (Scan(a), Scan(b)) => self.axis(*a, *b),
+            | (Scan(a), Scan(b))
+            | (RotateHalf(a), RotateHalf(b)) => self.axis(*a, *b),
             (Reduce(r, a), Reduce(s, b)) => r == s && self.axis(*a, *b),
             (
                 Causal {

@@ -954,6 +954,7 @@ pub fn map_op(
         Dot(a) => Dot(f(*a)),
         Sum(a) => Sum(f(*a)),
         Reduce(r, a) => Reduce(*r, f(*a)),
+        RotateHalf(a) => RotateHalf(f(*a)),
         Softmax(a) => Softmax(f(*a)),
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),

@@ -403,6 +403,31 @@ fn eval(
                 .aligned(&out(0)),
             ]
         }
+        Op::RotateHalf(a) => {
+            let x = one(ins);
+            let p = x.pos(*a);
+            let n = x.data.shape()[p];
+            if !n.is_multiple_of(2) {
+                return Err(Error::Run(format!(
+                    "rotate_half needs an axis of even size; it has {n}"
+                )));
+            }
+            let h = n / 2;
+            let mut y = x.data.clone();
+            for (mut yl, xl) in y.lanes_mut(Axis(p)).into_iter().zip(x.data.lanes(Axis(p))) {
+                for j in 0..h {
+                    yl[j] = -xl[j + h];
+                    yl[j + h] = xl[j];
+                }
+            }
+            vec![
+                Tensor {
+                    axes: x.axes,
+                    data: y,
+                }
+                .aligned(&out(0)),
+            ]
+        }
         Op::Exec(ExecOp::Lag(a)) => {
             let mut t = one(ins);
             let p = t.pos(*a);

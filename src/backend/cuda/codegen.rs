@@ -766,6 +766,9 @@ impl Gen {
                         "    float acc = 0.0f, gate = 0.0f;\n    \
                          for (int j = {n} - 1; j >= 0; j--) {{ float gy = pa[j * {s1}], g = pb[j * {s2}]; acc = gy + gate * acc; po[j * {s0}] = acc; gate = g; }}"
                     ),
+                    LaneOp::RotateHalf => format!(
+                        "    for (int j = 0; j < {n} / 2; j++) {{ float a = pa[j * {s1}], b = pa[(j + {n} / 2) * {s1}]; po[j * {s0}] = -b; po[(j + {n} / 2) * {s0}] = a; }}"
+                    ),
                     LaneOp::Lag => format!(
                         "    for (int j = {n} - 1; j >= 0; j--) po[j * {s0}] = j == 0 ? 0.0f : pa[(j - 1) * {s1}];"
                     ),

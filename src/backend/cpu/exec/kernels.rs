@@ -699,6 +699,14 @@ impl Kernel {
                                     gate = g;
                                 }
                             }
+                            LaneOp::RotateHalf => {
+                                let h = n / 2;
+                                for j in 0..h {
+                                    let (a, b) = (at(pa, s[1], j), at(pa, s[1], j + h));
+                                    *po.add(j * s[0]) = -b;
+                                    *po.add((j + h) * s[0]) = a;
+                                }
+                            }
                             LaneOp::Lag => {
                                 for j in (0..n).rev() {
                                     *po.add(j * s[0]) =
