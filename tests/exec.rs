@@ -1208,3 +1208,23 @@ fn rope_matches_a_naive_computation() {
         })
     });
 }
+
+#[test]
+fn the_caret_is_pow_with_the_usual_precedence() {
+    // x ^ 2 + 2 ^ 3 - -x ^ 2 * 0.5 + (x * x + 1) ^ -1, read as
+    // x^2 + 8 - (-(x^2)) * 0.5 + 1 / (x^2 + 1): `^` binds tighter than unary minus and `*`.
+    let src =
+        "axis a\ndiagram f(x: [a]) -> [a] { x ^ 2 + 2 ^ 3 - -x ^ 2 * 0.5 + (x * x + 1) ^ -1 }\n";
+    let xs = vec![-2.0, -0.5, 0.0, 0.25, 1.5];
+    let (v, g) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    for (i, x) in xs.iter().enumerate() {
+        let want = x * x + 8.0 + 0.5 * x * x + 1.0 / (x * x + 1.0);
+        let dwant = 2.0 * x + x - 2.0 * x / ((x * x + 1.0) * (x * x + 1.0));
+        assert!((v[i] - want).abs() < 1e-12, "at {x}: {} vs {want}", v[i]);
+        assert!(
+            (g[0][i] - dwant).abs() < 1e-12,
+            "d at {x}: {} vs {dwant}",
+            g[0][i]
+        );
+    }
+}

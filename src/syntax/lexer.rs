@@ -90,6 +90,8 @@ pub enum Tok {
     Star,
     #[token("/")]
     Slash,
+    #[token("^")]
+    Caret,
 
     /// A character that starts no token (reported as E0001).
     Error,
@@ -127,6 +129,7 @@ impl std::fmt::Display for Tok {
             Tok::Minus => "`-`",
             Tok::Star => "`*`",
             Tok::Slash => "`/`",
+            Tok::Caret => "`^`",
             Tok::Error => "an invalid character",
         };
         f.write_str(s)
