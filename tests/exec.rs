@@ -1228,3 +1228,40 @@ fn the_caret_is_pow_with_the_usual_precedence() {
         );
     }
 }
+
+#[test]
+fn normalise_with_an_epsilon_matches_its_formula() {
+    // normalise[b, eps = 0.5](x) = x / (sum_b x + 0.5), per row of [a, b]; a row summing to zero
+    // stays finite.
+    let src = "axis a, b\ndiagram f(x: [a, b]) -> [a, b] { normalise[b, eps = 0.5](x) }\n";
+    let o = session::check_text("<test>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let rows = [vec![1.0, 2.0, 3.0], vec![1.0, -1.0, 0.0]];
+    let inst = instantiate(
+        &o.checked.program,
+        "f",
+        &bindings(&[("a", 2), ("b", 3)], &[]),
+    )
+    .unwrap();
+    let axes = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+    let x = Tensor::from_vec(axes, &[2, 3], rows.concat());
+    let y = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        vec![x],
+        RunOptions::default(),
+    )
+    .unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let s: f64 = row.iter().sum::<f64>() + 0.5;
+        for (j, v) in row.iter().enumerate() {
+            let got = at(&inst, &y[0], &[("a", i), ("b", j)]);
+            assert!(
+                (got - v / s).abs() < 1e-12,
+                "({i}, {j}): {got} vs {}",
+                v / s
+            );
+        }
+    }
+}

@@ -38,7 +38,7 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("outer", "outer(a, b)"),
     ("sum", "sum[AXIS](x)"),
     ("softmax", "softmax[AXIS](x)"),
-    ("normalise", "normalise[AXIS](x)"),
+    ("normalise", "normalise[AXIS, eps = C](x)"),
     ("cumsum", "cumsum[AXIS, decay = C](x)"),
     ("scan", "scan[AXIS](gate, x)"),
     ("rotate_half", "rotate_half[AXIS](x)"),
@@ -1338,9 +1338,17 @@ impl Body<'_, '_> {
                 self.box1(Op::Outer, vec![x, y], WireType::values(axes), vec![], span)
             }
             "sum" | "softmax" | "normalise" | "cumsum" | "max" | "min" | "logsumexp" => {
-                let options: &[&str] = if name == "cumsum" { &["decay"] } else { &[] };
+                let options: &[&str] = match name {
+                    "cumsum" => &["decay"],
+                    "normalise" => &["eps"],
+                    _ => &[],
+                };
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, options)?;
                 let decay = match Self::option(&idx, "decay") {
+                    Some(v) => Some(self.const_value(v)?),
+                    None => None,
+                };
+                let eps = match Self::option(&idx, "eps") {
                     Some(v) => Some(self.const_value(v)?),
                     None => None,
                 };
@@ -1354,7 +1362,27 @@ impl Body<'_, '_> {
                 match name {
                     "sum" => self.box1(Op::Sum(a), vec![w], ty.without(a), vec![], span),
                     "softmax" => self.box1(Op::Softmax(a), vec![w], ty, vec![], span),
-                    "normalise" => self.box1(Op::Normalise(a), vec![w], ty, vec![], span),
+                    "normalise" => match eps {
+                        None => self.box1(Op::Normalise(a), vec![w], ty, vec![], span),
+                        // `normalise[a, eps = C](x)` is `x / broadcast[a](sum[a](x) + C)`.
+                        Some(c) => {
+                            let Val::Wire(s) =
+                                self.box1(Op::Sum(a), vec![w], ty.without(a), vec![], span)
+                            else {
+                                return None;
+                            };
+                            let Val::Wire(s) = self.unary(Op::Shift(c), s, span) else {
+                                return None;
+                            };
+                            let wide = ty.without(a).with_front(a);
+                            let Val::Wire(s) =
+                                self.box1(Op::Expand(a), vec![s], wide, vec![], span)
+                            else {
+                                return None;
+                            };
+                            self.box1(Op::Div, vec![w, s], ty, vec![], span)
+                        }
+                    },
                     "max" | "min" | "logsumexp" => {
                         let r = Reduction::named(name).expect("a reduction's name");
                         self.box1(Op::Reduce(r, a), vec![w], ty.without(a), vec![], span)
