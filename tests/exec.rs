@@ -134,6 +134,29 @@ fn mechanism_matches_naive_with(
     hypers: &[(&str, i64)],
     heads: impl Fn(&[Vec<f64>], &[Vec<f64>], &[Vec<f64>], usize, usize) -> Vec<Vec<f64>>,
 ) {
+    mechanism_matches_naive_extra(mech, seed, hypers, |_, _, q, k, v, h, dk| {
+        heads(q, k, v, h, dk)
+    })
+}
+
+/// The general form: the four `linear` maps are found by their parameters' names (`.weight`
+/// then `.bias`, in order of appearance: q, k, v, output); `heads` also gets the instance and
+/// the mechanism's other parameter tensors, in order.
+#[allow(clippy::type_complexity)]
+fn mechanism_matches_naive_extra(
+    mech: &str,
+    seed: u64,
+    hypers: &[(&str, i64)],
+    heads: impl Fn(
+        &Instance,
+        &[&Tensor],
+        &[Vec<f64>],
+        &[Vec<f64>],
+        &[Vec<f64>],
+        usize,
+        usize,
+    ) -> Vec<Vec<f64>>,
+) {
     let (t, dm, h) = (5usize, 8usize, 2usize);
     let hypers: Vec<(&str, HyperValue)> = hypers
         .iter()
@@ -161,15 +184,33 @@ fn mechanism_matches_naive_with(
                 .collect()
         })
         .collect();
-    // Parameters in order of appearance: q, k, v, output.
-    let w = |k: usize| &ins[1 + 2 * k];
-    let bias = |k: usize| &ins[2 + 2 * k];
+    // Parameter k is input 1 + k.
+    let names: Vec<&str> = inst.params.iter().map(|p| p.name.as_str()).collect();
+    let linears: Vec<usize> = (0..names.len())
+        .filter(|&k| {
+            names[k].ends_with(".weight")
+                && names[k].contains("/linear")
+                && names.get(k + 1).is_some_and(|b| b.ends_with(".bias"))
+        })
+        .collect();
+    assert_eq!(linears.len(), 4, "{mech}: {names:?}");
+    let w = |k: usize| &ins[1 + linears[k]];
+    let bias = |k: usize| &ins[2 + linears[k]];
+    let extra: Vec<&Tensor> = (0..names.len())
+        .filter(|k| !linears.iter().any(|l| *k == *l || *k == *l + 1))
+        .map(|k| &ins[1 + k])
+        .collect();
     let (q, k, v) = (
         affine(&inst, &x, w(0), bias(0)),
         affine(&inst, &x, w(1), bias(1)),
         affine(&inst, &x, w(2), bias(2)),
     );
-    let y = affine(&inst, &heads(&q, &k, &v, h, dm / h), w(3), bias(3));
+    let y = affine(
+        &inst,
+        &heads(&inst, &extra, &q, &k, &v, h, dm / h),
+        w(3),
+        bias(3),
+    );
     for (i, row) in y.iter().enumerate() {
         for (j, want) in row.iter().enumerate() {
             let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
@@ -1264,4 +1305,37 @@ fn normalise_with_an_epsilon_matches_its_formula() {
             );
         }
     }
+}
+
+/// Softmax over the visible keys of the scores `s` (position i sees 0..=i).
+fn softmax_row(s: &[f64]) -> Vec<f64> {
+    let top = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|x| (x - top).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|x| x / z).collect()
+}
+
+#[test]
+fn soft_capped_attention_matches_a_naive_computation() {
+    // cap bound to 1 so that tanh is far from linear at these scores.
+    mechanism_matches_naive_extra("softcap", 15, &[("cap", 1)], |_, extra, q, k, v, h, dk| {
+        assert!(extra.is_empty());
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let s: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j).tanh()).collect();
+            softmax_row(&s)
+        })
+    });
+}
+
+#[test]
+fn attention_with_a_learned_sink_matches_a_naive_computation() {
+    mechanism_matches_naive_extra("sink", 16, &[], |inst, extra, q, k, v, h, dk| {
+        assert_eq!(extra.len(), 1, "one sink logit per head");
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let b = at(inst, extra[0], &[("head", hh)]);
+            let e: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j).exp()).collect();
+            let z: f64 = e.iter().sum::<f64>() + b.exp();
+            e.iter().map(|x| x / z).collect()
+        })
+    });
 }
