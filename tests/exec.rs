@@ -134,14 +134,14 @@ fn mechanism_matches_naive_with(
     hypers: &[(&str, i64)],
     heads: impl Fn(&[Vec<f64>], &[Vec<f64>], &[Vec<f64>], usize, usize) -> Vec<Vec<f64>>,
 ) {
-    mechanism_matches_naive_extra(mech, seed, hypers, |_, _, q, k, v, h, dk| {
+    mechanism_matches_naive_extra(mech, seed, hypers, |_, _, _, q, k, v, h, dk| {
         heads(q, k, v, h, dk)
     })
 }
 
 /// The general form: the four `linear` maps are found by their parameters' names (`.weight`
-/// then `.bias`, in order of appearance: q, k, v, output); `heads` also gets the instance and
-/// the mechanism's other parameter tensors, in order.
+/// then `.bias`, in order of appearance: q, k, v, output); `heads` also gets the instance, the
+/// mechanism's other parameter tensors in order, and the input rows `x`.
 #[allow(clippy::type_complexity)]
 fn mechanism_matches_naive_extra(
     mech: &str,
@@ -150,6 +150,7 @@ fn mechanism_matches_naive_extra(
     heads: impl Fn(
         &Instance,
         &[&Tensor],
+        &[Vec<f64>],
         &[Vec<f64>],
         &[Vec<f64>],
         &[Vec<f64>],
@@ -186,10 +187,19 @@ fn mechanism_matches_naive_extra(
         .collect();
     // Parameter k is input 1 + k.
     let names: Vec<&str> = inst.params.iter().map(|p| p.name.as_str()).collect();
+    // The [dm, dm] maps (other linear maps, like a gate's, are the formula's own).
+    let square = |k: usize| {
+        let ax: Vec<&str> = inst.params[k]
+            .axes
+            .iter()
+            .map(|a| inst.axes.name(*a))
+            .collect();
+        ax == ["dm'", "dm"]
+    };
     let linears: Vec<usize> = (0..names.len())
         .filter(|&k| {
             names[k].ends_with(".weight")
-                && names[k].contains("/linear")
+                && square(k)
                 && names.get(k + 1).is_some_and(|b| b.ends_with(".bias"))
         })
         .collect();
@@ -207,7 +217,7 @@ fn mechanism_matches_naive_extra(
     );
     let y = affine(
         &inst,
-        &heads(&inst, &extra, &q, &k, &v, h, dm / h),
+        &heads(&inst, &extra, &x, &q, &k, &v, h, dm / h),
         w(3),
         bias(3),
     );
@@ -1318,24 +1328,54 @@ fn softmax_row(s: &[f64]) -> Vec<f64> {
 #[test]
 fn soft_capped_attention_matches_a_naive_computation() {
     // cap bound to 1 so that tanh is far from linear at these scores.
-    mechanism_matches_naive_extra("softcap", 15, &[("cap", 1)], |_, extra, q, k, v, h, dk| {
-        assert!(extra.is_empty());
-        weighted_heads(q.len(), h, dk, v, |hh, i| {
-            let s: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j).tanh()).collect();
-            softmax_row(&s)
-        })
-    });
+    mechanism_matches_naive_extra(
+        "softcap",
+        15,
+        &[("cap", 1)],
+        |_, extra, _, q, k, v, h, dk| {
+            assert!(extra.is_empty());
+            weighted_heads(q.len(), h, dk, v, |hh, i| {
+                let s: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j).tanh()).collect();
+                softmax_row(&s)
+            })
+        },
+    );
 }
 
 #[test]
 fn attention_with_a_learned_sink_matches_a_naive_computation() {
-    mechanism_matches_naive_extra("sink", 16, &[], |inst, extra, q, k, v, h, dk| {
+    mechanism_matches_naive_extra("sink", 16, &[], |inst, extra, _, q, k, v, h, dk| {
         assert_eq!(extra.len(), 1, "one sink logit per head");
         weighted_heads(q.len(), h, dk, v, |hh, i| {
             let b = at(inst, extra[0], &[("head", hh)]);
             let e: Vec<f64> = (0..=i).map(|j| score(q, k, hh, dk, i, j).exp()).collect();
             let z: f64 = e.iter().sum::<f64>() + b.exp();
             e.iter().map(|x| x / z).collect()
+        })
+    });
+}
+
+#[test]
+fn forgetting_attention_matches_a_naive_computation() {
+    mechanism_matches_naive_extra("forgetting", 17, &[], |inst, extra, x, q, k, v, h, dk| {
+        assert_eq!(extra.len(), 2, "the gate's weight and bias");
+        let (gw, gb) = (extra[0], extra[1]);
+        // f_t = sigmoid(x_t . w_h + b_h); the discount of (i, j) is sum_(j < l <= i) log f_l.
+        let f = |t: usize, hh: usize| {
+            let z: f64 = (0..x[t].len())
+                .map(|m| x[t][m] * at(inst, gw, &[("dm", m), ("head", hh)]))
+                .sum::<f64>()
+                + at(inst, gb, &[("head", hh)]);
+            1.0 / (1.0 + (-z).exp())
+        };
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let s: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let decay: f64 = (j + 1..=i).map(|l| f(l, hh).ln()).sum();
+                    score(q, k, hh, dk, i, j) + decay
+                })
+                .collect();
+            softmax_row(&s)
         })
     });
 }
