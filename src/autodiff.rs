@@ -306,9 +306,14 @@ fn backward(
         }
         Op::Scan(a) => {
             // y_t = g_t y_(t-1) + x_t: u = scan_back(gy, g), gx = u, gg = u * lag(y).
+            // A gate with fewer axes than `x` (broadcast, as a constant gate in a batched model
+            // is) gets the sum over the axes it lacks.
             let u = g.add1(Op::Exec(ExecOp::ScanBack(*a)), vec![gy, x(0)], ty(1), span);
             let prev = g.add1(Op::Exec(ExecOp::Lag(*a)), vec![y], ty(1), span);
-            let gg = g.add1(Op::Mul, vec![u, prev], ty(0), span);
+            let mut gg = g.add1(Op::Mul, vec![u, prev], ty(1), span);
+            if ty(0).axes.len() != ty(1).axes.len() {
+                gg = g.add1(Op::Exec(ExecOp::SumTo), vec![gg], ty(0), span);
+            }
             vec![Some(gg), Some(u)]
         }
         Op::Cumsum(a) => vec![Some(g.add1(

@@ -377,7 +377,8 @@ fn eval(
             } else {
                 (first, second)
             };
-            let g = g.aligned(&x.axes);
+            // A gate may lack axes of `x` (a constant gate in a batched model): broadcast it.
+            let g = g.expand_to(&x.axes, sizes);
             let p = x.pos(*a);
             let mut y = x.data.clone();
             for (mut yl, gl) in y.lanes_mut(Axis(p)).into_iter().zip(g.data.lanes(Axis(p))) {
