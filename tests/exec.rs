@@ -1149,7 +1149,7 @@ fn retnet_recurrent_and_parallel_forms_agree_and_match_a_naive_computation() {
         &bindings(MECH_SIZES, &[]),
     );
     let par = instance_of(
-        "stdlib/attention/retnet.diag",
+        "stdlib/attention/retnet_parallel.diag",
         &[],
         "retnet_parallel",
         &bindings(MECH_SIZES, &[]),
@@ -1161,17 +1161,29 @@ fn retnet_recurrent_and_parallel_forms_agree_and_match_a_naive_computation() {
         "{names:?}"
     );
     let ins = harness::random_inputs(&rec, 13);
-    let run = |i: &Instance| {
+    // The two files have their own axis tables: the same tensors, with axes found by name.
+    let ins_par: Vec<Tensor> = ins
+        .iter()
+        .map(|t| Tensor {
+            axes: t
+                .axes
+                .iter()
+                .map(|a| par.axes.lookup(rec.axes.name(*a)).expect("the same axes"))
+                .collect(),
+            data: t.data.clone(),
+        })
+        .collect();
+    let run = |i: &Instance, ins: &[Tensor]| {
         interp::run(
             &i.diagram,
             &i.axes,
             &i.sizes,
-            ins.clone(),
+            ins.to_vec(),
             RunOptions::default(),
         )
         .unwrap()
     };
-    let (yr, yp) = (run(&rec), run(&par));
+    let (yr, yp) = (run(&rec, &ins), run(&par, &ins_par));
     let x: Vec<Vec<f64>> = (0..t)
         .map(|i| {
             (0..dm)

@@ -123,7 +123,10 @@ fn mutated_mechanisms_never_panic_or_hang_any_command() {
         let stem = path
             .trim_start_matches("attention/")
             .trim_end_matches(".diag");
-        let text = text.replace(&format!("diagram {stem}("), &format!("diagram my_{stem}("));
+        // (With or without hyperparameters: `diagram softcap[cap: float = 50](`.)
+        let text = text
+            .replace(&format!("diagram {stem}("), &format!("diagram my_{stem}("))
+            .replace(&format!("diagram {stem}["), &format!("diagram my_{stem}["));
         // Every fourth file unmutated, so the commands also run to their end.
         let m = if files % 4 == 0 {
             text.clone()
