@@ -941,88 +941,60 @@ fn max_min_and_logsumexp_reductions_match_a_naive_computation() {
 }
 
 #[test]
-fn performer_matches_a_naive_computation_and_its_random_features_get_no_gradient() {
-    let (t, dm, h) = (5usize, 8usize, 2usize);
-    let (dk, rf) = (dm / h, 2 * dm / h);
+fn performer_matches_a_naive_computation() {
+    mechanism_matches_naive_extra("performer", 12, &[], |inst, extra, _, q, k, v, h, dk| {
+        assert_eq!(extra.len(), 1, "the frozen matrix");
+        let rf = 2 * dk;
+        let w = |r: usize, d: usize| at(inst, extra[0], &[("rf", r), ("dk", d)]);
+        // phi(x)_r = exp(w_r . x' - |x'|^2 / 2), x' = x / dk^(1/4); no stabilisation here (it
+        // cancels).
+        let phi = |x: &[f64]| -> Vec<f64> {
+            let s = (dk as f64).powf(0.25);
+            let xs: Vec<f64> = x.iter().map(|v| v / s).collect();
+            let n2: f64 = xs.iter().map(|v| v * v).sum();
+            (0..rf)
+                .map(|r| ((0..dk).map(|d| w(r, d) * xs[d]).sum::<f64>() - n2 / 2.0).exp())
+                .collect()
+        };
+        let part = |m: &[Vec<f64>], i: usize, hh: usize| m[i][hh * dk..(hh + 1) * dk].to_vec();
+        weighted_heads(q.len(), h, dk, v, |hh, i| {
+            let pq = phi(&part(q, i, hh));
+            let a: Vec<f64> = (0..=i)
+                .map(|j| {
+                    pq.iter()
+                        .zip(&phi(&part(k, j, hh)))
+                        .map(|(a, b)| a * b)
+                        .sum()
+                })
+                .collect();
+            let den: f64 = a.iter().sum();
+            a.iter().map(|x| x / den).collect()
+        })
+    });
+}
+
+#[test]
+fn performers_random_features_are_frozen_and_get_no_gradient() {
     let inst = instance_of(
         "stdlib/attention/performer.diag",
         &[],
         "performer",
         &bindings(MECH_SIZES, &[]),
     );
-    // Parameters in order of appearance: q, k, v (weight, bias each), the frozen matrix, output.
     let frozen = inst
         .params
         .iter()
         .position(|p| p.name.ends_with(".frozen"))
         .expect("a frozen tensor");
+    // Parameters in order of appearance: q, k, v (weight, bias each), the frozen matrix, output.
     assert_eq!(
         frozen,
         6,
         "{:?}",
         inst.params.iter().map(|p| &p.name).collect::<Vec<_>>()
     );
-    let ins = harness::random_inputs(&inst, 12);
-    let out = interp::run(
-        &inst.diagram,
-        &inst.axes,
-        &inst.sizes,
-        ins.clone(),
-        RunOptions::default(),
-    )
-    .unwrap();
-    let x: Vec<Vec<f64>> = (0..t)
-        .map(|i| {
-            (0..dm)
-                .map(|j| at(&inst, &ins[0], &[("tok", i), ("dm", j)]))
-                .collect()
-        })
-        .collect();
-    let (q, k, v) = (
-        affine(&inst, &x, &ins[1], &ins[2]),
-        affine(&inst, &x, &ins[3], &ins[4]),
-        affine(&inst, &x, &ins[5], &ins[6]),
-    );
-    let w = |r: usize, d: usize| at(&inst, &ins[7], &[("rf", r), ("dk", d)]);
-    // phi(x)_r = exp(w_r . x' - |x'|^2 / 2), x' = x / dk^(1/4); no stabilisation here (it cancels).
-    let phi = |x: &[f64]| -> Vec<f64> {
-        let s = (dk as f64).powf(0.25);
-        let xs: Vec<f64> = x.iter().map(|v| v / s).collect();
-        let n2: f64 = xs.iter().map(|v| v * v).sum();
-        (0..rf)
-            .map(|r| ((0..dk).map(|d| w(r, d) * xs[d]).sum::<f64>() - n2 / 2.0).exp())
-            .collect()
-    };
-    let mut heads = vec![vec![0.0; dm]; t];
-    for hh in 0..h {
-        let part = |m: &Vec<Vec<f64>>, i: usize| m[i][hh * dk..(hh + 1) * dk].to_vec();
-        for (i, row) in heads.iter_mut().enumerate() {
-            let pq = phi(&part(&q, i));
-            let (mut num, mut den) = (vec![0.0; dk], 0.0);
-            for (j, vj) in v.iter().enumerate().take(i + 1) {
-                let pk = phi(&part(&k, j));
-                let a: f64 = pq.iter().zip(&pk).map(|(a, b)| a * b).sum();
-                den += a;
-                for d in 0..dk {
-                    num[d] += a * vj[hh * dk + d];
-                }
-            }
-            for d in 0..dk {
-                row[hh * dk + d] = num[d] / den;
-            }
-        }
-    }
-    let y = affine(&inst, &heads, &ins[8], &ins[9]);
-    for (i, row) in y.iter().enumerate() {
-        for (j, want) in row.iter().enumerate() {
-            let got = at(&inst, &out[0], &[("tok", i), ("dm", j)]);
-            assert!(
-                (got - want).abs() < 1e-10,
-                "performer ({i}, {j}): {got} vs {want}"
-            );
-        }
-    }
     // The frozen matrix gets no gradient; the learned weights do.
+    let ins = harness::random_inputs(&inst, 12);
     let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
     let mut gin = ins.clone();
     gin.push(harness::random_tensor(

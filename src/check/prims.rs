@@ -1337,7 +1337,8 @@ impl Body<'_, '_> {
                 axes.extend(ty.axes.iter().copied().filter(|a| !tx.has(*a)));
                 self.box1(Op::Outer, vec![x, y], WireType::values(axes), vec![], span)
             }
-            "sum" | "softmax" | "normalise" | "cumsum" | "max" | "min" | "logsumexp" => {
+            "sum" | "softmax" | "normalise" | "cumsum" | "max" | "min" | "logsumexp"
+            | "rotate_half" => {
                 let options: &[&str] = match name {
                     "cumsum" => &["decay"],
                     "normalise" => &["eps"],
@@ -1362,6 +1363,7 @@ impl Body<'_, '_> {
                 match name {
                     "sum" => self.box1(Op::Sum(a), vec![w], ty.without(a), vec![], span),
                     "softmax" => self.box1(Op::Softmax(a), vec![w], ty, vec![], span),
+                    "rotate_half" => self.box1(Op::RotateHalf(a), vec![w], ty, vec![], span),
                     "normalise" => match eps {
                         None => self.box1(Op::Normalise(a), vec![w], ty, vec![], span),
                         // `normalise[a, eps = C](x)` is `x / broadcast[a](sum[a](x) + C)`.
@@ -1405,17 +1407,6 @@ impl Body<'_, '_> {
                         }
                     },
                 }
-            }
-            "rotate_half" => {
-                let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
-                let a = self.axis_value(&idx.lhs[0])?;
-                let (v, vs) = vals.into_iter().next()?;
-                let w = self.float_arg(v, vs)?;
-                if !self.need_axis(w, vs, a, idx.lhs[0].span()) {
-                    return None;
-                }
-                let ty = self.wire_ty(w).clone();
-                self.box1(Op::RotateHalf(a), vec![w], ty, vec![], span)
             }
             "scan" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;
