@@ -502,8 +502,9 @@ enum Command {
     },
     /// Print the taxonomy of attention: the graph of the stdlib's derivations from primordial
     /// attention to the literature's variants, each edge replayed and checked, labelled by its
-    /// rules, each node linked to its stdlib file. Which variants the paper's Figure 1 shows is
-    /// not known.
+    /// rules, each node linked to its stdlib file and coloured by its class (stdlib/zoo.toml).
+    /// Which variants the paper's Figure 1 shows is not known. `--format md` writes the
+    /// registry page of every stdlib mechanism (docs/variants.md).
     Taxonomy {
         /// The output format.
         #[arg(long, value_enum, default_value = "dot")]
@@ -538,6 +539,9 @@ pub enum TaxonomyFormat {
     Svg,
     /// The same picture rasterised (needs `--output`).
     Png,
+    /// The registry page (docs/variants.md): every stdlib mechanism with its formula, paper,
+    /// file, class, derivation path or the reason it has none, parameters and picture.
+    Md,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -262,6 +262,10 @@ pub fn taxonomy(format: super::TaxonomyFormat, output: Option<&Path>) -> i32 {
         TaxonomyFormat::Dot => taxonomy::dot(&t).into_bytes(),
         TaxonomyFormat::Json => taxonomy::json(&t).into_bytes(),
         TaxonomyFormat::Svg => taxonomy::svg(&t).into_bytes(),
+        TaxonomyFormat::Md => match taxonomy::markdown(&t) {
+            Ok(m) => m.into_bytes(),
+            Err(e) => return fail(e.context("cannot write the registry page: ")),
+        },
         TaxonomyFormat::Png => {
             if output.is_none() {
                 return fail(Error::Usage(
@@ -292,7 +296,8 @@ pub fn taxonomy(format: super::TaxonomyFormat, output: Option<&Path>) -> i32 {
     }
     if !t.not_reached.is_empty() {
         errln!(
-            "note: stdlib mechanisms no derivation reaches yet: {}",
+            "note: stdlib mechanisms that no derivation reaches and stdlib/zoo.toml gives no \
+             reason for: {}",
             t.not_reached.join(", ")
         );
     }

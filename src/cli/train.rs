@@ -32,7 +32,8 @@ pub(super) struct TrainArgs {
     /// The language model around the mechanism: a stdlib one by name (lm, lm_nopos: without
     /// positional encoding) or a .diag file defining `lm[mech: ([tok, dm]) -> [tok, dm],
     /// layers: int, p: float](ids: [tok] of vocab) -> [tok, vocab]`; with a mechanism file,
-    /// the model's file must be beside it [default: lm].
+    /// the model's file must be beside it [default: the stdlib mechanism's own, lm_nopos for
+    /// those that bring their own positions (stdlib/zoo.toml), else lm].
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
     /// Train a model that is not proved causal along `tok` (a mechanism whose outputs may see
@@ -182,7 +183,17 @@ impl TrainArgs {
                 })?,
                 diagram: self.diagram.clone(),
                 // The stdlib's `lm` is the default: naming it is not naming another model.
-                model: self.model.clone().filter(|m| m != "lm"),
+                // Without `--model`, a stdlib mechanism trains in the LM its registry entry
+                // names (stdlib/zoo.toml: `lm_nopos` for those that bring their own positions).
+                model: match self.model.as_deref() {
+                    Some(m) => Some(m.to_string()),
+                    None => self
+                        .mech
+                        .as_deref()
+                        .filter(|m| !m.ends_with(".diag"))
+                        .map(|m| crate::rewrite::registry::default_model(m).to_string()),
+                }
+                .filter(|m| m != "lm"),
                 allow_noncausal: self.allow_noncausal,
             },
             epochs: match (self.epochs, self.steps) {

@@ -95,8 +95,9 @@ pub fn load_diagram(spec: &str) -> Result<Term, Error> {
     super::input::term_of(&o.checked.program, diagram, what)
 }
 
-/// The text of a term with every non-input name erased and its nodes in structural order, for
-/// comparisons up to naming and the numbering of parameters.
+/// The text of a term with every non-input name erased, its nodes in structural order, its
+/// axis declarations sorted and its unused hyperparameters and axes dropped, for comparisons
+/// up to naming and the numbering of parameters.
 pub fn canonical(t: &Term) -> String {
     let mut c = t.clone();
     c.name = "canonical".into();
@@ -108,7 +109,56 @@ pub fn canonical(t: &Term) -> String {
         }
     }
     c.sort_structurally();
-    c.to_text()
+    // Hyperparameters the body no longer uses (a rule that removed `tanh(x / cap) * cap`)
+    // are not part of what the diagram computes.
+    let body = {
+        let mut b = c.clone();
+        b.hypers.clear();
+        b.to_text()
+    };
+    let words: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with("axis "))
+        .flat_map(|l| l.split(|ch: char| !(ch.is_alphanumeric() || ch == '_')))
+        .collect();
+    c.hypers.retain(|h| words.contains(h.name.as_str()));
+    // Axis declarations in sorted order: a rule's new axis is declared last, the file it is
+    // compared with may declare it anywhere. Axes that neither the body nor a kept axis uses
+    // (`src` after a rewrite removed the key side's rename) are dropped.
+    let text = c.to_text();
+    let (axes, rest): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with("axis "));
+    let name_of = |l: &str| {
+        l.trim_start_matches("axis ")
+            .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut used: std::collections::BTreeSet<String> =
+        words.iter().map(|w| w.to_string()).collect();
+    loop {
+        let before = used.len();
+        for l in &axes {
+            if used.contains(&name_of(l)) {
+                for w in l.split(|ch: char| !(ch.is_alphanumeric() || ch == '_')) {
+                    used.insert(w.to_string());
+                }
+            }
+        }
+        if used.len() == before {
+            break;
+        }
+    }
+    let mut axes: Vec<&str> = axes
+        .into_iter()
+        .filter(|l| used.contains(&name_of(l)))
+        .collect();
+    axes.sort_unstable();
+    let mut out = axes.join("\n");
+    out.push('\n');
+    out.push_str(&rest.join("\n"));
+    out.push('\n');
+    out
 }
 
 /// One checked step.

@@ -17,4 +17,5 @@ pub mod input;
 pub mod verify;
 pub mod derive;
 pub mod enumerate;
+pub mod registry;
 pub mod taxonomy;

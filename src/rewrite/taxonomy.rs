@@ -9,6 +9,7 @@
 //! paper's Figure 1 shows is not known ([`NOTE`]).
 
 use super::derive::{self, Derivation};
+use super::registry::Registry;
 use super::rule::RuleBook;
 use crate::error::Error;
 use crate::ir::RuleClass;
@@ -32,8 +33,17 @@ pub struct Node {
     pub file: String,
     /// The first line of the file's leading comment.
     pub title: String,
-    /// The length of the longest path from the root (the drawing's layer).
+    /// The drawing's layer: for a node reached from the root, the length of the longest path
+    /// from it; for a node reached backwards ([`Node::backward`]), one less than the node its
+    /// edge goes into (so that every edge goes down).
     pub depth: usize,
+    /// Its class in `stdlib/zoo.toml` (score, normaliser, feature map, positional, sharing,
+    /// gating, recurrence).
+    pub class: String,
+    /// Reached only against an edge's direction: a mechanism whose derivation goes into the
+    /// taxonomy (a generalisation of M1 specialises to it; an equal form rewrites into it),
+    /// drawn one layer above the node it derives.
+    pub backward: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,8 +70,18 @@ pub struct Taxonomy {
     pub root: String,
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
-    /// Stdlib attention mechanisms no derivation reaches yet.
+    /// Stdlib attention mechanisms no derivation reaches and the registry gives no reason for
+    /// (a gap: tests/zoo.rs requires this to be empty).
     pub not_reached: Vec<String>,
+    /// Mechanisms no derivation reaches, with the registry's reason.
+    pub not_derived: Vec<NotDerived>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NotDerived {
+    pub name: String,
+    pub class: String,
+    pub reason: String,
 }
 
 fn class_name(c: RuleClass) -> &'static str {
@@ -126,17 +146,32 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, Error> {
             "no derivation starts at the root `{ROOT}`"
         )));
     }
-    // Longest path from the root (the graph is small; relax until nothing changes, bounded by
-    // the number of nodes so that a cycle cannot hang it).
+    // Longest path from the root over the forward edges (the graph is small; relax until
+    // nothing changes, bounded by the number of nodes so that a cycle cannot hang it). Then the
+    // nodes reached backwards: a derivation from X into a node already placed puts X one layer
+    // above that node, so that every arrow of the picture points down.
     let mut depth: BTreeMap<&str, usize> = BTreeMap::from([(ROOT, 0)]);
+    let mut backward: BTreeSet<&str> = BTreeSet::new();
     for _ in 0..names.len() {
         let mut changed = false;
         for e in &edges {
             if let Some(&d) = depth.get(e.from.as_str())
+                && !backward.contains(e.from.as_str())
                 && depth.get(e.to.as_str()).is_none_or(|&x| x < d + 1)
             {
                 depth.insert(e.to.as_str(), d + 1);
                 changed = true;
+            }
+        }
+        if !changed {
+            for e in &edges {
+                if let Some(&d) = depth.get(e.to.as_str())
+                    && !depth.contains_key(e.from.as_str())
+                {
+                    depth.insert(e.from.as_str(), d.saturating_sub(1));
+                    backward.insert(e.from.as_str());
+                    changed = true;
+                }
             }
         }
         if !changed {
@@ -149,9 +184,11 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, Error> {
         .collect();
     if let Some(n) = unreachable.first() {
         return Err(Error::Rewrite(format!(
-            "`{n}` is in a derivation but not reached from `{ROOT}`"
+            "`{n}` is in a derivation but connected to `{ROOT}` by none"
         )));
     }
+    let registry = Registry::stdlib()?;
+    let class_of = |n: &str| registry.get(n).map(|e| e.class.clone()).unwrap_or_default();
     let nodes: Vec<Node> = names
         .iter()
         .map(|n| Node {
@@ -159,18 +196,43 @@ pub fn build(book: &RuleBook) -> Result<Taxonomy, Error> {
             file: module_file(n),
             title: title(n),
             depth: depth[n.as_str()],
+            class: class_of(n),
+            backward: backward.contains(n.as_str()),
         })
         .collect();
-    let not_reached = crate::stdlib::mechanisms()
-        .map(|m| format!("attention.{m}"))
-        .filter(|m| !names.contains(m))
-        .collect();
+    let mut not_reached = Vec::new();
+    let mut not_derived = Vec::new();
+    for e in &registry.entries {
+        let module = format!("attention.{}", e.name);
+        match (&e.not_derived, names.contains(&module)) {
+            (Some(_), true) => {
+                let via = edges
+                    .iter()
+                    .find(|x| x.from == module || x.to == module)
+                    .map(|x| x.derivation.clone())
+                    .unwrap_or_default();
+                return Err(Error::Rewrite(format!(
+                    "stdlib/zoo.toml says `{}` is not derived, but {via} derives it: remove its \
+                     `not_derived`",
+                    e.name
+                )));
+            }
+            (Some(reason), false) => not_derived.push(NotDerived {
+                name: module,
+                class: e.class.clone(),
+                reason: reason.clone(),
+            }),
+            (None, false) => not_reached.push(module),
+            (None, true) => {}
+        }
+    }
     Ok(Taxonomy {
         note: NOTE,
         root: ROOT.to_string(),
         nodes,
         edges,
         not_reached,
+        not_derived,
     })
 }
 
@@ -202,6 +264,20 @@ fn class_colour(class: &str) -> &'static str {
         "equal" => "#2b7a3d",
         "expressive" => "#1f5fa8",
         _ => "#b5532a",
+    }
+}
+
+/// Fill colours of the node classes (stdlib/zoo.toml), in the SVG picture.
+fn node_fill(class: &str) -> &'static str {
+    match class {
+        "score" => "#fbe3c4",
+        "normaliser" => "#e4d9f4",
+        "feature map" => "#d3e9f6",
+        "positional" => "#dcefd5",
+        "sharing" => "#f6d7e2",
+        "gating" => "#fbf0b4",
+        "recurrence" => "#e2e2de",
+        _ => "#f4f4f0",
     }
 }
 
@@ -275,18 +351,52 @@ pub fn svg(t: &Taxonomy) -> String {
     }
     let widest = rows.values().map(|r| r.len()).max().unwrap_or(1) as f64;
     let width = MARGIN * 2.0 + widest * W + (widest - 1.0) * GAP_X;
-    let height = TOP + rows.len() as f64 * ROW + 60.0;
-    let mut at: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for (depth, row) in &rows {
-        let row_w = row.len() as f64 * W + (row.len() as f64 - 1.0) * GAP_X;
-        let x0 = (width - row_w) / 2.0;
-        for (i, n) in row.iter().enumerate() {
-            at.insert(
-                n.name.as_str(),
-                (x0 + i as f64 * (W + GAP_X), TOP + *depth as f64 * ROW),
-            );
+    let layers = rows.keys().next_back().map_or(1, |d| d + 1);
+    let height = TOP + layers as f64 * ROW + 60.0;
+    let place = |rows: &BTreeMap<usize, Vec<&Node>>| {
+        let mut at: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for (depth, row) in rows {
+            let row_w = row.len() as f64 * W + (row.len() as f64 - 1.0) * GAP_X;
+            let x0 = (width - row_w) / 2.0;
+            for (i, n) in row.iter().enumerate() {
+                at.insert(
+                    n.name.clone(),
+                    (x0 + i as f64 * (W + GAP_X), TOP + *depth as f64 * ROW),
+                );
+            }
+        }
+        at
+    };
+    // Fewer crossings: a few sweeps that order each row by the mean position of its nodes'
+    // neighbours (the barycentre heuristic), ties and nodes without neighbours by name.
+    for _ in 0..4 {
+        let at = place(&rows);
+        for row in rows.values_mut() {
+            let key = |n: &Node| {
+                let xs: Vec<f64> = t
+                    .edges
+                    .iter()
+                    .filter_map(|e| {
+                        if e.from == n.name {
+                            Some(at[&e.to].0)
+                        } else if e.to == n.name {
+                            Some(at[&e.from].0)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                if xs.is_empty() {
+                    at[&n.name].0
+                } else {
+                    xs.iter().sum::<f64>() / xs.len() as f64
+                }
+            };
+            row.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.name.cmp(&b.name)));
         }
     }
+    let at = place(&rows);
+    let at: BTreeMap<&str, (f64, f64)> = at.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -328,6 +438,9 @@ pub fn svg(t: &Taxonomy) -> String {
         };
         let (x1, y1, x2, y2) = if ty > fy {
             (fx + W / 2.0, fy + H, tx + W / 2.0, ty)
+        } else if ty < fy {
+            // Into a node above (a derivation from a node reached backwards).
+            (fx + W / 2.0, fy, tx + W / 2.0, ty + H)
         } else {
             // Same row: from one side to the other.
             let (a, b) = if tx > fx { (fx + W, tx) } else { (fx, tx + W) };
@@ -340,15 +453,19 @@ pub fn svg(t: &Taxonomy) -> String {
              stroke=\"{colour}\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"/>",
             escape(&e.derivation)
         );
-        // The label sits in the first gap below the edge's start, where no node is.
+        // The label sits in the first gap after the edge's start, where no node is: halfway
+        // down it for an edge downwards, near its foot for an edge upwards (so that the labels
+        // of edges into and out of one node do not meet).
         let mut label = edge_lines(e);
         label.push(format!("({})", e.class));
         let my = if y2 > y1 {
             y1 + (ROW - H) / 2.0
+        } else if y2 < y1 {
+            y1 - 12.0 - 12.0 * label.len() as f64
         } else {
             y1 - 10.0
         };
-        let mx = if y2 > y1 {
+        let mx = if y2 != y1 {
             x1 + (x2 - x1) * (my - y1) / (y2 - y1)
         } else {
             (x1 + x2) / 2.0
@@ -372,11 +489,12 @@ pub fn svg(t: &Taxonomy) -> String {
         let _ = writeln!(
             s,
             "<a xlink:href=\"{}\"><title>{}</title><rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{W:.1}\" \
-             height=\"{H:.1}\" rx=\"8.0\" fill=\"#f4f4f0\" stroke=\"#333\"/>\
+             height=\"{H:.1}\" rx=\"8.0\" fill=\"{}\" stroke=\"#333\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"14\" text-anchor=\"middle\">{}</text>\
              <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#666\" text-anchor=\"middle\">{}</text></a>",
             escape(&n.file),
             escape(&n.title),
+            node_fill(&n.class),
             x + W / 2.0,
             y + 19.0,
             escape(short(&n.name)),
@@ -386,6 +504,19 @@ pub fn svg(t: &Taxonomy) -> String {
         );
     }
     let legend_y = height - 24.0;
+    let mut lx = MARGIN + 3.0 * 120.0 + 40.0;
+    for class in super::registry::CLASSES {
+        let _ = writeln!(
+            s,
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"22.0\" height=\"14.0\" rx=\"3.0\" \
+             fill=\"{}\" stroke=\"#333\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{class}</text>",
+            legend_y - 7.0,
+            node_fill(class),
+            lx + 28.0,
+            legend_y + 4.0
+        );
+        lx += 40.0 + 7.0 * class.len() as f64;
+    }
     for (i, class) in ["equal", "expressive", "specialise"].iter().enumerate() {
         let x = MARGIN + i as f64 * 120.0;
         let _ = writeln!(
@@ -400,4 +531,211 @@ pub fn svg(t: &Taxonomy) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The protocol's sizes at which `docs/variants.md` counts each mechanism's parameters.
+pub const COUNT_SIZES: &[(&str, u64)] = &[("tok", 35), ("dm", 512), ("head", 4)];
+
+/// The trainable parameters of a stdlib mechanism's sub-layer at [`COUNT_SIZES`] (its
+/// hyperparameters at their defaults; frozen tensors, such as the Performer's random matrix,
+/// are not counted).
+pub fn parameter_count(mech: &str) -> Result<u64, Error> {
+    let module = format!("attention.{mech}");
+    let (path, text) = crate::stdlib::module(&module)
+        .ok_or_else(|| Error::Rewrite(format!("no stdlib module `{module}`")))?;
+    let o = crate::session::check_text(&format!("<stdlib>/{path}"), text);
+    if !o.checked.is_ok() {
+        return Err(Error::Rewrite(format!("`{module}` does not check")));
+    }
+    let mut b = crate::ir::instance::Bindings::default();
+    for (k, v) in COUNT_SIZES {
+        b.sizes.insert(k.to_string(), *v);
+    }
+    let inst = crate::ir::instance::instantiate(&o.checked.program, mech, &b)?;
+    Ok(inst
+        .params
+        .iter()
+        .filter(|p| !p.name.ends_with(".frozen"))
+        .map(|p| p.axes.iter().map(|a| inst.size(*a) as u64).product::<u64>())
+        .sum())
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A Markdown table cell: no `|`, no line break.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The derivations that connect a node to the root, from the root down: along the longest
+/// path for a node reached from the root; for a node reached backwards, its own edge last.
+fn path_to(t: &Taxonomy, name: &str) -> Vec<Edge> {
+    let node = |n: &str| t.nodes.iter().find(|x| x.name == n);
+    let mut out = Vec::new();
+    let mut at = name.to_string();
+    let mut tail: Vec<Edge> = Vec::new();
+    // A backward node: its edge into the node it derives, then that node's own path.
+    while let Some(n) = node(&at)
+        && n.backward
+    {
+        let Some(e) = t
+            .edges
+            .iter()
+            .find(|e| e.from == at && node(&e.to).is_some_and(|m| m.depth + 1 == n.depth))
+        else {
+            break;
+        };
+        tail.push(e.clone());
+        at = e.to.clone();
+    }
+    for _ in 0..t.nodes.len() {
+        let Some(n) = node(&at) else { break };
+        if n.depth == 0 {
+            break;
+        }
+        let Some(e) = t.edges.iter().find(|e| {
+            e.to == at && node(&e.from).is_some_and(|m| !m.backward && m.depth + 1 == n.depth)
+        }) else {
+            break;
+        };
+        out.push(e.clone());
+        at = e.from.clone();
+    }
+    out.reverse();
+    out.extend(tail.into_iter().rev());
+    out
+}
+
+/// One derivation as Markdown: `a → b` linked to its file, with its rules.
+fn edge_md(e: &Edge) -> String {
+    format!(
+        "[{} {} {}](../{}) ({}; {})",
+        short(&e.from),
+        "→",
+        short(&e.to),
+        e.derivation,
+        edge_label(e),
+        e.class
+    )
+}
+
+/// The registry page `docs/variants.md`: every stdlib mechanism with its formula, paper, file,
+/// class, derivation path (or the reason it has none), parameter count at the protocol's sizes
+/// and picture. Deterministic bytes; tests/zoo.rs checks that the committed page is current.
+pub fn markdown(t: &Taxonomy) -> Result<String, Error> {
+    let registry = Registry::stdlib()?;
+    let mut s = String::new();
+    let reached = registry
+        .entries
+        .iter()
+        .filter(|e| e.not_derived.is_none())
+        .count();
+    let _ = writeln!(s, "# The attention zoo\n");
+    let _ = writeln!(
+        s,
+        "<!-- Generated by `diagc taxonomy --format md -o docs/variants.md` from stdlib/zoo.toml, \
+         stdlib/attention/ and stdlib/derivations/; do not edit (tests/zoo.rs checks that it is \
+         current). -->\n"
+    );
+    let _ = writeln!(
+        s,
+        "{} attention mechanisms in the stdlib, each a file of `stdlib/attention/` with the \
+         boundary `[tok, dm] -> [tok, dm]` (projections included, causal), checked against a \
+         naive loop of its formula in the tests. {} are connected to primordial attention by \
+         derivations that `diagc taxonomy` replays and checks; {} are not, each with the \
+         reason below. {}\n",
+        registry.entries.len(),
+        reached,
+        registry.entries.len() - reached,
+        NOTE
+    );
+    let _ = writeln!(
+        s,
+        "The taxonomy: [docs/taxonomy.svg](taxonomy.svg) (`diagc taxonomy --format svg`). A \
+         derivation's class is its weakest step's: `equal` (the same function), `expressive` \
+         (the same class of functions, by universal approximation), `specialise` (the end is \
+         a special case of the start). An arrow into M1 from a mechanism (↑) means that the \
+         mechanism specialises to M1: it generalises M1.\n"
+    );
+    let sizes: Vec<String> = COUNT_SIZES
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Parameters: the sub-layer's trainable parameters at {} (the protocol's d_model and \
+         heads; `tok` matters only to the Synthesizer, whose second layer is as wide as the \
+         window).\n",
+        sizes.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "| mechanism | class | formula (per head) | derived | parameters | trains in |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---:|---|");
+    let mut counts = Vec::new();
+    for e in &registry.entries {
+        let n = parameter_count(&e.name)?;
+        counts.push(n);
+        let _ = writeln!(
+            s,
+            "| [{}](#{}) | {} | `{}` | {} | {} | `{}` |",
+            e.name,
+            e.name,
+            e.class,
+            cell(&e.formula).replace('`', "'"),
+            if e.not_derived.is_some() { "no" } else { "yes" },
+            thousands(n),
+            e.model
+        );
+    }
+    s.push('\n');
+    for (e, n) in registry.entries.iter().zip(&counts) {
+        let module = format!("attention.{}", e.name);
+        let _ = writeln!(s, "## {}\n", e.name);
+        let _ = writeln!(s, "{}\n", title(&module));
+        let _ = writeln!(s, "- Formula: `{}`", e.formula.replace('`', "'"));
+        let _ = writeln!(s, "- Paper: {}", e.paper);
+        let _ = writeln!(
+            s,
+            "- File: [stdlib/attention/{0}.diag](../stdlib/attention/{0}.diag); class: {1}; \
+             trains in `{2}` (`diagc train {0}`)",
+            e.name, e.class, e.model
+        );
+        let _ = writeln!(s, "- Parameters: {}", thousands(*n));
+        match &e.not_derived {
+            Some(reason) => {
+                let _ = writeln!(s, "- Not derived: {reason}.");
+            }
+            None if module == ROOT => {
+                let _ = writeln!(s, "- Derivation: the root of the taxonomy.");
+            }
+            None => {
+                let path = path_to(t, &module);
+                let steps: Vec<String> = path.iter().map(edge_md).collect();
+                let _ = writeln!(
+                    s,
+                    "- Derivation from primordial attention: {}",
+                    if steps.is_empty() {
+                        "none found".to_string()
+                    } else {
+                        steps.join(", then ")
+                    }
+                );
+            }
+        }
+        let _ = writeln!(s, "\n![{0}](../tests/golden/draw/{0}.svg)\n", e.name);
+    }
+    Ok(s)
 }
