@@ -336,6 +336,14 @@ pub fn json(t: &Taxonomy) -> String {
     s
 }
 
+/// An item of a row of the taxonomy's picture: a node, or the point where an edge (by index)
+/// crosses a layer (by depth).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Node(String),
+    Via(usize, usize),
+}
+
 /// The taxonomy as an SVG picture: one row per depth from the root, nodes linked to their
 /// files, edges labelled by their rules and coloured by class. Deterministic bytes.
 pub fn svg(t: &Taxonomy) -> String {
@@ -345,58 +353,159 @@ pub fn svg(t: &Taxonomy) -> String {
     const ROW: f64 = 220.0;
     const MARGIN: f64 = 30.0;
     const TOP: f64 = 70.0;
-    let mut rows: BTreeMap<usize, Vec<&Node>> = BTreeMap::new();
+    const VIA: f64 = 24.0; // the width of a point a long edge passes through
+    let node_of = |n: &str| t.nodes.iter().find(|x| x.name == n);
+    // Each edge's chain of items from its start to its end: an edge across more than one layer
+    // passes through a point in every layer between (so that it runs between the nodes there,
+    // not through them).
+    let chains: Vec<Vec<Item>> = t
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (df, dt) = (
+                node_of(&e.from).map_or(0, |n| n.depth),
+                node_of(&e.to).map_or(0, |n| n.depth),
+            );
+            let mut c = vec![Item::Node(e.from.clone())];
+            c.extend((df + 1..dt).map(|d| Item::Via(i, d)));
+            c.push(Item::Node(e.to.clone()));
+            c
+        })
+        .collect();
+    let mut rows: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
     for n in &t.nodes {
-        rows.entry(n.depth).or_default().push(n);
+        rows.entry(n.depth)
+            .or_default()
+            .push(Item::Node(n.name.clone()));
     }
-    let widest = rows.values().map(|r| r.len()).max().unwrap_or(1) as f64;
-    let width = MARGIN * 2.0 + widest * W + (widest - 1.0) * GAP_X;
+    for c in &chains {
+        for it in c {
+            if let Item::Via(_, d) = it {
+                rows.entry(*d).or_default().push(it.clone());
+            }
+        }
+    }
+    let item_w = |it: &Item| match it {
+        Item::Node(_) => W,
+        Item::Via(..) => VIA,
+    };
+    let gap = |a: &Item, b: &Item| match (a, b) {
+        (Item::Node(_), Item::Node(_)) => GAP_X,
+        _ => 30.0,
+    };
+    let row_width = |row: &[Item]| {
+        row.iter().map(item_w).sum::<f64>() + row.windows(2).map(|w| gap(&w[0], &w[1])).sum::<f64>()
+    };
+    let widest = rows.values().map(|r| row_width(r)).fold(W, f64::max);
+    let width = (MARGIN * 2.0 + widest).max(1200.0);
     let layers = rows.keys().next_back().map_or(1, |d| d + 1);
     let height = TOP + layers as f64 * ROW + 60.0;
-    let place = |rows: &BTreeMap<usize, Vec<&Node>>| {
-        let mut at: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        for (depth, row) in rows {
-            let row_w = row.len() as f64 * W + (row.len() as f64 - 1.0) * GAP_X;
-            let x0 = (width - row_w) / 2.0;
-            for (i, n) in row.iter().enumerate() {
-                at.insert(
-                    n.name.clone(),
-                    (x0 + i as f64 * (W + GAP_X), TOP + *depth as f64 * ROW),
-                );
+    // The centre x of every item, its row centred.
+    let place = |rows: &BTreeMap<usize, Vec<Item>>| {
+        let mut at: BTreeMap<Item, f64> = BTreeMap::new();
+        for row in rows.values() {
+            let mut x = (width - row_width(row)) / 2.0;
+            for (k, it) in row.iter().enumerate() {
+                if k > 0 {
+                    x += gap(&row[k - 1], it);
+                }
+                at.insert(it.clone(), x + item_w(it) / 2.0);
+                x += item_w(it);
             }
         }
         at
     };
-    // Fewer crossings: a few sweeps that order each row by the mean position of its nodes'
-    // neighbours (the barycentre heuristic), ties and nodes without neighbours by name.
-    for _ in 0..4 {
-        let at = place(&rows);
-        for row in rows.values_mut() {
-            let key = |n: &Node| {
-                let xs: Vec<f64> = t
-                    .edges
+    // An item's neighbours: the items next to it on the chains through it.
+    let neighbours = |it: &Item| -> Vec<Item> {
+        let mut out = Vec::new();
+        for c in &chains {
+            for (k, x) in c.iter().enumerate() {
+                if x == it {
+                    if k > 0 {
+                        out.push(c[k - 1].clone());
+                    }
+                    if k + 1 < c.len() {
+                        out.push(c[k + 1].clone());
+                    }
+                }
+            }
+        }
+        out
+    };
+    // Fewer crossings: sweeps down and up the layers that order each row by the mean position
+    // of its items' neighbours in the row before it (the barycentre heuristic); an item with
+    // no neighbour there keeps its place, ties go by the items' order.
+    let depths: Vec<usize> = rows.keys().copied().collect();
+    let depth_of = |it: &Item| match it {
+        Item::Node(n) => node_of(n).map_or(0, |x| x.depth),
+        Item::Via(_, d) => *d,
+    };
+    for sweep in 0..6 {
+        let order: Vec<(usize, usize)> = if sweep % 2 == 0 {
+            depths.windows(2).map(|w| (w[1], w[0])).collect()
+        } else {
+            depths.windows(2).rev().map(|w| (w[0], w[1])).collect()
+        };
+        for (d, reference) in order {
+            let at = place(&rows);
+            let key = |it: &Item| {
+                let xs: Vec<f64> = neighbours(it)
                     .iter()
-                    .filter_map(|e| {
-                        if e.from == n.name {
-                            Some(at[&e.to].0)
-                        } else if e.to == n.name {
-                            Some(at[&e.from].0)
-                        } else {
-                            None
-                        }
-                    })
+                    .filter(|n| depth_of(n) == reference)
+                    .map(|n| at[n])
                     .collect();
                 if xs.is_empty() {
-                    at[&n.name].0
+                    at[it]
                 } else {
                     xs.iter().sum::<f64>() / xs.len() as f64
                 }
             };
-            row.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.name.cmp(&b.name)));
+            if let Some(row) = rows.get_mut(&d) {
+                row.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.cmp(b)));
+            }
         }
     }
-    let at = place(&rows);
-    let at: BTreeMap<&str, (f64, f64)> = at.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let centre = place(&rows);
+    let row_y = |d: usize| TOP + d as f64 * ROW;
+    // The nodes' top-left corners.
+    let at: BTreeMap<&str, (f64, f64)> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let c = centre[&Item::Node(n.name.clone())];
+            (n.name.as_str(), (c - W / 2.0, row_y(n.depth)))
+        })
+        .collect();
+    // Where each edge leaves its start and enters its end: spread along the node's bottom
+    // (top) in the order of where the edges go (come from).
+    let mut leave: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut enter: BTreeMap<usize, f64> = BTreeMap::new();
+    for n in &t.nodes {
+        let x = at[n.name.as_str()].0;
+        for (out, map) in [(true, &mut leave), (false, &mut enter)] {
+            let mut es: Vec<(f64, usize)> = chains
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    if out {
+                        t.edges[*i].from == n.name
+                    } else {
+                        t.edges[*i].to == n.name
+                    }
+                })
+                .map(|(i, c)| {
+                    let other = if out { &c[1] } else { &c[c.len() - 2] };
+                    (centre[other], i)
+                })
+                .collect();
+            es.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let k = es.len() as f64;
+            for (j, (_, i)) in es.iter().enumerate() {
+                map.insert(*i, x + W * (0.2 + 0.6 * (j as f64 + 0.5) / k));
+            }
+        }
+    }
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -431,44 +540,50 @@ pub fn svg(t: &Taxonomy) -> String {
             escape(line)
         );
     }
-    for e in &t.edges {
+    for (i, e) in t.edges.iter().enumerate() {
         let (Some(&(fx, fy)), Some(&(tx, ty))) = (at.get(e.from.as_str()), at.get(e.to.as_str()))
         else {
             continue;
         };
-        let (x1, y1, x2, y2) = if ty > fy {
-            (fx + W / 2.0, fy + H, tx + W / 2.0, ty)
-        } else if ty < fy {
-            // Into a node above (a derivation from a node reached backwards).
-            (fx + W / 2.0, fy, tx + W / 2.0, ty + H)
+        // The points of the edge: down from its start, through the points of the layers it
+        // crosses, into its end; an edge within one row goes from side to side.
+        let points: Vec<(f64, f64)> = if ty > fy {
+            let mut p = vec![(leave[&i], fy + H)];
+            for it in &chains[i][1..chains[i].len() - 1] {
+                if let Item::Via(_, d) = it {
+                    p.push((centre[it], row_y(*d)));
+                    p.push((centre[it], row_y(*d) + H));
+                }
+            }
+            p.push((enter[&i], ty));
+            p
         } else {
-            // Same row: from one side to the other.
             let (a, b) = if tx > fx { (fx + W, tx) } else { (fx, tx + W) };
-            (a, fy + H / 2.0, b, ty + H / 2.0)
+            vec![(a, fy + H / 2.0), (b, ty + H / 2.0)]
         };
         let colour = class_colour(e.class);
+        let d: Vec<String> = points
+            .iter()
+            .enumerate()
+            .map(|(k, (x, y))| format!("{}{x:.1},{y:.1}", if k == 0 { "M" } else { "L" }))
+            .collect();
         let _ = writeln!(
             s,
-            "<a xlink:href=\"{}\"><line x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" \
-             stroke=\"{colour}\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"/>",
-            escape(&e.derivation)
+            "<a xlink:href=\"{}\"><path d=\"{}\" fill=\"none\" stroke=\"{colour}\" \
+             stroke-width=\"1.5\" marker-end=\"url(#arrow)\"/>",
+            escape(&e.derivation),
+            d.join(" ")
         );
-        // The label sits in the first gap after the edge's start, where no node is: halfway
-        // down it for an edge downwards, near its foot for an edge upwards (so that the labels
-        // of edges into and out of one node do not meet).
+        // The label sits on the edge's first segment, halfway down the gap below its start,
+        // where no node is.
         let mut label = edge_lines(e);
         label.push(format!("({})", e.class));
-        let my = if y2 > y1 {
-            y1 + (ROW - H) / 2.0
-        } else if y2 < y1 {
-            y1 - 12.0 - 12.0 * label.len() as f64
+        let ((x1, y1), (x2, y2)) = (points[0], points[1]);
+        let (mx, my) = if y2 > y1 {
+            let my = y1 + (ROW - H) / 2.0;
+            (x1 + (x2 - x1) * (my - y1) / (y2 - y1), my)
         } else {
-            y1 - 10.0
-        };
-        let mx = if y2 != y1 {
-            x1 + (x2 - x1) * (my - y1) / (y2 - y1)
-        } else {
-            (x1 + x2) / 2.0
+            ((x1 + x2) / 2.0, y1 - 10.0)
         };
         let top = my - 6.0 * (label.len() as f64 - 1.0);
         for (k, line) in label.iter().enumerate() {
@@ -578,27 +693,28 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-/// The derivations that connect a node to the root, from the root down: along the longest
-/// path for a node reached from the root; for a node reached backwards, its own edge last.
-fn path_to(t: &Taxonomy, name: &str) -> Vec<Edge> {
+/// The derivations that connect a node to the root: for a node reached backwards, the edges
+/// from it into the part reached from the root (`backward`, in order); then the longest path
+/// from the root to where those end (`forward`, from the root down).
+fn path_to(t: &Taxonomy, name: &str) -> (Vec<Edge>, Vec<Edge>) {
     let node = |n: &str| t.nodes.iter().find(|x| x.name == n);
-    let mut out = Vec::new();
+    let mut backward = Vec::new();
     let mut at = name.to_string();
-    let mut tail: Vec<Edge> = Vec::new();
-    // A backward node: its edge into the node it derives, then that node's own path.
-    while let Some(n) = node(&at)
-        && n.backward
-    {
+    for _ in 0..t.nodes.len() {
+        let Some(n) = node(&at).filter(|n| n.backward) else {
+            break;
+        };
         let Some(e) = t
             .edges
             .iter()
-            .find(|e| e.from == at && node(&e.to).is_some_and(|m| m.depth + 1 == n.depth))
+            .find(|e| e.from == at && node(&e.to).is_some_and(|m| m.depth == n.depth + 1))
         else {
             break;
         };
-        tail.push(e.clone());
+        backward.push(e.clone());
         at = e.to.clone();
     }
+    let mut forward = Vec::new();
     for _ in 0..t.nodes.len() {
         let Some(n) = node(&at) else { break };
         if n.depth == 0 {
@@ -609,12 +725,11 @@ fn path_to(t: &Taxonomy, name: &str) -> Vec<Edge> {
         }) else {
             break;
         };
-        out.push(e.clone());
+        forward.push(e.clone());
         at = e.from.clone();
     }
-    out.reverse();
-    out.extend(tail.into_iter().rev());
-    out
+    forward.reverse();
+    (backward, forward)
 }
 
 /// One derivation as Markdown: `a → b` linked to its file, with its rules.
@@ -665,8 +780,8 @@ pub fn markdown(t: &Taxonomy) -> Result<String, Error> {
         "The taxonomy: [docs/taxonomy.svg](taxonomy.svg) (`diagc taxonomy --format svg`). A \
          derivation's class is its weakest step's: `equal` (the same function), `expressive` \
          (the same class of functions, by universal approximation), `specialise` (the end is \
-         a special case of the start). An arrow into M1 from a mechanism (↑) means that the \
-         mechanism specialises to M1: it generalises M1.\n"
+         a special case of the start). The mechanisms drawn one row above M1 with an arrow into \
+         it specialise to M1: they generalise it.\n"
     );
     let sizes: Vec<String> = COUNT_SIZES
         .iter()
@@ -722,17 +837,36 @@ pub fn markdown(t: &Taxonomy) -> Result<String, Error> {
                 let _ = writeln!(s, "- Derivation: the root of the taxonomy.");
             }
             None => {
-                let path = path_to(t, &module);
-                let steps: Vec<String> = path.iter().map(edge_md).collect();
-                let _ = writeln!(
-                    s,
-                    "- Derivation from primordial attention: {}",
-                    if steps.is_empty() {
-                        "none found".to_string()
-                    } else {
-                        steps.join(", then ")
-                    }
-                );
+                let (back, fwd) = path_to(t, &module);
+                let into = back
+                    .last()
+                    .map(|e| short(&e.to).to_string())
+                    .unwrap_or_default();
+                // What the backward derivations say of the mechanism, by their weakest class.
+                let relation = if back.iter().any(|e| e.class == "specialise") {
+                    format!("it generalises {into}")
+                } else if back.iter().any(|e| e.class == "expressive") {
+                    format!("as expressive as {into}")
+                } else {
+                    format!("the same function as {into}")
+                };
+                let fwd: Vec<String> = fwd.iter().map(edge_md).collect();
+                let back: Vec<String> = back.iter().map(edge_md).collect();
+                let from_root = if fwd.is_empty() {
+                    "none found".to_string()
+                } else {
+                    fwd.join(", then ")
+                };
+                if back.is_empty() {
+                    let _ = writeln!(s, "- Derivation from primordial attention: {from_root}");
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "- Derivation: {} ({relation}); {into} from primordial attention: \
+                         {from_root}",
+                        back.join(", then ")
+                    );
+                }
             }
         }
         let _ = writeln!(s, "\n![{0}](../tests/golden/draw/{0}.svg)\n", e.name);
