@@ -489,16 +489,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         draw: Option<PathBuf>,
     },
-    /// Recombine the generators of stdlib/anatomy/spec.diag exhaustively, remove redundant
-    /// mechanisms (canonical form modulo equal rules) and write them as m00.diag .. m13.diag.
-    /// The generator set beyond M0 and M1 is the project's reconstruction, not the paper's.
+    /// Recombine the generators of stdlib/anatomy/spec.diag (or of --spec FILE) exhaustively,
+    /// remove redundant mechanisms (canonical form modulo equal rules) and write them as
+    /// m00.diag, m01.diag... The stdlib's generator set beyond M0 and M1 is the project's
+    /// reconstruction, not the paper's.
     Enumerate {
-        /// The output directory.
-        #[arg(short, long, default_value = "stdlib/anatomy")]
-        output: PathBuf,
+        /// The output directory [default: stdlib/anatomy; required with --spec].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         /// Write nothing; exit 1 if the files in OUTPUT differ from a fresh enumeration.
         #[arg(long)]
         check: bool,
+        /// A .diag file with the generators to recombine instead of the paper's
+        /// reconstruction: every diagram named gen_NAME(q, k, v: [tok, head, dk]) -> [tok,
+        /// head, dk] is generator NAME (examples/modern-anatomy/spec.diag).
+        #[arg(long, value_name = "FILE")]
+        spec: Option<PathBuf>,
     },
     /// Print the taxonomy of attention: the graph of the stdlib's derivations from primordial
     /// attention to the literature's variants, each edge replayed and checked, labelled by its
@@ -697,7 +703,11 @@ fn run() -> i32 {
             list,
             draw,
         } => rewrite::derive(derivation, &rules, trace, list, draw),
-        Command::Enumerate { output, check } => rewrite::enumerate(&output, check),
+        Command::Enumerate {
+            output,
+            check,
+            spec,
+        } => rewrite::enumerate(output.as_deref(), check, spec.as_deref()),
         Command::Taxonomy { format, output } => rewrite::taxonomy(format, output.as_deref()),
         Command::Selftest { device, quick } => selftest(&device, quick),
     }

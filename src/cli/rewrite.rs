@@ -210,12 +210,31 @@ pub fn derive(
     }
 }
 
-pub fn enumerate(dir: &Path, check: bool) -> i32 {
+pub fn enumerate(dir: Option<&Path>, check: bool, spec_file: Option<&Path>) -> i32 {
+    use crate::rewrite::enumerate::{self as en, Spec};
+    let dir = match (dir, spec_file) {
+        (Some(d), _) => d,
+        (None, None) => Path::new("stdlib/anatomy"),
+        (None, Some(_)) => {
+            return fail(Error::Usage(
+                "`--spec` needs `--output DIR`: the enumeration of a user's generators does \
+                 not go into stdlib/anatomy"
+                    .into(),
+            ));
+        }
+    };
+    let spec = match spec_file {
+        None => Spec::stdlib(),
+        Some(f) => match Spec::load(f) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        },
+    };
     let book = match RuleBook::stdlib() {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let ms = match crate::rewrite::enumerate::enumerate(&book) {
+    let ms = match en::enumerate_spec(&book, &spec) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
@@ -225,7 +244,10 @@ pub fn enumerate(dir: &Path, check: bool) -> i32 {
     let mut stale = false;
     for m in &ms {
         let path = dir.join(format!("{}.diag", m.name));
-        let text = crate::rewrite::enumerate::file_text(m);
+        let text = match &spec.source {
+            None => en::file_text(m),
+            Some(src) => en::spec_file_text(m, src),
+        };
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 errln!("diagc: {} differs from a fresh enumeration", path.display());

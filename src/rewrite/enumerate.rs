@@ -34,20 +34,113 @@ pub struct Mechanism {
     pub name: String,
     /// How it was built, such as `L`, `D`, `D[k <- L]`.
     pub recipe: String,
-    /// `linear only`, `dot-product only` or `both`.
-    pub colour: &'static str,
+    /// `linear only`, `dot-product only` or `both` for the stdlib's set; `D only`, `D and L`
+    /// for a user's.
+    pub colour: String,
     pub term: Term,
 }
 
 const SLOTS: [&str; 3] = ["q", "k", "v"];
-const GENERATORS: [(&str, &str); 2] = [("L", "gen_l"), ("D", "gen_d")];
+
+/// A generator set: the diagrams that generate (each `(q, k, v: [tok, head, dk]) -> [tok, head,
+/// dk]`, by letter), and the text that makes them visible to a candidate.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// `(letter, diagram)`, in the order of enumeration.
+    pub generators: Vec<(String, String)>,
+    /// Put before each candidate: `use anatomy.spec` for the stdlib's set, the spec file's own
+    /// text for a user's.
+    prelude: String,
+    /// The spec file as shown in the generated files; `None` for the stdlib's.
+    pub source: Option<String>,
+}
+
+impl Spec {
+    /// The project's reconstruction of the paper's generator set (stdlib/anatomy/spec.diag):
+    /// L then D.
+    pub fn stdlib() -> Spec {
+        Spec {
+            generators: vec![("L".into(), "gen_l".into()), ("D".into(), "gen_d".into())],
+            prelude: "use anatomy.spec\n".into(),
+            source: None,
+        }
+    }
+
+    /// A user's generator set: every diagram of `file` named `gen_NAME` is a generator, with
+    /// the letter NAME in capitals, in the file's order. The file is checked first (its
+    /// diagnostics are the error); a candidate that does not type (a generator of the wrong
+    /// signature) is an error naming the candidate.
+    pub fn load(file: &std::path::Path) -> Result<Spec, Error> {
+        let o = crate::session::check_path(file)?.ok_or_error(format!(
+            "the generator spec {} does not check",
+            file.display()
+        ))?;
+        let root = crate::source::FileId(0);
+        let mut generators = Vec::new();
+        for d in &o.checked.program.diagrams {
+            if d.span.file != root {
+                continue;
+            }
+            if d.name == "mech" {
+                return Err(Error::Usage(format!(
+                    "{}: a spec may not define a diagram `mech` (the enumerator's candidates \
+                     are called that)",
+                    file.display()
+                )));
+            }
+            let Some(letter) = d.name.strip_prefix("gen_").filter(|l| !l.is_empty()) else {
+                continue;
+            };
+            if d.inputs.len() != 3 || d.outputs.len() != 1 || !d.hypers.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: the generator `{}` must take (q, k, v: [tok, head, dk]) and return one \
+                     [tok, head, dk], without hyperparameters",
+                    file.display(),
+                    d.name
+                )));
+            }
+            generators.push((letter.to_uppercase(), d.name.clone()));
+        }
+        if generators.is_empty() {
+            return Err(Error::Usage(format!(
+                "{} defines no generator: a generator is a diagram named gen_NAME(q: [tok, \
+                 head, dk], k: [tok, head, dk], v: [tok, head, dk]) -> [tok, head, dk]",
+                file.display()
+            )));
+        }
+        let text = crate::session::read_text(file)?;
+        Ok(Spec {
+            generators,
+            prelude: text,
+            source: Some(file.display().to_string()),
+        })
+    }
+
+    /// The colour class of a recipe from its outer and inner generators: for the stdlib's set
+    /// the paper's names (`linear only`, `dot-product only`, `both`), else `D only`, `D and L`.
+    fn colour(&self, outer: &str, inner: &str) -> String {
+        if self.source.is_none() {
+            return match (outer, inner) {
+                ("L", "L") => "linear only",
+                ("D", "D") => "dot-product only",
+                _ => "both",
+            }
+            .into();
+        }
+        if outer == inner {
+            format!("{outer} only")
+        } else {
+            format!("{outer} and {inner}")
+        }
+    }
+}
 
 fn proj(src: &str) -> String {
     format!("split[dm -> head, dk](linear[dm -> dm]({src}))")
 }
 
 /// The source of one candidate, calling the spec's generators.
-fn candidate(outer: &str, inner: Option<(usize, &str)>) -> String {
+fn candidate(prelude: &str, outer: &str, inner: Option<(usize, &str)>) -> String {
     let mut body = String::new();
     if let Some((_, g)) = inner {
         body.push_str(&format!(
@@ -69,7 +162,7 @@ fn candidate(outer: &str, inner: Option<(usize, &str)>) -> String {
         "    linear[dm -> dm](merge[head, dk -> dm]({outer}({})))\n",
         args.join(", ")
     ));
-    format!("use anatomy.spec\n\ndiagram mech(x: [tok, dm]) -> [tok, dm] {{\n{body}}}\n")
+    format!("{prelude}\ndiagram mech(x: [tok, dm]) -> [tok, dm] {{\n{body}}}\n")
 }
 
 /// Normalises a term by the [`NORMALISE`] rules until none applies.
@@ -96,27 +189,27 @@ pub fn normalise(book: &RuleBook, mut t: Term) -> Result<Term, Error> {
 
 /// Enumerates the default specification.
 pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, Error> {
-    let mut recipes: Vec<(String, &'static str, String)> = Vec::new();
-    for (g, f) in GENERATORS {
-        let colour = if g == "L" {
-            "linear only"
-        } else {
-            "dot-product only"
-        };
-        recipes.push((g.to_string(), colour, candidate(f, None)));
+    enumerate_spec(book, &Spec::stdlib())
+}
+
+/// Enumerates a generator set: every generator alone, then every outer generator with one of
+/// its slots fed by every inner one (n + 3 n^2 candidates), redundant ones removed.
+pub fn enumerate_spec(book: &RuleBook, spec: &Spec) -> Result<Vec<Mechanism>, Error> {
+    let mut recipes: Vec<(String, String, String)> = Vec::new();
+    for (g, f) in &spec.generators {
+        recipes.push((
+            g.to_string(),
+            spec.colour(g, g),
+            candidate(&spec.prelude, f, None),
+        ));
     }
-    for (og, of) in GENERATORS {
+    for (og, of) in &spec.generators {
         for (s, slot) in SLOTS.iter().enumerate() {
-            for (ig, inf) in GENERATORS {
-                let colour = match (og, ig) {
-                    ("L", "L") => "linear only",
-                    ("D", "D") => "dot-product only",
-                    _ => "both",
-                };
+            for (ig, inf) in &spec.generators {
                 recipes.push((
                     format!("{og}[{slot} <- {ig}]"),
-                    colour,
-                    candidate(of, Some((s, inf))),
+                    spec.colour(og, ig),
+                    candidate(&spec.prelude, of, Some((s, inf))),
                 ));
             }
         }
@@ -126,8 +219,17 @@ pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, Error> {
     for (recipe, colour, text) in recipes {
         let o = crate::session::check_text("<enumerate>", &text);
         if !o.checked.is_ok() {
+            let why: Vec<String> = o
+                .checked
+                .diagnostics
+                .iter()
+                .take(3)
+                .map(|d| d.message.clone())
+                .collect();
             return Err(Error::Rewrite(format!(
-                "candidate {recipe} does not check:\n{text}"
+                "the candidate {recipe} does not check ({}); every generator must take \
+                 (q, k, v: [tok, head, dk]) and return [tok, head, dk]",
+                why.join("; ")
             )));
         }
         let t = Term::from_program(&o.checked.program, "mech")?;
@@ -150,7 +252,18 @@ pub fn enumerate(book: &RuleBook) -> Result<Vec<Mechanism>, Error> {
     Ok(out)
 }
 
-/// The file text of a mechanism.
+/// The file text of a mechanism of a user's generator set.
+pub fn spec_file_text(m: &Mechanism, source: &str) -> String {
+    format!(
+        "// {}: {} (colour class: {}).\n// Generated by `diagc enumerate --spec {source}`; do not edit.\n\n{}",
+        m.name.to_uppercase(),
+        m.recipe,
+        m.colour,
+        m.term.to_text()
+    )
+}
+
+/// The file text of a mechanism of the stdlib's generator set.
 pub fn file_text(m: &Mechanism) -> String {
     let known = match m.name.as_str() {
         "m00" => "This is the paper's M0: causal linear attention (Katharopoulos et al. 2020).",
