@@ -442,6 +442,25 @@ fn enumerate_spec_errors_say_what_is_wrong() {
     ]);
     assert_ne!(code, Some(0));
     assert!(err.contains("does not check"), "{err}");
+    // Too many generators: refused before any candidate is built.
+    let many = dir.join("many.diag");
+    let mut text = String::from("axis tok, dm, head\naxis dk = dm / head\n");
+    for g in 0..17 {
+        text.push_str(&format!(
+            "diagram gen_{g}(q: [tok, head, dk], k: [tok, head, dk], v: [tok, head, dk]) -> \
+             [tok, head, dk] {{ q + k + v }}\n"
+        ));
+    }
+    std::fs::write(&many, text).unwrap();
+    let (code, err) = run(&[
+        "enumerate",
+        "--spec",
+        many.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("17 generators"), "{err}");
     assert!(!out.exists(), "nothing is written on an error");
     let _ = std::fs::remove_dir_all(&dir);
 }

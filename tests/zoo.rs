@@ -586,6 +586,25 @@ fn log_length_scaled_attention_matches_a_naive_computation() {
 }
 
 #[test]
+fn relative_position_bias_matches_a_naive_computation() {
+    zoo_matches_naive("relpos", 37, SIZES, &[], |p| {
+        let x = p.x();
+        let (t, h, dk) = (x.len(), 2, 4);
+        let q = p.linear(&x, true);
+        let k = p.linear(&x, true);
+        let v = p.linear(&x, true);
+        // The table: one number per head and distance, [head, rel] with rel = tok.
+        let table = p.take(".value");
+        assert_eq!(table.len(), h * t);
+        let s = |hh: usize, i: usize, j: usize| {
+            dotn(&q[i], hh * dk, &k[j], hh * dk, dk) / 2.0 + table[hh * t + (i - j)]
+        };
+        let o = attend(t, h, dk, &v, |hh| hh * dk, softmax_weights(s));
+        p.linear(&o, true)
+    });
+}
+
+#[test]
 fn softpick_attention_matches_a_naive_computation() {
     zoo_matches_naive("softpick", 32, SIZES, &[], |p| {
         let x = p.x();

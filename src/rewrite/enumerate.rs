@@ -24,6 +24,9 @@ pub const NORMALISE: &[&str] = &[
     "merge_after_rename",
 ];
 
+/// At most this many generators in a user's set (16 give 784 candidates, about a minute).
+pub const MAX_GENERATORS: usize = 16;
+
 /// At most this many normalising rewrites per candidate.
 const MAX_STEPS: usize = 64;
 
@@ -100,6 +103,14 @@ impl Spec {
                 )));
             }
             generators.push((letter.to_uppercase(), d.name.clone()));
+        }
+        if generators.len() > MAX_GENERATORS {
+            return Err(Error::Usage(format!(
+                "{} defines {} generators; the enumerator takes at most {MAX_GENERATORS} (n \
+                 generators give n + 3 n^2 candidates, each checked and normalised)",
+                file.display(),
+                generators.len()
+            )));
         }
         if generators.is_empty() {
             return Err(Error::Usage(format!(
