@@ -94,6 +94,9 @@ pub struct Node {
     /// boundaries): their position in it. Region ports are free (`None`).
     pub fixed: Option<usize>,
     pub highlight: bool,
+    /// For an operation whose inputs do not commute, what its first input is (`numerator` of
+    /// `div`, `minuend` of `sub`): the picture marks where that wire enters.
+    pub first_input: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -133,8 +136,9 @@ pub struct Edge {
     pub from_port: usize,
     pub to: NodeId,
     pub to_port: usize,
-    /// The type drawn beside the wire where it starts; `None` where it would repeat the type
-    /// just drawn (the branches of a fork, a wire through a port that does not change it).
+    /// The type drawn beside the wire where it starts, after the wire's name when it has one
+    /// (`s: [tok, src]`); `None` where it would repeat the type just drawn (the branches of a
+    /// fork, a wire through a port that does not change it).
     pub label: Option<String>,
     /// The tooltip: the wire's name and type.
     pub title: String,
@@ -275,6 +279,7 @@ impl Builder<'_> {
             per_lane: Vec::new(),
             fixed: None,
             highlight: false,
+            first_input: None,
         });
         self.g.nodes.len() - 1
     }
@@ -317,7 +322,12 @@ impl Builder<'_> {
             self.incoming.resize(to.0 + 1, None);
         }
         self.incoming[to.0] = Some(ty.clone());
-        let label = if repeats { None } else { Some(ty) };
+        // A named wire is labelled with its name and type (`s: [tok, src]`).
+        let label = match (&wire.name, repeats) {
+            (_, true) => None,
+            (Some(n), false) if !n.is_empty() => Some(format!("{n}: {ty}")),
+            _ => Some(ty),
+        };
         self.g.edges.push(Edge {
             from,
             from_port,
@@ -456,6 +466,11 @@ impl Builder<'_> {
         node.label = label;
         node.params = shape == Shape::Box(BoxStyle::Learned) && !b.params.is_empty();
         node.per_lane = per_lane;
+        node.first_input = match b.op {
+            Op::Div => Some("numerator"),
+            Op::Sub => Some("minuend"),
+            _ => None,
+        };
         n
     }
 

@@ -45,6 +45,7 @@ text {{ font-family: 'DejaVu Sans Mono', monospace; }}
 .fork {{ fill: #222; }}
 .cap {{ fill: #222; }}
 .port {{ fill: #ffffff; stroke: #222; stroke-width: 1.2; }}
+.first {{ fill: #222; stroke: none; }}
 .port.out {{ fill: #222; }}
 .io {{ fill: #ffffff; stroke: #222; stroke-width: 1.2; }}
 .hl {{ stroke: #ff8c00; stroke-width: 3; }}
@@ -373,6 +374,33 @@ fn scene_group(mut g: Group, scene: &Scene, page: &Page) -> Group {
                 .set("class", "wire")
                 .set("d", d)
                 .add(title(&e.title)),
+        );
+    }
+    // The first input of a non-commuting operation (the numerator of `div`, the minuend of
+    // `sub`): a small filled square where its wire ends.
+    for (ei, e) in graph.edges.iter().enumerate() {
+        let Some(what) = graph.nodes[e.to].first_input else {
+            continue;
+        };
+        if e.to_port != 0 {
+            continue;
+        }
+        let Some(&end) = placed.routes[ei].pts.last() else {
+            continue;
+        };
+        let (x, y) = page.map(end);
+        wires = wires.add(
+            Path::new()
+                .set("class", "first")
+                .set(
+                    "d",
+                    format!(
+                        "M{} {}h6v6h-6z",
+                        num(x - 3.0),
+                        num(y - 3.0)
+                    ),
+                )
+                .add(title(what)),
         );
     }
     g = g.add(wires);
