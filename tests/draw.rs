@@ -692,3 +692,69 @@ fn cli_draw_usage_errors_exit_2() {
     let o = diagc(&["draw", f.to_str().unwrap(), "--diagram", "b"]);
     assert_eq!(o.status.code(), Some(0));
 }
+
+/// The last two numbers of an SVG path's data: where it ends.
+fn path_end(d: &str) -> (f64, f64) {
+    let nums: Vec<f64> = d
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[nums.len() - 2], nums[nums.len() - 1])
+}
+
+#[test]
+fn the_first_operand_of_sub_and_div_is_marked_and_named_wires_are_labelled() {
+    let text = "axis x\ndiagram f(a: [x], b: [x]) -> [x] {\n    d = b - a\n    d / a\n}\n";
+    let o = session::check_text("t.diag", text);
+    assert!(o.checked.is_ok());
+    let d = diagram(&o, "f");
+    let svg = render::draw(&o.checked.program, d, &opts(0, Flow::BottomToTop)).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let title_of = |n: roxmltree::Node| {
+        n.children()
+            .find(|c| c.has_tag_name("title"))
+            .and_then(|t| t.text())
+            .unwrap_or("")
+            .to_string()
+    };
+    let wire_end = |name: &str| {
+        let w = doc
+            .descendants()
+            .find(|n| n.attribute("class") == Some("wire") && title_of(*n) == name)
+            .unwrap_or_else(|| panic!("no wire {name}"));
+        path_end(w.attribute("d").unwrap())
+    };
+    let marks: Vec<(String, (f64, f64))> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("first"))
+        .map(|n| {
+            let d = n.attribute("d").unwrap();
+            let nums: Vec<f64> = d[1..]
+                .split(['h', ' '])
+                .take(2)
+                .map(|s| s.parse().unwrap())
+                .collect();
+            (title_of(n), (nums[0] + 3.0, nums[1] + 3.0))
+        })
+        .collect();
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    // Each mark sits where its operand's wire ends: b for the minuend, d for the numerator.
+    for (what, wire) in [("minuend", "b: [x]"), ("numerator", "d: [x]")] {
+        let (_, at) = marks
+            .iter()
+            .find(|m| m.0 == what)
+            .unwrap_or_else(|| panic!("no {what} mark"));
+        let end = wire_end(wire);
+        assert!(
+            (at.0 - end.0).abs() < 0.05 && (at.1 - end.1).abs() < 0.05,
+            "{what} at {at:?}, {wire} ends at {end:?}"
+        );
+    }
+    // The named wire's label carries its name.
+    assert!(
+        doc.descendants()
+            .any(|n| n.attribute("class") == Some("ty") && n.text() == Some("d: [x]")),
+        "no label d: [x]"
+    );
+}

@@ -392,14 +392,7 @@ fn scene_group(mut g: Group, scene: &Scene, page: &Page) -> Group {
         wires = wires.add(
             Path::new()
                 .set("class", "first")
-                .set(
-                    "d",
-                    format!(
-                        "M{} {}h6v6h-6z",
-                        num(x - 3.0),
-                        num(y - 3.0)
-                    ),
-                )
+                .set("d", format!("M{} {}h6v6h-6z", num(x - 3.0), num(y - 3.0)))
                 .add(title(what)),
         );
     }
