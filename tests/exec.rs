@@ -1363,3 +1363,140 @@ fn forgetting_attention_matches_a_naive_computation() {
         })
     });
 }
+
+#[test]
+fn a_box_marked_not_trainable_computes_as_its_learned_twin_and_gets_no_gradient() {
+    // `linear[a -> b, trainable = false]` is a linear map whose parameters are frozen: named
+    // `....frozen`, same value as a trainable linear with the same weights (a naive product in
+    // the test), no gradient, and printed back with its option.
+    let src = "axis a, b\ndiagram f(x: [a]) -> [b] {\n    \
+               linear[a -> b, trainable = false](x) + linear[a -> b](x)\n}\n";
+    let o = session::check_text("<frozen>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let (na, nb) = (3usize, 2usize);
+    let inst = instantiate(
+        &o.checked.program,
+        "f",
+        &bindings(&[("a", na as u64), ("b", nb as u64)], &[]),
+    )
+    .unwrap();
+    let names: Vec<&str> = inst.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names[0].ends_with(".weight.frozen") && names[1].ends_with(".bias.frozen"));
+    assert!(
+        names[2].ends_with(".weight") && names[3].ends_with(".bias"),
+        "{names:?}"
+    );
+    // Both linears get the same weights: y = 2 (W^T x + c).
+    let mut ins = harness::random_inputs(&inst, 3);
+    ins[3] = ins[1].clone();
+    ins[4] = ins[2].clone();
+    let x: Vec<f64> = ins[0].data.iter().copied().collect();
+    let w: Vec<f64> = ins[1].data.iter().copied().collect(); // [a, b], row-major
+    let c: Vec<f64> = ins[2].data.iter().copied().collect();
+    let y = interp::run(
+        &inst.diagram,
+        &inst.axes,
+        &inst.sizes,
+        ins.clone(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    for j in 0..nb {
+        let want = 2.0 * ((0..na).map(|i| w[i * nb + j] * x[i]).sum::<f64>() + c[j]);
+        let got = y[0].data.iter().copied().nth(j).unwrap();
+        assert!((got - want).abs() < 1e-12, "y[{j}] = {got}, want {want}");
+    }
+    // Gradient with a seed of ones: the frozen weight and bias get exactly zero; the trainable
+    // twin gets d/dW = x (each column), d/dc = 1.
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let b_axes = inst.diagram.wire(inst.diagram.outputs[0]).ty.axes.clone();
+    let mut gin = ins;
+    gin.push(Tensor::from_vec(b_axes, &[nb], vec![1.0; nb]));
+    let g = interp::run(
+        &grad.diagram,
+        &inst.axes,
+        &inst.sizes,
+        gin,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let gp = &g[g.len() - 4..];
+    assert!(
+        gp[0]
+            .data
+            .iter()
+            .chain(gp[1].data.iter())
+            .all(|v| *v == 0.0)
+    );
+    let gw: Vec<f64> = gp[2].data.iter().copied().collect();
+    for i in 0..na {
+        for j in 0..nb {
+            assert!((gw[i * nb + j] - x[i]).abs() < 1e-12, "dW[{i}, {j}]");
+        }
+    }
+    assert!(gp[3].data.iter().all(|v| (*v - 1.0).abs() < 1e-12));
+    // Printed back as the source says, and re-read the same.
+    let term = diagc::rewrite::term::Term::from_program(&o.checked.program, "f").unwrap();
+    let text = term.to_text();
+    assert!(
+        text.contains("linear[a -> b, trainable = false](x)"),
+        "{text}"
+    );
+    let again = session::check_text("<again>", &text);
+    assert!(again.checked.is_ok(), "{text}");
+    let d = again.checked.program.diagram("f").unwrap();
+    let frozen: Vec<bool> = d
+        .boxes
+        .iter()
+        .filter(|b| !b.params.is_empty())
+        .map(|b| b.params.iter().all(|p| !p.trainable))
+        .collect();
+    assert_eq!(frozen, vec![true, false]);
+}
+
+#[test]
+fn every_learned_box_takes_trainable_false() {
+    // The option exists on every learned box, and its parameters all come out frozen.
+    let src = "axis tok, a, b, v\ndiagram f(x: [tok, a], t: [tok] of v) -> [tok, b] {\n    \
+               h = layernorm[a, trainable = false](x) + embed[v -> a, trainable = false](t)\n    \
+               g = h + broadcast[tok](param[a, trainable = false]())\n    \
+               learner[a -> b, width = 4, trainable = false](g)\n}\n";
+    let o = session::check_text("<frozen-all>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let inst = instantiate(
+        &o.checked.program,
+        "f",
+        &bindings(&[("tok", 2), ("a", 3), ("b", 2), ("v", 5)], &[]),
+    )
+    .unwrap();
+    assert!(inst.params.len() >= 8);
+    for p in &inst.params {
+        assert!(p.name.ends_with(".frozen"), "{} is not frozen", p.name);
+    }
+    // A misspelt value is an error, not a silent default.
+    let bad = session::check_text(
+        "<bad>",
+        "axis a, b\ndiagram f(x: [a]) -> [b] { linear[a -> b, trainable = no](x) }\n",
+    );
+    assert!(!bad.checked.is_ok());
+}
+
+#[test]
+fn sin_and_cos_match_a_naive_computation() {
+    // Of a wire, elementwise with their derivatives; of a number, a number (`x * sin(1)`).
+    let src = "axis a\ndiagram f(x: [a]) -> [a] { sin(x) * 2 + cos(x) + x * sin(1) * cos(2) }\n";
+    let xs = vec![-2.0, -0.3, 0.0, 0.7, 3.5];
+    let (y, g) = forward_and_gradient(src, std::slice::from_ref(&xs));
+    let k = 1f64.sin() * 2f64.cos();
+    for (i, x) in xs.iter().enumerate() {
+        let want = 2.0 * x.sin() + x.cos() + x * k;
+        assert!(
+            (y[i] - want).abs() < 1e-12,
+            "y({x}) = {}, want {want}",
+            y[i]
+        );
+        let dwant = 2.0 * x.cos() - x.sin() + k;
+        assert!((g[0][i] - dwant).abs() < 1e-12, "dy/dx({x}) = {}", g[0][i]);
+    }
+}

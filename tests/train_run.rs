@@ -247,3 +247,69 @@ fn frozen_random_features_do_not_move_in_training() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_projection_marked_not_trainable_does_not_move_in_training() {
+    // M1 with its query projection written `linear[dm -> dm, trainable = false]`: its weight
+    // and bias are stored and checkpointed, stay bit-for-bit as drawn, and are not counted as
+    // trainable; the other projections move.
+    let out = fresh_dir("frozen-q");
+    std::fs::create_dir_all(&out).unwrap();
+    let mech = out.with_extension("m1_frozen_q.diag");
+    let m1 = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("stdlib/attention/m1.diag"),
+    )
+    .unwrap();
+    let q = "q = split[dm -> head, dk](linear[dm -> dm](x))";
+    assert!(m1.contains(q));
+    let text = m1
+        .replace(
+            q,
+            "q = split[dm -> head, dk](linear[dm -> dm, trainable = false](x))",
+        )
+        .replace("diagram m1(", "diagram m1_frozen_q(");
+    std::fs::write(&mech, text).unwrap();
+    let mut cfg = tiny(1, Some(4));
+    cfg.model.mech = mech.display().to_string();
+    cfg.model.dropout = 0.0;
+    let run_dir = out.join("run");
+    let mut t = new_run(cfg, &run_dir);
+    let before = t.checkpoint();
+    let outcome = t
+        .run(&run_dir, &Control::quiet(&AtomicUsize::new(0)))
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Finished(_)));
+    let after = t.checkpoint();
+    let params = |c: &checkpoint::Checkpoint| -> Vec<(String, Vec<f32>)> {
+        c.tensors
+            .iter()
+            .filter(|(g, _)| g == "param")
+            .map(|(_, x)| (x.name.clone(), x.data.clone()))
+            .collect()
+    };
+    let (b, a) = (params(&before), params(&after));
+    let mut frozen = Vec::new();
+    let mut moved = 0;
+    for ((name, x), (_, y)) in b.iter().zip(&a) {
+        if name.ends_with(".frozen") {
+            assert_eq!(x, y, "{name} moved");
+            frozen.push(name.clone());
+        } else if name.contains("linear") && name.ends_with(".weight") && x != y {
+            moved += 1;
+        }
+    }
+    assert_eq!(frozen.len(), 2, "{frozen:?}");
+    assert!(frozen[0].ends_with(".weight.frozen") && frozen[1].ends_with(".bias.frozen"));
+    // The three other projections of the mechanism, and the feed-forward's two.
+    assert!(moved >= 5, "{moved} learned weights moved");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["frozen_parameters"], 64 * 64 + 64);
+    assert_eq!(
+        summary["parameters"].as_u64().unwrap() as usize + 64 * 64 + 64,
+        t.parameter_count()
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&mech);
+}

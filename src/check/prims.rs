@@ -1582,9 +1582,17 @@ impl Body<'_, '_> {
                 self.box1(Op::Expand(a), vec![w], ty, vec![], span)
             }
             "layernorm" => {
-                let idx = self.idx(name, index, ix_span, AtLeast(1), None, &["per"])?;
+                let idx = self.idx(
+                    name,
+                    index,
+                    ix_span,
+                    AtLeast(1),
+                    None,
+                    &["per", "trainable"],
+                )?;
                 let axes = self.axis_list(idx.lhs)?;
                 let per = self.per_option(&idx)?;
+                let trainable = self.bool_option(&idx, "trainable", true)?;
                 let (v, vs) = vals.into_iter().next()?;
                 let w = self.float_arg(v, vs)?;
                 let mut ok = true;
@@ -1600,14 +1608,17 @@ impl Body<'_, '_> {
                         role: "gain".into(),
                         dims: dims.clone(),
                         per_lane: per.clone(),
+                        trainable: true,
                     },
                     ParamSpec {
                         role: "bias".into(),
                         dims,
                         per_lane: per,
+                        trainable: true,
                     },
                 ];
                 let ty = self.wire_ty(w).clone();
+                let params = frozen_unless(trainable, params);
                 self.box1(Op::LayerNorm(axes), vec![w], ty, params, span)
             }
             "dropout" => {
@@ -1621,7 +1632,15 @@ impl Body<'_, '_> {
                 self.unary(Op::Dropout(p), w, span)
             }
             "embed" => {
-                let idx = self.idx(name, index, ix_span, Exactly(1), Some(AtLeast(1)), &["per"])?;
+                let idx = self.idx(
+                    name,
+                    index,
+                    ix_span,
+                    Exactly(1),
+                    Some(AtLeast(1)),
+                    &["per", "trainable"],
+                )?;
+                let trainable = self.bool_option(&idx, "trainable", true)?;
                 let vocab = self.axis_value(&idx.lhs[0]);
                 let to = self.axis_list(idx.rhs);
                 let per = self.per_option(&idx);
@@ -1667,6 +1686,7 @@ impl Body<'_, '_> {
                     role: "table".into(),
                     dims,
                     per_lane: per,
+                    trainable,
                 }];
                 self.box1(
                     Op::Embed { vocab, to },
@@ -1763,8 +1783,9 @@ impl Body<'_, '_> {
                     ix_span,
                     AtLeast(1),
                     Some(AtLeast(0)),
-                    &["bias", "per"],
+                    &["bias", "per", "trainable"],
                 )?;
+                let trainable = self.bool_option(&idx, "trainable", true)?;
                 let from = self.axis_list(idx.lhs);
                 let to = self.axis_list(idx.rhs);
                 let bias = self.bool_option(&idx, "bias", true);
@@ -1799,14 +1820,17 @@ impl Body<'_, '_> {
                     role: "weight".into(),
                     dims,
                     per_lane: per.clone(),
+                    trainable: true,
                 }];
                 if bias {
                     params.push(ParamSpec {
                         role: "bias".into(),
                         dims: to.iter().map(|a| Dim::Axis(*a)).collect(),
                         per_lane: per,
+                        trainable: true,
                     });
                 }
+                let params = frozen_unless(trainable, params);
                 let mut axes = rest.axes;
                 axes.extend(to.iter().copied());
                 self.box1(
@@ -1824,8 +1848,9 @@ impl Body<'_, '_> {
                     ix_span,
                     AtLeast(1),
                     Some(AtLeast(0)),
-                    &["width", "per"],
+                    &["width", "per", "trainable"],
                 )?;
+                let trainable = self.bool_option(&idx, "trainable", true)?;
                 let from = self.axis_list(idx.lhs);
                 let to = self.axis_list(idx.rhs);
                 let per = self.per_option(&idx);
@@ -1895,12 +1920,14 @@ impl Body<'_, '_> {
                         role: format!("w_in{k}"),
                         dims,
                         per_lane: per.clone(),
+                        trainable: true,
                     });
                 }
                 params.push(ParamSpec {
                     role: "b_hidden".into(),
                     dims: vec![Dim::Extent(width.clone())],
                     per_lane: per.clone(),
+                    trainable: true,
                 });
                 let mut wout = vec![Dim::Extent(width.clone())];
                 wout.extend(to.iter().map(|a| Dim::Axis(*a)));
@@ -1908,12 +1935,15 @@ impl Body<'_, '_> {
                     role: "w_out".into(),
                     dims: wout,
                     per_lane: per.clone(),
+                    trainable: true,
                 });
                 params.push(ParamSpec {
                     role: "b_out".into(),
                     dims: to.iter().map(|a| Dim::Axis(*a)).collect(),
                     per_lane: per,
+                    trainable: true,
                 });
+                let params = frozen_unless(trainable, params);
                 let mut axes = batch;
                 axes.extend(to.iter().copied());
                 let ins = wires.iter().map(|(w, _)| *w).collect();
@@ -1926,8 +1956,13 @@ impl Body<'_, '_> {
                 )
             }
             "param" | "random" => {
-                let options: &[&str] = if name == "random" { &["dist"] } else { &[] };
+                let options: &[&str] = if name == "random" {
+                    &["dist"]
+                } else {
+                    &["trainable"]
+                };
                 let idx = self.idx(name, index, ix_span, AtLeast(0), None, options)?;
+                let trainable = self.bool_option(&idx, "trainable", true)?;
                 let role = if name == "param" {
                     "value"
                 } else {
@@ -1960,6 +1995,7 @@ impl Body<'_, '_> {
                     role: role.into(),
                     dims: own.iter().map(|a| Dim::Axis(*a)).collect(),
                     per_lane: per,
+                    trainable,
                 }];
                 self.box1(
                     Op::Param(own.clone()),
@@ -1991,4 +2027,17 @@ impl Body<'_, '_> {
     fn float_or_index(&mut self, v: Val, span: Span) -> Option<WireId> {
         self.wire_arg(v, span)
     }
+}
+
+/// A learned box's parameters, marked not trainable when the box says `trainable = false`:
+/// instantiation names them `....frozen` and puts `stop_grad` after them, so they are drawn,
+/// stored and checkpointed like the others and never move.
+fn frozen_unless(trainable: bool, params: Vec<ParamSpec>) -> Vec<ParamSpec> {
+    params
+        .into_iter()
+        .map(|p| ParamSpec {
+            trainable: trainable && p.trainable,
+            ..p
+        })
+        .collect()
 }

@@ -68,11 +68,22 @@ pub(super) fn run_cmd(
             return fail(Error::write(path, e));
         }
     }
+    let frozen: usize = inst
+        .params
+        .iter()
+        .filter(|p| p.name.ends_with(".frozen"))
+        .map(|p| p.axes.iter().map(|a| inst.size(*a)).product::<usize>())
+        .sum();
     outln!(
-        "{}: {} parameters in {} tensors, seed {seed}",
+        "{}: {} parameters in {} tensors{}, seed {seed}",
         inst.diagram.name,
         inst.parameter_count(),
-        inst.params.len()
+        inst.params.len(),
+        if frozen > 0 {
+            format!(" ({frozen} of them frozen)")
+        } else {
+            String::new()
+        }
     );
     for (k, t) in outs.iter().enumerate() {
         let axes: Vec<String> = t

@@ -385,10 +385,14 @@ pub(super) fn execute(a: &TrainArgs, stop: &Arc<AtomicUsize>) -> Result<Ran, Err
         None => {}
     }
     errln!(
-        "training {} ({} layer(s), {} parameters) on {} into {}: {total} steps (bound: {})",
+        "training {} ({} layer(s), {} trainable parameters{}) on {} into {}: {total} steps (bound: {})",
         cfg.model.label(),
         cfg.model.layers,
-        trainer.parameter_count(),
+        trainer.trainable_parameter_count(),
+        match trainer.parameter_count() - trainer.trainable_parameter_count() {
+            0 => String::new(),
+            n => format!(", {n} frozen"),
+        },
         data_dir.display(),
         out.display(),
         match bound {

@@ -718,7 +718,9 @@ fn map_mask(f: Func, m: MaskKind) -> Option<MaskKind> {
     use MaskKind::{NegInf, Zero};
     match (f, m) {
         // f(0) = 0.
-        (Func::Relu | Func::Tanh | Func::Sqrt | Func::Abs | Func::Gelu, Zero) => Some(Zero),
+        (Func::Relu | Func::Tanh | Func::Sqrt | Func::Abs | Func::Gelu | Func::Sin, Zero) => {
+            Some(Zero)
+        }
         // log(0) = -inf.
         (Func::Log, Zero) => Some(NegInf),
         // f(-inf) = 0 (gelu is left out: x * Phi(x) is 0 * inf in floating point).

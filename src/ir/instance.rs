@@ -140,6 +140,9 @@ struct Builder<'p> {
     params: Vec<ParamInfo>,
     next_key: u64,
     next_width: usize,
+    /// The box being instantiated says `trainable = false`: its parameters are frozen
+    /// (named `....frozen`, behind `stop_grad`).
+    freeze: bool,
     /// Inlining depth, to stop runaway recursion (the checker rejects recursive diagrams, so
     /// this only guards against a bug).
     depth: usize,
@@ -212,6 +215,7 @@ pub fn instantiate(program: &Program, name: &str, bindings: &Bindings) -> Result
         params: Vec::new(),
         next_key: 0,
         next_width: 0,
+        freeze: false,
         depth: 0,
     };
     let mut args = Vec::new();
@@ -398,12 +402,31 @@ impl Builder<'_> {
         }
     }
 
-    /// A new parameter input.
+    /// A new parameter input; of a box marked `trainable = false`, a frozen one: named
+    /// `....frozen` (as `random[...]()`'s tensor) and read through `stop_grad`, so that no
+    /// gradient reaches it and Adam (no weight decay) never moves it.
     fn param(&mut self, name: String, axes: Vec<AxisId>, init: Init, span: Span) -> WireId {
+        let name = if self.freeze && !name.ends_with(".frozen") {
+            format!("{name}.frozen")
+        } else {
+            name
+        };
         let w = self
             .g
             .input(WireType::values(axes.clone()), name.clone(), span);
-        self.params.push(ParamInfo { name, axes, init });
+        self.params.push(ParamInfo {
+            name,
+            axes: axes.clone(),
+            init,
+        });
+        if self.freeze {
+            return self.add(
+                Op::Map(Func::StopGrad),
+                vec![w],
+                vec![WireType::values(axes)],
+                span,
+            )[0];
+        }
         w
     }
 
@@ -626,6 +649,7 @@ impl Builder<'_> {
         // Names follow the source: the box's number in its (lowered) diagram.
         let index = bid.0;
         let here = format!("{prefix}/{}{index}", op_name(&b.op));
+        self.freeze = b.params.iter().any(|p| !p.trainable);
         let outs: Vec<WireId> = match &b.op {
             Op::Copy(_) => vec![ins[0]; b.outputs.len()],
             Op::Discard => vec![],

@@ -193,6 +193,9 @@ pub enum ConstFn {
     Max,
     /// `clamp(a, lo, hi)`: `a` limited to `[lo, hi]`.
     Clamp,
+    /// The sine and cosine of an angle in radians.
+    Sin,
+    Cos,
 }
 
 impl ConstFn {
@@ -206,6 +209,8 @@ impl ConstFn {
         ("min", ConstFn::Min, 2),
         ("max", ConstFn::Max, 2),
         ("clamp", ConstFn::Clamp, 3),
+        ("sin", ConstFn::Sin, 1),
+        ("cos", ConstFn::Cos, 1),
     ];
 
     pub fn named(name: &str) -> Option<ConstFn> {
@@ -244,6 +249,8 @@ impl ConstFn {
             ConstFn::Min => a.min(b),
             ConstFn::Max => a.max(b),
             ConstFn::Clamp => a.max(b).min(c),
+            ConstFn::Sin => a.sin(),
+            ConstFn::Cos => a.cos(),
         }
     }
 }
@@ -391,6 +398,9 @@ pub enum Func {
     StopGrad,
     /// The Heaviside step, `1` where `x >= 0` and `0` elsewhere (NaN gives 0); derivative 0.
     Step,
+    /// The sine and cosine of `x` in radians (RoPE's tables, `sin(p * theta)`).
+    Sin,
+    Cos,
 }
 
 impl Func {
@@ -407,6 +417,8 @@ impl Func {
         ("abs", Func::Abs),
         ("stop_grad", Func::StopGrad),
         ("step", Func::Step),
+        ("sin", Func::Sin),
+        ("cos", Func::Cos),
     ];
 
     pub fn name(self) -> &'static str {
@@ -728,6 +740,9 @@ pub struct ParamSpec {
     pub dims: Vec<Dim>,
     /// The SIMD axes it is per-lane over (empty: shared by every lane of enclosing regions).
     pub per_lane: Vec<AxisId>,
+    /// `false` for the parameters of a box written with `trainable = false`: drawn at
+    /// initialisation like the others, stored in checkpoints, never trained.
+    pub trainable: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -198,6 +198,9 @@ pub fn param_text(p: &ParamSpec, axes: &AxisTable) -> String {
     if !p.per_lane.is_empty() {
         let _ = write!(s, " per {}", list(&p.per_lane, axes));
     }
+    if !p.trainable {
+        s.push_str(" frozen");
+    }
     s
 }
 

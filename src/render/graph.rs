@@ -461,10 +461,18 @@ impl Builder<'_> {
         } else {
             label
         };
+        // A learned box marked `trainable = false` says so, and has no parameter triangles:
+        // nothing in it is learned.
+        let frozen = b.params.iter().any(|p| !p.trainable);
+        let label = if frozen {
+            format!("{label} (frozen)")
+        } else {
+            label
+        };
         let node = &mut self.g.nodes[n];
         node.title = title;
         node.label = label;
-        node.params = shape == Shape::Box(BoxStyle::Learned) && !b.params.is_empty();
+        node.params = shape == Shape::Box(BoxStyle::Learned) && !b.params.is_empty() && !frozen;
         node.per_lane = per_lane;
         node.first_input = match b.op {
             Op::Div => Some("numerator"),

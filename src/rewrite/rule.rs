@@ -567,6 +567,7 @@ pub fn replace(rule: &Rule, t: &Term, m: &Match) -> Result<Term, Error> {
                             role: p.role.clone(),
                             dims: Vec::new(),
                             per_lane: lanes,
+                            trainable: p.trainable,
                         }
                     })
                     .collect();

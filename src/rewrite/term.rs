@@ -740,6 +740,9 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
         if let Some(p) = per_text(params, axes) {
             parts.push(p);
         }
+        if params.iter().any(|p| !p.trainable) {
+            parts.push("trainable = false".into());
+        }
         parts.join(", ")
     };
     match op {
@@ -787,6 +790,9 @@ pub fn expr_text(op: &Op, params: &[ParamSpec], args: &[String], axes: &AxisTabl
                 parts.push(list(&all, axes));
             }
             parts.extend(dist.map(str::to_string));
+            if params.iter().any(|p| !p.trainable) {
+                parts.push("trainable = false".into());
+            }
             format!("{head}[{}]()", parts.join(", "))
         }
         Op::LayerNorm(ids) => call(format!("layernorm[{}]", opts(vec![list(ids, axes)]))),

@@ -564,8 +564,20 @@ impl Trainer {
         Ok(step.loss(&g.gpu)? as f64)
     }
 
+    /// Every stored scalar parameter, frozen ones included (what memory holds).
     pub fn parameter_count(&self) -> usize {
         self.params.iter().map(Vec::len).sum()
+    }
+
+    /// The scalar parameters training moves: all but the frozen tensors (`random[...]()`, and
+    /// the boxes marked `trainable = false`), whose names end in `.frozen`.
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.names
+            .iter()
+            .zip(&self.params)
+            .filter(|(n, _)| !n.ends_with(".frozen"))
+            .map(|(_, p)| p.len())
+            .sum()
     }
 
     /// The LM with its loss for windows of `len` tokens and `batch` columns: what the training
@@ -1112,7 +1124,8 @@ impl Trainer {
             .unwrap_or(0);
         let summary = serde_json::json!({
             "config": self.cfg,
-            "parameters": self.parameter_count(),
+            "parameters": self.trainable_parameter_count(),
+            "frozen_parameters": self.parameter_count() - self.trainable_parameter_count(),
             "device": self.device(),
             "precision": "f32",
             "steps": self.step,

@@ -33,6 +33,8 @@ macro_rules! elementwise {
                         0.0
                     }
                 }
+                Func::Sin => x.sin(),
+                Func::Cos => x.cos(),
             }
         }
 
@@ -81,6 +83,8 @@ macro_rules! elementwise {
                 // No gradient flows through `stop_grad` (autodiff adds no backward box; this
                 // is its derivative should one be asked for).
                 Func::StopGrad | Func::Step => 0.0,
+                Func::Sin => x.cos(),
+                Func::Cos => -x.sin(),
             }
         }
 

@@ -321,7 +321,7 @@ shims!(
     relu relu_back Relu, gelu gelu_back Gelu, tanh tanh_back Tanh, exp exp_back Exp,
     log log_back Log, sqrt sqrt_back Sqrt, elu1 elu1_back Elu1, sigmoid sigmoid_back Sigmoid,
     recip recip_back Recip, abs abs_back Abs, stop_grad stop_grad_back StopGrad,
-    step step_back Step
+    step step_back Step, sin sin_back Sin, cos cos_back Cos
 );
 
 /// Emits the row function of `prog` for inner strides `strides` (inputs, outputs, index).

@@ -154,6 +154,10 @@ __device__ __forceinline__ float dg_stop_grad(float x) {{ return x; }}
 __device__ __forceinline__ float dg_stop_grad_d(float x) {{ return 0.0f; }}
 __device__ __forceinline__ float dg_step(float x) {{ return x >= 0.0f ? 1.0f : 0.0f; }}
 __device__ __forceinline__ float dg_step_d(float x) {{ return 0.0f; }}
+__device__ __forceinline__ float dg_sin(float x) {{ return sinf(x); }}
+__device__ __forceinline__ float dg_sin_d(float x) {{ return cosf(x); }}
+__device__ __forceinline__ float dg_cos(float x) {{ return cosf(x); }}
+__device__ __forceinline__ float dg_cos_d(float x) {{ return -sinf(x); }}
 __device__ __forceinline__ float dg_max2(float a, float b) {{ return (a >= b || a != a) ? a : b; }}
 __device__ __forceinline__ float dg_min2(float a, float b) {{ return (a <= b || a != a) ? a : b; }}
 __device__ __forceinline__ float dg_gelu_d(float x) {{
