@@ -316,6 +316,28 @@ fn backward(
             }
             vec![Some(gg), Some(u)]
         }
+        Op::MatScan { along, row, col } => {
+            // y_t = g_t y_(t-1) + x_t: u = scan_back(gy, g), gx = u, and
+            // gg[.., row, col] = u[.., row] * lag(y)[.., row := col], summed over the axes the
+            // gate lacks (an einsum to the gate's type).
+            let (along, row, col) = (*along, *row, *col);
+            let u = g.add1(
+                Op::Exec(ExecOp::MatScanBack { along, row, col }),
+                vec![gy, x(0)],
+                ty(1),
+                span,
+            );
+            let prev = g.add1(Op::Exec(ExecOp::Lag(along)), vec![y], ty(1), span);
+            let mut pty = ty(1);
+            for a in pty.axes.iter_mut() {
+                if *a == row {
+                    *a = col;
+                }
+            }
+            let prev = g.add1(Op::Rename { from: row, to: col }, vec![prev], pty, span);
+            let gg = g.add1(Op::Exec(ExecOp::Einsum), vec![u, prev], ty(0), span);
+            vec![Some(gg), Some(u)]
+        }
         Op::Cumsum(a) => vec![Some(g.add1(
             Op::Exec(ExecOp::CumsumBack(*a)),
             vec![gy],

@@ -1500,3 +1500,79 @@ fn sin_and_cos_match_a_naive_computation() {
         assert!((g[0][i] - dwant).abs() < 1e-12, "dy/dx({x}) = {}", g[0][i]);
     }
 }
+
+#[test]
+fn the_matrix_scan_matches_a_naive_recurrence() {
+    // y_t = G_t y_(t-1) + x_t along `a` with y a vector over `b` and G_t a [b, b2] matrix,
+    // forward and gradient against loops written here: the gradient of x is the reverse
+    // recurrence u_t = seed_t + G_(t+1)^T u_(t+1), that of G_t the outer product u_t y_(t-1)^T.
+    let (na, nb) = (5usize, 3usize);
+    let mut rng = Rng::new(23);
+    let gs: Vec<f64> = (0..na * nb * nb).map(|_| rng.uniform() - 0.5).collect();
+    let xs: Vec<f64> = (0..na * nb).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+    let seed: Vec<f64> = (0..na * nb).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+    let src = "axis a, b\naxis b2 = b\n\
+               diagram f(g: [a, b, b2], x: [a, b]) -> [a, b] { scan[a, b2 -> b](g, x) }\n";
+    let o = session::check_text("<test>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    let inst = instantiate(
+        &o.checked.program,
+        "f",
+        &bindings(&[("a", na as u64), ("b", nb as u64)], &[]),
+    )
+    .unwrap();
+    let g_at = |t: usize, i: usize, c: usize| gs[(t * nb + i) * nb + c];
+    let mut y = vec![0.0; na * nb];
+    for t in 0..na {
+        for i in 0..nb {
+            let mut v = xs[t * nb + i];
+            if t > 0 {
+                v += (0..nb)
+                    .map(|c| g_at(t, i, c) * y[(t - 1) * nb + c])
+                    .sum::<f64>();
+            }
+            y[t * nb + i] = v;
+        }
+    }
+    let mut u = vec![0.0; na * nb];
+    for t in (0..na).rev() {
+        for c in 0..nb {
+            let mut v = seed[t * nb + c];
+            if t + 1 < na {
+                v += (0..nb)
+                    .map(|i| g_at(t + 1, i, c) * u[(t + 1) * nb + i])
+                    .sum::<f64>();
+            }
+            u[t * nb + c] = v;
+        }
+    }
+    let mut dg = vec![0.0; na * nb * nb];
+    for t in 1..na {
+        for i in 0..nb {
+            for c in 0..nb {
+                dg[(t * nb + i) * nb + c] = u[t * nb + i] * y[(t - 1) * nb + c];
+            }
+        }
+    }
+    let gaxes = inst.diagram.wire(inst.diagram.inputs[0]).ty.axes.clone();
+    let xaxes = inst.diagram.wire(inst.diagram.inputs[1]).ty.axes.clone();
+    let gt = Tensor::from_vec(gaxes.clone(), &[na, nb, nb], gs.clone());
+    let xt = Tensor::from_vec(xaxes.clone(), &[na, nb], xs.clone());
+    let run = |d, ins| interp::run(d, &inst.axes, &inst.sizes, ins, RunOptions::default());
+    let out = run(&inst.diagram, vec![gt.clone(), xt.clone()]).unwrap();
+    let flat = |t: Tensor, order: &[diagc::ir::AxisId]| -> Vec<f64> {
+        t.aligned(order).data.iter().copied().collect()
+    };
+    let close = |got: &[f64], want: &[f64], what: &str| {
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-12, "{what}[{k}]: {g} vs {w}");
+        }
+    };
+    close(&flat(out[0].clone(), &xaxes), &y, "y");
+    let grad = diagc::autodiff::gradient(&inst.diagram).unwrap();
+    let st = Tensor::from_vec(xaxes.clone(), &[na, nb], seed);
+    let g = run(&grad.diagram, vec![gt, xt, st]).unwrap();
+    let n = g.len();
+    close(&flat(g[n - 2].clone(), &gaxes), &dg, "dG");
+    close(&flat(g[n - 1].clone(), &xaxes), &u, "dx");
+}

@@ -908,3 +908,47 @@ fn the_whole_zoo_trains_in_a_toy_sweep() {
     assert_eq!(seen, want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn deltanet_matches_a_naive_delta_rule() {
+    // The recurrence run as written in the papers: a [dk, dv] state per head, rewritten along
+    // the unit key by the delta rule, read by the unit query.
+    zoo_matches_naive("deltanet", 29, SIZES, &[], |p| {
+        let x = p.x();
+        let (t, h, dk) = (x.len(), 2, 4);
+        let q = p.linear(&x, true);
+        let k = p.linear(&x, true);
+        let v = p.linear(&x, true);
+        let beta: Rows = p
+            .linear(&x, true)
+            .iter()
+            .map(|r| r.iter().map(|z| sigmoid(*z)).collect())
+            .collect();
+        let unit = |r: &[f64]| -> Vec<f64> {
+            let n = (r.iter().map(|z| z * z).sum::<f64>() + 1e-6).sqrt();
+            r.iter().map(|z| z / n).collect()
+        };
+        let mut o = vec![vec![0.0; h * dk]; t];
+        for hh in 0..h {
+            let mut s = vec![vec![0.0; dk]; dk]; // s[d][e]
+            for i in 0..t {
+                let kn = unit(&k[i][hh * dk..(hh + 1) * dk]);
+                let qn = unit(&q[i][hh * dk..(hh + 1) * dk]);
+                let b = beta[i][hh];
+                // k^T S (a row over e), then S - b k (k^T S) + b k v^T.
+                let kts: Vec<f64> = (0..dk)
+                    .map(|e| (0..dk).map(|d| kn[d] * s[d][e]).sum())
+                    .collect();
+                for d in 0..dk {
+                    for e in 0..dk {
+                        s[d][e] += b * kn[d] * (v[i][hh * dk + e] - kts[e]);
+                    }
+                }
+                for e in 0..dk {
+                    o[i][hh * dk + e] = (0..dk).map(|d| qn[d] * s[d][e]).sum();
+                }
+            }
+        }
+        p.linear(&o, true)
+    });
+}

@@ -40,7 +40,10 @@ pub const PRIMITIVES: &[(&str, &str)] = &[
     ("softmax", "softmax[AXIS](x)"),
     ("normalise", "normalise[AXIS, eps = C](x)"),
     ("cumsum", "cumsum[AXIS, decay = C](x)"),
-    ("scan", "scan[AXIS](gate, x)"),
+    (
+        "scan",
+        "scan[AXIS](gate, x)` or, with a matrix gate, `scan[AXIS, COL -> ROW](gate, x)",
+    ),
     ("rotate_half", "rotate_half[AXIS](x)"),
     ("max", "max[AXIS](x), or max(a, b) elementwise"),
     ("min", "min[AXIS](x), or min(a, b) elementwise"),
@@ -1407,6 +1410,101 @@ impl Body<'_, '_> {
                         }
                     },
                 }
+            }
+            "scan" if index.is_some_and(|ix| ix.rhs.is_some()) => {
+                // `scan[A, C -> R](g, x)`: y_t = g_t y_(t-1) + x_t with g_t a matrix over
+                // [R, C] applied to the state's `R` (read as `C`).
+                let idx = self.idx(name, index, ix_span, Exactly(2), Some(Exactly(1)), &[])?;
+                let a = self.axis_value(&idx.lhs[0]);
+                let c = self.axis_value(&idx.lhs[1]);
+                let r = self.axis_value(&idx.rhs[0]);
+                let (a, c, r) = (a?, c?, r?);
+                let mut it = vals.into_iter();
+                let ((g, gs), (x, xs)) = (it.next()?, it.next()?);
+                let (g, x) = (self.float_arg(g, gs), self.float_arg(x, xs));
+                let (g, x) = (g?, x?);
+                let mut ok = self.need_axis(x, xs, a, idx.lhs[0].span())
+                    && self.need_axis(x, xs, r, idx.rhs[0].span());
+                if ok && self.wire_ty(x).has(c) {
+                    let (cn, rn) = (
+                        self.cx.axes.name(c).to_string(),
+                        self.cx.axes.name(r).to_string(),
+                    );
+                    let xts = self.ty_str(&self.wire_ty(x).clone());
+                    self.cx.error(
+                        Diagnostic::new(
+                            Code::AxisPresent,
+                            format!("the state already has axis `{cn}`, the gate's column axis"),
+                        )
+                        .primary(idx.lhs[1].span(), format!("`{cn}` stands for the previous state's `{rn}`"))
+                        .secondary(xs, format!("this is {xts}"))
+                        .help(format!(
+                            "the gate's columns need an axis of `{rn}`'s size that the state does not carry: declare one (`axis {rn}_prev = {rn}`)"
+                        )),
+                    );
+                    ok = false;
+                }
+                ok = ok
+                    && self.need_axis(g, gs, r, idx.rhs[0].span())
+                    && self.need_axis(g, gs, c, idx.lhs[1].span());
+                if ok && (a == r || a == c || r == c) {
+                    self.cx.error(
+                        Diagnostic::new(
+                            Code::AxisPresent,
+                            "`scan[A, C -> R]` needs three different axes",
+                        )
+                        .primary(ix_span, "an axis named twice")
+                        .help(
+                            "`A` is the axis scanned along, `R` the state's axis the gate \
+                             maps into, `C` a copy of `R` (`axis C = R`) for the previous state",
+                        ),
+                    );
+                    ok = false;
+                }
+                ok = ok && self.same_size(r, c, ix_span, "a matrix gate");
+                if ok {
+                    // The gate's other axes must be the state's: it may lack some (broadcast).
+                    let xt = self.wire_ty(x).clone();
+                    let extra: Vec<AxisId> = self
+                        .wire_ty(g)
+                        .axes
+                        .iter()
+                        .copied()
+                        .filter(|b| *b != c && !xt.has(*b))
+                        .collect();
+                    if let Some(b) = extra.first() {
+                        let bn = self.cx.axes.name(*b).to_string();
+                        let (gt, xts) = (self.ty_str(&self.wire_ty(g).clone()), self.ty_str(&xt));
+                        self.cx.error(
+                            Diagnostic::new(
+                                Code::MissingAxis,
+                                format!("the gate has axis `{bn}`, which the state does not"),
+                            )
+                            .primary(gs, format!("this is {gt}"))
+                            .secondary(xs, format!("this is {xts}"))
+                            .help(
+                                "the gate's axes are the state's, plus the copy `C`; sum or \
+                                 drop the others first",
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+                let ty = self.wire_ty(x).clone();
+                self.box1(
+                    Op::MatScan {
+                        along: a,
+                        row: r,
+                        col: c,
+                    },
+                    vec![g, x],
+                    ty,
+                    vec![],
+                    span,
+                )
             }
             "scan" => {
                 let idx = self.idx(name, index, ix_span, Exactly(1), None, &[])?;

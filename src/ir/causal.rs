@@ -610,6 +610,20 @@ impl Analysis<'_> {
                     .keep_masks(|m, q, k| (q != *a && k != *a).then_some(m))
                     .normalise())
             }
+            Op::MatScan { along, row, col } => {
+                // As `scan`, and the gate's product contracts `col` with the state's `row`
+                // read as `col`: a dependence on positions along either leaks across them.
+                let (g, x) = (first(), ins.get(1).cloned().unwrap_or_default());
+                let f = g
+                    .join(&x)
+                    .keep_masks(|m, q, k| {
+                        let touched = [*along, *row, *col];
+                        (!touched.contains(&q) && !touched.contains(&k)).then_some(m)
+                    })
+                    .normalise();
+                let f = self.reduce(d, bi, f, &[*col, *row], "scan", ins);
+                one(f)
+            }
             Op::Dropout(_) => one(first().keep_masks(|m, _, _| (m == MaskKind::Zero).then_some(m))),
             Op::PosEnc { .. } | Op::Iota(_) | Op::Fill { .. } | Op::Param(_) => {
                 vec![Facts::default(); n_out]

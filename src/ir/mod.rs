@@ -576,6 +576,17 @@ pub enum Op {
     /// `(g, x) -> y`, the gated (decayed) prefix sum along the axis: `y_t = g_t y_(t-1) + x_t`,
     /// `y_0 = x_0`. A constant gate is `cumsum[a, decay = C]`; a first-order linear recurrence.
     Scan(AxisId),
+    /// `(g, x) -> y`, the scan with a matrix gate: `y_t = g_t y_(t-1) + x_t`, `y_0 = x_0`,
+    /// where `g_t` is a matrix over `[row, col]` applied to the state's `row` axis (read as
+    /// `col`, an axis of the same size that the state does not carry): `y_t[row] = sum_col
+    /// g_t[row, col] y_(t-1)[row := col] + x_t[row]`. The gate's other axes are among the
+    /// state's (it is broadcast over those it lacks, `along` included). The delta rule
+    /// (DeltaNet) is `g_t = I - beta_t k_t k_t^T`.
+    MatScan {
+        along: AxisId,
+        row: AxisId,
+        col: AxisId,
+    },
     Dropout(Const),
     PosEnc {
         pos: AxisId,
@@ -646,6 +657,14 @@ pub enum ExecOp {
     /// `(gy, g) -> u` for [`Op::Scan`]: the reverse scan with the gate one step ahead,
     /// `u_t = gy_t + g_(t+1) u_(t+1)`; `u` is the gradient of `x`, `u * lag(y)` that of `g`.
     ScanBack(AxisId),
+    /// `(gy, g) -> u` for [`Op::MatScan`]: `u_t = gy_t + g_(t+1)^T u_(t+1)` from the end;
+    /// `u` is the gradient of `x`, and that of `g` is `u_t` times `y_(t-1)` (read over `col`)
+    /// summed over the axes the gate lacks.
+    MatScanBack {
+        along: AxisId,
+        row: AxisId,
+        col: AxisId,
+    },
     /// `x -> z` with `z_t = x_(t-1)`, `z_0 = 0`: the previous position along the axis.
     Lag(AxisId),
     /// `(x, gain, gy) -> (gx, ggain, gbias)` for `layernorm[axes]`.

@@ -115,6 +115,12 @@ pub fn spec(op: &Op) -> OpSpec {
         ),
         Cumsum(a) => ("cumsum".into(), Primitive, both(N(1), N(1)), vec![*a]),
         Scan(a) => ("scan".into(), Primitive, both(N(2), N(1)), vec![*a]),
+        MatScan { along, row, col } => (
+            "scan".into(),
+            Primitive,
+            both(N(2), N(1)),
+            vec![*along, *col, *row],
+        ),
         Dropout(_) => ("dropout".into(), Primitive, both(N(1), N(1)), vec![]),
         PosEnc { pos, feature } => (
             "posenc".into(),
@@ -178,6 +184,9 @@ fn exec_spec(e: &ExecOp) -> (Cow<'static, str>, Count, Count, Vec<AxisId>) {
         ExecOp::MapBack(f) => (format!("{}_back", f.name()).into(), N(2), N(1), vec![]),
         ExecOp::CumsumBack(a) => ("cumsum_back".into(), N(1), N(1), vec![*a]),
         ExecOp::ScanBack(a) => ("scan_back".into(), N(2), N(1), vec![*a]),
+        ExecOp::MatScanBack { along, row, col } => {
+            ("scan_back".into(), N(2), N(1), vec![*along, *col, *row])
+        }
         ExecOp::Lag(a) => ("lag".into(), N(1), N(1), vec![*a]),
         ExecOp::LayerNormBack(ids) => ("layernorm_back".into(), N(3), N(3), ids.clone()),
         ExecOp::EmbedBack { vocab } => ("embed_back".into(), N(2), N(1), vec![*vocab]),

@@ -264,6 +264,7 @@ pub fn op_text(op: &Op, axes: &AxisTable) -> String {
         }
         Op::Cumsum(a) => format!("cumsum[{}]", n(a)),
         Op::Scan(a) => format!("scan[{}]", n(a)),
+        Op::MatScan { along, row, col } => format!("scan[{}, {} -> {}]", n(along), n(col), n(row)),
         Op::Dropout(c) => format!("dropout[{}]", c.display(axes)),
         Op::PosEnc { pos, feature } => format!("posenc[{}, {}]", n(pos), n(feature)),
         Op::Iota(a) => format!("iota[{}]", n(a)),
@@ -320,6 +321,9 @@ fn exec_op_text(op: &ExecOp, axes: &AxisTable) -> String {
         ExecOp::MapBack(f) => format!("{}_back", f.name()),
         ExecOp::CumsumBack(a) => format!("cumsum_back[{}]", n(a)),
         ExecOp::ScanBack(a) => format!("scan_back[{}]", n(a)),
+        ExecOp::MatScanBack { along, row, col } => {
+            format!("scan_back[{}, {} -> {}]", n(along), n(col), n(row))
+        }
         ExecOp::Lag(a) => format!("lag[{}]", n(a)),
         ExecOp::LayerNormBack(ids) => format!("layernorm_back[{}]", list(ids, axes)),
         ExecOp::EmbedBack { vocab } => format!("embed_back[{}]", n(vocab)),

@@ -202,6 +202,9 @@ fn types(d: &Diagram, bi: usize) -> Result<(), String> {
             want(ins[0].clone(), 0)
         }
         Add | Sub | Mul | Div | Scan(_) | Exec(ExecOp::ScanBack(_)) => want(union(), 0),
+        // The state's axes: the gate's `col` is contracted.
+        MatScan { .. } => want(ins[1].clone(), 0),
+        Exec(ExecOp::MatScanBack { .. }) => want(ins[0].clone(), 0),
         Sum(a) | Reduce(_, a) => {
             let mut s = ins[0].clone();
             if !s.remove(&a.0) {

@@ -573,6 +573,11 @@ impl Builder<'_> {
                 };
                 vec![self.lane(op, &ins, *a, oa(0))?]
             }
+            Op::MatScan { along, row, col } | Op::Exec(ExecOp::MatScanBack { along, row, col }) => {
+                arity(2)?;
+                let back = matches!(b.op, Op::Exec(_));
+                vec![self.mat_scan(back, &ins, (*along, *row, *col), oa(0))?]
+            }
             Op::RotateHalf(a) => {
                 arity(1)?;
                 if !self.size(*a).is_multiple_of(2) {
@@ -1068,6 +1073,62 @@ impl Builder<'_> {
             s,
         };
         let inplace = self.inplace(ins, out);
+        self.push(kernel, ins.to_vec(), vec![out], inplace);
+        Ok(out)
+    }
+
+    /// The matrix-gated scan (`Op::MatScan`, or its gradient with `back`): `ins` are
+    /// `(gate, x)` forward and `(gy, gate)` backward.
+    pub(super) fn mat_scan(
+        &mut self,
+        back: bool,
+        ins: &[usize],
+        (along, row, col): (AxisId, AxisId, AxisId),
+        out_axes: Vec<AxisId>,
+    ) -> Result<usize, Error> {
+        let (gate, x) = if back {
+            (ins[1], ins[0])
+        } else {
+            (ins[0], ins[1])
+        };
+        self.subset(x, &out_axes)?;
+        let mut with_col = out_axes.clone();
+        with_col.push(col);
+        self.subset(gate, &with_col)?;
+        let out = self.fresh(out_axes.clone())?;
+        for a in [along, row] {
+            if !self.has(out, a) || !self.has(x, a) {
+                return Err(Error::Plan(format!(
+                    "a matrix scan's state lacks axis `{}`",
+                    self.name(a)
+                )));
+            }
+        }
+        if !self.has(gate, row) || !self.has(gate, col) {
+            return Err(Error::Plan(
+                "a matrix scan's gate lacks its row or column".into(),
+            ));
+        }
+        let others: Vec<AxisId> = out_axes
+            .iter()
+            .copied()
+            .filter(|c| *c != along && *c != row)
+            .collect();
+        let outer = Nest::new(self.dims(&others, [Some(out), Some(ins[0]), Some(ins[1])]));
+        let st = |v: usize| [self.stride(v, along), self.stride(v, row)];
+        let kernel = Kernel::MatScan {
+            back,
+            outer,
+            n: self.size(along),
+            r: self.size(row),
+            s: [st(out), st(ins[0]), st(ins[1])],
+            col: self.stride(gate, col),
+        };
+        let inplace = if self.same_layout(x, out) {
+            vec![usize::from(!back)]
+        } else {
+            vec![]
+        };
         self.push(kernel, ins.to_vec(), vec![out], inplace);
         Ok(out)
     }

@@ -124,6 +124,21 @@ pub enum Kernel {
         n: usize,
         s: [usize; 3],
     },
+    /// `[a, b, out]`: the matrix-gated scan (`Op::MatScan`) along an axis of length `n` with a
+    /// state axis of length `r`. Forward `a` is the gate and `b` the input:
+    /// `y_t[i] = b_t[i] + sum_c a_t[i, c] y_(t-1)[c]`; backward (`back`) `a` is the incoming
+    /// gradient and `b` the gate: `u_t[c] = a_t[c] + sum_i b_(t+1)[i, c] u_(t+1)[i]`. `outer`
+    /// (operands `[out, a, b]`) gives each state's start, `s[k]` operand `k`'s strides along
+    /// the scanned and the state axis, `col` the gate's stride along its copy of the state axis.
+    /// Each position is read before it is written: an input may share the output's buffer.
+    MatScan {
+        back: bool,
+        outer: Nest<3>,
+        n: usize,
+        r: usize,
+        s: [[usize; 2]; 3],
+        col: usize,
+    },
     /// `[x, out]`: a (reverse, for the gradient) cumulative sum along an axis of length `n`,
     /// computed slab by slab: `slab` (operands `[out, x]`) covers the other axes, `s` gives
     /// the strides along the summed axis. Slabs keep the inner loop on the contiguous axes.
@@ -201,6 +216,8 @@ impl Kernel {
             Kernel::Causal { .. } => "causal",
             Kernel::Reduce { .. } => "reduce",
             Kernel::Lane { .. } => "lane",
+            Kernel::MatScan { back: false, .. } => "matrix-scan",
+            Kernel::MatScan { back: true, .. } => "matrix-scan-back",
             Kernel::Cumsum { .. } => "cumsum",
             Kernel::LayerNorm { .. } => "layernorm",
             Kernel::LayerNormBack { .. } => "layernorm-back",
@@ -225,7 +242,10 @@ impl Kernel {
             | Kernel::Causal { .. }
             | Kernel::Reduce { .. }
             | Kernel::Cumsum { .. } => 2,
-            Kernel::Binary(..) | Kernel::Embed { .. } | Kernel::EmbedBack { .. } => 3,
+            Kernel::Binary(..)
+            | Kernel::Embed { .. }
+            | Kernel::EmbedBack { .. }
+            | Kernel::MatScan { .. } => 3,
             Kernel::CrossEntropy { back, .. } => 3 + *back as usize,
             Kernel::Lane { op, .. } => match op {
                 LaneOp::Softmax
@@ -300,6 +320,20 @@ impl Kernel {
                 fits("x", copy.reach(1), lens[0])?;
                 let corner = nq.saturating_sub(1) * sq + nk.saturating_sub(1) * sk;
                 fits("out", corner + rest.reach(0), lens[1])
+            }
+            Kernel::MatScan {
+                back,
+                outer,
+                n,
+                r,
+                s,
+                col,
+            } => {
+                let (last, lr) = (n.saturating_sub(1), r.saturating_sub(1));
+                let reach = |k: usize| outer.reach(k) + last * s[k][0] + lr * s[k][1];
+                fits("out", reach(0), lens[2])?;
+                fits("a", reach(1) + if *back { 0 } else { lr * col }, lens[0])?;
+                fits("b", reach(2) + if *back { lr * col } else { 0 }, lens[1])
             }
             Kernel::Lane { outer, n, s, .. } => {
                 let last = n.saturating_sub(1);

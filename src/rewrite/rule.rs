@@ -209,6 +209,18 @@ impl Matcher<'_> {
             | (RotateHalf(a), RotateHalf(b)) => self.axis(*a, *b),
             (Reduce(r, a), Reduce(s, b)) => r == s && self.axis(*a, *b),
             (
+                MatScan {
+                    along: a,
+                    row: r,
+                    col: c,
+                },
+                MatScan {
+                    along: b,
+                    row: s,
+                    col: d,
+                },
+            ) => self.axis(*a, *b) && self.axis(*r, *s) && self.axis(*c, *d),
+            (
                 Causal {
                     query: a,
                     key: b,

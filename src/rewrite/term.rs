@@ -965,6 +965,11 @@ pub fn map_op(
         Normalise(a) => Normalise(f(*a)),
         Cumsum(a) => Cumsum(f(*a)),
         Scan(a) => Scan(f(*a)),
+        MatScan { along, row, col } => MatScan {
+            along: f(*along),
+            row: f(*row),
+            col: f(*col),
+        },
         Causal { query, key, band } => Causal {
             query: f(*query),
             key: f(*key),

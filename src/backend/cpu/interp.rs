@@ -118,6 +118,71 @@ fn conform(
     Ok(t.aligned(&want.axes))
 }
 
+/// The matrix-gated scan, the plain way (the oracle): with the state `x` laid out as
+/// `[batch.., along, row]` and the gate broadcast to `[batch.., along, row, col]`, forward
+/// `y_t[r] = sum_c g_t[r, c] y_(t-1)[c] + x_t[r]` from the start; backward (`x` is then `gy`)
+/// `u_t[c] = gy_t[c] + sum_r g_(t+1)[r, c] u_(t+1)[r]` from the end.
+fn mat_scan(
+    g: &Tensor,
+    x: &Tensor,
+    (along, row, col): (AxisId, AxisId, AxisId),
+    back: bool,
+    sizes: &[usize],
+) -> Tensor {
+    let mut order: Vec<AxisId> = x
+        .axes
+        .iter()
+        .copied()
+        .filter(|a| *a != along && *a != row)
+        .collect();
+    order.extend([along, row]);
+    let x = x.clone().aligned(&order);
+    let mut gorder = order.clone();
+    gorder.push(col);
+    let g = g.expand_to(&gorder, sizes);
+    let xs: Vec<f64> = x.data.iter().copied().collect();
+    let gs: Vec<f64> = g.data.iter().copied().collect();
+    let n = sizes[along.0 as usize];
+    let r = sizes[row.0 as usize];
+    let lane = n * r;
+    let mut y = vec![0.0; xs.len()];
+    for b in 0..xs.len() / lane.max(1) {
+        let (x, y, g) = (
+            &xs[b * lane..(b + 1) * lane],
+            &mut y[b * lane..(b + 1) * lane],
+            &gs[b * lane * r..(b + 1) * lane * r],
+        );
+        let gate = |t: usize, i: usize, j: usize| g[(t * r + i) * r + j];
+        if back {
+            for t in (0..n).rev() {
+                for c in 0..r {
+                    let mut v = x[t * r + c];
+                    if t + 1 < n {
+                        for i in 0..r {
+                            v += gate(t + 1, i, c) * y[(t + 1) * r + i];
+                        }
+                    }
+                    y[t * r + c] = v;
+                }
+            }
+        } else {
+            for t in 0..n {
+                for i in 0..r {
+                    let mut v = x[t * r + i];
+                    if t > 0 {
+                        for c in 0..r {
+                            v += gate(t, i, c) * y[(t - 1) * r + c];
+                        }
+                    }
+                    y[t * r + i] = v;
+                }
+            }
+        }
+    }
+    let shape: Vec<usize> = x.data.shape().to_vec();
+    Tensor::from_vec(order, &shape, y)
+}
+
 fn one(mut v: Vec<Tensor>) -> Tensor {
     v.swap_remove(0)
 }
@@ -403,6 +468,16 @@ fn eval(
                 }
                 .aligned(&out(0)),
             ]
+        }
+        Op::MatScan { along, row, col } | Op::Exec(ExecOp::MatScanBack { along, row, col }) => {
+            let back = matches!(op, Op::Exec(_));
+            let [first, second] = inputs::<2>(ins)?;
+            let (g, x) = if back {
+                (second, first)
+            } else {
+                (first, second)
+            };
+            vec![mat_scan(&g, &x, (*along, *row, *col), back, sizes).aligned(&out(0))]
         }
         Op::RotateHalf(a) => {
             let x = one(ins);

@@ -722,6 +722,48 @@ impl Gen {
                 }
                 ops
             }
+            Kernel::MatScan {
+                back,
+                outer,
+                n,
+                r,
+                s: st,
+                col,
+            } => {
+                // One thread per state (a point of `outer`), sequential along the scan, as the
+                // CPU executor computes it.
+                if outer.is_empty() {
+                    return vec![];
+                }
+                let dims = dims_of(outer);
+                let lanes = points(&dims);
+                open(s, &name, &params(3, &[]), lanes);
+                offsets(s, &dims, 3, "i", "o");
+                let _ = writeln!(
+                    s,
+                    "    float* po = p2 + o0; const float* pa = p0 + o1; const float* pb = p1 + o2;"
+                );
+                let ([y0, y1], [a0, a1], [b0, b1]) = (st[0], st[1], st[2]);
+                let body = if *back {
+                    format!(
+                        "    for (long t = {n} - 1; t >= 0; t--) for (long c = 0; c < {r}; c++) {{
+                                 float v = pa[t * {a0} + c * {a1}];
+                                 if (t + 1 < {n}) for (long i = 0; i < {r}; i++) v += pb[(t + 1) * {b0} + i * {b1} + c * {col}] * po[(t + 1) * {y0} + i * {y1}];
+                                 po[t * {y0} + c * {y1}] = v;
+    }}"
+                    )
+                } else {
+                    format!(
+                        "    for (long t = 0; t < {n}; t++) for (long i = 0; i < {r}; i++) {{
+                                 float v = pb[t * {b0} + i * {b1}];
+                                 if (t > 0) for (long c = 0; c < {r}; c++) v += pa[t * {a0} + i * {a1} + c * {col}] * po[(t - 1) * {y0} + c * {y1}];
+                                 po[t * {y0} + i * {y1}] = v;
+    }}"
+                    )
+                };
+                let _ = writeln!(s, "{body}\n}}");
+                vec![launch(lanes, bufs(locs))]
+            }
             Kernel::Lane {
                 op,
                 outer,

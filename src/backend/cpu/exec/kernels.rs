@@ -638,6 +638,54 @@ impl Kernel {
                     sl_mut(out, *len).fill(0.0);
                     par_reduce(nest, x, out);
                 }
+                Kernel::MatScan {
+                    back,
+                    outer,
+                    n,
+                    r,
+                    s,
+                    col,
+                } => {
+                    let (n, r, col) = (*n, *r, *col);
+                    let (a, b, out) = (p[0] as *const f32, p[1] as *const f32, p[2]);
+                    outer.each([0, 0, 0], |o| {
+                        let (po, pa, pb) = (out.add(o[0]), a.add(o[1]), b.add(o[2]));
+                        let y = |t: usize, i: usize| po.add(t * s[0][0] + i * s[0][1]);
+                        if !*back {
+                            // y_t[i] = x_t[i] + sum_c g_t[i, c] y_(t-1)[c].
+                            let g = |t: usize, i: usize, c: usize| {
+                                *pa.add(t * s[1][0] + i * s[1][1] + c * col)
+                            };
+                            for t in 0..n {
+                                for i in 0..r {
+                                    let mut v = *pb.add(t * s[2][0] + i * s[2][1]);
+                                    if t > 0 {
+                                        for c in 0..r {
+                                            v += g(t, i, c) * *y(t - 1, c);
+                                        }
+                                    }
+                                    *y(t, i) = v;
+                                }
+                            }
+                        } else {
+                            // u_t[c] = gy_t[c] + sum_i g_(t+1)[i, c] u_(t+1)[i].
+                            let g = |t: usize, i: usize, c: usize| {
+                                *pb.add(t * s[2][0] + i * s[2][1] + c * col)
+                            };
+                            for t in (0..n).rev() {
+                                for c in 0..r {
+                                    let mut v = *pa.add(t * s[1][0] + c * s[1][1]);
+                                    if t + 1 < n {
+                                        for i in 0..r {
+                                            v += g(t + 1, i, c) * *y(t + 1, i);
+                                        }
+                                    }
+                                    *y(t, c) = v;
+                                }
+                            }
+                        }
+                    });
+                }
                 Kernel::Lane { op, outer, n, s } => {
                     let n = *n;
                     let a = p[0] as *const f32;
