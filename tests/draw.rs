@@ -758,3 +758,34 @@ fn the_first_operand_of_sub_and_div_is_marked_and_named_wires_are_labelled() {
         "no label d: [x]"
     );
 }
+
+#[test]
+fn the_wire_labels_of_a_box_with_several_outputs_do_not_overlap() {
+    // A call returning two tables: each output's label is drawn right of its port, so the box
+    // is widened until the first label ends before the second port (they used to be printed
+    // over each other).
+    let text = "axis tok, dk\n\
+                diagram tables(x: [tok, dk]) -> ([tok, dk], [tok, dk]) { (sin(x), cos(x)) }\n\
+                diagram f(x: [tok, dk]) -> [tok, dk] {\n    c, s = tables(x)\n    x * c + s\n}\n";
+    let o = session::check_text("t.diag", text);
+    assert!(o.checked.is_ok());
+    let d = diagram(&o, "f");
+    let svg = render::draw(&o.checked.program, d, &opts(0, Flow::BottomToTop)).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let label = |t: &str| {
+        let n = doc
+            .descendants()
+            .find(|n| n.attribute("class") == Some("ty") && n.text() == Some(t))
+            .unwrap_or_else(|| panic!("no label {t}"));
+        let x: f64 = n.attribute("x").unwrap().parse().unwrap();
+        let y: f64 = n.attribute("y").unwrap().parse().unwrap();
+        (
+            x,
+            y,
+            x + t.chars().count() as f64 * diagc::render::layout::SMALL_CHAR_W,
+        )
+    };
+    let (c, s) = (label("c: [tok, dk]"), label("s: [tok, dk]"));
+    assert!((c.1 - s.1).abs() < 0.5, "on one line: {c:?} {s:?}");
+    assert!(c.2 <= s.0, "c ends at {} after s starts at {}", c.2, s.0);
+}

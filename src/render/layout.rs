@@ -155,6 +155,26 @@ pub fn box_w(label: &str) -> f64 {
     (text_w(label, CHAR_W) + 2.0 * BOX_PAD).max(28.0)
 }
 
+/// The width of node `n`'s box rectangle with `flow`: its label's, widened where the box has
+/// several outputs so that each output's wire label (drawn to the right of its port) ends
+/// before the next port (a call returning two tables would otherwise print them over each
+/// other).
+pub fn node_box_w(g: &Graph, n: NodeId, flow: Flow) -> f64 {
+    let node = &g.nodes[n];
+    let w = box_w(&node.label);
+    if flow != Flow::BottomToTop || node.outputs < 2 {
+        return w;
+    }
+    let widest = g
+        .edges
+        .iter()
+        .filter(|e| e.from == n && e.from_port + 1 < node.outputs)
+        .filter_map(|e| e.label.as_deref())
+        .map(|l| text_w(l, SMALL_CHAR_W) + 8.0)
+        .fold(0.0, f64::max);
+    w.max(widest * (node.outputs as f64 + 1.0))
+}
+
 pub fn extent(g: &Graph, n: NodeId, flow: Flow) -> Extent {
     let node = &g.nodes[n];
     let sym = |w: f64, h: f64| {
@@ -168,7 +188,7 @@ pub fn extent(g: &Graph, n: NodeId, flow: Flow) -> Extent {
     };
     match node.shape {
         Shape::Box(style) => {
-            let mut e = sym(box_w(&node.label), BOX_H);
+            let mut e = sym(node_box_w(g, n, flow), BOX_H);
             if style == BoxStyle::Learned && node.params {
                 e.left += TRI;
             }
@@ -207,7 +227,7 @@ pub fn port_off(g: &Graph, n: NodeId, input: bool, k: usize, flow: Flow) -> f64 
     match node.shape {
         Shape::Box(_) if count > 1 => {
             let w = match flow {
-                Flow::BottomToTop => box_w(&node.label),
+                Flow::BottomToTop => node_box_w(g, n, flow),
                 Flow::LeftToRight => BOX_H,
             };
             -w / 2.0 + w * (k as f64 + 1.0) / (count as f64 + 1.0)

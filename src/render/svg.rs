@@ -492,7 +492,7 @@ fn node(graph: &Graph, n: NodeId, c: Pt, flow: Flow, page: &Page) -> Group {
     let hl = node.highlight;
     match node.shape {
         Shape::Box(style) => {
-            let (bw, bh) = (layout::box_w(&node.label), layout::BOX_H);
+            let (bw, bh) = (layout::node_box_w(graph, n, flow), layout::BOX_H);
             let class = match style {
                 BoxStyle::Primitive => "box primitive",
                 BoxStyle::Structural => "box structural",
