@@ -500,3 +500,35 @@ fn copies_and_layout_preserving_reshapes_do_not_copy() {
     assert_eq!(copies, 1, "{listing}");
     assert_eq!(plan.gemm_count(), 6, "{listing}");
 }
+
+#[test]
+fn long_scans_run_in_chunks_and_match_the_interpreter() {
+    // Lanes of at least twice `exec::SCAN_CHUNK` (64 here) positions run the chunked scan
+    // (local scans, carries across chunks, fix-up), forward and gradient: at lengths on both
+    // sides of the threshold, with a last chunk cut short, and with gates of exactly 1 (plain
+    // prefix sums, where every carry reaches the end) and near 1.
+    let src = "axis a, b\n\
+               diagram gated(g: [a, b], x: [a, b]) -> [a, b] { scan[a](sigmoid(g) * 0.3 + 0.7, x) }\n\
+               diagram ones(x: [b, a]) -> [b, a] { cumsum[a, decay = 1](x) }\n\
+               diagram near(x: [a, b]) -> [a, b] { cumsum[a, decay = 0.99](x) }\n";
+    let o = session::check_text("<scan>", src);
+    assert!(o.checked.is_ok(), "{:?}", o.checked.diagnostics.first());
+    // The chunked execution is off by default (it does not pay on two cores): on for this
+    // test. Other tests of this binary running meanwhile may take it too; it is checked
+    // against the interpreter the same way.
+    diagc::backend::cpu::exec::SCAN_CHUNK.store(64, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for n in [127u64, 128, 300, 1000] {
+        for name in ["gated", "ones", "near"] {
+            let inst = instantiate(
+                &o.checked.program,
+                name,
+                &bindings(&[("a", n), ("b", 3)], &[]),
+            )
+            .unwrap();
+            failures.extend(check_instance(&format!("{name} a={n}"), &inst, 9));
+        }
+    }
+    diagc::backend::cpu::exec::SCAN_CHUNK.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1072,7 +1072,14 @@ impl Builder<'_> {
             n: self.size(a),
             s,
         };
-        let inplace = self.inplace(ins, out);
+        // A scan's output may take its input's buffer, never its gate's: the chunked execution
+        // reads the gates again after writing the outputs.
+        let mut inplace = self.inplace(ins, out);
+        match op {
+            LaneOp::Scan => inplace.retain(|k| *k == 1),
+            LaneOp::ScanBack => inplace.retain(|k| *k == 0),
+            _ => {}
+        }
         self.push(kernel, ins.to_vec(), vec![out], inplace);
         Ok(out)
     }

@@ -21,6 +21,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod kernels;
+pub use kernels::SCAN_CHUNK;
 
 pub use super::interp::RunOptions;
 use super::jit;

@@ -117,6 +117,118 @@ mod tests {
 /// calling thread: a scoped thread costs some tens of microseconds to start.
 pub const PAR_MIN: usize = 1 << 18;
 
+/// The chunk length of the chunked scans (`scan[A]` and its gradient along lanes of at least
+/// twice this length), or 0 (the default) to run every scan position by position. Chunks are a
+/// fixed length, not a function of the machine, so the rounding is the same on any number of
+/// cores. The default is 0 because on the 2-core machine the project is measured on the
+/// chunked scan is slower (0.5-0.8x, `cargo bench --bench scan`): a scan is memory-bound and
+/// the chunked one reads its lanes twice; it pays where lanes are few and cores many.
+pub static SCAN_CHUNK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The gated scan `z_i = G(i) z_(i-1) + X(i)` (`z_0 = X(0)`) of every lane, in chunks of `c`
+/// positions: (1) each chunk scans from zero, in parallel over lanes and chunks, and keeps the
+/// product of its gates; (2) each lane carries the true value at each chunk's end across its
+/// chunks (one step per chunk); (3) each chunk adds its carry times the running product of its
+/// gates, in parallel. Work and memory are linear in the length; the result equals the
+/// position-by-position scan up to rounding. Forward (`back == false`) `a` is the gate and
+/// `b` the input, along increasing positions; backward `a` is the incoming gradient and `b` the
+/// gate, along decreasing positions with the gate one position ahead (`LaneOp::ScanBack`).
+/// `starts` are the lanes' offsets (operands `[out, a, b]`), `s` the strides along the lane.
+///
+/// # Safety
+/// As [`Kernel::run`]; `out` may share the input's (not the gate's) buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunked_scan(
+    back: bool,
+    starts: &[[usize; 3]],
+    n: usize,
+    s: [usize; 3],
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    c: usize,
+) {
+    use rayon::prelude::*;
+    let chunks = n.div_ceil(c);
+    let ptrs = Shared((a, b, out));
+    // Position `i` in processing order is `t(i)` along the lane.
+    let t = move |i: usize| if back { n - 1 - i } else { i };
+    // The gate applied at processing step `i >= 1`, the input at step `i`, the output's place.
+    // SAFETY (these three): the offsets are a lane's start plus a position below `n` times its
+    // stride, which the plan bounds-checked; distinct tasks write distinct positions.
+    let gate = move |o: &[usize; 3], i: usize| unsafe {
+        let (a, b, _) = ptrs.get();
+        if back {
+            *b.add(o[2] + (n - i) * s[2])
+        } else {
+            *a.add(o[1] + i * s[1])
+        }
+    };
+    let input = move |o: &[usize; 3], i: usize| unsafe {
+        let (a, b, _) = ptrs.get();
+        if back {
+            *a.add(o[1] + t(i) * s[1])
+        } else {
+            *b.add(o[2] + i * s[2])
+        }
+    };
+    let place = move |o: &[usize; 3], i: usize| unsafe { ptrs.get().2.add(o[0] + t(i) * s[0]) };
+    let tasks = starts.len() * chunks;
+    let big = tasks > 1 && starts.len() * n >= PAR_MIN / 8;
+    // (1) Local scans from zero; the product of each chunk's gates.
+    let local = |task: usize| -> f32 {
+        let (lane, k) = (task / chunks, task % chunks);
+        let o = &starts[lane];
+        let (i0, i1) = (k * c, ((k + 1) * c).min(n));
+        let mut acc = input(o, i0);
+        // SAFETY (every write through `place`): see above.
+        unsafe { *place(o, i0) = acc };
+        let mut prod = if k == 0 { 0.0 } else { gate(o, i0) };
+        for i in i0 + 1..i1 {
+            let g = gate(o, i);
+            acc = g * acc + input(o, i);
+            unsafe { *place(o, i) = acc };
+            prod *= g;
+        }
+        prod
+    };
+    let prods: Vec<f32> = if big {
+        (0..tasks).into_par_iter().map(local).collect()
+    } else {
+        (0..tasks).map(local).collect()
+    };
+    // (2) The true value before each chunk: carry_k = end_(k-1) + prod_(k-1) carry_(k-1).
+    let mut carry = vec![0f32; tasks];
+    for (lane, o) in starts.iter().enumerate() {
+        let mut h = 0f32;
+        for k in 1..chunks {
+            let end = unsafe { *place(o, k * c - 1) };
+            h = end + prods[lane * chunks + k - 1] * h;
+            carry[lane * chunks + k] = h;
+        }
+    }
+    // (3) Each chunk after the first adds its carry times the running product of its gates.
+    let fix = |task: usize| {
+        let (lane, k) = (task / chunks, task % chunks);
+        let h = carry[task];
+        if k == 0 || h == 0.0 {
+            return;
+        }
+        let o = &starts[lane];
+        let (i0, i1) = (k * c, ((k + 1) * c).min(n));
+        let mut prod = 1f32;
+        for i in i0..i1 {
+            prod *= gate(o, i);
+            unsafe { *place(o, i) += prod * h };
+        }
+    };
+    if big {
+        (0..tasks).into_par_iter().for_each(fix);
+    } else {
+        (0..tasks).for_each(fix);
+    }
+}
+
 /// Raw pointers handed to the threads of [`par`] and of a fused kernel
 /// (`jit::Fused::run`). Sound because both give each thread a disjoint range of the outermost
 /// loop of a nest whose output operands have distinct offsets at distinct points (the planner
@@ -685,6 +797,22 @@ impl Kernel {
                             }
                         }
                     });
+                }
+                Kernel::Lane {
+                    op: op @ (LaneOp::Scan | LaneOp::ScanBack),
+                    outer,
+                    n,
+                    s,
+                } if {
+                    let c = SCAN_CHUNK.load(std::sync::atomic::Ordering::Relaxed);
+                    c > 0 && *n >= 2 * c
+                } =>
+                {
+                    let c = SCAN_CHUNK.load(std::sync::atomic::Ordering::Relaxed);
+                    let mut starts = Vec::with_capacity(outer.len());
+                    outer.each([0, 0, 0], |o| starts.push(o));
+                    let back = *op == LaneOp::ScanBack;
+                    chunked_scan(back, &starts, *n, *s, p[0], p[1], p[2], c);
                 }
                 Kernel::Lane { op, outer, n, s } => {
                     let n = *n;
