@@ -952,3 +952,54 @@ fn deltanet_matches_a_naive_delta_rule() {
         p.linear(&o, true)
     });
 }
+
+#[test]
+fn gated_deltanet_matches_a_naive_gated_delta_rule() {
+    // DeltaNet's recurrence with the state decayed by alpha_t = exp(-exp(a) softplus(z_t)) per
+    // head before the delta rule's update.
+    zoo_matches_naive("gated_deltanet", 31, SIZES, &[], |p| {
+        let x = p.x();
+        let (t, h, dk) = (x.len(), 2, 4);
+        let q = p.linear(&x, true);
+        let k = p.linear(&x, true);
+        let v = p.linear(&x, true);
+        let beta: Rows = p
+            .linear(&x, true)
+            .iter()
+            .map(|r| r.iter().map(|z| sigmoid(*z)).collect())
+            .collect();
+        let dt: Rows = p
+            .linear(&x, true)
+            .iter()
+            .map(|r| r.iter().map(|z| (1.0 + z.exp()).ln()).collect())
+            .collect();
+        let a = p.take(".value"); // [head]
+        let unit = |r: &[f64]| -> Vec<f64> {
+            let n = (r.iter().map(|z| z * z).sum::<f64>() + 1e-6).sqrt();
+            r.iter().map(|z| z / n).collect()
+        };
+        let mut o = vec![vec![0.0; h * dk]; t];
+        for hh in 0..h {
+            let mut s = vec![vec![0.0; dk]; dk]; // s[d][e]
+            for i in 0..t {
+                let kn = unit(&k[i][hh * dk..(hh + 1) * dk]);
+                let qn = unit(&q[i][hh * dk..(hh + 1) * dk]);
+                let (b, alpha) = (beta[i][hh], (-a[hh].exp() * dt[i][hh]).exp());
+                // S = alpha (S - b k (k^T S)) + b k v^T.
+                let kts: Vec<f64> = (0..dk)
+                    .map(|e| (0..dk).map(|d| kn[d] * s[d][e]).sum())
+                    .collect();
+                for d in 0..dk {
+                    for e in 0..dk {
+                        s[d][e] =
+                            alpha * (s[d][e] - b * kn[d] * kts[e]) + b * kn[d] * v[i][hh * dk + e];
+                    }
+                }
+                for e in 0..dk {
+                    o[i][hh * dk + e] = (0..dk).map(|d| qn[d] * s[d][e]).sum();
+                }
+            }
+        }
+        p.linear(&o, true)
+    });
+}
