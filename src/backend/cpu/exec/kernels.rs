@@ -337,12 +337,26 @@ fn lane_max(v: &[f32]) -> f32 {
 }
 
 simd_targets! {
-/// `e[j] = exp(x[j] - m)` ([`fast_exp`]) for every `j`, returning their [`sum`].
+/// `e[j] = exp(x[j] - m)` ([`fast_exp`]) for every `j`, returning their [`sum`]: in one pass,
+/// each block of eight summed while it is still in registers (the same partial sums, in the
+/// same order, as `sum(e)`).
 fn exp_shifted(x: &[f32], m: f32, e: &mut [f32]) -> f32 {
-    for (ej, xj) in e.iter_mut().zip(x) {
-        *ej = fast_exp(*xj - m);
+    let e = &mut e[..x.len()];
+    let mut acc = [0f32; 8];
+    let mut xs = x.chunks_exact(8);
+    let mut es = e.chunks_exact_mut(8);
+    for (xc, ec) in (&mut xs).zip(&mut es) {
+        for k in 0..8 {
+            ec[k] = fast_exp(xc[k] - m);
+            acc[k] += ec[k];
+        }
     }
-    sum(&e[..x.len()])
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (ej, xj) in es.into_remainder().iter_mut().zip(xs.remainder()) {
+        *ej = fast_exp(*xj - m);
+        s += *ej;
+    }
+    s
 }
 }
 
@@ -1233,16 +1247,16 @@ impl Kernel {
                                 return;
                             }
                             let z = exp_shifted(lane, m, &mut e);
-                            if back {
-                                let po = out.add(o[2]);
-                                let k = gy / z;
-                                for (j, ej) in e.iter().enumerate() {
-                                    *po.add(j * s[1]) = k * ej;
-                                }
-                                *po.add(t * s[1]) -= gy;
-                            } else {
+                            if !back {
                                 total += (m + z.ln() - *l.add(t * s[0])) as f64;
+                                return;
                             }
+                            let po = out.add(o[2]);
+                            let k = gy / z;
+                            for (j, ej) in e.iter().enumerate() {
+                                *po.add(j * s[1]) = k * ej;
+                            }
+                            *po.add(t * s[1]) -= gy;
                         });
                         let mut g = totals.lock().unwrap_or_else(|e| e.into_inner());
                         g.0 += total;
