@@ -298,8 +298,9 @@ diagram t_causal(x: [a, b, a2]) -> [a2, b, a] { causal[a, a2](x) }
 #[test]
 fn kernels_split_across_cores_match_the_interpreter() {
     // Kernels split their outer loop over the cores above about 256k elements (elementwise
-    // maps, dropout, copies, cumulative sums, matrix-vector and outer products): these sizes
-    // take that path, forward and backward.
+    // maps, dropout, copies, cumulative sums, matrix-vector and outer products, layer norm and
+    // its gradient, whose 600 lanes are ten blocks of gain and bias sums): these sizes take
+    // that path, forward and backward.
     let p = primitives();
     let sizes = [("a", 600), ("b", 500), ("c", 2), ("v", 5)];
     let mut failures = Vec::new();
@@ -314,6 +315,7 @@ fn kernels_split_across_cores_match_the_interpreter() {
         "outer_shared",
         "broadcast_",
         "rename_",
+        "layernorm_",
     ] {
         let inst = instantiate(&p, name, &bindings(&sizes, &[])).unwrap();
         failures.extend(check_instance(name, &inst, 21));

@@ -35,6 +35,77 @@ pub struct BenchReport {
     /// The machine's ceiling, measured in the same run: contiguous products (a large square
     /// one and the LM's own shapes) through the same `gemm` call, with their GFLOP/s.
     pub ceiling: Vec<(String, f64)>,
+    /// Every product of the profiled forward+backward, slowest first, beside the same product
+    /// run alone.
+    pub products: Vec<ProductTime>,
+}
+
+/// One product of the step, and the same product alone on fresh buffers (best of 3), in its
+/// own layout and row-major: the step's time against the ceiling splits into what the shape
+/// costs (row-major alone against the ceiling), what the layout costs (own layout against
+/// row-major, alone) and what running inside the step costs (the step against alone: caches
+/// the neighbouring steps filled, the hand-off between them).
+#[derive(Debug, Clone)]
+pub struct ProductTime {
+    pub label: String,
+    /// Seconds in the step (the fastest of the profiled runs).
+    pub secs: f64,
+    pub flops: u64,
+    /// Products in the batch, and `[m, n, k]` of each.
+    pub batch: usize,
+    pub mnk: [usize; 3],
+    /// How `[a, b, c]` are stored: `N` row-major, `T` column-major (read transposed), `S`
+    /// strided both ways.
+    pub layout: [char; 3],
+    /// GFLOP/s alone in its own layout (`S` timed as `T`) and alone row-major; 0 for the
+    /// matrix-vector and outer products, which do not go through the GEMM.
+    pub alone: f64,
+    pub alone_row_major: f64,
+}
+
+impl ProductTime {
+    fn new(label: &str, secs: f64, g: &crate::backend::cpu::exec::kernels::Gemm) -> ProductTime {
+        let code = |[rs, cs]: [isize; 2]| match (rs, cs) {
+            (_, 1) => 'N',
+            (1, _) => 'T',
+            _ => 'S',
+        };
+        ProductTime {
+            label: label.to_string(),
+            secs,
+            flops: g.flops(),
+            batch: g.batch.len(),
+            mnk: [g.m, g.n, g.k],
+            layout: [code(g.a), code(g.b), code(g.c)],
+            alone: 0.0,
+            alone_row_major: 0.0,
+        }
+    }
+
+    /// Times the product alone, in its layout and row-major, unless `seen` has the shape.
+    fn measure(
+        &mut self,
+        threads: usize,
+        seen: &mut Vec<(usize, [usize; 3], [char; 3], f64, f64)>,
+    ) {
+        if self.mnk[1] == 1 || self.mnk[2] == 1 {
+            return;
+        }
+        let key = (self.batch, self.mnk, self.layout);
+        if let Some(s) = seen.iter().find(|s| (s.0, s.1, s.2) == key) {
+            (self.alone, self.alone_row_major) = (s.3, s.4);
+            return;
+        }
+        use crate::backend::cpu::exec::kernels::isolated_gemm_rate;
+        let t = self.layout.map(|c| c != 'N');
+        self.alone = isolated_gemm_rate(self.batch, self.mnk, t, threads, 3);
+        self.alone_row_major = if t == [false; 3] {
+            self.alone
+        } else {
+            isolated_gemm_rate(self.batch, self.mnk, [false; 3], threads, 3)
+        };
+        seen.push((key.0, key.1, key.2, self.alone, self.alone_row_major));
+    }
 }
 
 impl BenchReport {
@@ -192,9 +263,19 @@ pub fn bench(
         seed,
         check_finite: false,
     };
-    let timed = plan
+    // The profile: every step's fastest of three runs (single runs of a millisecond-long step
+    // differ by 10% or more on a shared machine).
+    let mut timed = plan
         .run_timed(&mut ws, &refs, opts)
         .map_err(|e| Error::Plan(e.to_string()))?;
+    for _ in 0..2 {
+        let again = plan
+            .run_timed(&mut ws, &refs, opts)
+            .map_err(|e| Error::Plan(e.to_string()))?;
+        for (t, a) in timed.iter_mut().zip(again) {
+            t.time = t.time.min(a.time);
+        }
+    }
     let profile = by_kind(&timed)
         .into_iter()
         .map(|(k, d, n)| (k, d.as_secs_f64(), n))
@@ -204,8 +285,18 @@ pub fn bench(
         .map(|t| (t.label.to_string(), t.kind, t.time.as_secs_f64(), t.flops))
         .collect();
     steps.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let cores = crate::backend::cpu::exec::kernels::cores();
+    let mut products: Vec<ProductTime> = timed
+        .iter()
+        .filter_map(|t| Some(ProductTime::new(t.label, t.time.as_secs_f64(), t.gemm?)))
+        .collect();
+    products.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    let mut seen = Vec::new();
+    for p in &mut products {
+        p.measure(cores, &mut seen);
+    }
     let update = median_secs(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
-    let ceiling = ceiling(cfg, crate::backend::cpu::exec::kernels::cores());
+    let ceiling = ceiling(cfg, cores);
     Ok(BenchReport {
         params: nparams,
         fwd_bwd: median_secs(fb),
@@ -218,6 +309,7 @@ pub fn bench(
         steps,
         update,
         ceiling,
+        products,
     })
 }
 
@@ -375,7 +467,9 @@ pub fn cpu_report(
 
 /// The products of one forward+backward against the machine's ceiling: the ceiling's
 /// measurements, the products' share of the time and their overall rate, the time outside
-/// them, then every product with its GFLOP/s and fraction of the ceiling, slowest first.
+/// them, then every product, slowest first, with its GFLOP/s and fraction of the ceiling, its
+/// shape and layout and its rate alone; and the products' distance from the ceiling split into
+/// what their shapes, their layouts and the step around them cost.
 fn products_report(s: &mut String, r: &BenchReport) {
     let ceiling = r.ceiling_rate();
     if ceiling <= 0.0 {
@@ -390,20 +484,18 @@ fn products_report(s: &mut String, r: &BenchReport) {
         writeln!(s, "    {rate:6.0} GFLOP/s  {name}").unwrap();
     }
     let total: f64 = r.steps.iter().map(|x| x.2).sum();
-    let products: Vec<&(String, &'static str, f64, u64)> =
-        r.steps.iter().filter(|x| x.3 > 0).collect();
-    let ptime: f64 = products.iter().map(|x| x.2).sum();
-    let pflops: f64 = products.iter().map(|x| x.3 as f64).sum();
-    if total <= 0.0 || products.is_empty() {
+    let ptime: f64 = r.products.iter().map(|p| p.secs).sum();
+    let pflops: f64 = r.products.iter().map(|p| p.flops as f64).sum();
+    if total <= 0.0 || r.products.is_empty() {
         return;
     }
     let overall = pflops / ptime.max(1e-12) / 1e9;
     writeln!(
         s,
-        "  one forward+backward (profiled, {:.1} ms): {} products {:.1} ms ({:.0}%) at {:.0} GFLOP/s \
-         ({:.0}% of the ceiling); outside products {:.1} ms ({:.0}%)",
+        "  one forward+backward (profiled, each step the fastest of 3 runs, {:.1} ms): {} products \
+         {:.1} ms ({:.0}%) at {:.0} GFLOP/s ({:.0}% of the ceiling); outside products {:.1} ms ({:.0}%)",
         total * 1e3,
-        products.len(),
+        r.products.len(),
         ptime * 1e3,
         100.0 * ptime / total,
         overall,
@@ -414,19 +506,59 @@ fn products_report(s: &mut String, r: &BenchReport) {
     .unwrap();
     writeln!(
         s,
-        "  every product, slowest first (ms, GFLOP/s, of the ceiling):"
+        "  every product, slowest first: in the step (ms, GFLOP/s, of the ceiling); batch x m x n x k; \
+         layout of a, b, c (N row-major, T transposed, S strided); GFLOP/s alone, in that layout and row-major:"
     )
     .unwrap();
-    for (label, _, secs, flops) in &products {
-        let rate = *flops as f64 / secs.max(1e-12) / 1e9;
+    let rate = |r: f64| {
+        if r > 0.0 {
+            format!("{r:6.0}")
+        } else {
+            format!("{:>6}", "-")
+        }
+    };
+    for p in &r.products {
+        let step = p.flops as f64 / p.secs.max(1e-12) / 1e9;
+        let [m, n, k] = p.mnk;
+        let shape = format!("{} x {m} x {n} x {k}", p.batch);
+        let layout: String = p.layout.iter().collect();
         writeln!(
             s,
-            "    {:8.2} ms {rate:6.0} GFLOP/s {:4.0}%  {label}",
-            secs * 1e3,
-            100.0 * rate / ceiling
+            "    {:8.2} ms {step:6.0} {:4.0}%  {shape:<22} {layout}  {} {}  {}",
+            p.secs * 1e3,
+            100.0 * step / ceiling,
+            rate(p.alone),
+            rate(p.alone_row_major),
+            p.label
         )
         .unwrap();
     }
+    // The distance from the ceiling, split (each part can be negative).
+    let at = |gflops: f64, rate: f64| if rate > 0.0 { gflops / rate } else { 0.0 };
+    let (mut shape, mut layout, mut step, mut at_ceiling) = (0.0, 0.0, 0.0, 0.0);
+    for p in &r.products {
+        let f = p.flops as f64 / 1e9;
+        let c = f / ceiling;
+        at_ceiling += c;
+        if p.alone <= 0.0 {
+            step += p.secs - c;
+            continue;
+        }
+        shape += at(f, p.alone_row_major) - c;
+        layout += at(f, p.alone) - at(f, p.alone_row_major);
+        step += p.secs - at(f, p.alone);
+    }
+    writeln!(
+        s,
+        "  at the ceiling the products would take {:.1} ms; the {:.1} ms more they take: {:.1} ms their \
+         shapes (alone, row-major), {:.1} ms their layouts (alone), {:.1} ms the step around them",
+        at_ceiling * 1e3,
+        (ptime - at_ceiling) * 1e3,
+        shape * 1e3,
+        layout * 1e3,
+        step * 1e3
+    )
+    .unwrap();
 }
 
 /// Every round of `bench --rounds` (diagc's tokens/s, forward+backward and whole step, and

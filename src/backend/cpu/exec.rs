@@ -62,6 +62,8 @@ pub struct StepTime<'a> {
     pub time: std::time::Duration,
     /// Floating-point operations of a product (0 for other kernels).
     pub flops: u64,
+    /// The product, when the step is one: its shape, batch and operand strides.
+    pub gemm: Option<&'a kernels::Gemm>,
 }
 
 /// Step times summed per kind of kernel, with the number of steps of each kind, most
@@ -312,6 +314,10 @@ impl Plan {
                             flops: match k {
                                 Kernel::Gemm(g) => g.flops(),
                                 _ => 0,
+                            },
+                            gemm: match k {
+                                Kernel::Gemm(g) => Some(g),
+                                _ => None,
                             },
                         });
                     }

@@ -42,7 +42,9 @@ mod tests {
     #[test]
     fn exp_shifted_equals_exp_then_sum() {
         for n in [0, 1, 7, 8, 9, 511, 512, 513, 1000, 1031, 10_000] {
-            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
+                .collect();
             let m = 3.25;
             let mut e = vec![0f32; n];
             let z = super::exp_shifted(&x, m, &mut e);
@@ -389,6 +391,126 @@ fn scale(v: &mut [f32], k: f32) {
 }
 }
 
+simd_targets! {
+/// One lane of the dense layer norm, `out = (x - mean) / sqrt(var + eps) * gain + bias`,
+/// vectorised by the widest SIMD the CPU has (the same operations, in the same order, on every
+/// target).
+///
+/// # Safety
+/// `x` and `out` must cover `gain.len()` floats; `out` may be `x` (only read through
+/// pointers after the lane's sums), and overlaps neither `gain` nor `bias`.
+unsafe fn ln_lane(x: *const f32, gain: &[f32], bias: &[f32], out: *mut f32) {
+    let n = gain.len();
+    let cnt = n as f32;
+    let (mean, inv) = {
+        // SAFETY: `x` covers `n` floats, and nothing writes them while `xs` lives.
+        let xs = unsafe { sl(x, n) };
+        let mean = sum(xs) / cnt;
+        let var = sum_zip3(xs, xs, xs, |x, _, _| (x - mean) * (x - mean)) / cnt;
+        (mean, 1.0 / (var + LN_EPS).sqrt())
+    };
+    for j in 0..n {
+        // SAFETY: `j < n`, within both lanes.
+        unsafe { *out.add(j) = (*x.add(j) - mean) * inv * gain[j] + bias[j] };
+    }
+}
+}
+
+/// One lane of the dense layer norm's gradient, for lanes that do not share one gain (the
+/// others go through [`ln_back_blocked`]): the lane's statistics ([`ln_back_stats`]), its terms
+/// added to the gain's and bias's gradients ([`ln_back_params`]), then its `gx`
+/// ([`ln_back_gx`]). `gx` may be `x`'s or `gy`'s lane, so it is written last.
+///
+/// # Safety
+/// `x`, `gy` and `gx` must cover `gain.len()` floats; `gain`, `gg` and `gb` overlap nothing
+/// else.
+unsafe fn ln_back_lane(
+    x: *const f32,
+    gy: *const f32,
+    gain: &[f32],
+    gg: &mut [f32],
+    gb: &mut [f32],
+    gx: *mut f32,
+) {
+    let n = gain.len();
+    unsafe {
+        let st = ln_back_stats(sl(x, n), sl(gy, n), gain);
+        ln_back_params(sl(x, n), sl(gy, n), st, gg, gb);
+        ln_back_gx(x, gy, gain, st, gx);
+    }
+}
+
+simd_targets! {
+/// `[mean, 1 / std, mean(gy g), mean(gy g xhat)]` of one lane of the layer norm's gradient,
+/// vectorised by the widest SIMD the CPU has (the same operations, in the same order, on every
+/// target).
+fn ln_back_stats(xs: &[f32], gys: &[f32], gain: &[f32]) -> [f32; 4] {
+    let cnt = gain.len() as f32;
+    let mean = sum_zip3(xs, xs, xs, |x, _, _| x) / cnt;
+    let var = sum_zip3(xs, xs, xs, |x, _, _| (x - mean) * (x - mean)) / cnt;
+    let inv = 1.0 / (var + LN_EPS).sqrt();
+    let m1 = sum_zip3(gys, gain, gain, |gy, g, _| gy * g) / cnt;
+    let m2 = sum_zip3(gys, gain, xs, |gy, g, x| gy * g * (x - mean) * inv) / cnt;
+    [mean, inv, m1, m2]
+}
+}
+
+simd_targets! {
+/// One lane's terms of the gain's and bias's gradients (`gy xhat`, `gy`) added to `gg` and
+/// `gb`, over the columns the slices cover.
+fn ln_back_params(xs: &[f32], gys: &[f32], st: [f32; 4], gg: &mut [f32], gb: &mut [f32]) {
+    let [mean, inv, ..] = st;
+    for (((a, b), g), x) in gg.iter_mut().zip(gb.iter_mut()).zip(gys).zip(xs) {
+        *a += g * (x - mean) * inv;
+        *b += g;
+    }
+}
+}
+
+simd_targets! {
+/// One lane's `gx = (gy g - mean(gy g) - xhat mean(gy g xhat)) / std`.
+///
+/// # Safety
+/// `x`, `gy` and `gx` cover `gain.len()` floats; `gx` may be `x`'s or `gy`'s lane (each
+/// element is read before it is written).
+unsafe fn ln_back_gx(x: *const f32, gy: *const f32, gain: &[f32], st: [f32; 4], gx: *mut f32) {
+    let [mean, inv, m1, m2] = st;
+    for (j, g) in gain.iter().enumerate() {
+        // SAFETY: `j < n`, within the three lanes.
+        unsafe {
+            let xhat = (*x.add(j) - mean) * inv;
+            *gx.add(j) = inv * (*gy.add(j) * g - m1 - xhat * m2);
+        }
+    }
+}
+}
+
+/// `f(a[j], b[j], c[j])` summed over `j` (the length of the shortest slice), with the partial
+/// sums of [`sum_by`] in its order (the same bits), over chunks of eight with no bounds checks
+/// in the loop, so that it vectorises where `sum_by` through indices does not.
+#[inline(always)]
+fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut wide = [0f32; 32];
+    let (ac, bc, cc) = (a.chunks_exact(32), b.chunks_exact(32), c.chunks_exact(32));
+    let full = n - n % 32;
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for q in 0..32 {
+            wide[q] += f(x[q], y[q], z[q]);
+        }
+    }
+    let mut acc = [0f32; 8];
+    for q in 0..8 {
+        acc[q] = (wide[q] + wide[q + 8]) + (wide[q + 16] + wide[q + 24]);
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in full..n {
+        s += f(a[j], b[j], c[j]);
+    }
+    s
+}
+
 /// `f(0) + ... + f(n - 1)` with eight partial sums: the same benefits as [`sum`], for values
 /// read through an offset table or computed on the fly.
 #[inline]
@@ -600,6 +722,91 @@ unsafe fn par_reduce(nest: &Nest<2>, x: *const f32, out: *mut f32) {
             scope.spawn(move |_| unsafe { reduce(&sub, base, x.get(), out.get()) });
         }
     });
+}
+
+/// Lanes of the layer norm's gradient whose gain and bias gradients are summed together
+/// before they are added to the whole: a fixed number, so that the sums (and the bits) do not
+/// depend on how many cores the machine has.
+const LN_CHUNK: usize = 64;
+
+/// The dense layer norm's gradient where every lane shares one gain (the usual case), in one
+/// pass over the lanes: each block of [`LN_CHUNK`] lanes sums its terms of the gain's and
+/// bias's gradients in a buffer of its own while it writes its lanes' `gx`, the blocks split
+/// over the cores when the work is large, and the blocks' sums are then added in block order.
+/// The same bits on any number of cores. Returns false (doing nothing) when the lanes do not
+/// share one gain, for the lane-by-lane loop.
+///
+/// # Safety
+/// As the [`Kernel::LayerNormBack`] arm: `outer` (operands `[gx, x, g, gy, gg, gb]`) with lanes
+/// of `n` contiguous floats covers the buffers; `gx` may be `x` or `gy`, nothing else overlaps.
+unsafe fn ln_back_blocked(
+    outer: &Nest<6>,
+    n: usize,
+    [x, g, gy]: [*const f32; 3],
+    [gx, gg, gb]: [*mut f32; 3],
+) -> bool {
+    let mut lanes = Vec::with_capacity(outer.len());
+    outer.each([0; 6], |o| lanes.push(o));
+    let Some(first) = lanes.first().copied() else {
+        return true;
+    };
+    if lanes
+        .iter()
+        .any(|o| (o[2], o[4], o[5]) != (first[2], first[4], first[5]))
+    {
+        return false;
+    }
+    let blocks = lanes.len().div_ceil(LN_CHUNK);
+    let mut sums = vec![0f32; blocks * 2 * n];
+    let (x, g, gy, gx) = (Shared(x), Shared(g), Shared(gy), Shared(gx));
+    let run = |ls: &[[usize; 6]], sums: &mut [f32]| {
+        for (ls, s) in ls.chunks(LN_CHUNK).zip(sums.chunks_mut(2 * n)) {
+            let (sg, sb) = s.split_at_mut(n);
+            for o in ls {
+                // SAFETY: the lanes are within the buffers; `x` and `gy` are read through
+                // the slices before `gx` (which may be either) is written, and each lane of
+                // `gx` belongs to one block only.
+                unsafe {
+                    let (px, pgy) = (x.get().add(o[1]), gy.get().add(o[3]));
+                    let gain = sl(g.get().add(o[2]), n);
+                    let st = ln_back_stats(sl(px, n), sl(pgy, n), gain);
+                    ln_back_params(sl(px, n), sl(pgy, n), st, sg, sb);
+                    ln_back_gx(px, pgy, gain, st, gx.get().add(o[0]));
+                }
+            }
+        }
+    };
+    let parts = if lanes.len() * n >= PAR_MIN {
+        cores().min(blocks)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        run(&lanes, &mut sums);
+    } else {
+        let per = blocks.div_ceil(parts);
+        rayon::scope(|scope| {
+            let run = &run;
+            for (ls, s) in lanes
+                .chunks(per * LN_CHUNK)
+                .zip(sums.chunks_mut(per * 2 * n))
+            {
+                scope.spawn(move |_| run(ls, s));
+            }
+        });
+    }
+    // SAFETY: `gg` and `gb` lanes of `n` floats at the shared offsets, overlapping nothing.
+    let (tg, tb) = unsafe { (sl_mut(gg.add(first[4]), n), sl_mut(gb.add(first[5]), n)) };
+    for s in sums.chunks(2 * n) {
+        let (sg, sb) = s.split_at(n);
+        for (t, v) in tg.iter_mut().zip(sg) {
+            *t += v;
+        }
+        for (t, v) in tb.iter_mut().zip(sb) {
+            *t += v;
+        }
+    }
+    true
 }
 
 /// The serial loop of [`par_reduce`] from offsets `base`.
@@ -1037,21 +1244,14 @@ impl Kernel {
                 } => {
                     let (x, g, b, out) = (p[0] as *const f32, p[1] as *const f32, p[2], p[3]);
                     let n = inner[0].len();
-                    let cnt = n as f32;
-                    outer.each([0, 0, 0, 0], |o| {
-                        let (po, px) = (out.add(o[0]), x.add(o[1]));
-                        let (mean, inv) = {
-                            let xs = sl(px, n);
-                            let mean = sum(xs) / cnt;
-                            let var = sum_by(n, |j| (xs[j] - mean) * (xs[j] - mean)) / cnt;
-                            (mean, 1.0 / (var + LN_EPS).sqrt())
-                        };
-                        // The gain and bias never share the output's buffer (only x may, and
-                        // x is read through pointers from here on).
-                        let (gs, bs) = (sl(g.add(o[2]), n), sl(b.add(o[3]), n));
-                        for j in 0..n {
-                            *po.add(j) = (*px.add(j) - mean) * inv * gs[j] + bs[j];
-                        }
+                    let (x, g, b, out) = (Shared(x), Shared(g), Shared(b), Shared(out));
+                    // Lanes are independent: split over the cores.
+                    par(outer, outer.len() * n, |base, part| {
+                        let (x, g, b, out) = (x.get(), g.get(), b.get(), out.get());
+                        part.each(base, |o| {
+                            let (gs, bs) = (sl(g.add(o[2]), n), sl(b.add(o[3]), n));
+                            ln_lane(x.add(o[1]), gs, bs, out.add(o[0]));
+                        });
                     });
                 }
                 Kernel::LayerNorm { outer, inner, .. } => {
@@ -1081,32 +1281,18 @@ impl Kernel {
                     sl_mut(gg, lens[0]).fill(0.0);
                     sl_mut(gb, lens[1]).fill(0.0);
                     let n = inner[0].len();
-                    let cnt = n as f32;
-                    outer.each([0; 6], |o| {
-                        let (pgx, px, pgy) = (gx.add(o[0]), x.add(o[1]), gy.add(o[3]));
-                        let gs = sl(g.add(o[2]), n);
-                        // The gain's and bias's gradients have buffers of their own; gx may be
-                        // x's or gy's buffer, so those are read through slices only until the
-                        // lane's sums are done, and gx is written through pointers after.
-                        let (mean, inv, m1, m2) = {
-                            let (xs, gys) = (sl(px, n), sl(pgy, n));
-                            let mean = sum(xs) / cnt;
-                            let var = sum_by(n, |j| (xs[j] - mean) * (xs[j] - mean)) / cnt;
-                            let inv = 1.0 / (var + LN_EPS).sqrt();
-                            let m1 = sum_by(n, |j| gys[j] * gs[j]) / cnt;
-                            let m2 = sum_by(n, |j| gys[j] * gs[j] * (xs[j] - mean) * inv) / cnt;
-                            let (ggs, gbs) = (sl_mut(gg.add(o[4]), n), sl_mut(gb.add(o[5]), n));
-                            for (((a, b), g), x) in ggs.iter_mut().zip(gbs).zip(gys).zip(xs) {
-                                *a += g * (x - mean) * inv;
-                                *b += g;
-                            }
-                            (mean, inv, m1, m2)
-                        };
-                        for (j, g) in gs.iter().enumerate() {
-                            let xhat = (*px.add(j) - mean) * inv;
-                            *pgx.add(j) = inv * (*pgy.add(j) * g - m1 - xhat * m2);
-                        }
-                    });
+                    if !ln_back_blocked(outer, n, [x, g, gy], [gx, gg, gb]) {
+                        outer.each([0; 6], |o| {
+                            ln_back_lane(
+                                x.add(o[1]),
+                                gy.add(o[3]),
+                                sl(g.add(o[2]), n),
+                                sl_mut(gg.add(o[4]), n),
+                                sl_mut(gb.add(o[5]), n),
+                                gx.add(o[0]),
+                            );
+                        });
+                    }
                 }
                 Kernel::LayerNormBack {
                     outer, inner, lens, ..
@@ -1407,42 +1593,75 @@ unsafe fn sgemm(gm: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32,
 /// same `gemm` call and thread rule as a plan's products, over `threads` cores: the best of
 /// `reps` timed runs after one warm-up. `diagc bench` measures the machine's ceiling with it.
 pub fn contiguous_gemm_rate(m: usize, n: usize, k: usize, threads: usize, reps: usize) -> f64 {
-    let a = vec![1.0f32 / 3.0; m * k];
-    let b = vec![0.5f32; k * n];
-    let mut c = vec![0.0f32; m * n];
-    let flops = 2.0 * (m * n * k) as f64;
-    let parallelism = if threads > 1 && flops >= 2e6 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    isolated_gemm_rate(1, [m, n, k], [false; 3], threads, reps)
+}
+
+/// The rate (GFLOP/s) of `batch` products `m x k` by `k x n` alone, on fresh buffers, as a
+/// plan's [`Kernel::Gemm`] runs them: one product split inside the GEMM over `threads` cores,
+/// a batch split over the cores by its batch with one thread a product. `transposed` says which
+/// of `[a, b, c]` is stored column-major (a transposed operand, as a plan may read it); the
+/// others are row-major. The best of `reps` timed runs after one warm-up. `diagc bench` times
+/// each product of the step this way, in its own layout and row-major, to separate what a
+/// shape costs from what a layout and the step around it cost.
+pub fn isolated_gemm_rate(
+    batch: usize,
+    [m, n, k]: [usize; 3],
+    transposed: [bool; 3],
+    threads: usize,
+    reps: usize,
+) -> f64 {
+    let batch = batch.max(1);
+    let a = vec![1.0f32 / 3.0; batch * m * k];
+    let b = vec![0.5f32; batch * k * n];
+    let mut c = vec![0.0f32; batch * m * n];
+    // `[row stride, column stride]` of an `r x q` matrix, row- or column-major.
+    let strides = |r: usize, q: usize, t: bool| -> [isize; 2] {
+        if t { [1, r as isize] } else { [q as isize, 1] }
+    };
+    let g = Gemm {
+        batch: Nest::new(vec![]),
+        m,
+        k,
+        n,
+        a: strides(m, k, transposed[0]),
+        b: strides(k, n, transposed[1]),
+        c: strides(m, n, transposed[2]),
+        bias: None,
+    };
+    let flops = 2.0 * (batch * m * n * k) as f64;
+    let per = if batch > 1 { 1 } else { threads };
+    let (pa, pb, pc) = (
+        Shared(a.as_ptr() as *mut f32),
+        Shared(b.as_ptr() as *mut f32),
+        Shared(c.as_mut_ptr()),
+    );
+    let run_one = |i: usize| {
+        // SAFETY: product `i` reads and writes its own `m k`, `k n` and `m n` elements of the
+        // three live buffers, with the strides of `g`; `c` overlaps neither input, and no two
+        // products share a part of `c`.
+        unsafe {
+            sgemm(
+                &g,
+                pa.get().add(i * m * k),
+                pb.get().add(i * k * n),
+                pc.get().add(i * m * n),
+                0.0,
+                per,
+            )
+        }
     };
     let mut best = f64::INFINITY;
     for rep in 0..=reps.max(1) {
         let t0 = std::time::Instant::now();
-        // SAFETY: the three buffers are live, of exactly the extents the strides describe
-        // (row-major, rows of k, n and n elements), and `c` overlaps neither input.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        if batch > 1 && threads > 1 {
+            use rayon::prelude::*;
+            let chunk = batch.div_ceil(threads);
+            (0..batch)
+                .collect::<Vec<_>>()
+                .par_chunks(chunk)
+                .for_each(|part| part.iter().for_each(|i| run_one(*i)));
+        } else {
+            (0..batch).for_each(run_one);
         }
         if rep > 0 {
             best = best.min(t0.elapsed().as_secs_f64());
