@@ -222,7 +222,7 @@ fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
             .parse()
             .unwrap()
     };
-    let total = num("(profiled,");
+    let total = num("fastest of 3 runs,");
     let count = num("):") as usize;
     let ptime = num("products");
     let outside = num("outside products");
@@ -231,8 +231,18 @@ fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
         .lines()
         .skip_while(|l| !l.contains("every product, slowest first"))
         .skip(1)
-        .take_while(|l| l.contains("GFLOP/s") && l.contains('%'))
-        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .take_while(|l| l.contains('%') && l.contains("box "))
+        .map(|l| {
+            // Each row: its time, rate and share, `batch x m x n x k`, the layout of a, b, c.
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w[1], "ms", "{l}");
+            assert_eq!((w[5], w[7], w[9]), ("x", "x", "x"), "{l}");
+            assert!(
+                w[11].len() == 3 && w[11].chars().all(|c| "NTS".contains(c)),
+                "{l}"
+            );
+            w[0].parse().unwrap()
+        })
         .collect();
     assert_eq!(rows.len(), count, "{out}");
     let sum: f64 = rows.iter().sum();
@@ -240,6 +250,23 @@ fn bench_rounds_and_top_report_rounds_medians_and_slowest_steps() {
         (sum - ptime).abs() <= 0.01 * count as f64 + 0.1,
         "{sum} vs {ptime}: {out}"
     );
+    // The products' distance from the ceiling and its parts: the time at the ceiling plus the
+    // distance is the products' time, and the parts add up to the distance.
+    let split = out
+        .lines()
+        .find(|l| l.contains("at the ceiling the products would take"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let nums: Vec<f64> = split
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums.len() >= 5, "{split}");
+    assert!(
+        (nums[0] + nums[1] - ptime).abs() <= 0.2,
+        "{split} vs {ptime}"
+    );
+    let parts: f64 = nums[2..].iter().sum();
+    assert!((parts - nums[1]).abs() <= 0.25, "{split}");
     // Zero rounds is refused.
     let mut args = vec!["bench", "m0", "--rounds", "0"];
     args.extend(small);

@@ -40,7 +40,7 @@ pub struct BenchReport {
     pub products: Vec<ProductTime>,
 }
 
-/// One product of the step, and the same product alone on fresh buffers (best of 3), in its
+/// One product of the step, and the same product alone on fresh buffers (best of 5), in its
 /// own layout and row-major: the step's time against the ceiling splits into what the shape
 /// costs (row-major alone against the ceiling), what the layout costs (own layout against
 /// row-major, alone) and what running inside the step costs (the step against alone: caches
@@ -98,11 +98,11 @@ impl ProductTime {
         }
         use crate::backend::cpu::exec::kernels::isolated_gemm_rate;
         let t = self.layout.map(|c| c != 'N');
-        self.alone = isolated_gemm_rate(self.batch, self.mnk, t, threads, 3);
+        self.alone = isolated_gemm_rate(self.batch, self.mnk, t, threads, 5);
         self.alone_row_major = if t == [false; 3] {
             self.alone
         } else {
-            isolated_gemm_rate(self.batch, self.mnk, [false; 3], threads, 3)
+            isolated_gemm_rate(self.batch, self.mnk, [false; 3], threads, 5)
         };
         seen.push((key.0, key.1, key.2, self.alone, self.alone_row_major));
     }
@@ -507,7 +507,7 @@ fn products_report(s: &mut String, r: &BenchReport) {
     writeln!(
         s,
         "  every product, slowest first: in the step (ms, GFLOP/s, of the ceiling); batch x m x n x k; \
-         layout of a, b, c (N row-major, T transposed, S strided); GFLOP/s alone, in that layout and row-major:"
+         layout of a, b, c (N row-major, T transposed, S strided); GFLOP/s alone (best of 5), in that layout and row-major:"
     )
     .unwrap();
     let rate = |r: f64| {
@@ -536,12 +536,13 @@ fn products_report(s: &mut String, r: &BenchReport) {
     // The distance from the ceiling, split (each part can be negative).
     let at = |gflops: f64, rate: f64| if rate > 0.0 { gflops / rate } else { 0.0 };
     let (mut shape, mut layout, mut step, mut at_ceiling) = (0.0, 0.0, 0.0, 0.0);
+    let mut loops = 0.0;
     for p in &r.products {
         let f = p.flops as f64 / 1e9;
         let c = f / ceiling;
         at_ceiling += c;
         if p.alone <= 0.0 {
-            step += p.secs - c;
+            loops += p.secs - c;
             continue;
         }
         shape += at(f, p.alone_row_major) - c;
@@ -551,12 +552,20 @@ fn products_report(s: &mut String, r: &BenchReport) {
     writeln!(
         s,
         "  at the ceiling the products would take {:.1} ms; the {:.1} ms more they take: {:.1} ms their \
-         shapes (alone, row-major), {:.1} ms their layouts (alone), {:.1} ms the step around them",
+         shapes (alone, row-major), {:.1} ms their layouts (alone), {:.1} ms the step around them{}",
         at_ceiling * 1e3,
         (ptime - at_ceiling) * 1e3,
         shape * 1e3,
         layout * 1e3,
-        step * 1e3
+        step * 1e3,
+        if loops > 0.0 {
+            format!(
+                ", {:.1} ms the matrix-vector and outer products (memory-bound loops, not the GEMM)",
+                loops * 1e3
+            )
+        } else {
+            String::new()
+        }
     )
     .unwrap();
 }
