@@ -82,18 +82,16 @@ impl ProductTime {
         }
     }
 
-    /// Times the product alone, in its layout and row-major, unless `seen` has the shape.
-    fn measure(
-        &mut self,
-        threads: usize,
-        seen: &mut Vec<(usize, [usize; 3], [char; 3], f64, f64)>,
-    ) {
+    /// Times the product alone, in its layout and row-major, unless a product of `seen` has
+    /// the same batch, shape and layout (then its rates are taken).
+    fn measure(&mut self, threads: usize, seen: &mut Vec<ProductTime>) {
         if self.mnk[1] == 1 || self.mnk[2] == 1 {
             return;
         }
-        let key = (self.batch, self.mnk, self.layout);
-        if let Some(s) = seen.iter().find(|s| (s.0, s.1, s.2) == key) {
-            (self.alone, self.alone_row_major) = (s.3, s.4);
+        let same =
+            |s: &&ProductTime| (s.batch, s.mnk, s.layout) == (self.batch, self.mnk, self.layout);
+        if let Some(s) = seen.iter().find(same) {
+            (self.alone, self.alone_row_major) = (s.alone, s.alone_row_major);
             return;
         }
         use crate::backend::cpu::exec::kernels::isolated_gemm_rate;
@@ -104,7 +102,7 @@ impl ProductTime {
         } else {
             isolated_gemm_rate(self.batch, self.mnk, [false; 3], threads, 5)
         };
-        seen.push((key.0, key.1, key.2, self.alone, self.alone_row_major));
+        seen.push(self.clone());
     }
 }
 
