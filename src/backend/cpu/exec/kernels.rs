@@ -418,7 +418,7 @@ unsafe fn ln_lane(x: *const f32, gain: &[f32], bias: &[f32], out: *mut f32) {
     let (mean, inv) = {
         // SAFETY: `x` covers `n` floats, and nothing writes them while `xs` lives.
         let xs = unsafe { sl(x, n) };
-        let mean = sum(xs) / cnt;
+        let mean = sum_zip3(xs, xs, xs, |x, _, _| x) / cnt;
         let var = sum_zip3(xs, xs, xs, |x, _, _| (x - mean) * (x - mean)) / cnt;
         (mean, 1.0 / (var + LN_EPS).sqrt())
     };
@@ -498,9 +498,11 @@ unsafe fn ln_back_gx(x: *const f32, gy: *const f32, gain: &[f32], st: [f32; 4], 
 }
 }
 
-/// `f(a[j], b[j], c[j])` summed over `j` (the length of the shortest slice), with the partial
-/// sums of [`sum_by`] in its order (the same bits), over chunks of eight with no bounds checks
-/// in the loop, so that it vectorises where `sum_by` through indices does not.
+/// `f(a[j], b[j], c[j])` summed over `j` (the length of the shortest slice) with 32 partial
+/// sums (two AVX-512 or four AVX2 registers, so that the adds do not wait on each other),
+/// folded into eight and then as [`sum`] does; over chunks, with no bounds checks in the loop,
+/// so that it vectorises. The layer norm's statistics, forward and backward, all use it, so
+/// both see the same mean and variance.
 #[inline(always)]
 fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len()).min(c.len());
