@@ -84,7 +84,7 @@ impl ProductTime {
 
     /// Times the product alone, in its layout and row-major, unless a product of `seen` has
     /// the same batch, shape and layout (then its rates are taken).
-    fn measure(&mut self, threads: usize, seen: &mut Vec<ProductTime>) {
+    fn measure(&mut self, seen: &mut Vec<ProductTime>) {
         if self.mnk[1] == 1 || self.mnk[2] == 1 {
             return;
         }
@@ -96,11 +96,11 @@ impl ProductTime {
         }
         use crate::backend::cpu::exec::kernels::isolated_gemm_rate;
         let t = self.layout.map(|c| c != 'N');
-        self.alone = isolated_gemm_rate(self.batch, self.mnk, t, threads, 5);
+        self.alone = isolated_gemm_rate(self.batch, self.mnk, t, 5);
         self.alone_row_major = if t == [false; 3] {
             self.alone
         } else {
-            isolated_gemm_rate(self.batch, self.mnk, [false; 3], threads, 5)
+            isolated_gemm_rate(self.batch, self.mnk, [false; 3], 5)
         };
         seen.push(self.clone());
     }
@@ -115,7 +115,7 @@ impl BenchReport {
 
 /// The contiguous products `diagc bench` takes the machine's ceiling from: a 1024-square
 /// product and the LM's own shapes (tokens x d_model by d_model x {vocab, d_ff, d_model}).
-pub fn ceiling(cfg: &ModelConfig, threads: usize) -> Vec<(String, f64)> {
+pub fn ceiling(cfg: &ModelConfig) -> Vec<(String, f64)> {
     let t = cfg.batch * cfg.bptt;
     let shapes = [
         ("square".to_string(), 1024, 1024, 1024),
@@ -127,8 +127,7 @@ pub fn ceiling(cfg: &ModelConfig, threads: usize) -> Vec<(String, f64)> {
         .into_iter()
         .filter(|(_, m, n, k)| *m > 0 && *n > 0 && *k > 0)
         .map(|(name, m, n, k)| {
-            let rate =
-                crate::backend::cpu::exec::kernels::contiguous_gemm_rate(m, n, k, threads, 5);
+            let rate = crate::backend::cpu::exec::kernels::contiguous_gemm_rate(m, n, k, 5);
             (format!("{name} {m}x{k} by {k}x{n}"), rate)
         })
         .collect()
@@ -283,7 +282,6 @@ pub fn bench(
         .map(|t| (t.label.to_string(), t.kind, t.time.as_secs_f64(), t.flops))
         .collect();
     steps.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let cores = crate::backend::cpu::exec::kernels::cores();
     let mut products: Vec<ProductTime> = timed
         .iter()
         .filter_map(|t| Some(ProductTime::new(t.label, t.time.as_secs_f64(), t.gemm?)))
@@ -291,10 +289,10 @@ pub fn bench(
     products.sort_by(|a, b| b.secs.total_cmp(&a.secs));
     let mut seen = Vec::new();
     for p in &mut products {
-        p.measure(cores, &mut seen);
+        p.measure(&mut seen);
     }
     let update = median_secs(full.iter().zip(&fb).map(|(a, b)| *a - *b).collect());
-    let ceiling = ceiling(cfg, cores);
+    let ceiling = ceiling(cfg);
     Ok(BenchReport {
         params: nparams,
         fwd_bwd: median_secs(fb),

@@ -328,6 +328,12 @@ unsafe fn sl_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(p, n) }
 }
 
+/// Eight partial sums folded into one, pairwise, in the order every sum of this module uses.
+#[inline(always)]
+fn fold8(acc: [f32; 8]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// A sum with eight partial accumulators: it vectorises, and it loses less precision than a
 /// running sum on long rows.
 #[inline]
@@ -340,7 +346,7 @@ fn sum(v: &[f32]) -> f32 {
             acc[k] += c[k];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for x in rest {
         s += x;
     }
@@ -387,7 +393,7 @@ fn exp_shifted(x: &[f32], m: f32, e: &mut [f32]) -> f32 {
             }
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for x in &e[x.len() - x.len() % 8..] {
         s += x;
     }
@@ -519,7 +525,7 @@ fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -
     for q in 0..8 {
         acc[q] = (wide[q] + wide[q + 8]) + (wide[q + 16] + wide[q + 24]);
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for j in full..n {
         s += f(a[j], b[j], c[j]);
     }
@@ -539,7 +545,7 @@ fn sum_by(n: usize, f: impl Fn(usize) -> f32) -> f32 {
         }
         j += 8;
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for j in full..n {
         s += f(j);
     }
@@ -1604,25 +1610,24 @@ unsafe fn sgemm(gm: &Gemm, a: *const f32, b: *const f32, c: *mut f32, beta: f32,
     }
 }
 
-/// The rate (GFLOP/s) of one contiguous row-major product, `m x k` by `k x n`, through the
-/// same `gemm` call and thread rule as a plan's products, over `threads` cores: the best of
-/// `reps` timed runs after one warm-up. `diagc bench` measures the machine's ceiling with it.
-pub fn contiguous_gemm_rate(m: usize, n: usize, k: usize, threads: usize, reps: usize) -> f64 {
-    isolated_gemm_rate(1, [m, n, k], [false; 3], threads, reps)
+/// The rate (GFLOP/s) of one contiguous row-major product, `m x k` by `k x n`, run as a plan's
+/// products are (over every core): the best of `reps` timed runs after one warm-up.
+/// `diagc bench` measures the machine's ceiling with it.
+pub fn contiguous_gemm_rate(m: usize, n: usize, k: usize, reps: usize) -> f64 {
+    isolated_gemm_rate(1, [m, n, k], [false; 3], reps)
 }
 
-/// The rate (GFLOP/s) of `batch` products `m x k` by `k x n` alone, on fresh buffers, as a
-/// plan's [`Kernel::Gemm`] runs them: one product split inside the GEMM over `threads` cores,
-/// a batch split over the cores by its batch with one thread a product. `transposed` says which
-/// of `[a, b, c]` is stored column-major (a transposed operand, as a plan may read it); the
-/// others are row-major. The best of `reps` timed runs after one warm-up. `diagc bench` times
-/// each product of the step this way, in its own layout and row-major, to separate what a
-/// shape costs from what a layout and the step around it cost.
+/// The rate (GFLOP/s) of `batch` products `m x k` by `k x n` alone, on fresh buffers, run by
+/// the plan's own [`Kernel::Gemm`] (one product split inside the GEMM over the cores, a batch
+/// split over the cores by its batch). `transposed` says which of `[a, b, c]` is stored
+/// column-major (a transposed operand, as a plan may read it); the others are row-major. The
+/// best of `reps` timed runs after one warm-up. `diagc bench` times each product of the step
+/// this way, in its own layout and row-major, to separate what a shape costs from what a
+/// layout and the step around it cost.
 pub fn isolated_gemm_rate(
     batch: usize,
     [m, n, k]: [usize; 3],
     transposed: [bool; 3],
-    threads: usize,
     reps: usize,
 ) -> f64 {
     let batch = batch.max(1);
@@ -1633,8 +1638,12 @@ pub fn isolated_gemm_rate(
     let strides = |r: usize, q: usize, t: bool| -> [isize; 2] {
         if t { [1, r as isize] } else { [q as isize, 1] }
     };
-    let g = Gemm {
-        batch: Nest::new(vec![]),
+    let gemm = Kernel::Gemm(Gemm {
+        // Operands `[c, a, b]`: the products one after another in each buffer.
+        batch: Nest::new(vec![Dim {
+            n: batch,
+            s: [m * n, m * k, k * n],
+        }]),
         m,
         k,
         n,
@@ -1642,42 +1651,20 @@ pub fn isolated_gemm_rate(
         b: strides(k, n, transposed[1]),
         c: strides(m, n, transposed[2]),
         bias: None,
-    };
+    });
     let flops = 2.0 * (batch * m * n * k) as f64;
-    let per = if batch > 1 { 1 } else { threads };
-    let (pa, pb, pc) = (
-        Shared(a.as_ptr() as *mut f32),
-        Shared(b.as_ptr() as *mut f32),
-        Shared(c.as_mut_ptr()),
-    );
-    let run_one = |i: usize| {
-        // SAFETY: product `i` reads and writes its own `m k`, `k n` and `m n` elements of the
-        // three live buffers, with the strides of `g`; `c` overlaps neither input, and no two
-        // products share a part of `c`.
-        unsafe {
-            sgemm(
-                &g,
-                pa.get().add(i * m * k),
-                pb.get().add(i * k * n),
-                pc.get().add(i * m * n),
-                0.0,
-                per,
-            )
-        }
-    };
+    let p = [
+        a.as_ptr() as *mut f32,
+        b.as_ptr() as *mut f32,
+        c.as_mut_ptr(),
+    ];
     let mut best = f64::INFINITY;
     for rep in 0..=reps.max(1) {
         let t0 = std::time::Instant::now();
-        if batch > 1 && threads > 1 {
-            use rayon::prelude::*;
-            let chunk = batch.div_ceil(threads);
-            (0..batch)
-                .collect::<Vec<_>>()
-                .par_chunks(chunk)
-                .for_each(|part| part.iter().for_each(|i| run_one(*i)));
-        } else {
-            (0..batch).for_each(run_one);
-        }
+        // SAFETY: the three live buffers hold the batch's products with exactly the strides
+        // the kernel describes; `c` overlaps neither input, which are only read. A product
+        // kernel returns no error.
+        let _ = unsafe { gemm.run(&p, false, 0) };
         if rep > 0 {
             best = best.min(t0.elapsed().as_secs_f64());
         }
